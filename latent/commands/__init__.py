@@ -1,0 +1,7 @@
+"""One module per ``latent`` subcommand.
+
+Each module defines ``add_parser(subparsers)`` and ``run(args) -> int``. Modules import heavy
+packages (torch, matplotlib) inside ``run`` only, so ``latent fit`` never imports torch.
+"""
+
+COMMANDS = ("collect", "ls")
