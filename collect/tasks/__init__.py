@@ -1,0 +1,21 @@
+"""The task registry: ``--task NAME`` looks tasks up here."""
+
+from __future__ import annotations
+
+from latent.errors import UserError
+
+from .base import BatchedProblem, Convergence, Task
+from .modadd import ModAddTask
+
+TASKS: dict[str, Task] = {t.name: t for t in (ModAddTask(),)}
+
+
+def get_task(name: str) -> Task:
+    """The task called ``name``; an unknown name is a :class:`UserError` listing the known ones."""
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise UserError(f"unknown task {name!r}; choose one of: {', '.join(sorted(TASKS))}") from None
+
+
+__all__ = ["TASKS", "get_task", "Task", "BatchedProblem", "Convergence"]

@@ -1,0 +1,138 @@
+"""What a task is: a config class, named presets, and a batched problem built for S seeds.
+
+A :class:`BatchedProblem` holds S independent models as one model: every parameter is a tensor
+whose leading axis is the seed, the loss is the *sum* of the per-seed mean losses (so each
+seed's gradient is exactly its own), and one optimiser step updates all seeds. Optimisers whose
+updates are elementwise (SGD, Adam, AdamW) then behave exactly like S separate optimisers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, ClassVar, Mapping
+
+import numpy as np
+import torch
+
+from ..metrics import WeightGroups
+from ..seeds import RunSeeds
+
+
+@dataclass(frozen=True)
+class Convergence:
+    """When a run counts as converged: the first checkpoint where ``metric`` crosses ``threshold``."""
+
+    metric: str
+    threshold: float
+    direction: str = "above"  # "above": metric > threshold; "below": metric < threshold
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"metric": self.metric, "threshold": self.threshold, "direction": self.direction}
+
+    def reached(self, values: torch.Tensor) -> torch.Tensor:
+        return values > self.threshold if self.direction == "above" else values < self.threshold
+
+
+class BatchedProblem:
+    """S seeds of one task trained as one batched model.
+
+    Subclasses set ``params`` (name -> leaf tensor ``(S, ...)``), ``optimizer`` and
+    ``order_generators`` (one CPU ``torch.Generator`` per seed for data order), and implement
+    :meth:`train_epoch`, :meth:`evaluate` and :meth:`weight_groups`.
+    """
+
+    params: dict[str, torch.Tensor]
+    optimizer: torch.optim.Optimizer
+    order_generators: list[torch.Generator]
+    steps_per_epoch: int
+    #: True when one epoch is one full-batch step, so the epoch's forward pass measures the
+    #: training loss and accuracy exactly at the pre-step weights (no extra evaluation pass).
+    full_batch: bool = False
+
+    @property
+    def n_seeds(self) -> int:
+        return next(iter(self.params.values())).shape[0]
+
+    def train_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run one epoch of optimiser steps; return per-seed (mean loss, accuracy) over its batches."""
+        raise NotImplementedError
+
+    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-seed (mean loss, accuracy) on the whole ``"train"`` or ``"val"`` split, no grad."""
+        raise NotImplementedError
+
+    def weight_groups(self) -> WeightGroups:
+        """The matrices, weights and biases that the reference's statistics include."""
+        raise NotImplementedError
+
+    # -- per-seed state (for resume), as plain numpy arrays --------------------------------
+
+    def seed_state(self, i: int) -> dict[str, np.ndarray]:
+        """Everything needed to continue seed ``i`` exactly: parameters, optimiser state, RNG."""
+        out: dict[str, np.ndarray] = {}
+        names = {id(p): n for n, p in self.params.items()}
+        for name, p in self.params.items():
+            out[f"param/{name}"] = p.detach()[i].cpu().numpy().copy()
+        for p, st in self.optimizer.state.items():
+            name = names[id(p)]
+            for key, val in st.items():
+                if torch.is_tensor(val) and val.dim() > 0 and val.shape[0] == self.n_seeds and val.shape == p.shape:
+                    out[f"optim/{name}/{key}"] = val[i].cpu().numpy().copy()
+                else:
+                    out[f"optim/{name}/{key}"] = np.asarray(val.cpu() if torch.is_tensor(val) else val)
+        out["rng/order"] = self.order_generators[i].get_state().numpy().copy()
+        return out
+
+    def load_seed_states(self, states: list[dict[str, np.ndarray]]) -> None:
+        """Inverse of :meth:`seed_state` for all seeds at once (same order as the seeds)."""
+        if len(states) != self.n_seeds:
+            raise ValueError("one state per seed is needed")
+        with torch.no_grad():
+            for name, p in self.params.items():
+                p.copy_(torch.from_numpy(np.stack([s[f"param/{name}"] for s in states])).to(p))
+        keys = sorted({k for k in states[0] if k.startswith("optim/")})
+        for name, p in self.params.items():
+            prefix = f"optim/{name}/"
+            st: dict[str, Any] = {}
+            for key in (k for k in keys if k.startswith(prefix)):
+                short = key[len(prefix):]
+                first = states[0][key]
+                if first.shape == tuple(p.shape[1:]) and first.ndim > 0:
+                    st[short] = torch.from_numpy(np.stack([s[key] for s in states])).to(p)
+                else:
+                    st[short] = torch.as_tensor(first).clone()
+                    if st[short].dtype == torch.float64:
+                        st[short] = st[short].to(torch.float32)
+            if st:
+                self.optimizer.state[p] = st
+        for g, s in zip(self.order_generators, states):
+            g.set_state(torch.from_numpy(s["rng/order"].copy()))
+
+
+class Task:
+    """A task: its config class, presets and how to build a batched problem."""
+
+    name: ClassVar[str]
+    config_class: ClassVar[type]
+    presets: ClassVar[Mapping[str, Mapping[str, Any]]]
+    step_unit: ClassVar[str] = "epoch"
+
+    def convergence(self, cfg) -> Convergence:
+        raise NotImplementedError
+
+    def build(self, cfg, seeds: list[RunSeeds], device: torch.device) -> BatchedProblem:
+        raise NotImplementedError
+
+    def describe_data(self, cfg) -> dict[str, Any]:
+        """What data the study used (recorded in ``study.json``)."""
+        return {}
+
+
+def normal_(shape: tuple[int, ...], std: float, gen: torch.Generator) -> torch.Tensor:
+    """A float32 N(0, std²) draw on CPU from ``gen`` (init always happens on CPU, then moves)."""
+    return torch.randn(shape, generator=gen, dtype=torch.float32) * std
+
+
+def inv_sqrt(n: int) -> float:
+    return 1.0 / math.sqrt(n)

@@ -1,0 +1,89 @@
+"""``latent collect``: train many seeds of a task, batched, into a study in the store."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser(
+        "collect",
+        help="train many seeds of a task and log weight statistics at every checkpoint",
+        description="Train many seeds of a task as one batched model and log the reference's weight "
+        "statistics, losses and accuracies at every checkpoint into <store>/<study>/. Rerunning "
+        "resumes an interrupted study, adds new seeds, or says it is already complete.",
+    )
+    p.add_argument("--task", required=True, help="task to train (modadd)")
+    p.add_argument("--seeds", default="40", help="a count (40 = seeds 0..39), a range (0-39) or a list (1,5,9); default 40")
+    p.add_argument("--preset", default="default", help="named config preset: default (laptop CPU) or paper (the reference's setup)")
+    p.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
+    p.add_argument("--log-every", type=int, help="epochs between checkpoints (overrides the preset)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one config field, typed (repeatable); an unknown key lists the valid ones")
+    p.add_argument("--layernorm", action="store_true",
+                   help="modadd transformer: post-LayerNorm (with --preset paper also batch 256: the paper's stabilised variant)")
+    p.add_argument("--study", help="study name (default: the task, plus -<preset> for other presets)")
+    p.add_argument("--store", default="data", help="store directory (default: ./data)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: all cores)")
+    p.add_argument("--seed-batch", type=int, default=0, help="most seeds trained together in one batched model (default: all)")
+    p.add_argument("--save-every", type=float, default=30.0, help="seconds between resume save points (default: 30)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing study of the same name whose config differs")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    from latent.errors import UserError
+
+    if args.threads is not None and args.threads < 1:
+        raise UserError(f"--threads must be at least 1, got {args.threads}")
+    if args.save_every < 0:
+        raise UserError(f"--save-every must be >= 0 seconds, got {args.save_every}")
+    import collect  # noqa: F401  (process settings before torch loads)
+    from collect.config import parse_overrides
+    from collect.study import collect_study
+    from collect.tasks import get_task
+
+    task = get_task(args.task)
+    overrides = parse_overrides(task.config_class, args.overrides)
+    for flag, key in ((args.epochs, "epochs"), (args.log_every, "log_every")):
+        if flag is not None:
+            overrides[key] = flag
+    name = args.study
+    if args.layernorm:
+        if "layernorm" not in {f for f in task.config_class.__dataclass_fields__}:
+            raise UserError(f"--layernorm applies to modadd only, not {args.task!r}")
+        overrides["layernorm"] = True
+        if args.preset == "paper":
+            overrides.setdefault("batch_size", 256)  # the paper's stabilised setting (reference.md A1)
+        if name is None:
+            name = f"{args.task}-{args.preset}-ln" if args.preset != "default" else f"{args.task}-ln"
+    command = "latent " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("latent") else None
+    result = collect_study(
+        args.task,
+        args.seeds,
+        preset=args.preset,
+        overrides=overrides,
+        study=name,
+        store=args.store,
+        device=args.device,
+        threads=args.threads,
+        overwrite=args.overwrite,
+        seed_batch=args.seed_batch,
+        save_every=args.save_every,
+        progress=not args.quiet,
+        command=command or "latent collect " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+    )
+    unit = result.convergence_unit
+    if result.nothing_to_do:
+        print(f"study {result.study} is complete ({result.seeds_total}/{result.seeds_total} seeds done); nothing to do")
+    else:
+        print(f"trained {len(result.seeds_trained)} seeds in {result.wall_seconds:.1f} s")
+    med = f"{result.convergence_median:g}" if result.convergence_median is not None else "n/a"
+    print(
+        f"converged: {result.converged}/{result.seeds_total} seeds; median convergence {unit} {med}; "
+        f"study: {result.study}"
+    )
+    return 0
