@@ -1,0 +1,228 @@
+"""latent collect end to end: batch-vs-alone equivalence, the store's behaviour, kill-and-resume."""
+
+import hashlib
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from collect.study import collect_study, parse_seeds
+from latent.cli import main
+from latent.errors import UserError
+from latent.store import Study
+
+SMALL = ["p=17", "d_embed=8", "d_hidden=32", "log_every=5"]
+TINY_TRANSFORMER = ["model=transformer", "p=11", "d_model=16", "n_heads=2", "d_mlp=32", "batch_size=16",
+                    "log_every=2", "beta2=0.999", "lr=1e-3"]
+
+
+def _collect(store, seeds, overrides, epochs, **kw):
+    return collect_study("modadd", seeds, overrides=list(overrides) + [f"epochs={epochs}"], store=store,
+                         threads=1, progress=False, **kw)
+
+
+def _table(store, name, seed):
+    return Study(Path(store) / name).read_run(seed)
+
+
+@pytest.mark.parametrize("overrides,epochs", [(SMALL, 40), (TINY_TRANSFORMER, 8)], ids=["mlp-fullbatch", "transformer-minibatch"])
+def test_seed_trained_alone_equals_seed_in_batch(tmp_path, overrides, epochs):
+    _collect(tmp_path / "batch", 6, overrides, epochs)
+    _collect(tmp_path / "alone", "4", overrides, epochs)  # "4" is a count: seeds 0-3
+    _collect(tmp_path / "single", "5-5", overrides, epochs)
+    for seed, store in ((2, "alone"), (5, "single")):
+        batched = _table(tmp_path / "batch", "modadd", seed)
+        alone = _table(tmp_path / store, "modadd", seed)
+        assert list(batched.columns) == list(alone.columns)
+        assert len(batched) == len(alone) > 3
+        np.testing.assert_allclose(alone.to_numpy(float), batched.to_numpy(float), rtol=1e-5, atol=1e-7)
+    # ... and different seeds really differ.
+    a, b = _table(tmp_path / "batch", "modadd", 0), _table(tmp_path / "batch", "modadd", 1)
+    assert not np.allclose(a["l2"], b["l2"])
+
+
+def test_rows_columns_and_study_record(tmp_path):
+    res = _collect(tmp_path, 2, SMALL, 12, command="latent collect --task modadd")
+    assert res.seeds_trained == [0, 1] and not res.nothing_to_do
+    study = Study(tmp_path / "modadd")
+    meta = study.read_meta()
+    assert meta["task"] == "modadd" and meta["seeds"] == [0, 1]
+    assert meta["convergence"] == {"metric": "val_acc", "threshold": 0.9, "direction": "above"}
+    assert meta["config"]["p"] == 17 and meta["config"]["epochs"] == 12
+    assert meta["command"] == "latent collect --task modadd"
+    assert {"torch", "numpy", "latent", "python"} <= set(meta["versions"])
+    frame = study.read_run(1)
+    assert list(frame.columns[:3]) == ["seed", "step", "epoch"]
+    assert set(meta["features"]) <= set(frame.columns)
+    assert {"train_loss", "val_loss", "train_acc", "val_acc"} <= set(frame.columns)
+    assert frame["step"].tolist() == [0, 5, 10, 12]  # every log_every epochs and the last one
+    assert (frame["seed"] == 1).all()
+    assert frame[meta["features"]].notna().all().all()
+    manifest = json.loads(study.run_manifest_path(1).read_text())
+    assert manifest["status"] == "done" and manifest["rows"] == 4
+    assert not study.state_dir.exists() or not any(study.state_dir.iterdir())  # no state left behind
+
+
+def test_train_metrics_at_checkpoint_are_those_of_its_weights(tmp_path):
+    # Full-batch training takes train loss from the next step's forward pass; the last
+    # checkpoint uses an explicit evaluation. Both must describe the same weights: rerunning
+    # with fewer epochs makes an intermediate checkpoint the last one.
+    _collect(tmp_path / "long", 1, SMALL, 20)
+    _collect(tmp_path / "short", 1, SMALL, 10)
+    long, short = _table(tmp_path / "long", "modadd", 0), _table(tmp_path / "short", "modadd", 0)
+    row_long = long[long["step"] == 10].iloc[0]
+    row_short = short[short["step"] == 10].iloc[0]
+    for col in ("train_loss", "train_acc", "val_loss", "val_acc", "l2"):
+        assert row_long[col] == pytest.approx(row_short[col], rel=1e-5)
+
+
+def _snapshot(root):
+    out = {}
+    for p in sorted(Path(root).rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = (p.stat().st_mtime_ns, hashlib.sha1(p.read_bytes()).hexdigest())
+    return out
+
+
+def test_rerun_finished_study_does_nothing(tmp_path, capsys):
+    args = ["collect", "--task", "modadd", "--seeds", "2", "--epochs", "6", "--store", str(tmp_path), "--quiet",
+            "--threads", "1"] + [x for kv in SMALL for x in ("--set", kv)]
+    assert main(args) == 0
+    before = _snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "complete" in out and "nothing to do" in out
+    assert _snapshot(tmp_path) == before
+
+
+def test_adding_seeds_trains_only_new_ones(tmp_path):
+    _collect(tmp_path, 2, SMALL, 6)
+    before = _snapshot(tmp_path / "modadd" / "runs")
+    res = _collect(tmp_path, 4, SMALL, 6)
+    assert res.seeds_trained == [2, 3]
+    after = _snapshot(tmp_path / "modadd" / "runs")
+    for name in ("seed-000.parquet", "seed-001.parquet", "seed-000.json"):
+        assert after[name] == before[name]
+    assert Study(tmp_path / "modadd").read_meta()["seeds"] == [0, 1, 2, 3]
+    assert Study(tmp_path / "modadd").status() == {"done": 4, "total": 4, "status": "done"}
+
+
+def test_other_config_needs_new_name_or_overwrite(tmp_path):
+    _collect(tmp_path, 1, SMALL, 6)
+    before = _snapshot(tmp_path)
+    with pytest.raises(UserError, match="--study NAME.*--overwrite"):
+        _collect(tmp_path, 1, SMALL + ["lr=1e-2"], 6)
+    assert _snapshot(tmp_path) == before
+    _collect(tmp_path, 1, SMALL + ["lr=1e-2"], 6, study="modadd-lr")
+    assert Study(tmp_path / "modadd-lr").read_meta()["config"]["lr"] == 1e-2
+    _collect(tmp_path, 1, SMALL + ["lr=1e-2"], 6, overwrite=True)
+    assert Study(tmp_path / "modadd").read_meta()["config"]["lr"] == 1e-2
+
+
+@pytest.mark.parametrize(
+    "text,expected",
+    [("3", [0, 1, 2]), ("5-7", [5, 6, 7]), ("1,4,2", [1, 2, 4]), ("0-2,9", [0, 1, 2, 9]), (4, [0, 1, 2, 3])],
+)
+def test_parse_seeds(text, expected):
+    assert parse_seeds(text) == expected
+
+
+BAD = [
+    (["--task", "nope"], "unknown task"),
+    (["--task", "modadd", "--seeds", "0"], "--seeds"),
+    (["--task", "modadd", "--seeds", "-3"], "--seeds"),
+    (["--task", "modadd", "--seeds", "many"], "--seeds"),
+    (["--task", "modadd", "--set", "nope=1"], "valid keys"),
+    (["--task", "modadd", "--set", "lr=fast"], "lr"),
+    (["--task", "modadd", "--set", "p=2.5"], "p"),
+    (["--task", "modadd", "--preset", "huge"], "unknown preset"),
+    (["--task", "modadd", "--study", "a/b"], "study name"),
+    (["--task", "modadd", "--study", ".."], "study name"),
+    (["--task", "modadd", "--set", "lr=1e-2"], "--overwrite"),  # existing name, other config
+    (["--task", "modadd", "--threads", "0"], "--threads"),
+]
+
+
+def test_bad_input_is_one_line_exit_2_and_store_untouched(tmp_path, capsys):
+    store = tmp_path / "store"
+    _collect(store, 1, [], 2)
+    before = _snapshot(store)
+    cases = [(args + ["--store", str(store)], needle) for args, needle in BAD]
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    cases.append((["--task", "modadd", "--store", str(blocker / "store")], "not writable"))
+    if not __import__("torch").cuda.is_available():
+        cases.append((["--task", "modadd", "--device", "cuda", "--store", str(store)], "CUDA"))
+    for args, needle in cases:
+        capsys.readouterr()
+        rc = main(["collect", "--quiet", "--epochs", "2"] + args)
+        err = capsys.readouterr().err
+        assert rc == 2, (args, err)
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, (args, err)
+        assert needle in lines[0], (args, lines[0])
+        assert _snapshot(store) == before, args
+
+
+def test_cli_argument_errors_are_one_line(capsys):
+    with pytest.raises(SystemExit) as info:
+        main(["collect", "--task", "modadd", "--epochs", "ten"])
+    assert info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--epochs" in err[0]
+
+
+# --------------------------------------------------------------------------- kill and resume
+
+KILL_ARGS = ["--task", "modadd", "--seeds", "3", "--epochs", "150", "--threads", "1", "--save-every", "0",
+             "--quiet", "--set", "p=23", "--set", "d_hidden=64", "--set", "batch_size=64", "--set", "log_every=3"]
+
+
+def _run_cli(store, timeout=None):
+    cmd = [sys.executable, "-m", "latent", "collect", *KILL_ARGS, "--store", str(store)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_kill_minus_9_and_resume_gives_the_uninterrupted_rows(tmp_path):
+    ref = _run_cli(tmp_path / "ref")
+    assert ref.wait(timeout=300) == 0, ref.stderr.read().decode()
+    rng = random.Random(1234)
+    store = tmp_path / "killed"
+    kills = 0
+    for attempt in range(6):
+        proc = _run_cli(store)
+        state_dir = store / "modadd" / "state"
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None and not (state_dir.exists() and any(state_dir.iterdir())):
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.0, 1.0))
+        if proc.poll() is not None:
+            break
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        # What is on disk after a kill is always readable.
+        for p in (store / "modadd" / "runs").glob("*.parquet"):
+            pd.read_parquet(p)
+        if attempt >= 2:
+            break
+    assert kills >= 1
+    final = _run_cli(store)
+    out, err = final.communicate(timeout=300)
+    assert final.returncode == 0, err.decode()
+    for seed in range(3):
+        pd.testing.assert_frame_equal(_table(store, "modadd", seed), _table(tmp_path / "ref", "modadd", seed))
+    assert not any((store / "modadd" / "state").glob("*.npz"))
+    again = _run_cli(store)
+    out, _ = again.communicate(timeout=120)
+    assert b"nothing to do" in out
