@@ -1,0 +1,75 @@
+"""``latent report``: render a saved fit into one self-contained HTML file plus PNG/SVG figures.
+
+Reads only what ``latent fit`` wrote (``fits/<fit-id>/``) and the study's run tables; it never
+refits or retrains. Output: ``<store>/<study>/reports/<fit-id>/index.html``.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("report", help="write the HTML report of a fit", description=__doc__)
+    p.add_argument("--store", default="data", help="store directory (default: ./data)")
+    p.add_argument("--study", default=None,
+                   help="study name in the store or path to a study directory (default: most recent study)")
+    p.add_argument("--fit", default=None, help="fit id under <study>/fits/ (default: the most recent fit)")
+    p.add_argument("--metrics", default=None,
+                   help="comma-separated metrics for the trajectory figure (default: l2,train_acc,val_acc; "
+                        "the most important feature is always added)")
+    p.add_argument("--open", action="store_true", help="open the report in the default browser, if there is one")
+    p.set_defaults(run=run)
+
+
+def run(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")  # headless: the report never needs a display
+
+    from reports.artifacts import load_fit
+    from reports.figures import DEFAULT_METRICS
+    from reports.html import write_report
+
+    from ..errors import UserError
+
+    t0 = time.perf_counter()
+    metrics = DEFAULT_METRICS
+    if args.metrics is not None:
+        metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
+        if not metrics:
+            raise UserError("--metrics is empty; pass e.g. --metrics l2,val_acc")
+    fit = load_fit(args.store, args.study, args.fit)
+    unknown = [m for m in metrics if m not in fit.runs.columns]
+    if args.metrics is not None and unknown:
+        have = ", ".join(c for c in fit.runs.columns if c not in ("seed", "step", "epoch", "state"))
+        raise UserError(f"unknown metric(s) {', '.join(unknown)} in --metrics; the run tables have: {have}")
+    command = "latent report " + " ".join(shlex.quote(a) for a in sys.argv[1:][1:]) \
+        if sys.argv[1:2] == ["report"] else None
+    path = write_report(fit, report_command=command or _rebuild_command(args, fit), metrics=metrics)
+    print(path)
+    print(f"rendered {len(fit.seeds)} runs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    if args.open:
+        _open(path)
+    return 0
+
+
+def _rebuild_command(args, fit) -> str:
+    parts = ["latent", "report", "--store", str(args.store), "--study", fit.study.name, "--fit", fit.fit_id]
+    if args.metrics:
+        parts += ["--metrics", args.metrics]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _open(path) -> None:
+    import webbrowser
+
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        print("no browser found; open the path above by hand", file=sys.stderr)
+        return
+    if not browser.open(path.resolve().as_uri()):
+        print("the browser did not start; open the path above by hand", file=sys.stderr)

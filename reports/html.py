@@ -1,0 +1,346 @@
+"""Lay the figures out and write the report: ``index.html`` plus each figure as PNG and SVG.
+
+``index.html`` is self-contained: figures are inlined as base64 PNG ``data:`` URIs, styles are
+inline, there is no script, and a Content-Security-Policy (``default-src 'none'``, images
+only from ``data:``) keeps the browser from fetching anything, so the page opens offline.
+
+The report is rendered into a temporary directory under ``reports/`` and renamed into place
+at the end, so a failed render never leaves a half-written report or damages an old one.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import math
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import figures as F
+from .artifacts import FitArtifacts
+
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+PNG_DPI = 150
+
+
+@dataclass
+class RenderedFigure:
+    name: str
+    title: str
+    caption: str
+    png: bytes
+    svg: bytes
+    info: dict
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[str, str, str, object, dict]]:
+    """Draw every report figure; returns ``(name, title, caption, Figure, info)`` tuples."""
+    out = []
+
+    fig = _new_figure(9, 4.2)
+    info = F.plot_model_selection(fig.add_subplot(), fit)
+    out.append(("model_selection", "Model selection",
+                f"AIC, BIC and log-likelihood for each number of states K; K = {fit.n_states} was chosen by "
+                f"{fit.criterion.upper()}.", fig, info))
+
+    g = fit.graph
+    n_lanes = len({y for _, y in F.map_layout(fit).values()})
+    fig = _new_figure(min(11.0, max(7.0, 1.5 * g.number_of_nodes() + 1.0)), 3.0 + 1.8 * n_lanes)
+    info = F.plot_training_map(fig.add_subplot(), fit)
+    out.append(("training_map", "Training map",
+                "States left to right in canonical order (earliest mean first visit first). Node area: share of "
+                "all decoded checkpoints; arrow width: number of runs taking the transition; labels: run count and "
+                "the top feature change (z-units). The table below adds the top three features and the mean "
+                "convergence time of the runs taking each transition. "
+                "Dashed rings mark detour states.", fig, info))
+
+    chosen = F.trajectory_metrics(fit, metrics)
+    if chosen:
+        ncols = 2 if len(chosen) > 1 else 1
+        nrows = math.ceil(len(chosen) / ncols)
+        fig = _new_figure(11, 3.3 * nrows + 0.6)
+        infos = {}
+        for i, m in enumerate(chosen):
+            ax = fig.add_subplot(nrows, ncols, i + 1)
+            infos[m] = F.plot_trajectories(ax, fit, m)
+        undecoded = bool((fit.runs["state"] < 0).any())
+        from matplotlib.lines import Line2D
+
+        handles = F.state_legend_handles(fit, undecoded=undecoded) + [
+            Line2D([], [], marker="o", mfc="white", mec="black", ls="none", label="convergence")]
+        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8), fontsize=8,
+                   frameon=False)
+        missing = [m for m in metrics if m not in chosen]
+        out.append(("trajectories", "Trajectories",
+                    "Every run's curve, each segment coloured by its decoded state; circles mark convergence. "
+                    + (f"Not in the run tables, so not shown: {', '.join(missing)}. " if missing else "")
+                    + (f"The last panel is the most important feature overall ({chosen[-1]})."
+                       if chosen[-1] not in metrics else ""), fig, infos))
+
+    n = len(fit.seeds)
+    fig = _new_figure(11, 1.2 + 0.22 * n)
+    info = F.plot_occupancy(fig.add_subplot(), fit)
+    out.append(("occupancy", "State occupancy per run",
+                "One strip per run, sorted by convergence time (fastest at the top); the black tick marks "
+                "convergence.", fig, info))
+
+    fig = _new_figure(max(6.0, 1.1 * fit.n_states + 3), 4.2)
+    info = F.plot_regression(fig.add_subplot(), fit)
+    out.append(("regression", "Regression",
+                "Coefficients of the regression of convergence time on the fraction of time spent in each state, "
+                "with bootstrap intervals. Hatched bars marked ★ are detour states.", fig, info))
+
+    d = len(fit.features)
+    fig = _new_figure(max(7.0, 0.75 * d + 3), 1.6 + 0.45 * fit.n_states)
+    info = F.plot_state_profiles(fig.add_subplot(), fit)
+    out.append(("state_profiles", "State profiles",
+                "Mean of each feature in each state, in z-units (per-run standardised). The table below gives "
+                "the same means in original units.", fig, info))
+
+    fig = _new_figure(7, 3.6)
+    info = F.plot_convergence_histogram(fig.add_subplot(), fit)
+    out.append(("convergence", "Convergence time", "Distribution of convergence times over runs.", fig, info))
+    return out
+
+
+def _save(fig, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    kwargs = {"dpi": PNG_DPI} if fmt == "png" else {"metadata": {"Date": None}}
+    fig.savefig(buf, format=fmt, **kwargs)
+    return buf.getvalue()
+
+
+def render_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[RenderedFigure]:
+    """Draw and encode every figure as PNG and SVG (headless, no pyplot)."""
+    import matplotlib
+
+    rendered = []
+    with matplotlib.rc_context({"svg.hashsalt": "latent", "font.size": 9}):
+        for name, title, caption, fig, info in build_figures(fit, metrics):
+            rendered.append(RenderedFigure(name, title, caption, _save(fig, "png"), _save(fig, "svg"), info))
+    return rendered
+
+
+# --------------------------------------------------------------------------- HTML
+
+
+def _esc(x) -> str:
+    return html.escape(str(x), quote=True)
+
+
+def _fmt_seeds(seeds: list[int]) -> str:
+    """``0–39`` style ranges."""
+    seeds = sorted(seeds)
+    parts, start, prev = [], None, None
+    for s in seeds + [None]:
+        if start is None:
+            start = prev = s
+            continue
+        if s is not None and s == prev + 1:
+            prev = s
+            continue
+        parts.append(f"{start}" if start == prev else f"{start}–{prev}")
+        start = prev = s
+    return ", ".join(parts)
+
+
+def _fmt_num(x, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return _esc(x)
+    if not math.isfinite(v):
+        return "–"
+    if v != 0 and 1e-3 <= abs(v) < 1e6:  # plain decimals in the usual range: 1550, not 1.55e+03
+        decimals = max(digits - 1 - math.floor(math.log10(abs(v))), 0)
+        text = f"{v:.{decimals}f}"
+        return text.rstrip("0").rstrip(".") if "." in text else text
+    return f"{v:.{digits}g}"
+
+
+def summary_rows(fit: FitArtifacts, report_command: str | None) -> list[tuple[str, str]]:
+    """(label, HTML value) pairs for the summary table."""
+    meta, model, reg = fit.meta, fit.model, fit.regression
+    conv = fit.convergence_times
+    times = sorted(t for t in conv.values() if t is not None)
+    never = [s for s, t in conv.items() if t is None]
+    import statistics
+
+    median = statistics.median(times) if times else None
+    seeds_info = model.get("seeds") or {}
+    excluded = seeds_info.get("excluded") or {}
+    detours = fit.analysis["detours"]
+    det_txt = ", ".join(
+        f"state {d['state']} (coef {_fmt_num(d.get('coef'), 3)}, "
+        f"interval {_fmt_num(d.get('ci_low'), 3)} to {_fmt_num(d.get('ci_high'), 3)}"
+        f"{', significant' if d.get('significant') else ', not significant'}; "
+        f"{d.get('runs_visiting', '?')} runs visit it, {d.get('converged_runs_skipping', '?')} converged runs skip it)"
+        for d in detours) or "none"
+    c = fit.analysis["convergence"]
+    rows = [
+        ("Study", f"{_esc(fit.study.name)} <span class=dim>({_esc(fit.study.root)})</span>"),
+        ("Task / preset", f"{_esc(meta.get('task', '?'))} / {_esc(meta.get('preset', '–'))}"),
+        ("Seeds", f"{len(fit.seeds)} decoded: {_esc(_fmt_seeds(fit.seeds))}"
+         + (f"; held out for selection: {_esc(_fmt_seeds([int(s) for s in seeds_info['test']]))}"
+            if seeds_info.get("test") else "")
+         + (f"; excluded: {_esc(', '.join(f'{k} ({v})' for k, v in excluded.items()))}" if excluded else "")),
+        ("Features", _esc(", ".join(fit.features))),
+        ("Fit", f"{_esc(fit.fit_id)}; covariance {_esc(model.get('covariance_type', '?'))}"),
+        ("States", f"K = {fit.n_states}, chosen by {_esc(fit.criterion.upper())}"),
+        ("Detour states", _esc(det_txt)),
+        ("Regression", f"R² = {_fmt_num(reg.get('r2'), 3)}, p = {_fmt_num(reg.get('p_value'), 2)}"
+         f" (F = {_fmt_num(reg.get('f_stat'), 3)}, {_esc(reg.get('n_runs', '?'))} runs)"
+         + (f"; {_esc(reg['note'])}" if reg.get("note") else "")),
+        ("Convergence", f"first {_esc(fit.step_unit)} where {_esc(c.get('metric', '?'))} "
+         f"{'&gt;' if c.get('direction', 'above') == 'above' else '&lt;'} {_esc(c.get('threshold', '?'))}; "
+         f"median {_fmt_num(median, 6)} {_esc(fit.step_unit)}s over {len(times)} converged runs; "
+         f"{len(never)} never converged" + (f" ({_esc(c['rule'])})" if c.get("rule") else "")),
+    ]
+    diss = fit.analysis.get("dissimilarity") or {}
+    if diss.get("value") is not None:
+        rows.append(("Trajectory dissimilarity", f"{_fmt_num(diss.get('value'), 3)} "
+                     f"<span class=dim>(ground metric: {_esc(diss.get('ground_metric', '?'))})</span>"))
+    cmds = [("collect", meta.get("command")), ("fit", model.get("command")), ("report", report_command)]
+    rows.append(("Commands", "".join(f"<code>{_esc(cmd)}</code><br>" for _, cmd in cmds if cmd)))
+    return rows
+
+
+def _transitions_html(fit: FitArtifacts) -> str:
+    table = F.transition_table(fit)
+    if table.empty:
+        return "<p class=dim>No transitions between states were observed.</p>"
+    unit = _esc(fit.step_unit)
+    body = []
+    for _, r in table.iterrows():
+        sw = lambda s: f"<span class=sw style='background:{F.state_color(int(s))}'></span>{int(s)}"  # noqa: E731
+        conv = "–" if r["convergence_mean"] is None or r["convergence_mean"] != r["convergence_mean"] else (
+            _fmt_num(r["convergence_mean"], 5)
+            + ("" if r["convergence_std"] is None or r["convergence_std"] != r["convergence_std"]
+               else f" ± {_fmt_num(r['convergence_std'], 3)}"))
+        body.append(f"<tr><td>{sw(r['source'])} → {sw(r['target'])}</td><td>{int(r['runs'])}/{int(r['of'])}</td>"
+                    f"<td>{_fmt_num(r['prob'], 3)}</td><td class=l>{_esc(r['top_features'])}</td><td>{conv}</td></tr>")
+    return ("<h3>Transitions</h3><table class=num><thead><tr><th>edge</th><th>runs</th><th>HMM probability</th>"
+            f"<th>top features (change of state mean, z-units)</th><th>convergence of these runs ({unit}s)</th>"
+            f"</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def _table_html(fit: FitArtifacts) -> str:
+    table = F.profile_table(fit)
+    head = "".join(f"<th>{_esc(F.short_feature(f))}<br><span class=dim>{_esc(f)}</span></th>" for f in fit.features)
+    body = []
+    for s, row in table.iterrows():
+        occ = row["occupancy"]
+        cells = "".join(f"<td>{_fmt_num(row[f])}</td>" for f in fit.features)
+        swatch = f"<span class=sw style='background:{F.state_color(int(s))}'></span>"
+        star = " ★" if int(s) in fit.detour_states else ""
+        body.append(f"<tr><th>{swatch}state {int(s)}{star}</th>"
+                    f"<td>{'–' if occ is None or occ != occ else f'{float(occ):.1%}'}</td>"
+                    f"<td>{_esc('–' if row['runs'] is None or row['runs'] != row['runs'] else int(row['runs']))}</td>"
+                    f"{cells}</tr>")
+    return (f"<table class=num><thead><tr><th>state</th><th>time share</th><th>runs</th>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+STYLE = """
+body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;
+ margin:0;background:#fff}
+main{max-width:1150px;margin:0 auto;padding:1.2em 1.5em 3em}
+h1{font-size:1.6em;margin:.2em 0 .1em}h2{font-size:1.2em;margin:1.6em 0 .3em;border-bottom:1px solid #ddd}
+nav a{margin-right:.9em;color:#0072B2}
+table{border-collapse:collapse;margin:.5em 0}td,th{padding:.25em .6em;vertical-align:top;text-align:left}
+table.summary th{white-space:nowrap;color:#444}table.summary tr{border-bottom:1px solid #eee}
+table.num td{text-align:right;font-variant-numeric:tabular-nums}table.num td.l{text-align:left}table.num{font-size:.9em;display:block;
+ overflow-x:auto}table.num thead th{border-bottom:1px solid #999}
+code{font:.9em ui-monospace,Menlo,Consolas,monospace;background:#f4f4f4;padding:.1em .3em;word-break:break-all}
+figure{margin:.4em 0 1em}figure img{max-width:100%;height:auto;display:block}
+figcaption{color:#444;font-size:.92em;margin-top:.3em}.dim{color:#777;font-size:.9em}
+.sw{display:inline-block;width:.9em;height:.9em;margin-right:.4em;vertical-align:-.1em;border-radius:2px}
+.files a{margin-right:.6em;font-size:.9em}
+"""
+
+
+def _png_width(png: bytes) -> int:
+    """Pixel width from a PNG's IHDR chunk."""
+    return int.from_bytes(png[16:20], "big")
+
+
+def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command: str | None) -> str:
+    """The whole ``index.html`` as a string."""
+    title = f"latent report: {fit.study.name} / {fit.fit_id}"
+    summary = "".join(f"<tr><th>{_esc(k)}</th><td>{v}</td></tr>" for k, v in summary_rows(fit, report_command))
+    nav = "".join(f"<a href='#{r.name}'>{_esc(r.title)}</a>" for r in rendered)
+    sections = []
+    for r in rendered:
+        data = base64.b64encode(r.png).decode()
+        extra = {"state_profiles": f"<h3>In original units</h3>{_table_html(fit)}",
+                 "training_map": _transitions_html(fit)}.get(r.name, "")
+        sections.append(
+            f"<section id='{r.name}'><h2>{_esc(r.title)}</h2><figure>"
+            f"<img src='data:image/png;base64,{data}' width='{_png_width(r.png) * 100 // PNG_DPI}' "
+            f"alt='{_esc(r.title)}: {_esc(r.caption)}'>"
+            f"<figcaption>{_esc(r.caption)} <span class=files>Files: <a href='{r.name}.png'>{r.name}.png</a>"
+            f"<a href='{r.name}.svg'>{r.name}.svg</a></span></figcaption></figure>{extra}</section>"
+        )
+    return (
+        "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>"
+        f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body><main>"
+        f"<h1>{_esc(title)}</h1><p class=dim>Drawn from the saved fit in {_esc(fit.fit_dir)}; "
+        "nothing was refitted.</p>"
+        f"<nav>{nav}</nav><h2 id='summary'>Summary</h2><table class=summary>{summary}</table>"
+        f"{''.join(sections)}</main></body></html>\n"
+    )
+
+
+# --------------------------------------------------------------------------- write
+
+
+def write_report(fit: FitArtifacts, out_dir: str | Path | None = None, report_command: str | None = None,
+                 metrics=F.DEFAULT_METRICS) -> Path:
+    """Render ``fit`` into ``out_dir`` (default ``<study>/reports/<fit-id>/``); return ``index.html``.
+
+    Everything is written into a temporary sibling directory first and renamed into place at
+    the end; an existing report is replaced only once the new one is complete.
+    """
+    out_dir = Path(out_dir) if out_dir is not None else fit.report_dir
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a report should be as readable as its siblings
+    try:
+        rendered = render_figures(fit, metrics)
+        for r in rendered:
+            (tmp / f"{r.name}.png").write_bytes(r.png)
+            (tmp / f"{r.name}.svg").write_bytes(r.svg)
+        (tmp / "index.html").write_text(page_html(fit, rendered, report_command), encoding="utf-8")
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = None
+    if out_dir.exists():  # move the previous report aside, put the new one in, then drop the old
+        old = out_dir.parent / f".{out_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
+        out_dir.rename(old)
+    try:
+        tmp.rename(out_dir)
+    except BaseException:
+        if old is not None:
+            old.rename(out_dir)
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out_dir / "index.html"
