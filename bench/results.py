@@ -1,0 +1,23 @@
+"""Shared helper: each benchmark owns one marked block of bench/RESULTS.md and rewrites only it."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+HEADER = "# Benchmark results\n\nWritten by the scripts in `bench/`; each owns one block below.\n"
+
+
+def write_block(name: str, body: str, path: Path = RESULTS) -> None:
+    """Replace the ``<!-- name:begin -->`` … ``<!-- name:end -->`` block of ``path`` (appending it if absent)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    block = f"{begin}\n## {name}\n\n_Measured {stamp}._\n\n{body.rstrip()}\n{end}"
+    text = path.read_text() if path.exists() else HEADER
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
