@@ -29,7 +29,7 @@ from .metrics import REFERENCE_COLUMNS
 from .runtime import resolve_device, set_threads
 from .seeds import RunSeeds
 from .tasks import get_task
-from .trainer import LOSS_COLUMNS, Checkpoint, checkpoint_epochs, train
+from .trainer import LOSS_COLUMNS, Checkpoint, train
 from .writer import StudyWriter, existing_rows, load_state
 
 log = logging.getLogger("latent.collect")
@@ -233,7 +233,7 @@ def collect_study(
         if manifest and manifest.get("status") == "done":
             continue
         state_path = study_obj.run_state_path(s)
-        start = int(load_state(state_path)["meta/epoch"]) if state_path.exists() else 0
+        start = int(load_state(state_path)["meta/step"]) if state_path.exists() else 0
         pending.setdefault(start, []).append(s)
 
     if meta is None or new_meta != meta:
@@ -269,9 +269,11 @@ def _train_batch(task_obj, cfg, study_obj: Study, seeds: list[int], start: int, 
     problem = task_obj.build(cfg, run_seeds, dev)
     if start > 0:
         problem.load_seed_states([load_state(study_obj.run_state_path(s)) for s in seeds])
-    existing = {s: existing_rows(study_obj, s, start) for s in seeds}
+    spe = problem.steps_per_epoch
+    unit = task_obj.step_unit
+    existing = {s: existing_rows(study_obj, s, start, spe, unit) for s in seeds}
     existing = {s: f for s, f in existing.items() if f is not None}
-    writer = StudyWriter(study_obj, run_seeds, existing, step_unit=task_obj.step_unit)
+    writer = StudyWriter(study_obj, run_seeds, existing, step_unit=unit)
 
     converged = np.zeros(len(seeds), dtype=bool)
     for i, s in enumerate(seeds):
@@ -279,10 +281,13 @@ def _train_batch(task_obj, cfg, study_obj: Study, seeds: list[int], start: int, 
         if frame is not None and convergence.metric in frame:
             converged[i] = bool(convergence.reached(_tensor(frame[convergence.metric].to_numpy())).any())
 
-    bar = tqdm(total=cfg.epochs, initial=start, unit="epoch", desc=label, disable=not progress,
-               file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    # The bar counts the study's step unit: epochs for epoch-logged tasks, optimiser steps otherwise.
+    per_tick = spe if unit == "epoch" else 1
+    bar = tqdm(total=cfg.epochs * spe // per_tick, initial=start // per_tick, unit=unit, desc=label,
+               disable=not progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
     bar.set_postfix_str(f"converged {int(converged.sum())}/{len(seeds)}")
     last_save = time.monotonic()
+    total = cfg.epochs * spe
 
     def on_checkpoint(ck: Checkpoint) -> None:
         writer.add(ck)
@@ -290,22 +295,22 @@ def _train_batch(task_obj, cfg, study_obj: Study, seeds: list[int], start: int, 
             converged[:] |= convergence.reached(_tensor(ck.values[convergence.metric])).numpy()
             bar.set_postfix_str(f"converged {int(converged.sum())}/{len(seeds)}", refresh=False)
 
-    def on_epoch(epoch: int) -> None:
+    def on_step(step: int) -> None:
         nonlocal last_save
-        if epoch > bar.n:
-            bar.update(epoch - bar.n)
-        if epoch < cfg.epochs and epoch > start and time.monotonic() - last_save >= save_every:
+        if step // per_tick > bar.n:
+            bar.update(step // per_tick - bar.n)
+        if start < step < total and time.monotonic() - last_save >= save_every:
             t0 = time.perf_counter()
-            writer.save(epoch, [problem.seed_state(i) for i in range(len(seeds))])
+            writer.save(step, [problem.seed_state(i) for i in range(len(seeds))])
             timings["save"] = timings.get("save", 0.0) + time.perf_counter() - t0
             last_save = time.monotonic()
 
     try:
-        train(problem, start_epoch=start, epochs=cfg.epochs, log_every=cfg.log_every,
-              on_checkpoint=on_checkpoint, on_epoch=on_epoch, timings=timings)
+        train(problem, start_step=start, epochs=cfg.epochs, log_every=cfg.log_every, unit=unit,
+              on_checkpoint=on_checkpoint, on_step=on_step, timings=timings)
     finally:
         bar.close()
-    writer.save(cfg.epochs, None, done=True, info={k: round(v, 3) for k, v in timings.items()})
+    writer.save(total, None, done=True, info={k: round(v, 3) for k, v in timings.items()})
 
 
 def _tensor(values):

@@ -26,24 +26,30 @@ class Checkpoint:
 
     Attributes
     ----------
-    epoch : int
-        Epochs completed when the weights were measured.
     step : int
-        Optimiser steps completed.
+        Optimiser steps completed when the weights were measured.
+    epoch : float
+        Epochs completed (``step / steps_per_epoch``).
     values : dict of str to numpy.ndarray
         Column name -> array of shape ``(S,)`` (the 14 reference columns, losses, accuracies).
     """
 
-    epoch: int
     step: int
+    epoch: float
     values: dict[str, np.ndarray]
 
 
-def checkpoint_epochs(epochs: int, log_every: int) -> list[int]:
-    """Checkpoint epochs: 0, log_every, 2·log_every, …, and always the last epoch."""
-    marks = list(range(0, epochs + 1, log_every))
-    if marks[-1] != epochs:
-        marks.append(epochs)
+def checkpoint_steps(epochs: int, log_every: int, steps_per_epoch: int, unit: str = "epoch") -> list[int]:
+    """Optimiser steps at which to checkpoint: every ``log_every`` units from 0, and the last step.
+
+    ``unit`` is ``"epoch"`` (checkpoints at epoch boundaries, as modadd and parity log) or
+    ``"step"`` (every ``log_every`` optimiser steps, as the reference's vision tasks log).
+    """
+    total = epochs * steps_per_epoch
+    every = log_every * steps_per_epoch if unit == "epoch" else log_every
+    marks = list(range(0, total + 1, every))
+    if marks[-1] != total:
+        marks.append(total)
     return marks
 
 
@@ -54,41 +60,48 @@ def _to_numpy(t: torch.Tensor) -> np.ndarray:
 def train(
     problem: BatchedProblem,
     *,
-    start_epoch: int,
+    start_step: int,
     epochs: int,
     log_every: int,
+    unit: str = "epoch",
     on_checkpoint: Callable[[Checkpoint], None],
-    on_epoch: Callable[[int], None] | None = None,
+    on_step: Callable[[int], None] | None = None,
     timings: dict[str, float] | None = None,
 ) -> None:
-    """Train ``problem`` from ``start_epoch`` to ``epochs``, emitting every checkpoint on the way.
+    """Train ``problem`` from ``start_step`` to ``epochs`` epochs, emitting every checkpoint on the way.
 
-    The checkpoint at epoch e measures the weights after e epochs: weight statistics and
-    validation loss/accuracy are computed before epoch e+1's step. Training loss/accuracy at
-    e come from that step's own forward pass when training is full-batch (exact, and free),
+    The checkpoint at step t measures the weights after t optimiser steps: weight statistics
+    and validation loss/accuracy are computed before step t+1. Training loss/accuracy at t
+    come from step t+1's own forward pass when training is full-batch (exact, and free),
     otherwise from an evaluation pass over the training split.
 
     Parameters
     ----------
     problem : BatchedProblem
-        The seeds to train, already at ``start_epoch``.
-    start_epoch, epochs, log_every : int
-        Resume point, final epoch and checkpoint interval.
+        The seeds to train, already at ``start_step``.
+    start_step : int
+        Optimiser steps already taken (the resume point).
+    epochs, log_every : int
+        Training length in epochs, and the checkpoint interval in ``unit``.
+    unit : {"epoch", "step"}
+        Unit of ``log_every``.
     on_checkpoint : callable
         Receives each :class:`Checkpoint` in order.
-    on_epoch : callable, optional
-        Called with the number of completed epochs after every epoch (and once at the start).
+    on_step : callable, optional
+        Called with the number of completed steps after every step (and once at the start).
     timings : dict, optional
         Accumulates seconds spent in ``train``, ``eval`` and ``metrics``.
     """
     import time
 
-    marks = set(checkpoint_epochs(epochs, log_every))
+    spe = problem.steps_per_epoch
+    total = epochs * spe
+    marks = set(checkpoint_steps(epochs, log_every, spe, unit))
     clock = timings if timings is not None else {}
     for key in ("train", "eval", "metrics"):
         clock.setdefault(key, 0.0)
 
-    def measure(epoch: int) -> dict[str, np.ndarray]:
+    def measure() -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
         values = {k: _to_numpy(v) for k, v in reference_metrics(problem.weight_groups()).items()}
         t1 = time.perf_counter()
@@ -98,29 +111,28 @@ def train(
         clock["eval"] += time.perf_counter() - t1
         return values
 
-    if on_epoch is not None:
-        on_epoch(start_epoch)
-    epoch = start_epoch
+    if on_step is not None:
+        on_step(start_step)
+    step = start_step
     while True:
-        pending = measure(epoch) if epoch in marks else None
-        if epoch == epochs or (pending is not None and not problem.full_batch):
+        pending = measure() if step in marks else None
+        if pending is not None and (step == total or not problem.full_batch):
+            t0 = time.perf_counter()
+            train_loss, train_acc = problem.evaluate("train")
+            pending["train_loss"], pending["train_acc"] = _to_numpy(train_loss), _to_numpy(train_acc)
+            clock["eval"] += time.perf_counter() - t0
+        if step == total:
             if pending is not None:
-                t0 = time.perf_counter()
-                train_loss, train_acc = problem.evaluate("train")
-                pending["train_loss"], pending["train_acc"] = _to_numpy(train_loss), _to_numpy(train_acc)
-                clock["eval"] += time.perf_counter() - t0
-        if epoch == epochs:
-            if pending is not None:
-                on_checkpoint(Checkpoint(epoch, epoch * problem.steps_per_epoch, pending))
+                on_checkpoint(Checkpoint(step, step / spe, pending))
             return
         t0 = time.perf_counter()
-        loss, acc = problem.train_epoch()
+        loss, acc = problem.train_step()
         clock["train"] += time.perf_counter() - t0
         if pending is not None:
             if problem.full_batch:
-                # One full-batch step: its forward pass saw exactly the weights after `epoch` epochs.
+                # One full-batch step: its forward pass saw exactly the weights after `step` steps.
                 pending["train_loss"], pending["train_acc"] = _to_numpy(loss), _to_numpy(acc)
-            on_checkpoint(Checkpoint(epoch, epoch * problem.steps_per_epoch, pending))
-        epoch += 1
-        if on_epoch is not None:
-            on_epoch(epoch)
+            on_checkpoint(Checkpoint(step, step / spe, pending))
+        step += 1
+        if on_step is not None:
+            on_step(step)

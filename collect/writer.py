@@ -70,7 +70,7 @@ class StudyWriter:
     def add(self, ckpt: Checkpoint) -> None:
         """Buffer one checkpoint's row for every seed."""
         for i, rs in enumerate(self.seeds):
-            step = ckpt.epoch if self.step_unit == "epoch" else ckpt.step
+            step = round(ckpt.epoch) if self.step_unit == "epoch" else ckpt.step
             row: dict[str, Any] = {"seed": rs.seed, "step": int(step), "epoch": float(ckpt.epoch)}
             row.update({k: float(v[i]) for k, v in ckpt.values.items()})
             self._pending[rs.seed].append(row)
@@ -89,7 +89,7 @@ class StudyWriter:
         order = [c for c in first if c in frame.columns] + [c for c in frame.columns if c not in first]
         return frame[order]
 
-    def save(self, epoch: int, states: list[dict[str, np.ndarray]] | None, done: bool = False, info: dict | None = None) -> None:
+    def save(self, step: int, states: list[dict[str, np.ndarray]] | None, done: bool = False, info: dict | None = None) -> None:
         """Write tables, then resume states (unless ``done``), then manifests, for every seed.
 
         Seeds are written concurrently (fsync waits on the disk, not the CPU); each seed's own
@@ -105,12 +105,12 @@ class StudyWriter:
             if frame is not None:
                 atomic_write_parquet(self.study.run_table_path(rs.seed), frame)
             if not done and states is not None:
-                save_state(self.study.run_state_path(rs.seed), {**states[i], "meta/epoch": np.asarray(epoch)})
+                save_state(self.study.run_state_path(rs.seed), {**states[i], "meta/step": np.asarray(step)})
             manifest = {
                 "format": RUN_FORMAT,
                 "seed": rs.seed,
                 "status": "done" if done else "running",
-                "epoch": int(epoch),
+                "opt_steps": int(step),
                 "last_step": int(frame["step"].iloc[-1]) if frame is not None else None,
                 "rows": 0 if frame is None else int(len(frame)),
                 "streams": rs.as_dict(),
@@ -131,11 +131,15 @@ class StudyWriter:
                 self._pending[rs.seed] = []
 
 
-def existing_rows(study: Study, seed: int, before_epoch: int) -> pd.DataFrame | None:
-    """Rows of ``seed`` already on disk from before ``before_epoch`` (newer rows are recomputed)."""
+def existing_rows(study: Study, seed: int, before_step: int, steps_per_epoch: int, step_unit: str) -> pd.DataFrame | None:
+    """Rows of ``seed`` already on disk from before optimiser step ``before_step``.
+
+    Newer rows were written after the resume state was saved; they are recomputed.
+    """
     path = study.run_table_path(seed)
     if not path.exists():
         return None
     frame = read_parquet(path, "run table")
-    frame = frame[frame["epoch"] < before_epoch].reset_index(drop=True)
+    opt_steps = frame["step"] * steps_per_epoch if step_unit == "epoch" else frame["step"]
+    frame = frame[opt_steps < before_step].reset_index(drop=True)
     return frame if len(frame) else None

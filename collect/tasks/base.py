@@ -37,9 +37,12 @@ class Convergence:
 class BatchedProblem:
     """S seeds of one task trained as one batched model.
 
-    Subclasses set ``params`` (name -> leaf tensor ``(S, ...)``), ``optimizer`` and
-    ``order_generators`` (one CPU ``torch.Generator`` per seed for data order), and implement
-    :meth:`train_epoch`, :meth:`evaluate` and :meth:`weight_groups`.
+    Subclasses set ``params`` (name -> leaf tensor ``(S, ...)`` with at least two dimensions),
+    ``optimizer``, ``order_generators`` (one CPU ``torch.Generator`` per seed for data order)
+    and ``steps_per_epoch``, and implement :meth:`train_step`, :meth:`evaluate` and
+    :meth:`weight_groups`. A problem that keeps data-order state within an epoch (a shuffled
+    permutation and a cursor) saves it through :meth:`extra_state` / :meth:`load_extra_states`
+    so a run can resume mid-epoch.
     """
 
     params: dict[str, torch.Tensor]
@@ -54,9 +57,21 @@ class BatchedProblem:
     def n_seeds(self) -> int:
         return next(iter(self.params.values())).shape[0]
 
-    def train_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run one epoch of optimiser steps; return per-seed (mean loss, accuracy) over its batches."""
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimiser step for every seed; return per-seed (mean loss, accuracy) on its batch."""
         raise NotImplementedError
+
+    def train_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``steps_per_epoch`` steps; per-seed mean over batches of loss and accuracy."""
+        losses, accs = zip(*(self.train_step() for _ in range(self.steps_per_epoch)))
+        return torch.stack(losses).mean(0), torch.stack(accs).mean(0)
+
+    def extra_state(self, i: int) -> dict[str, np.ndarray]:
+        """Seed ``i``'s data-order state beyond its generator (e.g. the epoch's permutation)."""
+        return {}
+
+    def load_extra_states(self, states: list[dict[str, np.ndarray]]) -> None:
+        """Inverse of :meth:`extra_state` for all seeds."""
 
     def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-seed (mean loss, accuracy) on the whole ``"train"`` or ``"val"`` split, no grad."""
@@ -82,6 +97,7 @@ class BatchedProblem:
                 else:
                     out[f"optim/{name}/{key}"] = np.asarray(val.cpu() if torch.is_tensor(val) else val)
         out["rng/order"] = self.order_generators[i].get_state().numpy().copy()
+        out.update({f"extra/{k}": v for k, v in self.extra_state(i).items()})
         return out
 
     def load_seed_states(self, states: list[dict[str, np.ndarray]]) -> None:
@@ -108,6 +124,7 @@ class BatchedProblem:
                 self.optimizer.state[p] = st
         for g, s in zip(self.order_generators, states):
             g.set_state(torch.from_numpy(s["rng/order"].copy()))
+        self.load_extra_states([{k[len("extra/"):]: v for k, v in s.items() if k.startswith("extra/")} for s in states])
 
 
 class Task:

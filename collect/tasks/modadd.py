@@ -275,6 +275,8 @@ class ModAddProblem(BatchedProblem):
         self.val_idx = torch.from_numpy(np.stack([s[1] for s in splits])).to(device)
         self.full_batch = cfg.batch_size == 0 or cfg.batch_size >= cfg.n_train
         self.steps_per_epoch = 1 if self.full_batch else math.ceil(cfg.n_train / cfg.batch_size)
+        self._cursor = 0  # batches of the current epoch already taken
+        self._order: torch.Tensor | None = None
 
     def _logits(self, rows: torch.Tensor) -> torch.Tensor:
         a, b = self._a[rows], self._b[rows]
@@ -290,29 +292,33 @@ class ModAddProblem(BatchedProblem):
         correct = (logits.argmax(-1) == y).sum(1)
         return per_example.sum(1), correct, torch.tensor(n)
 
-    def train_epoch(self) -> tuple[torch.Tensor, torch.Tensor]:
-        S = self.n_seeds
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.full_batch:
-            batches = [self.train_idx]
+            rows = self.train_idx
         else:
-            # Each seed shuffles its own training rows with its own generator.
-            perms = torch.stack([torch.randperm(self.cfg.n_train, generator=g) for g in self.order_generators])
-            order = self.train_idx.gather(1, perms.to(self.device))
-            batches = list(order.split(self.cfg.batch_size, dim=1))
-        loss_sum = torch.zeros(S, device=self.device)
-        correct = torch.zeros(S, device=self.device)
-        count = 0
-        for rows in batches:
-            self.optimizer.zero_grad(set_to_none=True)
-            loss_tot, corr, n = self._loss_acc(rows)
-            # Sum of per-seed means: every seed receives exactly its own gradient.
-            (loss_tot / n).sum().backward()
-            self.optimizer.step()
-            # Reference: the logged train loss is the mean over the epoch's batches.
-            loss_sum += loss_tot.detach() / n
-            correct += corr
-            count += int(n)
-        return loss_sum / len(batches), correct / count
+            if self._cursor == 0:
+                # A new epoch: each seed shuffles its own training rows with its own generator.
+                perms = torch.stack([torch.randperm(self.cfg.n_train, generator=g) for g in self.order_generators])
+                self._order = self.train_idx.gather(1, perms.to(self.device))
+            bs = self.cfg.batch_size
+            rows = self._order[:, self._cursor * bs : (self._cursor + 1) * bs]
+            self._cursor = (self._cursor + 1) % self.steps_per_epoch
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_tot, correct, n = self._loss_acc(rows)
+        # Sum of per-seed means: every seed receives exactly its own gradient.
+        (loss_tot / n).sum().backward()
+        self.optimizer.step()
+        return loss_tot.detach() / n, correct / n
+
+    def extra_state(self, i: int) -> dict[str, np.ndarray]:
+        if self.full_batch or self._cursor == 0:
+            return {"cursor": np.asarray(0)}
+        return {"cursor": np.asarray(self._cursor), "order": self._order[i].cpu().numpy()}
+
+    def load_extra_states(self, states: list[dict[str, np.ndarray]]) -> None:
+        self._cursor = int(states[0].get("cursor", 0))
+        if self._cursor:
+            self._order = torch.from_numpy(np.stack([s["order"] for s in states])).to(self.device)
 
     @torch.no_grad()
     def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
