@@ -14,7 +14,12 @@ Definitions (reference.md B1–B5):
 * per checkpoint: each of ``l1 … mean_lambda`` is the unweighted mean over all matrices,
   ``variance_lambda`` the NaN-skipping mean of the per-matrix variances;
 * ``mean_w, median_w, var_w`` (``_b``): mean, lower median and unbiased variance of all included
-  weights (biases) concatenated.
+  weights (biases) concatenated;
+* conv tensors ``(out, in, kh, kw)`` (reference B2) give only ``l1``, ``l2`` and
+  ``code_sparsity``: the means over the out×in kernel slices of each slice's L1, L2 and L1/L2.
+  Each column averages over the entries that have it, so with convs in a model ``l1`` mixes conv
+  and matrix entries while ``spectral`` etc. come from the matrices alone (reference B5,
+  ``get_stats_for_cnn``).
 """
 
 from __future__ import annotations
@@ -126,6 +131,36 @@ def matrix_metrics(w: torch.Tensor) -> dict[str, torch.Tensor]:
     return {key: torch.where(finite, val, nan) for key, val in out.items()}
 
 
+def tensor_metrics(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The reference's conv-tensor statistics (``get_tensor_metrics``, reference.md B2).
+
+    Parameters
+    ----------
+    w : torch.Tensor
+        Shape ``(..., out, in, kh, kw)``.
+
+    Returns
+    -------
+    dict of str to torch.Tensor
+        ``l1``, ``l2``, ``code_sparsity``: means over the ``out × in`` kernel slices of the slice's
+        L1 norm, L2 norm and their ratio, float64 of shape ``w.shape[:-4]``. A tensor with a
+        non-finite entry gives NaN.
+    """
+    if w.dim() < 4:
+        raise ValueError(f"tensor_metrics needs (..., out, in, kh, kw), got shape {tuple(w.shape)}")
+    w64 = w.detach().to(torch.float64)
+    finite = torch.isfinite(w64).flatten(-4).all(-1)
+    l1 = w64.abs().sum((-2, -1))  # (..., out, in)
+    l2 = w64.square().sum((-2, -1)).sqrt()
+    out = {
+        "l1": l1.mean((-2, -1)),
+        "l2": l2.mean((-2, -1)),
+        "code_sparsity": (l1 / l2).mean((-2, -1)),
+    }
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=w64.device)
+    return {k: torch.where(finite, v, nan) for k, v in out.items()}
+
+
 def distribution_stats(values: torch.Tensor) -> dict[str, torch.Tensor]:
     """Mean, lower median and unbiased variance along the last axis (``get_distribution_stats``).
 
@@ -159,9 +194,12 @@ class WeightGroups:
         Tensors ``(S, ...)`` whose entries are concatenated into ``w_all``.
     biases : list of torch.Tensor
         Tensors ``(S, ...)`` concatenated into ``b_all``.
+    convs : list of torch.Tensor
+        Conv tensors ``(S, out, in, kh, kw)``, each one entry in ``l1``, ``l2``, ``code_sparsity``.
     """
 
     matrices: list[torch.Tensor] = field(default_factory=list)
+    convs: list[torch.Tensor] = field(default_factory=list)
     weights: list[torch.Tensor] = field(default_factory=list)
     biases: list[torch.Tensor] = field(default_factory=list)
 
@@ -190,10 +228,19 @@ def reference_metrics(groups: WeightGroups) -> dict[str, torch.Tensor]:
         stats = matrix_metrics(group)  # each (S, M)
         for key in MATRIX_KEYS:
             per_key[key].append(stats[key])
+    for conv in groups.convs:
+        if conv.dim() != 5:
+            raise ValueError(f"conv tensor must be (S, out, in, kh, kw), got {tuple(conv.shape)}")
+        for key, val in tensor_metrics(conv).items():
+            per_key[key].append(val[:, None])
+    n_seeds = (groups.matrices or groups.convs)[0].shape[0]
     out: dict[str, torch.Tensor] = {}
     for key in MATRIX_KEYS:
-        stacked = torch.cat(per_key[key], dim=1)  # (S, total matrices)
-        out[_MATRIX_TO_COLUMN[key]] = stacked.nanmean(dim=1)
+        if per_key[key]:
+            stacked = torch.cat(per_key[key], dim=1)  # (S, entries that have this key)
+            out[_MATRIX_TO_COLUMN[key]] = stacked.nanmean(dim=1)
+        else:
+            out[_MATRIX_TO_COLUMN[key]] = torch.full((n_seeds,), float("nan"), dtype=torch.float64)
     for prefix, parts in (("w", groups.weights), ("b", groups.biases)):
         if parts:
             stats = distribution_stats(_concat(parts))
@@ -201,7 +248,6 @@ def reference_metrics(groups: WeightGroups) -> dict[str, torch.Tensor]:
             out[f"median_{prefix}"] = stats["median"]
             out[f"var_{prefix}"] = stats["var"]
         else:
-            s = groups.matrices[0].shape[0]
             for stat in ("mean", "median", "var"):
-                out[f"{stat}_{prefix}"] = torch.full((s,), float("nan"), dtype=torch.float64)
+                out[f"{stat}_{prefix}"] = torch.full((n_seeds,), float("nan"), dtype=torch.float64)
     return {col: out[col] for col in REFERENCE_COLUMNS}

@@ -107,3 +107,24 @@ def test_reference_metrics_average_over_matrices_and_nanmean_variance():
     assert out["mean_b"].tolist() == pytest.approx([2.0, 4.0])
     assert out["median_b"].tolist() == [2.0, 4.0]
     assert out["var_b"].tolist() == pytest.approx([1.0, 4.0])
+
+
+def test_conv_tensor_metrics_by_hand():
+    from collect.metrics import tensor_metrics
+
+    # out=1, in=2, 2x2 kernels: slice 0 = [[3, 0], [0, 4]] (l1 7, l2 5), slice 1 = [[1, 1], [1, 1]] (l1 4, l2 2).
+    w = torch.tensor([[[[3.0, 0.0], [0.0, -4.0]], [[1.0, 1.0], [1.0, 1.0]]]])
+    m = _vals(tensor_metrics(w))
+    assert m == pytest.approx({"l1": 5.5, "l2": 3.5, "code_sparsity": (7 / 5 + 4 / 2) / 2})
+
+
+def test_cnn_columns_average_over_entries_that_have_them():
+    # One conv entry (l1 5.5, l2 3.5) and one fc matrix diag(3, 4) (l1 7, l2 5, spectral 4).
+    conv = torch.tensor([[[[3.0, 0.0], [0.0, -4.0]], [[1.0, 1.0], [1.0, 1.0]]]])[None]
+    fc = torch.tensor([[3.0, 0.0], [0.0, 4.0]])[None, None]
+    out = reference_metrics(WeightGroups(matrices=[fc], convs=[conv], weights=[conv, fc[:, 0]], biases=[]))
+    assert out["l1"].item() == pytest.approx((5.5 + 7) / 2)
+    assert out["l2"].item() == pytest.approx((3.5 + 5) / 2)
+    assert out["spectral"].item() == pytest.approx(4.0)  # from the fc alone
+    assert out["mean_lambda"].item() == pytest.approx(3.5)
+    assert math.isnan(out["mean_b"].item())  # no biases included

@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
                    help="override one config field, typed (repeatable); an unknown key lists the valid ones")
     p.add_argument("--layernorm", action="store_true",
                    help="modadd transformer: post-LayerNorm (with --preset paper also batch 256: the paper's stabilised variant)")
+    p.add_argument("--data-dir", help="read the task's real data set from this directory (tasks with a data loader)")
     p.add_argument("--study", help="study name (default: the task, plus -<preset> for other presets)")
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
@@ -52,8 +53,12 @@ def run(args) -> int:
         if flag is not None:
             overrides[key] = flag
     name = args.study
+    if args.data_dir is not None:
+        if "data_dir" not in task.config_class.__dataclass_fields__:
+            raise UserError(f"--data-dir does not apply to task {args.task!r} (it generates its data)")
+        overrides["data_dir"] = args.data_dir
     if args.layernorm:
-        if "layernorm" not in {f for f in task.config_class.__dataclass_fields__}:
+        if "layernorm" not in task.config_class.__dataclass_fields__:
             raise UserError(f"--layernorm applies to modadd only, not {args.task!r}")
         overrides["layernorm"] = True
         if args.preset == "paper":
