@@ -86,6 +86,12 @@ def singular_values(w: torch.Tensor) -> torch.Tensor:
     return eig.clamp_min(0.0).sqrt().flip(-1)
 
 
+def _nan_where_not(finite: torch.Tensor, stats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """NaN for every statistic of an entry with a non-finite weight (the reference skips those)."""
+    nan = torch.tensor(float("nan"), dtype=torch.float64, device=finite.device)
+    return {key: torch.where(finite, val, nan) for key, val in stats.items()}
+
+
 def matrix_metrics(w: torch.Tensor) -> dict[str, torch.Tensor]:
     """The reference's per-matrix statistics (``get_matrix_metrics``), for one matrix or a stack.
 
@@ -127,8 +133,7 @@ def matrix_metrics(w: torch.Tensor) -> dict[str, torch.Tensor]:
         "mean_singular_value": mean_sv,
         "var_singular_value": var_sv,
     }
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=w64.device)
-    return {key: torch.where(finite, val, nan) for key, val in out.items()}
+    return _nan_where_not(finite, out)
 
 
 def tensor_metrics(w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -157,8 +162,7 @@ def tensor_metrics(w: torch.Tensor) -> dict[str, torch.Tensor]:
         "l2": l2.mean((-2, -1)),
         "code_sparsity": (l1 / l2).mean((-2, -1)),
     }
-    nan = torch.tensor(float("nan"), dtype=torch.float64, device=w64.device)
-    return {k: torch.where(finite, v, nan) for k, v in out.items()}
+    return _nan_where_not(finite, out)
 
 
 def distribution_stats(values: torch.Tensor) -> dict[str, torch.Tensor]:
