@@ -204,27 +204,29 @@ def collect_study(
         meta = None
 
     all_seeds = sorted(set(seed_list) | set(meta.get("seeds", []) if meta else []))
-    new_meta = {
-        "format": STUDY_FORMAT,
-        "name": name,
-        "task": task,
-        "preset": preset if meta is None else meta.get("preset", preset),
-        "config": config,
-        "seeds": all_seeds,
-        "step_unit": task_obj.step_unit,
-        "convergence": convergence.as_dict(),
-        "features": list(REFERENCE_COLUMNS),
-        "metrics": list(REFERENCE_COLUMNS) + list(LOSS_COLUMNS),
-        "split": {"mode": "per_run"} if split_seed is None else {"mode": "shared", "seed": split_seed},
-        "data": task_obj.describe_data(cfg),
-        "versions": _versions() if meta is None else meta.get("versions", _versions()),
-        "command": command if meta is None else meta.get("command"),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds") if meta is None else meta.get("created"),
-    }
-    if meta is not None and command and command != meta.get("command"):
-        new_meta["commands"] = list(meta.get("commands", [])) + [command]
-    if meta is not None:
-        new_meta = {**meta, **{k: v for k, v in new_meta.items() if k in ("seeds", "commands")}}
+    if meta is None:
+        new_meta = {
+            "format": STUDY_FORMAT,
+            "name": name,
+            "task": task,
+            "preset": preset,
+            "config": config,
+            "seeds": all_seeds,
+            "step_unit": task_obj.step_unit,
+            "convergence": convergence.as_dict(),
+            "features": list(REFERENCE_COLUMNS),
+            "metrics": list(REFERENCE_COLUMNS) + list(LOSS_COLUMNS),
+            "split": {"mode": "per_run"} if split_seed is None else {"mode": "shared", "seed": split_seed},
+            "data": task_obj.describe_data(cfg),
+            "versions": _versions(),
+            "command": command,
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        }
+    else:
+        # Same task and config: extend the seed list, remember any new command line.
+        new_meta = {**meta, "seeds": all_seeds}
+        if command and command != meta.get("command") and command not in meta.get("commands", []):
+            new_meta["commands"] = list(meta.get("commands", [])) + [command]
 
     # Which requested seeds still need work, and from where.
     pending: dict[int, list[int]] = {}
