@@ -33,9 +33,9 @@ DEFAULT_METRICS = ("l2", "train_acc", "val_acc")
 
 #: Display names and units of the reference metric columns.
 METRIC_LABELS = {
-    "l1": ("L1 norm", "sum |w|"),
-    "l2": ("L2 norm", "Frobenius, summed over matrices"),
-    "trace": ("trace", "sum of diagonals"),
+    "l1": ("L1 norm", "sum |w|, mean over matrices"),
+    "l2": ("L2 norm", "Frobenius, mean over matrices"),
+    "trace": ("trace", "diagonal sum, mean over matrices"),
     "spectral": ("spectral norm λmax", "largest singular value"),
     "code_sparsity": ("code sparsity", "L1/L2 ratio"),
     "computational_sparsity": ("computational sparsity", "trace / λmax"),
