@@ -5,9 +5,11 @@ from __future__ import annotations
 from latent.errors import UserError
 
 from .base import BatchedProblem, Convergence, Task
+from .mnist import MnistTask
 from .modadd import ModAddTask
+from .parity import ParityTask
 
-TASKS: dict[str, Task] = {t.name: t for t in (ModAddTask(),)}
+TASKS: dict[str, Task] = {t.name: t for t in (ModAddTask(), ParityTask(), MnistTask())}
 
 
 def get_task(name: str) -> Task:

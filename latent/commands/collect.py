@@ -14,11 +14,11 @@ def add_parser(sub) -> None:
         "statistics, losses and accuracies at every checkpoint into <store>/<study>/. Rerunning "
         "resumes an interrupted study, adds new seeds, or says it is already complete.",
     )
-    p.add_argument("--task", required=True, help="task to train (modadd)")
+    p.add_argument("--task", required=True, help="task to train: modadd, parity or mnist")
     p.add_argument("--seeds", default="40", help="a count (40 = seeds 0..39), a range (0-39) or a list (1,5,9); default 40")
     p.add_argument("--preset", default="default", help="named config preset: default (laptop CPU) or paper (the reference's setup)")
     p.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
-    p.add_argument("--log-every", type=int, help="epochs between checkpoints (overrides the preset)")
+    p.add_argument("--log-every", type=int, help="checkpoint interval in the task's step unit: epochs (modadd, parity) or optimiser steps (mnist)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field, typed (repeatable); an unknown key lists the valid ones")
     p.add_argument("--layernorm", action="store_true",
