@@ -1,0 +1,186 @@
+"""`latent fit` end to end: artifacts, determinism, `latent ls`, bad input, no torch."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from latent.cli import main
+from planted import detour_study
+
+FAST = ["--max-states", "3", "--restarts", "2", "--n-iter", "10", "--n-boot", "50", "--jobs", "2"]
+
+
+@pytest.fixture()
+def store(tmp_path):
+    detour_study(tmp_path / "data" / "toy", n_runs=12, T=90)
+    return tmp_path / "data"
+
+
+def snapshot(root: Path) -> dict:
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns)
+            for p in sorted(root.rglob("*"))}
+
+
+def fit(store, *extra):
+    return main(["fit", "--store", str(store), *FAST, *extra])
+
+
+def test_fit_writes_contract_artifacts_and_ls_lists_them(store, capsys):
+    assert fit(store) == 0
+    out = capsys.readouterr().out
+    assert "K = " in out and "R² = " in out and "detour states:" in out and "state 0: occupancy" in out
+    fits = list((store / "toy" / "fits").iterdir())
+    assert len(fits) == 1 and not fits[0].name.startswith(".")
+    fdir = fits[0]
+    assert oct(fdir.stat().st_mode & 0o777) != "0o700"
+    model = json.loads((fdir / "model.json").read_text())
+    for key in ("format", "fit_id", "study", "config", "n_states", "criterion", "features", "covariance_type",
+                "startprob", "transmat", "means", "covars", "scaling", "selection", "seeds", "state_order",
+                "versions", "command"):
+        assert key in model, key
+    K, d = model["n_states"], len(model["features"])
+    assert model["format"] == "latent.fit/1" and model["fit_id"] == fdir.name and model["study"] == "toy"
+    assert np.array(model["covars"]).shape == (K, d, d) and np.array(model["transmat"]).shape == (K, K)
+    assert [r["k"] for r in model["selection"]] == [1, 2, 3]
+    assert all(len(r["random_states"]) == 2 for r in model["selection"])
+    assert sorted(model["seeds"]["train"] + model["seeds"]["test"]) == model["seeds"]["used"] == list(range(12))
+    paths = pd.read_parquet(fdir / "paths.parquet")
+    assert list(paths.columns) == ["seed", "step", "state"] + [f"p_state_{k}" for k in range(K)]
+    assert len(paths) == 12 * 90
+    np.testing.assert_allclose(paths[[f"p_state_{k}" for k in range(K)]].sum(axis=1), 1)
+    analysis = json.loads((fdir / "analysis.json").read_text())
+    for key in ("format", "convergence", "occupancy", "map", "regression", "detours", "dissimilarity", "importance"):
+        assert key in analysis, key
+    assert "edges" in analysis["map"] and "nodes" in analysis["map"]
+    assert main(["ls", "--store", str(store)]) == 0
+    assert fdir.name in capsys.readouterr().out
+
+
+def test_same_command_same_bytes_and_replaces_atomically(store, capsys):
+    assert fit(store) == 0
+    fdir = next((store / "toy" / "fits").iterdir())
+    first = {n: (fdir / n).read_bytes() for n in ("model.json", "analysis.json", "paths.parquet")}
+    assert fit(store) == 0
+    assert [p.name for p in (store / "toy" / "fits").iterdir()] == [fdir.name]  # replaced, no leftovers
+    for name, data in first.items():
+        assert (fdir / name).read_bytes() == data, name
+    # different settings, different fit id
+    assert fit(store, "--covariance", "diag") == 0
+    assert len(list((store / "toy" / "fits").iterdir())) == 2
+
+
+def test_nan_run_is_excluded_with_a_warning(store, capsys):
+    path = store / "toy" / "runs" / "seed-005.parquet"
+    frame = pd.read_parquet(path)
+    frame.loc[3, "f1"] = np.nan
+    frame.to_parquet(path, index=False)
+    assert fit(store) == 0
+    err = capsys.readouterr().err
+    assert "seed 5: non-finite values in f1" in err
+    fdir = next((store / "toy" / "fits").iterdir())
+    model = json.loads((fdir / "model.json").read_text())
+    assert 5 not in model["seeds"]["used"] and model["seeds"]["excluded"] == {"5": "non-finite values in f1"}
+
+
+def _bad(store, capsys, argv):
+    before = snapshot(store)
+    rc = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert len(err.splitlines()) == 1 and err.startswith("latent fit: error:"), err
+    assert snapshot(store) == before
+    return err
+
+
+def test_bad_input_is_one_line_exit_2_store_unchanged(store, capsys):
+    s = str(store)
+    assert "not found" in _bad(store, capsys, ["fit", "--store", s, "--study", "nope", *FAST])
+    assert "unknown feature(s) zz; available:" in _bad(store, capsys, ["fit", "--store", s, "--features", "f0,zz", *FAST])
+    assert "--max-states" in _bad(store, capsys, ["fit", "--store", s, *FAST, "--max-states", "0"])
+    err = _bad(store, capsys, ["fit", "--store", s, *FAST, "--threshold", "0.99"])
+    assert "no run ever has val_acc > 0.99" in err
+    assert "--metric" in _bad(store, capsys, ["fit", "--store", s, *FAST, "--metric", "nothing"])
+    (store / "toy" / "runs" / "seed-003.parquet").write_bytes(b"not a parquet file")
+    assert "corrupt" in _bad(store, capsys, ["fit", "--store", s, *FAST])
+
+
+def test_missing_and_empty_study(tmp_path, capsys):
+    empty = tmp_path / "data"
+    empty.mkdir()
+    assert "no study in store" in _bad(empty, capsys, ["fit", "--store", str(empty)])
+    (empty / "bare" / "runs").mkdir(parents=True)
+    (empty / "bare" / "study.json").write_text(json.dumps({"task": "x", "features": ["f0"],
+                                                           "convergence": {"metric": "val_acc", "threshold": 0.9}}))
+    assert "has no runs" in _bad(empty, capsys, ["fit", "--store", str(empty), "--study", "bare"])
+
+
+def test_too_few_runs_for_split(tmp_path, capsys):
+    detour_study(tmp_path / "data" / "two", n_runs=2, T=90)
+    err = _bad(tmp_path / "data", capsys, ["fit", "--store", str(tmp_path / "data"), *FAST])
+    assert "too few runs for the held-out split" in err
+
+
+def test_study_by_path_and_fit_does_not_import_torch(store):
+    code = (
+        "import sys\n"
+        "from latent.cli import main\n"
+        f"rc = main(['fit', '--study', {str(store / 'toy')!r}, '-q', *{FAST!r}])\n"
+        "assert rc == 0, rc\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NOTORCH')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=store.parent,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent)})
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "NOTORCH"
+    assert Path(lines[0]).parent == store / "toy" / "fits"
+
+
+def test_saved_model_reproduces_saved_paths(store, capsys):
+    """model.json alone (no pickle) rebuilds the HMM; with the saved scaling it decodes paths.parquet."""
+    from latent.fit import load_fit
+    from latent.hmm import build_hmm
+
+    assert fit(store) == 0
+    fdir = next((store / "toy" / "fits").iterdir())
+    model, paths, analysis = load_fit(fdir)
+    hmm = build_hmm(model, model["covariance_type"])
+    for seed in model["seeds"]["used"][:4]:
+        run = pd.read_parquet(store / "toy" / "runs" / f"seed-{seed:03d}.parquet").head(model["config"]["first_n"])
+        sc = model["scaling"]["per_run"][str(seed)]
+        z = (run[model["features"]].to_numpy() - np.array(sc["mean"])) / np.array(sc["std"])
+        saved = paths[paths.seed == seed]
+        np.testing.assert_array_equal(hmm.predict(z), saved["state"].to_numpy())
+        np.testing.assert_array_equal(saved["step"].to_numpy(), run["step"].to_numpy())
+    # canonical order: most runs start in state 0
+    starts = paths.groupby("seed")["state"].first()
+    assert (starts == 0).mean() > 0.5
+    # the map's edge counts agree with paths.parquet
+    pairs = {}
+    for seed, g in paths.groupby("seed"):
+        s = g["state"].to_numpy()
+        for e in {(int(a), int(b)) for a, b in zip(s[:-1], s[1:]) if a != b}:
+            pairs[e] = pairs.get(e, 0) + 1
+    assert {(e["source"], e["target"]): e["runs"] for e in analysis["map"]["edges"]} == pairs
+
+
+@pytest.mark.parametrize("rule,n_used", [("exclude", 11), ("censor", 12)])
+def test_nonconverged_rule(store, capsys, rule, n_used):
+    path = store / "toy" / "runs" / "seed-004.parquet"
+    frame = pd.read_parquet(path)
+    frame["val_acc"] = 0.5
+    frame.to_parquet(path, index=False)
+    assert fit(store, "--nonconverged", rule) == 0
+    assert "1 of 12 run(s) never reach val_acc > 0.9: seeds 4" in capsys.readouterr().err
+    fdir = next((store / "toy" / "fits").iterdir())
+    analysis = json.loads((fdir / "analysis.json").read_text())
+    assert analysis["convergence"]["never_converged"] == [4]
+    assert analysis["convergence"]["times"]["4"] is None
+    assert analysis["regression"]["n_runs"] == n_used
+    assert rule in json.loads((fdir / "model.json").read_text())["config"]["nonconverged"]
