@@ -29,6 +29,8 @@ from typing import Sequence
 
 import torch
 
+from latent.store import REFERENCE_COLUMNS
+
 SV_THRESHOLD = 1e-5
 
 MATRIX_KEYS = (
@@ -42,23 +44,6 @@ MATRIX_KEYS = (
     "var_singular_value",
 )
 
-# The 14 columns the HMM consumes, in the reference's order.
-REFERENCE_COLUMNS = (
-    "l1",
-    "l2",
-    "trace",
-    "spectral",
-    "code_sparsity",
-    "computational_sparsity",
-    "mean_lambda",
-    "variance_lambda",
-    "mean_w",
-    "median_w",
-    "var_w",
-    "mean_b",
-    "median_b",
-    "var_b",
-)
 
 _MATRIX_TO_COLUMN = {
     "l1": "l1",

@@ -21,26 +21,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .store import REFERENCE_COLUMNS
 
 log = logging.getLogger("latent")
 
 #: The 14 reference columns (reference.md B5, C "base").
-REFERENCE_FEATURES = (
-    "l1",
-    "l2",
-    "trace",
-    "spectral",
-    "code_sparsity",
-    "computational_sparsity",
-    "mean_lambda",
-    "variance_lambda",
-    "mean_w",
-    "median_w",
-    "var_w",
-    "mean_b",
-    "median_b",
-    "var_b",
-)
+REFERENCE_FEATURES = REFERENCE_COLUMNS
 _ID_COLUMNS = ("seed", "step", "epoch")
 SCALINGS = ("per_run", "global")
 

@@ -29,6 +29,25 @@ import pandas as pd
 
 from .errors import UserError
 
+#: The 14 weight-statistic columns of a trajectory table, in the reference's order
+#: (reference.md B5); the HMM's default features.
+REFERENCE_COLUMNS = (
+    "l1",
+    "l2",
+    "trace",
+    "spectral",
+    "code_sparsity",
+    "computational_sparsity",
+    "mean_lambda",
+    "variance_lambda",
+    "mean_w",
+    "median_w",
+    "var_w",
+    "mean_b",
+    "median_b",
+    "var_b",
+)
+
 STUDY_FILE = "study.json"
 STUDY_FORMAT = "latent.study/1"
 RUN_FORMAT = "latent.run/1"
