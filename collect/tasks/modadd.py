@@ -28,10 +28,7 @@ from latent.errors import UserError
 
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
-from .base import BatchedProblem, Convergence, Task, normal_
-
-EVAL_CHUNK = 2048  # rows per evaluation chunk, bounds memory for large p and many seeds
-
+from .base import RowProblem, Task, normal_, stack_params
 
 @dataclass(frozen=True)
 class ModAddConfig:
@@ -152,6 +149,13 @@ def split_indices(p: int, n_train: int, split_seed: int) -> tuple[np.ndarray, np
 # --------------------------------------------------------------------------- models
 
 
+def cross_entropy_sums(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-seed cross-entropy *sums* and correct counts for ``logits (S, N, C)`` and labels ``(S, N)``."""
+    S, n, c = logits.shape
+    loss = F.cross_entropy(logits.reshape(S * n, c), y.reshape(-1), reduction="none").view(S, n).sum(1)
+    return loss, (logits.argmax(-1) == y).sum(1)
+
+
 def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     """``out[s, i] = table[s, idx[s, i]]`` for ``table (S, V, ...)`` and ``idx (S, N)``."""
     s, v = table.shape[:2]
@@ -248,7 +252,7 @@ def transformer_logits(P: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Ten
 # --------------------------------------------------------------------------- problem
 
 
-class ModAddProblem(BatchedProblem):
+class ModAddProblem(RowProblem):
     """S seeds of modular addition as one batched model, trained with one AdamW."""
 
     def __init__(self, cfg: ModAddConfig, seeds: list[RunSeeds], device: torch.device):
@@ -256,9 +260,7 @@ class ModAddProblem(BatchedProblem):
         self.device = device
         init = init_mlp if cfg.model == "mlp" else init_transformer
         per_seed = [init(cfg, torch.Generator().manual_seed(rs.init)) for rs in seeds]
-        self.params = {
-            k: torch.stack([ps[k] for ps in per_seed]).to(device).requires_grad_(True) for k in per_seed[0]
-        }
+        self.params = stack_params(per_seed, device)
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()),
             lr=cfg.lr,
@@ -271,12 +273,11 @@ class ModAddProblem(BatchedProblem):
         a, b, y = pair_table(cfg.p)
         self._a, self._b, self._y = a.to(device), b.to(device), y.to(device)
         splits = [split_indices(cfg.p, cfg.n_train, rs.split) for rs in seeds]
-        self.train_idx = torch.from_numpy(np.stack([s[0] for s in splits])).to(device)
-        self.val_idx = torch.from_numpy(np.stack([s[1] for s in splits])).to(device)
-        self.full_batch = cfg.batch_size == 0 or cfg.batch_size >= cfg.n_train
-        self.steps_per_epoch = 1 if self.full_batch else math.ceil(cfg.n_train / cfg.batch_size)
-        self._cursor = 0  # batches of the current epoch already taken
-        self._order: torch.Tensor | None = None
+        self._init_rows(
+            torch.from_numpy(np.stack([s[0] for s in splits])).to(device),
+            torch.from_numpy(np.stack([s[1] for s in splits])).to(device),
+            cfg.batch_size,
+        )
 
     def _logits(self, rows: torch.Tensor) -> torch.Tensor:
         a, b = self._a[rows], self._b[rows]
@@ -284,53 +285,8 @@ class ModAddProblem(BatchedProblem):
             return mlp_logits(self.params, a, b, self.cfg.d_embed)
         return transformer_logits(self.params, a, b, self.cfg)
 
-    def _loss_acc(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        logits = self._logits(rows)
-        y = self._y[rows]
-        S, n, c = logits.shape
-        per_example = F.cross_entropy(logits.reshape(S * n, c), y.reshape(-1), reduction="none").view(S, n)
-        correct = (logits.argmax(-1) == y).sum(1)
-        return per_example.sum(1), correct, torch.tensor(n)
-
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.full_batch:
-            rows = self.train_idx
-        else:
-            if self._cursor == 0:
-                # A new epoch: each seed shuffles its own training rows with its own generator.
-                perms = torch.stack([torch.randperm(self.cfg.n_train, generator=g) for g in self.order_generators])
-                self._order = self.train_idx.gather(1, perms.to(self.device))
-            bs = self.cfg.batch_size
-            rows = self._order[:, self._cursor * bs : (self._cursor + 1) * bs]
-            self._cursor = (self._cursor + 1) % self.steps_per_epoch
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_tot, correct, n = self._loss_acc(rows)
-        # Sum of per-seed means: every seed receives exactly its own gradient.
-        (loss_tot / n).sum().backward()
-        self.optimizer.step()
-        return loss_tot.detach() / n, correct / n
-
-    def extra_state(self, i: int) -> dict[str, np.ndarray]:
-        if self.full_batch or self._cursor == 0:
-            return {"cursor": np.asarray(0)}
-        return {"cursor": np.asarray(self._cursor), "order": self._order[i].cpu().numpy()}
-
-    def load_extra_states(self, states: list[dict[str, np.ndarray]]) -> None:
-        self._cursor = int(states[0].get("cursor", 0))
-        if self._cursor:
-            self._order = torch.from_numpy(np.stack([s["order"] for s in states])).to(self.device)
-
-    @torch.no_grad()
-    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        idx = self.train_idx if split == "train" else self.val_idx
-        loss = torch.zeros(self.n_seeds, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(self.n_seeds, dtype=torch.float64, device=self.device)
-        for rows in idx.split(EVAL_CHUNK, dim=1):
-            l, c, _ = self._loss_acc(rows)
-            loss += l.double()
-            correct += c.double()
-        n = idx.shape[1]
-        return loss / n, correct / n
+    def _loss_acc(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return cross_entropy_sums(self._logits(rows), self._y[rows])
 
     def weight_groups(self) -> WeightGroups:
         P = {k: v.detach() for k, v in self.params.items()}
@@ -354,13 +310,8 @@ class ModAddTask(Task):
     name = "modadd"
     config_class = ModAddConfig
     presets = PRESETS
+    problem_class = ModAddProblem
     step_unit = "epoch"
-
-    def convergence(self, cfg: ModAddConfig) -> Convergence:
-        return Convergence("val_acc", cfg.threshold, "above")
-
-    def build(self, cfg: ModAddConfig, seeds: list[RunSeeds], device: torch.device) -> ModAddProblem:
-        return ModAddProblem(cfg, seeds, device)
 
     def describe_data(self, cfg: ModAddConfig) -> dict[str, Any]:
         return {

@@ -27,9 +27,8 @@ from latent.errors import UserError
 
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
-from .base import BatchedProblem, Convergence, Task
+from .base import RowProblem, Task, stack_params
 
-EVAL_CHUNK = 256  # rows per evaluation chunk: (S, chunk, hidden) activations stay small
 
 
 @dataclass(frozen=True)
@@ -150,71 +149,50 @@ def hinge_loss_acc(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torc
 # --------------------------------------------------------------------------- problem
 
 
-class ParityProblem(BatchedProblem):
+class ParityProblem(RowProblem):
     """S seeds of sparse parity as one batched MLP, trained with one SGD."""
+
+    EVAL_CHUNK = 256  # rows per evaluation chunk: (S, chunk, hidden) activations stay small
 
     def __init__(self, cfg: ParityConfig, seeds: list[RunSeeds], device: torch.device):
         self.cfg = cfg
         self.device = device
         per_seed = [init_params(cfg, torch.Generator().manual_seed(rs.init)) for rs in seeds]
-        self.params = {
-            k: torch.stack([ps[k] for ps in per_seed]).to(device).requires_grad_(True) for k in per_seed[0]
-        }
+        self.params = stack_params(per_seed, device)
         self.optimizer = torch.optim.SGD(
             list(self.params.values()), lr=cfg.lr, momentum=0.0, weight_decay=cfg.weight_decay, foreach=True
         )
         self.order_generators = [torch.Generator().manual_seed(rs.order) for rs in seeds]
         data = [draw_data(cfg, rs.split) for rs in seeds]
-        x = torch.from_numpy(np.stack([d[0] for d in data])).to(device)  # (S, n_train + n_val, n)
-        y = torch.from_numpy(np.stack([d[1] for d in data])).to(device)
-        n = cfg.n_train
-        self.x_train, self.y_train = x[:, :n].contiguous(), y[:, :n].contiguous()
-        self.x_val, self.y_val = x[:, n:].contiguous(), y[:, n:].contiguous()
-        self.full_batch = cfg.batch_size >= n
-        self.steps_per_epoch = math.ceil(n / cfg.batch_size)
-        self._cursor = 0  # batches of the current epoch already taken
-        self._order: torch.Tensor | None = None  # (S, n_train): this epoch's permutation per seed
+        self.x = torch.from_numpy(np.stack([d[0] for d in data])).to(device)  # (S, n_train + n_val, n_bits)
+        self.y = torch.from_numpy(np.stack([d[1] for d in data])).to(device)
+        # Each seed has its own data sample; rows 0..n_train-1 of it are its training split.
+        S, n = len(seeds), cfg.n_train
+        self._init_rows(
+            torch.arange(n, device=device).expand(S, n),
+            torch.arange(n, n + cfg.n_val, device=device).expand(S, cfg.n_val),
+            cfg.batch_size,
+        )
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        n, bs = self.cfg.n_train, self.cfg.batch_size
-        if self.full_batch:
-            x, y = self.x_train, self.y_train
-        else:
-            if self._cursor == 0:
-                # A new epoch: each seed shuffles its own rows with its own generator.
-                self._order = torch.stack([torch.randperm(n, generator=g) for g in self.order_generators]).to(self.device)
-            rows = self._order[:, self._cursor * bs : (self._cursor + 1) * bs]
-            self._cursor = (self._cursor + 1) % self.steps_per_epoch
-            x = self.x_train.gather(1, rows[..., None].expand(-1, -1, self.cfg.n_bits))
-            y = self.y_train.gather(1, rows)
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_tot, correct = hinge_loss_acc(forward(self.params, x), y)
-        m = y.shape[1]
-        # Sum of per-seed means: every seed receives exactly its own gradient.
-        (loss_tot / m).sum().backward()
-        self.optimizer.step()
-        return loss_tot.detach() / m, correct / m
+    @property
+    def x_train(self) -> torch.Tensor:
+        return self.x[:, : self.cfg.n_train]
 
-    def extra_state(self, i: int) -> dict[str, np.ndarray]:
-        if self.full_batch or self._cursor == 0:
-            return {"cursor": np.asarray(0)}
-        return {"cursor": np.asarray(self._cursor), "order": self._order[i].cpu().numpy()}
+    @property
+    def y_train(self) -> torch.Tensor:
+        return self.y[:, : self.cfg.n_train]
 
-    def load_extra_states(self, states: list[dict[str, np.ndarray]]) -> None:
-        self._cursor = int(states[0].get("cursor", 0))
-        if self._cursor:
-            self._order = torch.from_numpy(np.stack([s["order"] for s in states])).to(self.device)
+    @property
+    def x_val(self) -> torch.Tensor:
+        return self.x[:, self.cfg.n_train :]
 
-    @torch.no_grad()
-    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = (self.x_train, self.y_train) if split == "train" else (self.x_val, self.y_val)
-        loss = torch.zeros(self.n_seeds, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(self.n_seeds, dtype=torch.float64, device=self.device)
-        for xc, yc in zip(x.split(EVAL_CHUNK, dim=1), y.split(EVAL_CHUNK, dim=1)):
-            l, c = hinge_loss_acc(forward(self.params, xc), yc)
-            loss += l.double()
-            correct += c.double()
-        return loss / y.shape[1], correct / y.shape[1]
+    @property
+    def y_val(self) -> torch.Tensor:
+        return self.y[:, self.cfg.n_train :]
+
+    def _loss_acc(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.x.gather(1, rows[..., None].expand(-1, -1, self.cfg.n_bits))
+        return hinge_loss_acc(forward(self.params, x), self.y.gather(1, rows))
 
     def weight_groups(self) -> WeightGroups:
         # reference.md B4: every Linear weight is a matrix (hidden×n and 1×hidden; the latter's
@@ -231,13 +209,8 @@ class ParityTask(Task):
     name = "parity"
     config_class = ParityConfig
     presets = PRESETS
+    problem_class = ParityProblem
     step_unit = "epoch"
-
-    def convergence(self, cfg: ParityConfig) -> Convergence:
-        return Convergence("val_acc", cfg.threshold, "above")
-
-    def build(self, cfg: ParityConfig, seeds: list[RunSeeds], device: torch.device) -> ParityProblem:
-        return ParityProblem(cfg, seeds, device)
 
     def describe_data(self, cfg: ParityConfig) -> dict[str, Any]:
         return {
