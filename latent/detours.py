@@ -8,9 +8,14 @@ Regression design (the collinearity choice): the fractions sum to one, so an int
 fractions is rank-deficient. We drop states no run visits, fit OLS *without* an intercept on the
 remaining K' fractions (the same column space as an intercept plus K'−1 fractions), and report
 
-* ``intercept`` = mean(β): the predicted convergence time of a run spreading its time evenly;
-* ``coef[k]`` = β_k − mean(β) (a sum-to-zero contrast): positive means that moving time into
-  state k from the average state goes with later convergence;
+* ``beta[k]``: the predicted convergence time of a run that spends all its time in state k;
+* ``intercept`` = Σ_k p̄_k β_k, with p̄ the mean occupancy over runs; for OLS on the simplex this
+  is exactly the mean convergence time ȳ;
+* ``coef[k]`` = β_k − intercept (an occupancy-weighted effect contrast): positive means that
+  moving time into state k from the average run's mix of states goes with later convergence.
+  Weighting by occupancy keeps the reference level at ȳ; an unweighted mean of β would be
+  dominated by states whose fraction barely varies across runs (say, a memorisation phase of
+  the same length in every run), whose β is poorly determined;
 * R² against the mean of y and the F-test of the K'−1 contrasts, with (K'−1, N−K') degrees of
   freedom;
 * percentile 95 % intervals from a bootstrap over runs (seeded). Resamples in which some kept state
@@ -66,7 +71,7 @@ class OccupancyRegression:
     beta_ : ndarray (K,)
         No-intercept coefficients (NaN for dropped states).
     coef_ : ndarray (K,)
-        Sum-to-zero contrasts β_k − mean β (NaN for dropped states).
+        Occupancy-weighted contrasts β_k − Σ_j p̄_j β_j (NaN for dropped states).
     intercept_ : float
     ci_low_, ci_high_ : ndarray (K,)
         Bootstrap 95 % percentile interval of ``coef_`` (NaN where not estimable).
@@ -113,8 +118,8 @@ class OccupancyRegression:
         self.beta_ = np.full(K, np.nan)
         self.beta_[keep] = beta
         self.coef_ = np.full(K, np.nan)
-        self.coef_[keep] = beta - beta.mean()
-        self.intercept_ = float(beta.mean())
+        self.intercept_ = float(F.mean(axis=0) @ beta)
+        self.coef_[keep] = beta - self.intercept_
 
         rng = np.random.default_rng(np.random.SeedSequence(int(self.random_state), spawn_key=(2,)))
         boots = []
@@ -124,7 +129,7 @@ class OccupancyRegression:
             if np.any(Fb.sum(axis=0) <= 0):
                 continue
             b = self._solve(Fb, y[idx])
-            boots.append(b - b.mean())
+            boots.append(b - Fb.mean(axis=0) @ b)
         self.n_boot_used_ = len(boots)
         self.ci_low_ = np.full(K, np.nan)
         self.ci_high_ = np.full(K, np.nan)

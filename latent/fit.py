@@ -312,7 +312,7 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
         "target": f"convergence step ({meta.get('step_unit', 'step')}) of {cfg.metric} "
                   f"{'>' if cfg.direction == 'above' else '<'} {cfg.threshold}",
         "design": "OLS without intercept on the fraction of checkpoints in each visited state; "
-                  "coef = beta_k - mean(beta) (sum-to-zero contrast), intercept = mean(beta)",
+                  "coef = beta_k - intercept, intercept = mean-occupancy-weighted beta = mean convergence time",
         "states": list(range(K)),
         "coef": reg.coef_, "beta": reg.beta_, "ci_low": reg.ci_low_, "ci_high": reg.ci_high_,
         "intercept": reg.intercept_, "r2": reg.r2_, "f_stat": reg.f_stat_, "p_value": reg.p_value_,

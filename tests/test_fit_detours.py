@@ -39,8 +39,9 @@ def test_regression_matches_intercept_parametrisation():
     c, *_ = np.linalg.lstsq(A, y, rcond=None)
     b = np.array([c[0], c[0] + c[1], c[0] + c[2]])
     np.testing.assert_allclose(reg.beta_[:3], b)
-    np.testing.assert_allclose(reg.coef_[:3], b - b.mean())
-    assert reg.intercept_ == pytest.approx(b.mean())
+    w = occ[:, :3].mean(axis=0)  # mean occupancy: the contrast's weights
+    np.testing.assert_allclose(reg.coef_[:3], b - w @ b)
+    assert reg.intercept_ == pytest.approx(w @ b) and reg.intercept_ == pytest.approx(y.mean())
     resid = y - A @ c
     r2 = 1 - resid @ resid / ((y - y.mean()) ** 2).sum()
     assert reg.r2_ == pytest.approx(r2)
@@ -50,7 +51,7 @@ def test_regression_matches_intercept_parametrisation():
 
     assert reg.p_value_ == pytest.approx(fdist.sf(f, 2, 27))
     # the planted contrasts lie inside the bootstrap intervals
-    truth = beta - beta.mean()
+    truth = beta - w @ beta
     assert np.all(reg.ci_low_[:3] < truth) and np.all(truth < reg.ci_high_[:3])
     again = OccupancyRegression(n_boot=200, random_state=1).fit(occ, y)
     np.testing.assert_array_equal(again.ci_low_, reg.ci_low_)
@@ -100,7 +101,8 @@ def test_planted_detour_is_recovered(detour_fit):
     m = match_states(true, path)
     assert sorted(m.values()) == [0, 1, 2, 3]
     reg = result.analysis["regression"]
-    expect = beta - beta.mean()  # planted sum-to-zero contrasts: (T·step/4, …, −3T·step/4)
+    occ_true = np.mean([np.bincount(truth[s], minlength=4) / len(truth[s]) for s in result.features.seeds], axis=0)
+    expect = beta - occ_true @ beta  # planted contrasts against the mean-occupancy-weighted level
     det = m[1]
     assert reg["coef"][det] == pytest.approx(expect[1], rel=0.15)
     assert reg["coef"][m[3]] == pytest.approx(expect[3], rel=0.15)
