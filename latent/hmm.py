@@ -38,8 +38,11 @@ log = logging.getLogger("latent")
 COVARIANCES = ("full", "diag", "spherical", "tied")
 CRITERIA = ("bic", "aic", "loglik")
 #: hmmlearn's forward-backward: "scaling" (Rabiner's per-step normalisation) is ~30 % faster
-#: than the default "log" on this workload and equally exact for our sequence lengths.
+#: than "log" on this workload and equally exact, but it underflows when every state gives a
+#: checkpoint a density below ~1e-308 (outlying held-out runs, near-singular covariances); a
+#: restart that underflows is refitted with "log" from the same seed. Decoding always uses "log".
 IMPLEMENTATION = "scaling"
+FALLBACK_IMPLEMENTATION = "log"
 MIN_STATE_WEIGHT = 1e-3  # expected training rows below which a state counts as having no data
 
 
@@ -125,7 +128,7 @@ def build_hmm(params: dict, covariance_type: str):
     full = np.asarray(params["covars"], dtype=float)
     k, d = means.shape
     model = GaussianHMM(n_components=k, covariance_type=covariance_type, init_params="", params="",
-                        implementation=IMPLEMENTATION)
+                        implementation=FALLBACK_IMPLEMENTATION)
     model.n_features = d
     model.startprob_ = np.asarray(params["startprob"], dtype=float)
     model.transmat_ = np.asarray(params["transmat"], dtype=float)
@@ -203,28 +206,33 @@ def fit_restart(X_tr, len_tr, X_te, len_te, k, seed, covariance_type, n_iter, to
            "n_params": p, "params": None}
     from sklearn.cluster import KMeans
 
-    model = GaussianHMM(n_components=k, covariance_type=covariance_type, n_iter=n_iter, tol=tol,
-                        random_state=seed, implementation=IMPLEMENTATION, init_params="stc")
-    try:
-        with np.errstate(all="ignore"):
-            # means initialised as hmmlearn 0.3.0 did (KMeans, n_init=1, the restart's seed);
-            # hmmlearn 0.3.3 runs 10 KMeans inits, which costs time and changes nothing we need
-            model.means_ = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(X_tr).cluster_centers_
-            model.fit(X_tr, len_tr)
-            params = model_params(model)
-            rec["converged"] = bool(model.monitor_.converged)
-            rec["n_iter"] = int(model.monitor_.iter)
-            reason = _degeneracy(params)
-            if reason is None:
-                empty = empty_states(model, X_tr, len_tr)
-                if empty:
-                    reason = f"state(s) {empty} have no training data"
-            if reason is None:
-                ll = float(model.score(X_te, len_te))
-                if not np.isfinite(ll):
-                    reason = f"held-out log-likelihood is {ll}"
-    except Exception as exc:  # hmmlearn/scipy raise ValueError/LinAlgError on degenerate fits
-        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    for implementation in (IMPLEMENTATION, FALLBACK_IMPLEMENTATION):
+        model = GaussianHMM(n_components=k, covariance_type=covariance_type, n_iter=n_iter, tol=tol,
+                            random_state=seed, implementation=implementation, init_params="stc")
+        try:
+            with np.errstate(all="ignore"):
+                # means initialised as hmmlearn 0.3.0 did (KMeans, n_init=1, the restart's seed);
+                # hmmlearn 0.3.3 runs 10 KMeans inits, which costs time and changes nothing we need
+                model.means_ = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(X_tr).cluster_centers_
+                model.fit(X_tr, len_tr)
+                params = model_params(model)
+                rec["converged"] = bool(model.monitor_.converged)
+                rec["n_iter"] = int(model.monitor_.iter)
+                reason = _degeneracy(params)
+                if reason is None:
+                    empty = empty_states(model, X_tr, len_tr)
+                    if empty:
+                        reason = f"state(s) {empty} have no training data"
+                if reason is None:
+                    ll = float(model.score(X_te, len_te))
+                    if not np.isfinite(ll):
+                        reason = f"held-out log-likelihood is {ll}"
+        except Exception as exc:  # hmmlearn/scipy raise ValueError/LinAlgError on degenerate fits
+            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            if "underflow" in str(exc) and implementation != FALLBACK_IMPLEMENTATION:
+                continue
+        break
+    rec["implementation"] = implementation
     if reason is not None:
         rec["reason"] = reason
         return rec

@@ -156,3 +156,19 @@ def test_default_fit_picks_planted_k(tmp_path):
     assert result.selector.n_states_ == 4
     true = np.concatenate([truth[s] for s in result.features.seeds])
     assert best_agreement(true, result.paths["state"].to_numpy()) >= 0.95
+
+
+def test_underflowing_restart_is_refitted_in_log_space():
+    # Held-out rows ~60 sd from every state: densities below 1e-308 make hmmlearn's "scaling"
+    # forward pass underflow; the restart must be refitted with "log" and succeed.
+    from latent.hmm import fit_restart
+
+    rng = np.random.default_rng(0)
+    X_tr = rng.normal(size=(200, 2))
+    X_te = rng.normal(size=(50, 2)) + 60.0
+    rec = fit_restart(X_tr, [100, 100], X_te, [50], 2, 7, "full", 10, 1e-2)
+    assert rec["ok"], rec["reason"]
+    assert rec["implementation"] == "log"
+    assert rec["loglik"] < -1e4  # the held-out rows really are that improbable
+    rec_in = fit_restart(X_tr, [100, 100], X_tr[:50], [50], 2, 7, "full", 10, 1e-2)
+    assert rec_in["ok"] and rec_in["implementation"] == "scaling"
