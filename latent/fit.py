@@ -220,7 +220,7 @@ def _clean(x):
 
 
 def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None = None,
-              command: str | None = None) -> FitResult:
+              command: str | None = None, progress: bool = False) -> FitResult:
     """Fit a study; compute every artifact without writing anything.
 
     Parameters
@@ -231,6 +231,8 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
         Worker processes for the restarts (default ``os.cpu_count()``); does not change results.
     command : str, optional
         The command line to record.
+    progress : bool
+        Show a progress bar of the HMM restarts on stderr.
 
     Raises
     ------
@@ -279,6 +281,7 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
     selector = HMMSelector(
         max_states=cfg.max_states, restarts=cfg.restarts, n_iter=cfg.n_iter, covariance_type=cfg.covariance,
         criterion=cfg.criterion, test_fraction=cfg.test_fraction, random_state=cfg.random_state, n_jobs=n_jobs,
+        progress=progress,
     ).fit(fm.X, fm.lengths)
     K = selector.n_states_
     params = selector.params_

@@ -284,6 +284,8 @@ class HMMSelector:
         Seeds the split and every restart.
     n_jobs : int or None
         Worker processes; None uses ``os.cpu_count()``; 1 runs in this process.
+    progress : bool, default False
+        Show a progress bar of finished restarts on stderr.
 
     Attributes
     ----------
@@ -306,7 +308,7 @@ class HMMSelector:
     """
 
     def __init__(self, max_states=8, restarts=5, n_iter=32, covariance_type="full", criterion="bic",
-                 test_fraction=0.2, tol=1e-2, random_state=0, n_jobs=None):
+                 test_fraction=0.2, tol=1e-2, random_state=0, n_jobs=None, progress=False):
         self.max_states = max_states
         self.restarts = restarts
         self.n_iter = n_iter
@@ -316,6 +318,7 @@ class HMMSelector:
         self.tol = tol
         self.random_state = random_state
         self.n_jobs = n_jobs
+        self.progress = progress
 
     def _validate(self) -> None:
         if not isinstance(self.max_states, (int, np.integer)) or self.max_states < 1:
@@ -392,6 +395,21 @@ class HMMSelector:
         return self
 
     def _run_jobs(self, jobs, data) -> list[dict]:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(jobs), desc="HMM restarts", unit="fit", disable=not self.progress,
+                   dynamic_ncols=True, leave=False)
+        results = []
+        try:
+            for rec in self._iter_jobs(jobs, data):
+                results.append(rec)
+                bar.update(1)
+        finally:
+            bar.close()
+        return results
+
+    def _iter_jobs(self, jobs, data):
+        """Yield each job's result, in job order."""
         n_jobs = self.n_jobs or os.cpu_count() or 1
         n_jobs = min(n_jobs, len(jobs))
         _load_native_libraries()  # before forking and before limiting threads
@@ -407,7 +425,8 @@ class HMMSelector:
                     global _DATA
                     _DATA = data
                     try:
-                        return [_run_job(job) for job in jobs]
+                        for job in jobs:
+                            yield _run_job(job)
                     finally:
                         _DATA = None
             finally:
@@ -415,7 +434,7 @@ class HMMSelector:
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
                                  initargs=(data,)) as pool:
-            return list(pool.map(_run_job, jobs, chunksize=1))
+            yield from pool.map(_run_job, jobs, chunksize=1)
 
     def _table(self, results):
         by_k: dict[int, list[dict]] = {}

@@ -86,7 +86,7 @@ def run(args) -> int:
 
     config = config_from_args(args)
     study = resolve_study(args.store, args.study)
-    result = fit_study(study, config, n_jobs=args.jobs)
+    result = fit_study(study, config, n_jobs=args.jobs, progress=not args.quiet)
     out = write_fit(study, result)
     if args.quiet:
         print(out)
