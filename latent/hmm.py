@@ -431,6 +431,7 @@ class HMMSelector:
                         _DATA = None
             finally:
                 hl.setLevel(level)
+            return
         ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
         with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
                                  initargs=(data,)) as pool:
