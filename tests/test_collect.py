@@ -226,3 +226,20 @@ def test_kill_minus_9_and_resume_gives_the_uninterrupted_rows(tmp_path):
     again = _run_cli(store)
     out, _ = again.communicate(timeout=120)
     assert b"nothing to do" in out
+
+
+def test_paper_preset_and_layernorm_variant_run_end_to_end(tmp_path, capsys):
+    # The reference transformer (p = 113, batch 2048) for one epoch; then the stabilised variant.
+    args = ["collect", "--task", "modadd", "--preset", "paper", "--seeds", "2", "--epochs", "1", "--log-every", "1",
+            "--store", str(tmp_path), "--quiet", "--threads", "1"]
+    assert main(args) == 0
+    study = Study(tmp_path / "modadd-paper")
+    meta = study.read_meta()
+    assert meta["preset"] == "paper" and meta["config"]["model"] == "transformer"
+    assert meta["config"]["batch_size"] == 2048 and meta["config"]["p"] == 113
+    frame = study.read_run(1)
+    assert frame["step"].tolist() == [0, 1]
+    assert frame[meta["features"]].notna().all().all()
+    assert main(args + ["--layernorm"]) == 0
+    ln = Study(tmp_path / "modadd-paper-ln").read_meta()["config"]
+    assert ln["layernorm"] is True and ln["batch_size"] == 256  # the paper's stabilised setting
