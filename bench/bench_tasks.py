@@ -2,14 +2,15 @@
 
 Run from the repository root:
 
-    python bench/bench_tasks.py                      # parity and mnist, 1 thread each
-    python bench/bench_tasks.py --tasks parity --threads 2
+    python bench/bench_tasks.py                      # every task, 1 thread each
+    python bench/bench_tasks.py --tasks cifar,mlm    # only these; the other tasks' rows are kept
 
 Each task runs in a fresh child process into a temporary store; the script records the child's
 wall time and peak resident memory (``ru_maxrss`` from ``os.wait4`` on that child alone), the
 collector's own time split, the load average before and after, and how many seeds crossed the
-study's convergence threshold. It rewrites the ``tasks`` block of bench/RESULTS.md. Other work
-on the machine inflates the times: read them next to the load average.
+study's convergence threshold. It rewrites the ``tasks`` block of bench/RESULTS.md, replacing the
+rows of the tasks it ran and keeping the others' earlier rows. Other work on the machine inflates
+the times: read them next to the load average.
 """
 
 from __future__ import annotations
@@ -96,15 +97,36 @@ def _row(r: dict) -> str:
     conv = r["convergence"]
     when = (f"{r['converged']}/{r['seeds']} (first/median/last {r['step_unit']} "
             f"{r['conv_min']:g}/{r['conv_median']:g}/{r['conv_max']:g})" if r["converged"] else f"0/{r['seeds']}")
+    sign = ">" if conv["direction"] == "above" else "<"
     return (f"| `{r['task']}` | {r['seeds']} | {r['threads']} | **{r['wall_s']:.0f} s** | {r['maxrss_mib']:.0f} MiB "
-            f"| {r['rows']} | {conv['metric']} > {conv['threshold']}: {when} "
-            f"| {r['final_min']:.3f} / {r['final_median']:.3f} / {r['final_max']:.3f} "
+            f"| {r['rows']} | {conv['metric']} {sign} {conv['threshold']}: {when} "
+            f"| {conv['metric']} {r['final_min']:.3f} / {r['final_median']:.3f} / {r['final_max']:.3f} "
             f"| {r['load_before']} → {r['load_after']} | {split} |")
+
+
+TASK_ORDER = ("modadd", "parity", "mnist", "cifar", "mlm")
+
+
+def _merge_rows(new_rows: dict[str, str]) -> list[str]:
+    """The block's table rows: the new ones, plus the earlier rows of tasks not run this time."""
+    from results import RESULTS
+
+    old: dict[str, str] = {}
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    if "<!-- tasks:begin -->" in text:
+        block = text.split("<!-- tasks:begin -->", 1)[1].split("<!-- tasks:end -->", 1)[0]
+        for line in block.splitlines():
+            if line.startswith("| `"):
+                old[line.split("`")[1]] = line
+    rows = {**old, **new_rows}
+    rank = {t: i for i, t in enumerate(TASK_ORDER)}
+    return [rows[t] for t in sorted(rows, key=lambda t: (rank.get(t, len(rank)), t))]
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tasks", default="parity,mnist", help="comma-separated tasks (default parity,mnist)")
+    ap.add_argument("--tasks", default="parity,mnist,cifar,mlm",
+                    help="comma-separated tasks (default parity,mnist,cifar,mlm); other tasks' rows are kept")
     ap.add_argument("--seeds", type=int, default=40)
     ap.add_argument("--threads", type=int, default=1, help="--threads for each collection (default 1)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
@@ -116,14 +138,15 @@ def main() -> None:
         results.append(r)
     body = "\n".join([
         "`latent collect --task T --seeds N --threads K` with the default preset, each in a fresh process "
-        "(`bench/bench_tasks.py`). Peak memory is the child's `ru_maxrss`. Time split (s) from the run manifest.",
+        "(`bench/bench_tasks.py`). Peak memory is the child's `ru_maxrss`. Time split (s) from the run manifest. "
+        "Each run rewrites the rows of the tasks it ran and keeps the others' earlier rows (the date above is the latest run's; each row's load column tells its conditions).",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other work), Python "
         f"{platform.python_version()}. Load average 1/5/15 min before → after each run.",
         "",
-        "| task | seeds | threads | wall | peak RSS | checkpoints/run | converged | final val_acc min/median/max "
-        "| load | time split (s) |",
+        "| task | seeds | threads | wall | peak RSS | checkpoints/run | converged | final convergence metric "
+        "min/median/max | load | time split (s) |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        *(_row(r) for r in results),
+        *(_merge_rows({r["task"]: _row(r) for r in results}) if not args.no_write else [_row(r) for r in results]),
     ])
     print(body)
     if not args.no_write:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from latent.errors import UserError
 
 from .base import BatchedProblem, Convergence, Task
+from .cifar import CifarTask
+from .mlm import MlmTask
 from .mnist import MnistTask
 from .modadd import ModAddTask
 from .parity import ParityTask
 
-TASKS: dict[str, Task] = {t.name: t for t in (ModAddTask(), ParityTask(), MnistTask())}
+TASKS: dict[str, Task] = {t.name: t for t in (ModAddTask(), ParityTask(), MnistTask(), CifarTask(), MlmTask())}
 
 
 def get_task(name: str) -> Task:
