@@ -243,3 +243,17 @@ def test_paper_preset_and_layernorm_variant_run_end_to_end(tmp_path, capsys):
     assert main(args + ["--layernorm"]) == 0
     ln = Study(tmp_path / "modadd-paper-ln").read_meta()["config"]
     assert ln["layernorm"] is True and ln["batch_size"] == 256  # the paper's stabilised setting
+
+
+def test_cifar_variant_flags_name_the_study_and_set_the_threshold(tmp_path, capsys):
+    base = ["collect", "--task", "cifar", "--seeds", "1", "--epochs", "1", "--log-every", "1", "--store", str(tmp_path),
+            "--quiet", "--threads", "1", "--set", "n_train=32", "--set", "n_val=16", "--set", "batch_size=16"]
+    assert main(base + ["--no-batchnorm", "--no-residual"]) == 0
+    cfg = Study(tmp_path / "cifar-destab").read_meta()["config"]
+    assert (cfg["batchnorm"], cfg["residual"], cfg["threshold"]) == (False, False, 0.4)
+    assert main(base + ["--no-residual"]) == 0
+    cfg = Study(tmp_path / "cifar-nores").read_meta()["config"]
+    assert (cfg["batchnorm"], cfg["residual"], cfg["threshold"]) == (True, False, 0.6)
+    capsys.readouterr()
+    assert main(["collect", "--task", "modadd", "--no-batchnorm", "--store", str(tmp_path)]) == 2
+    assert "cifar only" in capsys.readouterr().err

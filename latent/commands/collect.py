@@ -14,15 +14,18 @@ def add_parser(sub) -> None:
         "statistics, losses and accuracies at every checkpoint into <store>/<study>/. Rerunning "
         "resumes an interrupted study, adds new seeds, or says it is already complete.",
     )
-    p.add_argument("--task", required=True, help="task to train: modadd, parity or mnist")
+    p.add_argument("--task", required=True, help="task to train: modadd, parity, mnist, cifar or mlm")
     p.add_argument("--seeds", default="40", help="a count (40 = seeds 0..39), a range (0-39) or a list (1,5,9); default 40")
     p.add_argument("--preset", default="default", help="named config preset: default (laptop CPU) or paper (the reference's setup)")
     p.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
-    p.add_argument("--log-every", type=int, help="checkpoint interval in the task's step unit: epochs (modadd, parity) or optimiser steps (mnist)")
+    p.add_argument("--log-every", type=int, help="checkpoint interval in the task's step unit: epochs (modadd, parity) or optimiser steps (mnist, cifar, mlm)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field, typed (repeatable); an unknown key lists the valid ones")
     p.add_argument("--layernorm", action="store_true",
                    help="modadd transformer: post-LayerNorm (with --preset paper also batch 256: the paper's stabilised variant)")
+    p.add_argument("--no-batchnorm", action="store_true", help="cifar: drop every BatchNorm")
+    p.add_argument("--no-residual", action="store_true",
+                   help="cifar: drop the residual additions (with --no-batchnorm: the paper's destabilised variant, threshold 0.4)")
     p.add_argument("--data-dir", help="read the task's real data set from this directory (tasks with a data loader)")
     p.add_argument("--study", help="study name (default: the task, plus -<preset> for other presets)")
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
@@ -57,6 +60,21 @@ def run(args) -> int:
         if "data_dir" not in task.config_class.__dataclass_fields__:
             raise UserError(f"--data-dir does not apply to task {args.task!r} (it generates its data)")
         overrides["data_dir"] = args.data_dir
+    if args.no_batchnorm or args.no_residual:
+        if "batchnorm" not in task.config_class.__dataclass_fields__:
+            raise UserError(f"--no-batchnorm/--no-residual apply to cifar only, not {args.task!r}")
+        suffix = ""
+        if args.no_batchnorm:
+            overrides["batchnorm"] = False
+            suffix += "-nobn"
+        if args.no_residual:
+            overrides["residual"] = False
+            suffix += "-nores"
+        if args.no_batchnorm and args.no_residual:
+            overrides.setdefault("threshold", 0.4)  # reference.md E1: the destabilised CIFAR threshold
+            suffix = "-destab"
+        if name is None:
+            name = args.task + ("" if args.preset == "default" else f"-{args.preset}") + suffix
     if args.layernorm:
         if "layernorm" not in task.config_class.__dataclass_fields__:
             raise UserError(f"--layernorm applies to modadd only, not {args.task!r}")
