@@ -14,6 +14,7 @@ from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
@@ -148,8 +149,12 @@ class RowProblem(BatchedProblem):
         self._cursor = 0  # batches of the current epoch already taken
         self._order: torch.Tensor | None = None  # (S, n_train): this epoch's rows per seed
 
-    def _loss_acc(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-seed loss *sums* and correct counts over ``rows`` ``(S, B)``."""
+    def _loss_acc(self, rows: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-seed loss *sums* and correct counts over ``rows`` ``(S, B)``.
+
+        ``train`` is True for a training step (augmentation, BatchNorm batch statistics) and
+        False for evaluation.
+        """
         raise NotImplementedError
 
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -165,7 +170,7 @@ class RowProblem(BatchedProblem):
             rows = self._order[:, self._cursor * bs : (self._cursor + 1) * bs]
             self._cursor = (self._cursor + 1) % self.steps_per_epoch
         self.optimizer.zero_grad(set_to_none=True)
-        loss_sum, correct = self._loss_acc(rows)
+        loss_sum, correct = self._loss_acc(rows, train=True)
         n = rows.shape[1]
         # Sum of per-seed means: every seed receives exactly its own gradient.
         (loss_sum / n).sum().backward()
@@ -193,6 +198,13 @@ class RowProblem(BatchedProblem):
             correct += c.double()
         n = idx.shape[1]
         return loss / n, correct / n
+
+
+def cross_entropy_sums(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-seed cross-entropy *sums* and correct counts for ``logits (S, N, C)`` and labels ``(S, N)``."""
+    S, n, c = logits.shape
+    loss = F.cross_entropy(logits.reshape(S * n, c), y.reshape(-1), reduction="none").view(S, n).sum(1)
+    return loss, (logits.argmax(-1) == y).sum(1)
 
 
 def stack_params(per_seed: list[dict[str, torch.Tensor]], device: torch.device) -> dict[str, torch.Tensor]:

@@ -49,7 +49,7 @@ from latent.errors import UserError
 
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
-from .base import BatchedProblem, Convergence, Task
+from .base import RowProblem, Task, cross_entropy_sums, stack_params
 
 log = logging.getLogger("latent.collect")
 
@@ -328,17 +328,10 @@ def forward(P: dict[str, torch.Tensor], stats: dict[str, tuple[torch.Tensor, tor
     return torch.baddbmm(P["fc_b"][:, None, :], feats, P["fc_w"].transpose(1, 2))
 
 
-def ce_loss_acc(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-seed cross-entropy *sums* and correct counts for ``logits (S, N, C)``, labels ``(S, N)``."""
-    S, n, c = logits.shape
-    loss = F.cross_entropy(logits.reshape(S * n, c), y.reshape(-1), reduction="none").view(S, n).sum(1)
-    return loss, (logits.argmax(-1) == y).sum(1)
-
-
 # --------------------------------------------------------------------------- problem
 
 
-class CifarProblem(BatchedProblem):
+class CifarProblem(RowProblem):
     """S seeds of the CIFAR ResNet-18 as one grouped-convolution network, trained with one AdamW."""
 
     def __init__(self, cfg: CifarConfig, seeds: list[RunSeeds], device: torch.device, data: CifarData | None = None):
@@ -354,9 +347,7 @@ class CifarProblem(BatchedProblem):
         self.mean = torch.tensor(self.data.mean, device=device).view(3, 1, 1) * 255.0
         self.std = torch.tensor(self.data.std, device=device).view(3, 1, 1) * 255.0
         per_seed = [init_params(cfg, self.n_classes, torch.Generator().manual_seed(rs.init)) for rs in seeds]
-        self.params = {
-            k: torch.stack([ps[k] for ps in per_seed]).to(device).requires_grad_(True) for k in per_seed[0]
-        }
+        self.params = stack_params(per_seed, device)
         S = len(seeds)
         self.bn_stats = {
             name: (torch.zeros(S, self.params[f"{name}_w"].shape[1], device=device),
@@ -369,15 +360,17 @@ class CifarProblem(BatchedProblem):
         )
         self.order_generators = [torch.Generator().manual_seed(rs.order) for rs in seeds]
         splits = [self.data.split(cfg, rs.split) for rs in seeds]
-        self.train_idx = torch.from_numpy(np.stack([s[0] for s in splits])).to(device)  # (S, n_train)
-        self.val_idx = torch.from_numpy(np.stack([s[1] for s in splits])).to(device)
-        self.n_train = self.train_idx.shape[1]
+        train_idx = torch.from_numpy(np.stack([s[0] for s in splits])).to(device)  # (S, n_train)
         k = cfg.train_eval_size
-        self.train_eval_idx = self.train_idx[:, :k] if 0 < k < self.n_train else self.train_idx
+        self._init_rows(
+            train_idx,
+            torch.from_numpy(np.stack([s[1] for s in splits])).to(device),
+            cfg.batch_size,
+            train_idx[:, :k] if 0 < k < train_idx.shape[1] else None,
+        )
+        self.n_train = train_idx.shape[1]
         self.full_batch = False  # BN train-mode statistics differ from an eval pass: always evaluate
-        self.steps_per_epoch = math.ceil(self.n_train / cfg.batch_size)
-        self._cursor = 0
-        self._order: torch.Tensor | None = None  # (S, n_train): this epoch's rows per seed
+        self.EVAL_CHUNK = max(1, 4096 // S)  # images per seed per evaluation chunk
 
     # -- images ------------------------------------------------------------------------
 
@@ -404,16 +397,9 @@ class CifarProblem(BatchedProblem):
 
     # -- training ----------------------------------------------------------------------
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
-        bs = self.cfg.batch_size
-        if self._cursor == 0:
-            # A new epoch: each seed shuffles its own training rows with its own generator.
-            perms = torch.stack([torch.randperm(self.n_train, generator=g) for g in self.order_generators])
-            self._order = self.train_idx.gather(1, perms.to(self.device))
-        rows = self._order[:, self._cursor * bs : (self._cursor + 1) * bs]
-        self._cursor = (self._cursor + 1) % self.steps_per_epoch
+    def _loss_acc(self, rows: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         offsets = flips = None
-        if self.cfg.augment:
+        if train and self.cfg.augment:
             # Each seed's crop offsets and flips come from its own order stream (the reference's
             # augmentation randomness follows the run seed).
             b = rows.shape[1]
@@ -421,44 +407,19 @@ class CifarProblem(BatchedProblem):
                      for g in self.order_generators]
             offsets = torch.stack([d[0] for d in draws]).to(self.device)
             flips = torch.stack([d[1] for d in draws]).to(self.device)
-        x = self.images(rows, offsets, flips)
-        y = self.y[rows]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss_tot, correct = ce_loss_acc(self._logits(x, train=True), y)
-        n = rows.shape[1]
-        # Sum of per-seed means: every seed receives exactly its own gradient.
-        (loss_tot / n).sum().backward()
-        self.optimizer.step()
-        return loss_tot.detach() / n, correct / n
+        return cross_entropy_sums(self._logits(self.images(rows, offsets, flips), train=train), self.y[rows])
 
     def extra_state(self, i: int) -> dict[str, np.ndarray]:
-        out = {f"bn/{name}/{k}": t[i].cpu().numpy().copy() for name, ts in self.bn_stats.items()
-               for k, t in zip(("mean", "var"), ts)}
-        out["cursor"] = np.asarray(self._cursor)
-        if self._cursor:
-            out["order"] = self._order[i].cpu().numpy()
+        out = super().extra_state(i)
+        out.update({f"bn/{name}/{k}": t[i].cpu().numpy().copy() for name, ts in self.bn_stats.items()
+                    for k, t in zip(("mean", "var"), ts)})
         return out
 
     def load_extra_states(self, states: list[dict[str, np.ndarray]]) -> None:
         for name, ts in self.bn_stats.items():
             for k, t in zip(("mean", "var"), ts):
                 t.copy_(torch.from_numpy(np.stack([s[f"bn/{name}/{k}"] for s in states])))
-        self._cursor = int(states[0].get("cursor", 0))
-        if self._cursor:
-            self._order = torch.from_numpy(np.stack([s["order"] for s in states])).to(self.device)
-
-    @torch.no_grad()
-    def evaluate(self, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-seed mean loss and accuracy, eval mode (BN running statistics), no augmentation."""
-        idx = self.train_eval_idx if split == "train" else self.val_idx
-        loss = torch.zeros(self.n_seeds, dtype=torch.float64, device=self.device)
-        correct = torch.zeros(self.n_seeds, dtype=torch.float64, device=self.device)
-        for rows in idx.split(max(1, 4096 // self.n_seeds), dim=1):
-            l, c = ce_loss_acc(self._logits(self.images(rows), train=False), self.y[rows])
-            loss += l.double()
-            correct += c.double()
-        n = idx.shape[1]
-        return loss / n, correct / n
+        super().load_extra_states(states)
 
     def weight_groups(self) -> WeightGroups:
         # reference.md B4: the stem and the 16 block convs as conv tensors, fc as a matrix; w_all
@@ -472,13 +433,8 @@ class CifarTask(Task):
     name = "cifar"
     config_class = CifarConfig
     presets = PRESETS
+    problem_class = CifarProblem
     step_unit = "step"
-
-    def convergence(self, cfg: CifarConfig) -> Convergence:
-        return Convergence("val_acc", cfg.threshold, "above")
-
-    def build(self, cfg: CifarConfig, seeds: list[RunSeeds], device: torch.device) -> CifarProblem:
-        return CifarProblem(cfg, seeds, device)
 
     def describe_data(self, cfg: CifarConfig) -> dict[str, Any]:
         data = load_data(cfg)

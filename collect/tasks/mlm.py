@@ -49,7 +49,7 @@ from latent.errors import UserError
 from ..data.text import CLS, MASK, SEP, SPECIALS, WordTokenizer, pydoc_topics, read_text_dir, split_words
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
-from .base import BatchedProblem, Convergence, Task
+from .base import BatchedProblem, Task, stack_params
 
 SOURCES = ("auto", "pydoc", "files")
 LN_EPS = 1e-12  # BERT's layer_norm_eps
@@ -347,9 +347,7 @@ class MlmProblem(BatchedProblem):
         self.data = data if data is not None else load_data(cfg)
         self.vocab = self.data.tokenizer.vocab_size
         per_seed = [init_params(cfg, self.vocab, torch.Generator().manual_seed(rs.init)) for rs in seeds]
-        self.params = {
-            k: torch.stack([ps[k] for ps in per_seed]).to(device).requires_grad_(True) for k in per_seed[0]
-        }
+        self.params = stack_params(per_seed, device)
         self.optimizer = torch.optim.AdamW(
             list(self.params.values()), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
             weight_decay=cfg.weight_decay, foreach=True,
@@ -453,13 +451,10 @@ class MlmTask(Task):
     name = "mlm"
     config_class = MlmConfig
     presets = PRESETS
+    problem_class = MlmProblem
     step_unit = "step"
-
-    def convergence(self, cfg: MlmConfig) -> Convergence:
-        return Convergence("val_loss", cfg.threshold, "below")
-
-    def build(self, cfg: MlmConfig, seeds: list[RunSeeds], device: torch.device) -> MlmProblem:
-        return MlmProblem(cfg, seeds, device)
+    convergence_metric = "val_loss"
+    convergence_direction = "below"
 
     def describe_data(self, cfg: MlmConfig) -> dict[str, Any]:
         data = load_data(cfg)

@@ -34,7 +34,7 @@ from latent.errors import UserError
 
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
-from .base import RowProblem, Task, stack_params
+from .base import RowProblem, Task, cross_entropy_sums, stack_params
 from .parity import xavier_uniform_
 
 log = logging.getLogger("latent.collect")
@@ -234,13 +234,6 @@ def forward(P: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     return h
 
 
-def ce_loss_acc(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-seed cross-entropy *sums* and correct counts for ``logits (S, N, C)``, labels ``(S, N)``."""
-    S, n, c = logits.shape
-    loss = F.cross_entropy(logits.reshape(S * n, c), y.reshape(-1), reduction="none").view(S, n).sum(1)
-    return loss, (logits.argmax(-1) == y).sum(1)
-
-
 # --------------------------------------------------------------------------- problem
 
 
@@ -273,8 +266,8 @@ class MnistProblem(RowProblem):
             train_idx[:, :k] if 0 < k < train_idx.shape[1] else None,
         )
 
-    def _loss_acc(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return ce_loss_acc(forward(self.params, self.x[rows]), self.y[rows])
+    def _loss_acc(self, rows: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        return cross_entropy_sums(forward(self.params, self.x[rows]), self.y[rows])
 
     def weight_groups(self) -> WeightGroups:
         # reference.md B4: every Linear weight is a matrix; all weights and all biases.

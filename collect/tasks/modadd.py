@@ -28,7 +28,7 @@ from latent.errors import UserError
 
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
-from .base import RowProblem, Task, normal_, stack_params
+from .base import RowProblem, Task, cross_entropy_sums, normal_, stack_params
 
 @dataclass(frozen=True)
 class ModAddConfig:
@@ -147,13 +147,6 @@ def split_indices(p: int, n_train: int, split_seed: int) -> tuple[np.ndarray, np
 
 
 # --------------------------------------------------------------------------- models
-
-
-def cross_entropy_sums(logits: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-seed cross-entropy *sums* and correct counts for ``logits (S, N, C)`` and labels ``(S, N)``."""
-    S, n, c = logits.shape
-    loss = F.cross_entropy(logits.reshape(S * n, c), y.reshape(-1), reduction="none").view(S, n).sum(1)
-    return loss, (logits.argmax(-1) == y).sum(1)
 
 
 def _gather_rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -285,7 +278,7 @@ class ModAddProblem(RowProblem):
             return mlp_logits(self.params, a, b, self.cfg.d_embed)
         return transformer_logits(self.params, a, b, self.cfg)
 
-    def _loss_acc(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss_acc(self, rows: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return cross_entropy_sums(self._logits(rows), self._y[rows])
 
     def weight_groups(self) -> WeightGroups:

@@ -190,7 +190,7 @@ class ParityProblem(RowProblem):
     def y_val(self) -> torch.Tensor:
         return self.y[:, self.cfg.n_train :]
 
-    def _loss_acc(self, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _loss_acc(self, rows: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.x.gather(1, rows[..., None].expand(-1, -1, self.cfg.n_bits))
         return hinge_loss_acc(forward(self.params, x), self.y.gather(1, rows))
 
