@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from latent.errors import UserError
 

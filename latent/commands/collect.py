@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
-
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -83,7 +80,6 @@ def run(args) -> int:
             overrides.setdefault("batch_size", 256)  # the paper's stabilised setting (reference.md A1)
         if name is None:
             name = f"{args.task}-{args.preset}-ln" if args.preset != "default" else f"{args.task}-ln"
-    command = "latent " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[0].endswith("latent") else None
     result = collect_study(
         args.task,
         args.seeds,
@@ -97,7 +93,7 @@ def run(args) -> int:
         seed_batch=args.seed_batch,
         save_every=args.save_every,
         progress=not args.quiet,
-        command=command or "latent collect " + " ".join(shlex.quote(a) for a in sys.argv[2:]),
+        command=args.command_line,
     )
     unit = result.convergence_unit
     if result.nothing_to_do:

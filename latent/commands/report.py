@@ -46,9 +46,8 @@ def run(args) -> int:
     if args.metrics is not None and unknown:
         have = ", ".join(c for c in fit.runs.columns if c not in ("seed", "step", "epoch", "state"))
         raise UserError(f"unknown metric(s) {', '.join(unknown)} in --metrics; the run tables have: {have}")
-    command = "latent report " + " ".join(shlex.quote(a) for a in sys.argv[1:][1:]) \
-        if sys.argv[1:2] == ["report"] else None
-    path = write_report(fit, report_command=command or _rebuild_command(args, fit), metrics=metrics)
+    path = write_report(fit, report_command=getattr(args, "command_line", None) or _rebuild_command(args, fit),
+                        metrics=metrics)
     print(path)
     print(f"rendered {len(fit.seeds)} runs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.open:
