@@ -96,6 +96,9 @@ def test_rerun_finished_study_does_nothing(tmp_path, capsys):
     args = ["collect", "--task", "modadd", "--seeds", "2", "--epochs", "6", "--store", str(tmp_path), "--quiet",
             "--threads", "1"] + [x for kv in SMALL for x in ("--set", kv)]
     assert main(args) == 0
+    import shlex
+
+    assert Study(tmp_path / "modadd").read_meta()["command"] == "latent " + shlex.join(args)
     before = _snapshot(tmp_path)
     capsys.readouterr()
     assert main(args) == 0
