@@ -164,12 +164,19 @@ def main() -> None:
 
     mc = metric_cost(threads=2)
     print("metric cost per checkpoint (40 seeds):", mc)
+    # Paper preset: a checkpoint every 10 epochs of 40 seeds at the batched rate measured above.
+    paper_interval = 10 * 40 / b
+    share = mc["paper transformer"] / (paper_interval + mc["paper transformer"])
     lines += [
         "### Weight metrics per checkpoint, 40 seeds",
         "",
         "| model | seconds per checkpoint (all 40 seeds) |",
         "|---|---|",
         *[f"| {k} | {v * 1000:.0f} ms |" for k, v in mc.items()],
+        "",
+        f"Paper preset: one checkpoint per 10 epochs = {paper_interval:.1f} s of batched training for 40 seeds, "
+        f"so the metrics are {100 * share:.1f} % of collection time (target ≤ 5 %). The default preset's share "
+        "is in the headline table.",
         "",
     ]
 
@@ -185,6 +192,10 @@ def main() -> None:
     base = rates["1 thread"]
     lines += [
         "### Threads and allocator (default MLP, 40 seeds, seed-epochs/s)",
+        "",
+        "On an idle machine OpenMP's active wait is as fast as PASSIVE or slightly faster; while other "
+        "work shares the two cores, the active wait collapses (measured earlier today with another "
+        "process busy: 1 thread 446, 2 threads PASSIVE 218, 2 threads ACTIVE 132), so collect uses PASSIVE.",
         "",
         "| setting | seed-epochs/s | vs 1 thread |",
         "|---|---|---|",

@@ -43,7 +43,7 @@ def run_task(task: str, seeds: int, threads: int) -> dict:
 
     with tempfile.TemporaryDirectory() as store:
         cmd = [sys.executable, "-m", "latent", "collect", "--task", task, "--seeds", str(seeds), "--store", store,
-               "--threads", str(threads), "--quiet"]
+               "--quiet"] + (["--threads", str(threads)] if threads else [])
         load_before = _load()
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -69,7 +69,7 @@ def run_task(task: str, seeds: int, threads: int) -> dict:
         return {
             "task": task,
             "seeds": seeds,
-            "threads": threads,
+            "threads": threads or "default",
             "wall_s": wall,
             "maxrss_mib": usage.ru_maxrss / 1024,  # Linux reports KiB
             "load_before": load_before,
@@ -128,7 +128,8 @@ def main() -> None:
     ap.add_argument("--tasks", default="parity,mnist,cifar,mlm",
                     help="comma-separated tasks (default parity,mnist,cifar,mlm); other tasks' rows are kept")
     ap.add_argument("--seeds", type=int, default=40)
-    ap.add_argument("--threads", type=int, default=1, help="--threads for each collection (default 1)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="--threads for each collection (default 0: none given, the task's default as a user runs it)")
     ap.add_argument("--no-write", action="store_true", help="print only; leave bench/RESULTS.md alone")
     args = ap.parse_args()
     results = []
@@ -137,7 +138,7 @@ def main() -> None:
         print(json.dumps({k: v for k, v in r.items() if k != "config"}), flush=True)
         results.append(r)
     body = "\n".join([
-        "`latent collect --task T --seeds N --threads K` with the default preset, each in a fresh process "
+        "`latent collect --task T --seeds N [--threads K]` with the default preset, each in a fresh process "
         "(`bench/bench_tasks.py`). Peak memory is the child's `ru_maxrss`. Time split (s) from the run manifest. "
         "Each run rewrites the rows of the tasks it ran and keeps the others' earlier rows (the date above is the latest run's; each row's load column tells its conditions).",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared with other work), Python "

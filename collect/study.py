@@ -152,7 +152,7 @@ def collect_study(
         Store directory.
     device : {"cpu", "cuda", "cuda:N"}
     threads : int, optional
-        Intra-op threads (default: all cores available to the process).
+        Intra-op threads (default: the task's ``default_threads``, else all cores).
     overwrite : bool
         Replace an existing study of the same name whose config differs.
     seed_batch : int
@@ -243,7 +243,7 @@ def collect_study(
     if not pending:
         return _summarise(study_obj, task, all_seeds, [], t_start, convergence, nothing_to_do=True)
 
-    set_threads(threads)
+    set_threads(threads if threads is not None else task_obj.default_threads)
     timings: dict[str, float] = {}
     trained: list[int] = []
     batches = []

@@ -226,6 +226,9 @@ class Task:
     step_unit: ClassVar[str] = "epoch"
     convergence_metric: ClassVar[str] = "val_acc"
     convergence_direction: ClassVar[str] = "above"
+    #: CPU threads when ``--threads`` is not given (None: every core). A task sets 1 where a
+    #: second thread measurably slows it down (bench/RESULTS.md).
+    default_threads: ClassVar[int | None] = None
 
     def convergence(self, cfg) -> Convergence:
         return Convergence(self.convergence_metric, cfg.threshold, self.convergence_direction)

@@ -435,6 +435,9 @@ class CifarTask(Task):
     presets = PRESETS
     problem_class = CifarProblem
     step_unit = "step"
+    # Grouped convolutions got slower with a second thread: 40 default seeds took 690 s with 2
+    # threads on an idle 2-core machine and 565 s with 1 (bench/RESULTS.md).
+    default_threads = 1
 
     def describe_data(self, cfg: CifarConfig) -> dict[str, Any]:
         data = load_data(cfg)
