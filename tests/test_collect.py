@@ -260,3 +260,19 @@ def test_cifar_variant_flags_name_the_study_and_set_the_threshold(tmp_path, caps
     capsys.readouterr()
     assert main(["collect", "--task", "modadd", "--no-batchnorm", "--store", str(tmp_path)]) == 2
     assert "cifar only" in capsys.readouterr().err
+
+
+def test_task_default_threads_apply_only_without_threads_flag(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        collect_study("cifar", 1, overrides=["n_train=32", "n_val=16", "batch_size=16", "epochs=1", "log_every=1"],
+                      store=tmp_path, progress=False)
+        assert torch.get_num_threads() == 1  # cifar's default_threads
+        torch.set_num_threads(2)
+        collect_study("cifar", 1, overrides=["n_train=32", "n_val=16", "batch_size=16", "epochs=1", "log_every=1"],
+                      store=tmp_path, study="c2", threads=2, progress=False)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
