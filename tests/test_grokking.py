@@ -1,6 +1,5 @@
 """The default modadd preset really groks: memorise first, generalise hundreds of epochs later."""
 
-import numpy as np
 import pytest
 
 from collect.study import collect_study

@@ -18,6 +18,7 @@ from collect.tasks.cifar import PRESETS, CifarConfig, CifarData, CifarProblem, b
 from latent.cli import main
 from latent.errors import UserError
 from latent.store import Study
+from task_checks import assert_mid_epoch_resume_exact
 
 
 @pytest.fixture(autouse=True)
@@ -227,21 +228,8 @@ def test_augmentation_crops_reflect_padded_images_and_flips():
 def test_mid_epoch_resume_continues_exactly():
     cfg = CifarConfig(**TINY)  # 40 rows / 8 = 5 steps per epoch
     data = _synthetic()
-    ref = _problem(cfg, [0, 1], data)
-    for _ in range(7):
-        ref.train_step()
-    first = _problem(cfg, [0, 1], data)
-    for _ in range(3):
-        first.train_step()
-    states = [first.seed_state(i) for i in range(2)]
-    resumed = _problem(cfg, [0, 1], data)
-    resumed.load_seed_states(states)
-    for _ in range(4):
-        resumed.train_step()
-    for k in ref.params:
-        torch.testing.assert_close(resumed.params[k], ref.params[k], rtol=0, atol=0)
-    for k in ref.bn_stats:
-        torch.testing.assert_close(resumed.bn_stats[k][1], ref.bn_stats[k][1], rtol=0, atol=0)
+    assert_mid_epoch_resume_exact(lambda: _problem(cfg, [0, 1], data), 3, 4,
+                                  extra=lambda p: {k: v[1] for k, v in p.bn_stats.items()})
 
 
 def _collect(store, seeds, overrides, **kw):

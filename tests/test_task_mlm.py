@@ -18,6 +18,7 @@ from collect.tasks.mlm import PRESETS, MlmConfig, MlmData, MlmProblem, load_data
 from latent.cli import main
 from latent.errors import UserError
 from latent.store import Study
+from task_checks import assert_mid_epoch_resume_exact
 
 @pytest.fixture(autouse=True)
 def _one_thread():
@@ -158,20 +159,10 @@ def test_learning_rate_warms_up_then_decays_linearly():
 
 def test_mid_epoch_resume_continues_exactly():
     cfg = MlmConfig(**{**TINY, "epochs": 2})
-    ref = _problem(cfg, [0, 1])
-    for _ in range(7):
-        ref.train_step()
-    first = _problem(cfg, [0, 1])
-    for _ in range(3):
-        first.train_step()
-    states = [first.seed_state(i) for i in range(2)]
-    resumed = _problem(cfg, [0, 1])
-    resumed.load_seed_states(states)
-    assert resumed._step == 3
-    for _ in range(4):
-        resumed.train_step()
-    for k in ref.params:
-        torch.testing.assert_close(resumed.params[k], ref.params[k], rtol=0, atol=0)
+    def check_step(p):
+        assert p._step == 3
+
+    assert_mid_epoch_resume_exact(lambda: _problem(cfg, [0, 1]), 3, 4, after_load=check_step)
 
 
 def test_head_only_at_selected_positions_equals_full_logits():

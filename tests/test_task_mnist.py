@@ -17,6 +17,7 @@ from collect.tasks.mnist import PRESETS, MnistConfig, MnistData, MnistProblem, l
 from latent.cli import main
 from latent.errors import UserError
 from latent.store import Study
+from task_checks import assert_mid_epoch_resume_exact
 
 
 def _synthetic(n=48, d=12, seed=0):
@@ -125,19 +126,7 @@ def test_split_holds_out_validation_and_a_fixed_train_eval_subset():
 def test_mid_epoch_resume_continues_exactly():
     data = _synthetic(n=60)
     cfg = MnistConfig(hidden=(8,), n_val=10, batch_size=16)  # 50 rows: 4 steps per epoch
-    ref = _problem(cfg, [0, 1], data)
-    for _ in range(6):
-        ref.train_step()
-    first = _problem(cfg, [0, 1], data)
-    for _ in range(2):
-        first.train_step()
-    states = [first.seed_state(i) for i in range(2)]
-    resumed = _problem(cfg, [0, 1], data)
-    resumed.load_seed_states(states)
-    for _ in range(4):
-        resumed.train_step()
-    for k in ref.params:
-        torch.testing.assert_close(resumed.params[k], ref.params[k], rtol=0, atol=0)
+    assert_mid_epoch_resume_exact(lambda: _problem(cfg, [0, 1], data), 2, 4)
 
 
 def _collect(store, seeds, overrides, **kw):

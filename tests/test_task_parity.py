@@ -2,7 +2,6 @@
 weights, batch-vs-alone and mid-epoch resume, and a tiny study that `latent fit` accepts."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +14,7 @@ from collect.tasks import get_task
 from collect.tasks.parity import PRESETS, ParityConfig, ParityProblem, draw_data, hinge_loss_acc
 from latent.errors import UserError
 from latent.store import Study
+from task_checks import assert_mid_epoch_resume_exact
 
 TINY = ["hidden=16", "n_train=40", "n_val=20", "batch_size=8", "log_every=1"]
 
@@ -101,20 +101,8 @@ def test_reference_metrics_on_fixed_weights_by_hand():
 
 def test_mid_epoch_resume_continues_exactly():
     cfg = ParityConfig(hidden=16, n_train=40, n_val=10, batch_size=8)  # 5 steps per epoch
-    ref = _problem(cfg, [0, 1])
-    for _ in range(8):
-        ref.train_step()
-    first = _problem(cfg, [0, 1])
-    for _ in range(3):
-        first.train_step()
-    states = [first.seed_state(i) for i in range(2)]
+    states = assert_mid_epoch_resume_exact(lambda: _problem(cfg, [0, 1]), 3, 5)
     assert int(states[0]["extra/cursor"]) == 3 and states[1]["extra/order"].shape == (40,)
-    resumed = _problem(cfg, [0, 1])
-    resumed.load_seed_states(states)
-    for _ in range(5):
-        resumed.train_step()
-    for k in ref.params:
-        torch.testing.assert_close(resumed.params[k], ref.params[k], rtol=0, atol=0)
 
 
 def _collect(store, seeds, overrides, epochs, **kw):
