@@ -114,7 +114,7 @@ def headline():
         timings = json.loads((Path(store) / "modadd" / "runs" / "seed-000.json").read_text())["timings"]
         import pandas as pd
 
-        conv, grok = [], []
+        grok = []
         for s in range(40):
             frame = pd.read_parquet(Path(store) / "modadd" / "runs" / f"seed-{s:03d}.parquet")
             hit = frame["val_acc"].to_numpy() >= 0.99
@@ -158,7 +158,7 @@ def main() -> None:
         "|---|---|---|---|",
         f"| {b:.2f} seed-epochs/s | {loop_steady:.2f} seed-epochs/s | {loop_incl:.2f} seed-epochs/s | {b / loop_steady:.2f}× |",
         "",
-        f"For scale: the reference script measured 1.24 s per seed-epoch (0.81 seed-epochs/s) at batch 2048 on this kind of machine (PERF-NOTES).",
+        "For scale: the reference script measured 1.24 s per seed-epoch (0.81 seed-epochs/s) at batch 2048 on this kind of machine (PERF-NOTES).",
         "",
     ]
 

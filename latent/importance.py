@@ -50,7 +50,7 @@ def filtered_log_posteriors(z, startprob, transmat, means, covars) -> np.ndarray
     a = startprob * b[0]
     for t in range(T):
         if t:
-            a = (prev @ transmat) * b[t]
+            a = (a @ transmat) * b[t]  # a: the normalised filtered posterior at t - 1
         s = a.sum()
         if s > 0 and np.isfinite(s):
             a = a / s
@@ -60,7 +60,6 @@ def filtered_log_posteriors(z, startprob, transmat, means, covars) -> np.ndarray
             la = (log_pi if t == 0 else logsumexp(out[t - 1][:, None] + log_A, axis=0)) + logb[t]
             out[t] = la - logsumexp(la)
             a = np.exp(out[t])
-        prev = a
     return out
 
 
