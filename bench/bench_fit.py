@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import sys
 import tempfile
 import time
@@ -24,13 +23,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_block  # noqa: E402
+
 from latent.features import REFERENCE_FEATURES
 from latent.fit import FitConfig, fit_study
 from latent.hmm import HMMSelector
 from latent.store import Study, atomic_write_json, atomic_write_parquet, run_stem
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
-BEGIN, END = "<!-- fit:begin -->", "<!-- fit:end -->"
 
 
 def make_study(root: Path, n_runs: int, T: int, seed: int = 0) -> Study:
@@ -118,15 +119,8 @@ def main(argv=None) -> int:
 
 
 def write_results(lines) -> None:
-    block = "\n".join([BEGIN, "## `latent fit` (bench/bench_fit.py)", "", time.strftime("run %Y-%m-%d %H:%M UTC", time.gmtime()), "",
-                       *lines, END])
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda m: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    RESULTS.write_text(text)
-    print(f"updated {RESULTS}")
+    write_block("fit", "\n".join(lines), title="`latent fit` (bench/bench_fit.py)")
+    print("updated bench/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -27,8 +26,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+from results import write_block  # noqa: E402
 
-BEGIN, END = "<!-- report:begin -->", "<!-- report:end -->"
 
 
 def main() -> int:
@@ -76,14 +76,10 @@ def main() -> int:
         page_mb = index.stat().st_size / 1e6
 
     lines = [
-        BEGIN,
-        "## `latent report`",
-        "",
         f"Generated fit: {args.runs} runs × {args.checkpoints} checkpoints, K = 6, 4 features "
         "(`tests/report_fixtures.make_big_fit`). Target: ≤ 15 s for the whole command.",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs (shared), Python {platform.python_version()}, "
-        f"matplotlib {matplotlib.__version__}. Measured {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} "
-        "with `.venv/bin/python bench/bench_report.py`.",
+        f"matplotlib {matplotlib.__version__}; measured with `python bench/bench_report.py`.",
         "",
         "| what | seconds |",
         "|---|---|",
@@ -95,16 +91,9 @@ def main() -> int:
         f"| encode SVG, all figures | {t_svg:.2f} |",
         "",
         f"Output: index.html {page_mb:.1f} MB, report directory {size_mb:.1f} MB in all.",
-        END,
     ]
     block = "\n".join(lines)
-    results = Path(args.results)
-    text = results.read_text() if results.exists() else "# Benchmark results\n"
-    if BEGIN in text and END in text:
-        text = re.sub(re.escape(BEGIN) + r".*?" + re.escape(END), lambda _: block, text, flags=re.S)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
-    results.write_text(text)
+    write_block("report", block, path=Path(args.results), title="`latent report`")
     print(block)
     return 0
 

@@ -9,11 +9,14 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "# Benchmark results\n\nWritten by the scripts in `bench/`; each owns one block below.\n"
 
 
-def write_block(name: str, body: str, path: Path = RESULTS) -> None:
-    """Replace the ``<!-- name:begin -->`` … ``<!-- name:end -->`` block of ``path`` (appending it if absent)."""
+def write_block(name: str, body: str, path: Path = RESULTS, title: str | None = None) -> None:
+    """Replace the ``<!-- name:begin -->`` … ``<!-- name:end -->`` block of ``path`` (appending it if absent).
+
+    The block gets the heading ``title`` (default ``name``) and the UTC time of measurement.
+    """
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    block = f"{begin}\n## {name}\n\n_Measured {stamp}._\n\n{body.rstrip()}\n{end}"
+    block = f"{begin}\n## {title or name}\n\n_Measured {stamp}._\n\n{body.rstrip()}\n{end}"
     text = path.read_text() if path.exists() else HEADER
     if begin in text and end in text:
         head, rest = text.split(begin, 1)
