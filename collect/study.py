@@ -231,7 +231,7 @@ def collect_study(
     # Which requested seeds still need work, and from where.
     pending: dict[int, list[int]] = {}
     for s in seed_list:
-        manifest = study_obj.read_manifest(s) if study_obj.run_manifest_path(s).exists() else None
+        manifest = study_obj.read_manifest(s)  # None when the run has not started
         if manifest and manifest.get("status") == "done":
             continue
         state_path = study_obj.run_state_path(s)

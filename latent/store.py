@@ -271,7 +271,7 @@ class Study:
         seeds = list(meta.get("seeds", []))
         done = 0
         for s in seeds:
-            m = self.read_manifest(s) if self.run_manifest_path(s).exists() else None
+            m = self.read_manifest(s)
             if m and m.get("status") == "done":
                 done += 1
         if done == len(seeds) and seeds:
