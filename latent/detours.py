@@ -1,25 +1,38 @@
-"""Convergence time, the bag-of-states regression, detour states and trajectory dissimilarity.
+"""Convergence time, detour states, the bag-of-states regression and trajectory dissimilarity.
 
-Notation: N runs, K states; ``occupancy`` is an (N, K) matrix whose row i holds the fraction of
-run i's checkpoints spent in each state (its rows sum to 1); ``y`` is each run's convergence time
-in steps (reference.md E1).
+Notation: N runs, K states; ``visited`` is an (N, K) boolean matrix (run i's Viterbi path
+enters state k); ``occupancy`` an (N, K) matrix of the fraction of run i's checkpoints in each
+state (rows sum to 1); ``y`` each run's convergence step, *restricted* at τ, the last step every
+run reaches: y_i = min(convergence step, τ), so a run that never converges counts as τ
+(reference.md E1/E2; the restricted mean is the honest mean of a time that is censored at τ).
 
-Regression design (the collinearity choice): the fractions sum to one, so an intercept plus all K
-fractions is rank-deficient. We drop states no run visits, fit OLS *without* an intercept on the
-remaining K' fractions (the same column space as an intercept plus K'−1 fractions), and report
+**Detours** (:func:`detour_tests`). A state is a detour when visiting it delays convergence.
+For every *optional* state (some runs visit it, some skip it) the delay is
 
-* ``beta[k]``: the predicted convergence time of a run that spends all its time in state k;
-* ``intercept`` = Σ_k p̄_k β_k, with p̄ the mean occupancy over runs; for OLS on the simplex this
-  is exactly the mean convergence time ȳ;
-* ``coef[k]`` = β_k − intercept (an occupancy-weighted effect contrast): positive means that
-  moving time into state k from the average run's mix of states goes with later convergence.
-  Weighting by occupancy keeps the reference level at ȳ; an unweighted mean of β would be
-  dominated by states whose fraction barely varies across runs (say, a memorisation phase of
-  the same length in every run), whose β is poorly determined;
-* R² against the mean of y and the F-test of the K'−1 contrasts, with (K'−1, N−K') degrees of
-  freedom;
-* percentile 95 % intervals from a bootstrap over runs (seeded). Resamples in which some kept state
-  has no occupancy cannot identify its coefficient and are skipped (their number is reported).
+    Δ_k = mean(y | runs visiting k) − mean(y | runs skipping k),
+
+tested one-sided (H1: Δ_k > 0) with the Welch t statistic by permuting convergence times over
+runs (exact under "visiting k does not change convergence"), adjusted over the states tested by
+the Westfall–Young step-down maxT procedure, with a Welch t interval. A state visited or skipped by fewer than ``min_runs`` runs is reported as not
+estimable, never as significant. A state visited by every run is obligatory, never a detour.
+This asks the paper's question (do runs that take this state converge later?) without the
+paper's rule's flaw: in the occupancy regression every pre-convergence state gets a positive
+coefficient (its checkpoints *are* time before convergence), so "optional and positive
+coefficient" flags both branches of a symmetric fork.
+
+**Regression** (:class:`OccupancyRegression`, the paper's Table 1). OLS of y on the occupancy
+fractions, without an intercept on the visited states (the same column space as an intercept
+plus K'−1 fractions): ``beta[k]`` is the predicted y of a run that spends all its time in k,
+``intercept`` = Σ p̄_k β_k = ȳ (p̄: mean occupancy), ``coef[k]`` = β_k − intercept; R², and the
+F-test with rank-aware degrees of freedom (rank − 1, N − rank). A coefficient is reported only
+where it is estimable: its state is visited by at least ``min_runs`` runs and its contrast lies
+in the row space of the design. When some occupancies are exact combinations of others (a phase
+that lasts the same in every run; two states only ever visited together) the effects of those
+states cannot be told apart from the rest: they are reported as collinear, and the reference
+level is the occupancy-weighted mean over the states that remain comparable.
+Percentile bootstrap intervals (runs resampled, seeded) for the estimable ones.
+``coef_reference`` is what the reference notebook's scikit-learn ``LinearRegression`` would
+return: the minimum-norm solution with an intercept on all K fractions.
 """
 
 from __future__ import annotations
@@ -33,7 +46,9 @@ from .errors import UserError
 
 log = logging.getLogger("latent")
 
-NONCONVERGED_RULES = ("exclude", "censor")
+NONCONVERGED_RULES = ("restrict", "exclude")
+DETOUR_RULES = ("delay", "paper")
+MIN_RUNS = 5  # default: fewer visitors or skippers than this and a delay is not estimable
 
 
 def convergence_step(steps: np.ndarray, values: np.ndarray, threshold: float, direction: str = "above"):
@@ -49,9 +64,146 @@ def convergence_step(steps: np.ndarray, values: np.ndarray, threshold: float, di
     return int(steps[idx[0]]) if idx.size else None
 
 
+def restricted_times(conv, last_steps) -> tuple[np.ndarray, float]:
+    """y_i = min(conv_i, τ) with τ = min(last_steps) (the follow-up every run has); None → τ."""
+    tau = float(min(last_steps))
+    y = np.array([tau if c is None else min(float(c), tau) for c in conv], dtype=float)
+    return y, tau
+
+
 def occupancy_fractions(path: np.ndarray, k: int) -> np.ndarray:
     """Fraction of checkpoints in each of ``k`` states."""
     return np.bincount(np.asarray(path), minlength=k)[:k] / len(path)
+
+
+# --------------------------------------------------------------------------- detour tests
+
+
+def welch_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """Welch t interval for mean(a) − mean(b)."""
+    va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
+    se = np.sqrt(va + vb)
+    diff = a.mean() - b.mean()
+    if se == 0:
+        return float(diff), float(diff)
+    df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    q = stats.t.ppf(0.5 + level / 2, df)
+    return float(diff - q * se), float(diff + q * se)
+
+
+def welch_t(Y: np.ndarray, V: np.ndarray) -> np.ndarray:
+    """Welch t statistics of visitors against skippers, for many outcome vectors at once.
+
+    ``Y`` (B, n): outcome vectors (one per permutation); ``V`` (n, J): 0/1 visit indicators of J
+    states. Returns (B, J). A state whose groups both have zero spread gets ±inf (or 0).
+    """
+    n = V.shape[0]
+    nv = V.sum(axis=0)
+    ns = n - nv
+    sum_v = Y @ V
+    sq_v = (Y * Y) @ V
+    tot, tot_sq = Y.sum(axis=1, keepdims=True), (Y * Y).sum(axis=1, keepdims=True)
+    mv, ms = sum_v / nv, (tot - sum_v) / ns
+    var_v = np.maximum(sq_v - nv * mv**2, 0) / (nv - 1)
+    var_s = np.maximum((tot_sq - sq_v) - ns * ms**2, 0) / (ns - 1)
+    se = np.sqrt(var_v / nv + var_s / ns)
+    diff = mv - ms
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.where(se > 0, diff / np.where(se > 0, se, 1), np.sign(diff) * np.inf)
+    return np.nan_to_num(t, nan=0.0, posinf=np.inf, neginf=-np.inf)
+
+
+def detour_tests(visited, y, min_runs: int = MIN_RUNS, alpha: float = 0.05, n_perm: int = 10_000,
+                 random_state: int = 0) -> list[dict]:
+    """Test every state for a convergence delay among the runs that visit it.
+
+    Each tested state's statistic is the Welch t of visitors against skippers. Its p-value is
+    one-sided (a delay) by permutation of ``y`` over runs, and its adjusted p-value is the
+    Westfall–Young step-down maxT over the tested states: it holds the family-wise error at
+    ``alpha`` and, unlike Holm, gains from the dependence between tests (the two branches of a
+    fork are one comparison seen from both sides).
+
+    Parameters
+    ----------
+    visited : bool array (N, K)
+    y : array (N,)
+        Restricted convergence steps (:func:`restricted_times`).
+    min_runs : int
+        Fewest visitors and skippers for a state to be tested.
+    alpha : float
+        Family-wise error rate over the states tested.
+    n_perm : int
+        Permutations of ``y`` (one shared set for every state; seeded).
+    random_state : int
+
+    Returns
+    -------
+    list of dict, one per state
+        ``state, runs_visiting, runs_skipping, status`` (``"obligatory"``, ``"unvisited"``,
+        ``"not_estimable"``, ``"tested"``), ``delay`` (Δ_k, None if a group is empty),
+        ``ci_low, ci_high`` (Welch 95 %), ``t`` (Welch), ``p_value`` (one-sided permutation),
+        ``p_adjusted`` (step-down maxT), ``detour`` (tested, Δ_k > 0 and ``p_adjusted < alpha``).
+    """
+    visited = np.asarray(visited, dtype=bool)
+    y = np.asarray(y, dtype=float)
+    n, K = visited.shape
+    rows, tested = [], []
+    for k in range(K):
+        nv = int(visited[:, k].sum())
+        row = {"state": k, "runs_visiting": nv, "runs_skipping": n - nv, "delay": None, "ci_low": None,
+               "ci_high": None, "t": None, "p_value": None, "p_adjusted": None, "detour": False}
+        if nv == n:
+            row["status"] = "obligatory"
+        elif nv == 0:
+            row["status"] = "unvisited"
+        else:
+            row["delay"] = float(y[visited[:, k]].mean() - y[~visited[:, k]].mean())
+            if min(nv, n - nv) < max(int(min_runs), 2):
+                row["status"] = "not_estimable"
+            else:
+                row["status"] = "tested"
+                row["ci_low"], row["ci_high"] = welch_interval(y[visited[:, k]], y[~visited[:, k]])
+                tested.append(k)
+        rows.append(row)
+    if not tested:
+        return rows
+    V = visited[:, tested].astype(float)
+    observed = welch_t(y[None, :], V)[0]
+    order = np.argsort(-observed, kind="stable")  # most significant first
+    rng = np.random.default_rng(np.random.SeedSequence(int(random_state), spawn_key=(4,)))
+    exceed = np.zeros(len(tested))
+    exceed_max = np.zeros(len(tested))  # step-down: successive maxima over the less significant states
+    done = 0
+    while done < n_perm:  # in blocks, to bound memory
+        m = min(2000, n_perm - done)
+        T = welch_t(rng.permuted(np.broadcast_to(y, (m, n)), axis=1), V)
+        exceed += (T >= observed - 1e-9 * np.abs(observed)).sum(axis=0)
+        tail = np.maximum.accumulate(T[:, order[::-1]], axis=1)[:, ::-1]  # max over order[r:]
+        thresholds = observed[order]
+        exceed_max += (tail >= thresholds - 1e-9 * np.abs(thresholds)).sum(axis=0)
+        done += m
+    p = (1 + exceed) / (1 + n_perm)
+    adj_sorted = np.maximum.accumulate((1 + exceed_max) / (1 + n_perm))
+    adj = np.empty(len(tested))
+    adj[order] = adj_sorted
+    for j, k in enumerate(tested):
+        rows[k].update(t=float(observed[j]), p_value=float(p[j]), p_adjusted=float(adj[j]),
+                       detour=bool(adj[j] < alpha and rows[k]["delay"] > 0))
+    return rows
+
+
+def paper_detours(coef, visited, converged) -> list[int]:
+    """The paper's rule (reference.md E1): some converging runs skip the state, and its
+    regression coefficient is positive."""
+    out = []
+    for k in range(visited.shape[1]):
+        c = coef[k]
+        if visited[:, k].any() and (converged & ~visited[:, k]).any() and c is not None and np.isfinite(c) and c > 0:
+            out.append(k)
+    return out
+
+
+# --------------------------------------------------------------------------- regression
 
 
 class OccupancyRegression:
@@ -61,6 +213,8 @@ class OccupancyRegression:
     ----------
     n_boot : int, default 1000
         Bootstrap resamples of runs.
+    min_runs : int, default 5
+        A coefficient is estimable only for states visited by at least this many runs.
     random_state : int, default 0
         Seeds the bootstrap.
 
@@ -68,20 +222,33 @@ class OccupancyRegression:
     ----------
     states_ : list of int
         States with any occupancy (the design's columns).
+    estimable_ : ndarray of bool (K,)
+        Coefficients that are reported.
+    not_estimable_ : list (K,)
+        Why a coefficient is not reported: ``"unvisited"``, ``"few runs"`` (fewer than
+        ``min_runs`` visitors), ``"collinear"`` (its occupancy is an exact combination of others,
+        e.g. the same fraction in every run, so its effect cannot be told from the mean), or None.
+    reference_weights_ : ndarray (K,)
+        Weights of the reference level: the mean occupancy over the states whose effects can be
+        compared with each other (all visited states unless some are collinear).
     beta_ : ndarray (K,)
-        No-intercept coefficients (NaN for dropped states).
+        No-intercept coefficients (NaN where not estimable on their own).
     coef_ : ndarray (K,)
-        Occupancy-weighted contrasts β_k − Σ_j p̄_j β_j (NaN for dropped states).
+        Occupancy-weighted contrasts β_k − Σ_j w_j β_j (NaN where not estimable).
+    coef_reference_ : ndarray (K,)
+        Minimum-norm coefficients of an intercept + all-K-fractions design (what the
+        reference's scikit-learn ``LinearRegression`` returns).
     intercept_ : float
     ci_low_, ci_high_ : ndarray (K,)
         Bootstrap 95 % percentile interval of ``coef_`` (NaN where not estimable).
     r2_, f_stat_, p_value_ : float
-    df_model_, df_resid_, n_ : int
+    rank_, df_model_, df_resid_, n_ : int
     n_boot_used_ : int
     """
 
-    def __init__(self, n_boot: int = 1000, random_state: int = 0):
+    def __init__(self, n_boot: int = 1000, min_runs: int = MIN_RUNS, random_state: int = 0):
         self.n_boot = n_boot
+        self.min_runs = min_runs
         self.random_state = random_state
 
     @staticmethod
@@ -95,13 +262,13 @@ class OccupancyRegression:
         n, K = occupancy.shape
         keep = [k for k in range(K) if occupancy[:, k].sum() > 0]
         F = occupancy[:, keep]
-        kp = len(keep)
         beta = self._solve(F, y)
         resid = y - F @ beta
         ssr = float(resid @ resid)
         sst = float(((y - y.mean()) ** 2).sum())
-        self.n_, self.states_ = n, keep
-        self.df_model_, self.df_resid_ = kp - 1, n - kp
+        rank = int(np.linalg.matrix_rank(F)) if F.size else 0
+        self.n_, self.states_, self.rank_ = n, keep, rank
+        self.df_model_, self.df_resid_ = rank - 1, n - rank
         self.r2_ = 1 - ssr / sst if sst > 0 else float("nan")
         if self.df_model_ > 0 and self.df_resid_ > 0 and sst > 0:
             if ssr > 0:
@@ -111,79 +278,100 @@ class OccupancyRegression:
                 self.f_stat_, self.p_value_ = float("inf"), 0.0
         else:
             self.f_stat_ = self.p_value_ = float("nan")
-            log.warning(
-                "regression F-test undefined: %d run(s), %d visited state(s), total variance %.4g",
-                n, kp, sst,
-            )
+            log.warning("regression F-test undefined: %d run(s), design rank %d, total variance %.4g",
+                        n, rank, sst)
+        pbar = F.mean(axis=0)
+        visits = (F > 0).sum(axis=0)
+        group, alone = _identifiable_group(F, pbar)
+        # reference level: the occupancy-weighted mean beta over the identifiable group (all states
+        # unless some occupancy is an exact combination of others, e.g. the same in every run)
+        w = np.where(group, pbar, 0.0)
+        w = w / w.sum()
+        est = group & (visits >= self.min_runs)
+        kept = np.asarray(keep, dtype=int)
+        self.estimable_ = np.zeros(K, dtype=bool)
+        self.estimable_[kept] = est
+        self.not_estimable_ = [None] * K
+        for j, k in enumerate(keep):
+            if not group[j]:
+                self.not_estimable_[k] = "collinear"
+            elif visits[j] < self.min_runs:
+                self.not_estimable_[k] = "few runs"
+        for k in range(K):
+            if k not in keep:
+                self.not_estimable_[k] = "unvisited"
+        self.reference_weights_ = np.zeros(K)
+        self.reference_weights_[kept] = w
+        self.intercept_ = float(w @ beta)
+        self.solution_ = beta  # the least-squares solution over ``states_`` (predictions are unique)
         self.beta_ = np.full(K, np.nan)
-        self.beta_[keep] = beta
         self.coef_ = np.full(K, np.nan)
-        self.intercept_ = float(F.mean(axis=0) @ beta)
-        self.coef_[keep] = beta - self.intercept_
+        self.beta_[kept[alone & est]] = beta[alone & est]
+        self.coef_[kept[est]] = (beta - self.intercept_)[est]
+        # the reference notebook: sklearn LinearRegression on all K fractions (centred lstsq)
+        Fc = occupancy - occupancy.mean(axis=0)
+        self.coef_reference_ = self._solve(Fc, y - y.mean()) if n else np.full(K, np.nan)
 
         rng = np.random.default_rng(np.random.SeedSequence(int(self.random_state), spawn_key=(2,)))
         boots = []
         for _ in range(int(self.n_boot)):
             idx = rng.integers(0, n, n)
             Fb = F[idx]
-            if np.any(Fb.sum(axis=0) <= 0):
+            # a resample that loses a state, or gains a collinearity, cannot identify the contrasts
+            if np.any(Fb[:, est].sum(axis=0) <= 0) or np.linalg.matrix_rank(Fb) < rank:
                 continue
             b = self._solve(Fb, y[idx])
-            boots.append(b - Fb.mean(axis=0) @ b)
+            boots.append((b - w @ b)[est])
         self.n_boot_used_ = len(boots)
         self.ci_low_ = np.full(K, np.nan)
         self.ci_high_ = np.full(K, np.nan)
-        if boots:
+        if boots and est.any():
             boots = np.array(boots)
-            self.ci_low_[keep] = np.percentile(boots, 2.5, axis=0)
-            self.ci_high_[keep] = np.percentile(boots, 97.5, axis=0)
-        if self.n_boot and self.n_boot_used_ < 0.5 * self.n_boot:
-            log.warning(
-                "only %d of %d bootstrap resamples identify every state's coefficient "
-                "(rarely visited states); intervals are unreliable",
-                self.n_boot_used_, self.n_boot,
-            )
+            self.ci_low_[kept[est]] = np.percentile(boots, 2.5, axis=0)
+            self.ci_high_[kept[est]] = np.percentile(boots, 97.5, axis=0)
+        if self.n_boot and self.n_boot_used_ < 0.9 * self.n_boot:
+            log.warning("only %d of %d bootstrap resamples visit every estimable state; "
+                        "regression intervals are unreliable", self.n_boot_used_, self.n_boot)
         return self
 
     def predict(self, occupancy):
+        """Fitted convergence time of runs with these occupancy fractions."""
         occupancy = np.asarray(occupancy, dtype=float)
-        return occupancy[:, self.states_] @ self.beta_[self.states_]
+        return occupancy[:, self.states_] @ self.solution_
 
 
-def find_detours(coef, ci_low, ci_high, visited: np.ndarray, converged: np.ndarray) -> list[dict]:
-    """States that some converging runs never visit and whose coefficient is positive.
+def _identifiable_group(F: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Which states' effects can be compared on the design ``F`` (n, p).
 
-    Parameters
-    ----------
-    coef, ci_low, ci_high : array (K,)
-    visited : bool array (N, K)
-        Whether run i's path visits state k.
-    converged : bool array (N,)
+    β_k − β_j is estimable iff states k and j have equal rows in a basis of the null space of
+    ``F``. States are grouped by those rows; the group with the most ``weights`` is returned as
+    a boolean mask, with a second mask of the states whose own β_k is estimable (zero rows).
+    Without a null space every state is in the group.
     """
-    out = []
-    for k in range(visited.shape[1]):
-        c = coef[k]
-        n_visit = int(visited[:, k].sum())
-        skipping = int((converged & ~visited[:, k]).sum())
-        if n_visit == 0 or skipping == 0 or not np.isfinite(c) or c <= 0:
-            continue
-        lo, hi = ci_low[k], ci_high[k]
-        out.append(
-            {
-                "state": k,
-                "coef": float(c),
-                "ci_low": _num(lo),
-                "ci_high": _num(hi),
-                "significant": bool(np.isfinite(lo) and (lo > 0 or hi < 0)),
-                "runs_visiting": n_visit,
-                "converged_runs_skipping": skipping,
-            }
-        )
-    return out
+    null = _null_space(F)
+    p = F.shape[1]
+    if null.shape[1] == 0:
+        return np.ones(p, dtype=bool), np.ones(p, dtype=bool)
+    rows = np.round(null / (np.abs(null).max() or 1.0), 8)
+    labels = {}
+    for j in range(p):
+        labels.setdefault(tuple(rows[j]), []).append(j)
+    best = max(labels.values(), key=lambda g: (weights[g].sum(), -g[0]))
+    group = np.zeros(p, dtype=bool)
+    group[best] = True
+    return group, np.all(rows == 0, axis=1)
 
 
-def _num(x):
-    return float(x) if x is not None and np.isfinite(x) else None
+def _null_space(F: np.ndarray, tol: float = 1e-10) -> np.ndarray:
+    """Orthonormal basis of the null space of ``F`` (columns), shape (p, p − rank)."""
+    if F.size == 0:
+        return np.zeros((F.shape[1], 0))
+    _, s, vt = np.linalg.svd(F, full_matrices=True)
+    rank = int((s > tol * max(F.shape) * (s[0] if s.size else 0)).sum())
+    return vt[rank:].T
+
+
+# --------------------------------------------------------------------------- dissimilarity
 
 
 def wasserstein(p: np.ndarray, q: np.ndarray, ground: np.ndarray) -> float:

@@ -95,6 +95,28 @@ class FeatureMatrix:
         return frame
 
 
+def zscore(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Column-wise z-scores with the population std (ddof=0, as scipy.stats.zscore).
+
+    Computed on values divided by each column's largest magnitude, so features of any size
+    (1e-200 or 1e200) neither underflow nor overflow. A column whose spread is below 1e-12 of
+    its magnitude is constant (floating-point noise, not signal): it maps to 0 and its std is
+    recorded as 1.
+
+    Returns ``(z, mean, std, constant)``; ``z = (values - mean) / std``.
+    """
+    scale = np.abs(values).max(axis=0)
+    scale = np.where(scale > 0, scale, 1.0)
+    v = values / scale
+    m = v.mean(axis=0)
+    s = v.std(axis=0)
+    constant = ~(s > 1e-12)
+    s = np.where(constant, 1.0, s)
+    z = (v - m) / s
+    z[:, constant] = 0.0
+    return z, m * scale, np.where(constant, 1.0, s * scale), constant
+
+
 def available_features(table: pd.DataFrame) -> list[str]:
     """Numeric columns of a trajectory table that can be used as features."""
     return [
@@ -180,25 +202,17 @@ def build_features(
     if scaling == "per_run":
         scaled, per_run = [], {}
         for seed, values in zip(seeds, kept_raw):
-            mean = values.mean(axis=0)
-            std = values.std(axis=0)  # population std, as scipy.stats.zscore (ddof=0)
-            zero = ~(std > 0)
+            z, mean, std, zero = zscore(values)
             for j in np.flatnonzero(zero):
                 constant[features[j]] = constant.get(features[j], 0) + 1
-            std = np.where(zero, 1.0, std)
-            scaled.append((values - mean) / std)
+            scaled.append(z)
             per_run[str(seed)] = {"mean": mean.tolist(), "std": std.tolist()}
         scaling_doc = {"kind": "per_run", "per_run": per_run}
         X = np.concatenate(scaled)
     else:
-        raw_all = np.concatenate(kept_raw)
-        mean = raw_all.mean(axis=0)
-        std = raw_all.std(axis=0)
-        zero = ~(std > 0)
+        X, mean, std, zero = zscore(np.concatenate(kept_raw))
         for j in np.flatnonzero(zero):
             constant[features[j]] = len(seeds)
-        std = np.where(zero, 1.0, std)
-        X = (raw_all - mean) / std
         scaling_doc = {"kind": "global", "mean": mean.tolist(), "std": std.tolist()}
     if constant:
         log.warning(

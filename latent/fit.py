@@ -6,12 +6,14 @@
 >>> result = fit_study(study, FitConfig(max_states=6))  # computes everything, writes nothing
 >>> write_fit(study, result)                            # data/<study>/fits/<fit-id>/
 
-Steps: read ``study.json`` and the run tables; build scaled features (:mod:`latent.features`);
-select K (:class:`latent.hmm.HMMSelector`); decode every run (Viterbi and smoothed posteriors);
-compute convergence times, the occupancy regression and detours (:mod:`latent.detours`),
-transition feature importance (:mod:`latent.importance`) and the training map
-(:mod:`latent.trainmap`). Every user mistake raises :class:`UserError` before anything is
-written.
+Steps: read ``study.json`` and the run tables (refusing unfinished or unequal runs unless
+``allow_partial``); build scaled features (:mod:`latent.features`); select K
+(:class:`latent.hmm.HMMSelector`); decode every run (Viterbi and smoothed posteriors); compute
+restricted convergence times, the detour tests and the occupancy regression
+(:mod:`latent.detours`), transition feature importance (:mod:`latent.importance`), the training
+map (:mod:`latent.trainmap`) and the stability of states and detours under resampling
+(:mod:`latent.stability`). Every warning is logged and also kept in ``analysis.json``. Every user
+mistake raises :class:`UserError` before anything is written.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import platform
 import shutil
 import tempfile
+import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -30,17 +33,21 @@ import numpy as np
 import pandas as pd
 
 from .detours import (
+    DETOUR_RULES,
+    MIN_RUNS,
     NONCONVERGED_RULES,
     OccupancyRegression,
     convergence_step,
-    find_detours,
+    detour_tests,
     ground_metric,
     occupancy_fractions,
+    paper_detours,
+    restricted_times,
     trajectory_dissimilarity,
 )
 from .errors import UserError
 from .features import REFERENCE_FEATURES, SCALINGS, FeatureMatrix, build_features
-from .hmm import COVARIANCES, CRITERIA, HMMSelector
+from .hmm import COVARIANCES, CRITERIA, INITS, SELECTIONS, HMMSelector
 from .importance import transition_importance
 from .store import Study, atomic_write_json, atomic_write_parquet, dumps_json
 from .trainmap import build_map, map_to_data
@@ -59,43 +66,88 @@ GROUND_METRIC = (
 class FitConfig:
     """Settings of one fit. ``None`` fields take the study's defaults (``study.json``).
 
+    The defaults are the ones bench/bench_recovery.py justifies (docs/fit.md);
+    :meth:`reference` gives the reference's own procedure.
+
     Parameters
     ----------
     features : tuple of str, optional
         Feature columns (default: the study's ``features``, else the 14 reference columns).
     first_n : int
         Checkpoints per run used (the first ones by step).
-    scaling : {"per_run", "global"}
+    scaling : {"global", "per_run"}
+        One z-scoring pooled over runs (fitted on training runs only during selection), or each
+        run z-scored on its own time axis (the reference).
     max_states, restarts, n_iter : int
     covariance : {"full", "diag", "spherical", "tied"}
-    criterion : {"bic", "aic", "loglik"}
+    criterion : {"loglik", "bic", "aic"}
+        Held-out −2·log-likelihood, or with the BIC/AIC penalty (the reference: BIC).
+    selection : {"cv", "split", "reference"}
+        How held-out scores choose K (:class:`latent.hmm.HMMSelector`).
+    init : {"segments", "kmeans"}
+        Where EM starts: a segmentation of the runs into stretches of constant mean, or KMeans
+        of checkpoints (hmmlearn 0.3.0, the reference).
+    folds : int
+        Folds of runs for ``selection="cv"``.
+    one_se : bool
+        ``"cv"``: the smallest K within one standard error of the best.
     random_state : int
     test_fraction : float
-        Fraction of runs held out for model selection.
+        Fraction of runs held out for ``"split"`` / ``"reference"``.
     metric, threshold, direction : optional
         Convergence rule (default: the study's ``convergence``).
-    nonconverged : {"exclude", "censor"}
-        Runs that never converge are left out of the regression, or given the last step of
-        their run as a (censored) convergence time.
+    nonconverged : {"restrict", "exclude"}
+        Runs that never converge count as converging at τ, the last step every run reaches
+        (restricted means; the reference's rule), or are left out of the regression and tests.
+    detour_rule : {"delay", "paper"}
+        A detour is an optional state whose visitors converge significantly later (permutation
+        test of the Welch t, Westfall–Young maxT over states), or the paper's rule (optional, positive regression coefficient).
+    min_runs : int
+        Fewest visitors and skippers for a state's delay or coefficient to be estimated.
+    alpha : float
+        Family-wise error rate of the detour tests.
     n_boot : int
-        Bootstrap resamples for the coefficient intervals.
+        Bootstrap resamples for the regression coefficients' intervals.
+    resamples : int
+        Bootstrap refits measuring how often each state and detour recurs (0: skip).
+    allow_partial : bool
+        Fit runs that are not finished, or shorter than the others (refused otherwise).
     """
 
     features: tuple[str, ...] | None = None
     first_n: int = 1000
-    scaling: str = "per_run"
+    scaling: str = "global"
     max_states: int = 8
     restarts: int = 5
     n_iter: int = 32
     covariance: str = "full"
-    criterion: str = "bic"
+    criterion: str = "loglik"
+    selection: str = "cv"
+    init: str = "segments"
+    folds: int = 5
+    one_se: bool = True
     random_state: int = 0
     test_fraction: float = 0.2
     metric: str | None = None
     threshold: float | None = None
     direction: str | None = None
-    nonconverged: str = "exclude"
+    nonconverged: str = "restrict"
+    detour_rule: str = "delay"
+    min_runs: int = MIN_RUNS
+    alpha: float = 0.05
     n_boot: int = 1000
+    resamples: int = 20
+    allow_partial: bool = False
+
+    @classmethod
+    def reference(cls, **overrides) -> "FitConfig":
+        """The reference's procedure (reference.md B6, C, E): per-run z-scoring, one 80/20
+        split of runs, EM started from KMeans, K by the BIC averaged over 5 restarts, the paper's
+        detour rule."""
+        base = dict(scaling="per_run", selection="reference", init="kmeans", criterion="bic", restarts=5, n_iter=32,
+                    detour_rule="paper", nonconverged="restrict")
+        base.update(overrides)
+        return cls(**base)
 
     def resolve(self, meta: dict) -> "FitConfig":
         """Fill ``None`` fields from ``study.json`` and validate every field."""
@@ -114,30 +166,28 @@ class FitConfig:
         return cfg
 
     def validate(self) -> None:
-        def positive(name, value, flag):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise UserError(f"{flag} must be an integer of at least 1, got {value!r}")
+        def integer(value, flag, least):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+                raise UserError(f"{flag} must be an integer of at least {least}, got {value!r}")
 
-        positive("max_states", self.max_states, "--max-states")
-        positive("restarts", self.restarts, "--restarts")
-        positive("n_iter", self.n_iter, "--n-iter")
-        positive("first_n", self.first_n, "--first-n")
-        if not isinstance(self.n_boot, (int, np.integer)) or self.n_boot < 0:
-            raise UserError(f"--n-boot must be a non-negative integer, got {self.n_boot!r}")
-        if not isinstance(self.random_state, (int, np.integer)) or self.random_state < 0:
-            raise UserError(f"--random-state must be a non-negative integer, got {self.random_state!r}")
-        if self.scaling not in SCALINGS:
-            raise UserError(f"unknown scaling {self.scaling!r}; choose one of {', '.join(SCALINGS)}")
-        if self.covariance not in COVARIANCES:
-            raise UserError(f"unknown covariance {self.covariance!r}; choose one of {', '.join(COVARIANCES)}")
-        if self.criterion not in CRITERIA:
-            raise UserError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
-        if self.nonconverged not in NONCONVERGED_RULES:
-            raise UserError(
-                f"unknown --nonconverged rule {self.nonconverged!r}; choose one of {', '.join(NONCONVERGED_RULES)}"
-            )
+        for name, flag, least in (("max_states", "--max-states", 1), ("restarts", "--restarts", 1),
+                                  ("n_iter", "--n-iter", 1), ("first_n", "--first-n", 1),
+                                  ("folds", "--folds", 2), ("min_runs", "--min-runs", 2),
+                                  ("n_boot", "--n-boot", 0), ("resamples", "--resamples", 0),
+                                  ("random_state", "--random-state", 0)):
+            integer(getattr(self, name), flag, least)
+        choices = (("scaling", "scaling", SCALINGS), ("covariance", "covariance", COVARIANCES),
+                   ("criterion", "criterion", CRITERIA), ("selection", "selection", SELECTIONS),
+                   ("init", "init", INITS),
+                   ("nonconverged", "--nonconverged rule", NONCONVERGED_RULES),
+                   ("detour_rule", "--detour-rule", DETOUR_RULES))
+        for name, what, allowed in choices:
+            if getattr(self, name) not in allowed:
+                raise UserError(f"unknown {what} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
         if not (0 < float(self.test_fraction) < 1):
             raise UserError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
+        if not (0 < float(self.alpha) < 1):
+            raise UserError(f"--alpha must be between 0 and 1, got {self.alpha}")
         if not self.metric:
             raise UserError("no convergence metric: the study.json has no 'convergence'; pass --metric and --threshold")
         if self.threshold is None or not math.isfinite(float(self.threshold)):
@@ -150,6 +200,7 @@ class FitConfig:
         d["features"] = list(self.features) if self.features is not None else None
         d["threshold"] = float(self.threshold) if self.threshold is not None else None
         d["test_fraction"] = float(self.test_fraction)
+        d["alpha"] = float(self.alpha)
         return d
 
 
@@ -190,6 +241,9 @@ class FitResult:
     features : FeatureMatrix
     summary : list of str
         Lines for the command's summary.
+    timings : dict
+        Wall seconds per stage (``read``, ``selection``, ``analysis``, ``stability``, ``total``);
+        kept out of the artifacts, which stay byte-identical from run to run.
     """
 
     fit_id: str
@@ -200,6 +254,11 @@ class FitResult:
     selector: HMMSelector
     features: FeatureMatrix
     summary: list = field(default_factory=list)
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def warnings(self) -> list[str]:
+        return list(self.analysis.get("warnings", []))
 
 
 def _clean(x):
@@ -219,6 +278,17 @@ def _clean(x):
     return x
 
 
+class _WarningLog(logging.Handler):
+    """Keeps the text of every warning the ``latent`` logger emits during a fit."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        self.messages.append(record.getMessage())
+
+
 def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None = None,
               command: str | None = None, progress: bool = False) -> FitResult:
     """Fit a study; compute every artifact without writing anything.
@@ -228,17 +298,18 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
     study : Study
     config : FitConfig, optional
     n_jobs : int, optional
-        Worker processes for the restarts (default ``os.cpu_count()``); does not change results.
+        Worker processes for the restarts and resamples (default ``os.cpu_count()``); does not
+        change results.
     command : str, optional
         The command line to record.
     progress : bool
-        Show a progress bar of the HMM restarts on stderr.
+        Show progress bars of the HMM restarts and resamples on stderr.
 
     Raises
     ------
     UserError
-        Missing or empty study, unknown feature, bad setting, a convergence threshold no run
-        crosses, too few runs, a corrupt file.
+        Missing or empty study, unfinished runs, unknown feature, bad setting, a convergence
+        threshold no run crosses, too few runs, a corrupt file.
     """
     if not study.exists():
         raise UserError(f"no study at {study.root} (no study.json); `latent ls` lists the studies")
@@ -248,12 +319,59 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
         raise UserError(f"--jobs must be at least 1, got {n_jobs}")
     if not study.run_seeds():
         raise UserError(f"study {study.name} has no runs ({study.runs_dir} holds no seed-*.parquet); collect first")
+    handler = _WarningLog()
+    log.addHandler(handler)
+    try:
+        result = _fit(study, meta, cfg, n_jobs, command, progress, handler)
+    finally:
+        log.removeHandler(handler)
+    return result
+
+
+def _check_runs(study: Study, table: pd.DataFrame, cfg: FitConfig) -> None:
+    """Refuse (or, with ``allow_partial``, warn about) unfinished runs and runs of unequal length."""
+    unfinished = []
+    for seed in sorted(int(s) for s in table["seed"].unique()):
+        manifest = study.read_manifest(seed)
+        if manifest is not None and manifest.get("status") != "done":
+            unfinished.append(seed)
+    counts = table.groupby("seed").size().clip(upper=cfg.first_n)
+    short = sorted(int(s) for s in counts.index[counts < counts.max()])
+    problems = []
+    if unfinished:
+        problems.append(f"seed(s) {_fmt_seeds(unfinished)} not finished (`latent ls` says partial)")
+    if short:
+        problems.append(f"seed(s) {_fmt_seeds(short)} have fewer checkpoints than the others "
+                        f"({int(counts.min())} vs {int(counts.max())})")
+    if not problems:
+        return
+    text = "; ".join(problems)
+    if not cfg.allow_partial:
+        raise UserError(f"{text}; finish them (rerun `latent collect`), or pass --allow-partial to fit them as they are")
+    log.warning("fitting a partial study (--allow-partial): %s", text)
+
+
+def _fmt_seeds(seeds) -> str:
+    seeds = list(seeds)
+    return ", ".join(map(str, seeds[:12])) + (f" and {len(seeds) - 12} more" if len(seeds) > 12 else "")
+
+
+def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
+    clock = [time.perf_counter()]
+    timings = {}
+
+    def lap(name):
+        now = time.perf_counter()
+        timings[name] = timings.get(name, 0.0) + now - clock[-1]
+        clock.append(now)
+
     table = study.read_runs()
     if cfg.metric not in table.columns:
         raise UserError(
             f"convergence metric {cfg.metric!r} is not a column of the run tables; pass --metric "
             f"(columns: {', '.join(c for c in table.columns if c not in ('seed', 'step', 'epoch'))})"
         )
+    _check_runs(study, table, cfg)
     fm = build_features(table, cfg.features, cfg.first_n, cfg.scaling)
 
     # convergence over each run's whole table (not only the first_n checkpoints used by the HMM)
@@ -276,15 +394,20 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
     if never:
         log.warning("%d of %d run(s) never reach %s %s %s: seeds %s (rule: %s)", len(never), len(fm.seeds),
                     cfg.metric, ">" if cfg.direction == "above" else "<", cfg.threshold,
-                    ", ".join(map(str, never)), cfg.nonconverged)
+                    _fmt_seeds(never), cfg.nonconverged)
 
+    lap("read")
     selector = HMMSelector(
         max_states=cfg.max_states, restarts=cfg.restarts, n_iter=cfg.n_iter, covariance_type=cfg.covariance,
-        criterion=cfg.criterion, test_fraction=cfg.test_fraction, random_state=cfg.random_state, n_jobs=n_jobs,
-        progress=progress,
+        criterion=cfg.criterion, selection=cfg.selection, folds=cfg.folds, one_se=cfg.one_se,
+        test_fraction=cfg.test_fraction, standardize=cfg.scaling == "global", init=cfg.init,
+        random_state=cfg.random_state,
+        n_jobs=n_jobs, progress=progress,
     ).fit(fm.X, fm.lengths)
     K = selector.n_states_
     params = selector.params_
+    _warn_selection(selector, cfg)
+    lap("selection")
 
     # decode every run
     path = selector.predict(fm.X, fm.lengths)
@@ -300,49 +423,112 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
     occupancy = np.array([occupancy_fractions(p, K) for p in run_paths])
     visited = occupancy > 0
     converged = np.array([conv[s] is not None for s in fm.seeds])
-
-    # regression
+    y_all, tau = restricted_times([conv[s] for s in fm.seeds], [last_step[s] for s in fm.seeds])
     if cfg.nonconverged == "exclude":
         use = converged
-        y = np.array([conv[s] for s in fm.seeds if conv[s] is not None], dtype=float)
-        rule = "runs that never converge are excluded from the regression (reported in never_converged)"
+        rule = "runs that never converge are left out of the detour tests and the regression"
     else:
         use = np.ones(len(fm.seeds), dtype=bool)
-        y = np.array([conv[s] if conv[s] is not None else last_step[s] for s in fm.seeds], dtype=float)
-        rule = "runs that never converge get the last step of their run as a censored convergence time"
-    reg = OccupancyRegression(n_boot=cfg.n_boot, random_state=cfg.random_state).fit(occupancy[use], y)
+        rule = (f"convergence steps are restricted at tau = {tau:g} (the last step every run reaches): "
+                "a run that never converges counts as tau, and means are restricted means")
+    y = y_all[use]
+
+    tests = detour_tests(visited[use], y, cfg.min_runs, cfg.alpha, random_state=cfg.random_state)
+    reg = OccupancyRegression(n_boot=cfg.n_boot, min_runs=cfg.min_runs, random_state=cfg.random_state).fit(
+        occupancy[use], y)
+    paper = paper_detours(reg.coef_, visited[use], converged[use])
+    for row in tests:
+        k = row["state"]
+        row.update(paper_rule=k in paper, coef=reg.coef_[k], coef_ci_low=reg.ci_low_[k],
+                   coef_ci_high=reg.ci_high_[k], coef_note=reg.not_estimable_[k],
+                   coef_reference=reg.coef_reference_[k])
+    flagged = [r["state"] for r in tests if r["detour"]] if cfg.detour_rule == "delay" else paper
+    for row in tests:
+        if row["status"] == "not_estimable" and row["delay"] is not None and row["delay"] > 0:
+            log.warning("state %d: visited by %d and skipped by %d run(s), too few (--min-runs %d) to test "
+                        "whether it delays convergence (observed delay %+.4g)", row["state"],
+                        row["runs_visiting"], row["runs_skipping"], cfg.min_runs, row["delay"])
+
     regression = {
         "target": f"convergence step ({meta.get('step_unit', 'step')}) of {cfg.metric} "
                   f"{'>' if cfg.direction == 'above' else '<'} {cfg.threshold}",
         "design": "OLS without intercept on the fraction of checkpoints in each visited state; "
-                  "coef = beta_k - intercept, intercept = mean-occupancy-weighted beta = mean convergence time",
+                  "coef = beta_k - intercept, intercept = mean-occupancy-weighted beta (reference_weights); "
+                  "null coefficients: see not_estimable ('few runs': fewer than min_runs visitors; 'collinear': "
+                  "the state's share is an exact combination of others', e.g. the same in every run)",
         "states": list(range(K)),
         "coef": reg.coef_, "beta": reg.beta_, "ci_low": reg.ci_low_, "ci_high": reg.ci_high_,
+        "estimable": reg.estimable_, "not_estimable": reg.not_estimable_,
+        "reference_weights": reg.reference_weights_, "coef_reference": reg.coef_reference_,
         "intercept": reg.intercept_, "r2": reg.r2_, "f_stat": reg.f_stat_, "p_value": reg.p_value_,
-        "n_runs": reg.n_, "df_model": reg.df_model_, "df_resid": reg.df_resid_,
+        "n_runs": reg.n_, "rank": reg.rank_, "df_model": reg.df_model_, "df_resid": reg.df_resid_,
         "n_boot": cfg.n_boot, "n_boot_used": reg.n_boot_used_, "boot_seed": cfg.random_state,
-        "note": rule + ("; states no run visits have null coefficients" if len(reg.states_) < K else ""),
+        "min_runs": cfg.min_runs, "note": rule,
     }
-    detours = find_detours(reg.coef_, reg.ci_low_, reg.ci_high_, visited, converged)
+
+    lap("analysis")
+    stability = None
+    if cfg.resamples:
+        from .stability import resample_stability
+
+        keep = np.flatnonzero(use)
+        X_use, len_use = fm.subset(keep)
+        stability = resample_stability(
+            X_use, len_use, params, cfg.covariance, y_all[keep], converged[keep], flagged,
+            rule=cfg.detour_rule, min_runs=cfg.min_runs, alpha=cfg.alpha, resamples=cfg.resamples,
+            n_iter=cfg.n_iter, random_state=cfg.random_state, n_jobs=n_jobs, progress=progress,
+        )
+        stability["k_folds"] = {str(k): v for k, v in getattr(selector, "fold_choice_", {}).items()}
+        _warn_stability(stability, K, flagged)
+    for row in tests:
+        k = row["state"]
+        row["stability"] = None if stability is None else {
+            "found": stability["state_found"][k], "of": stability["used"],
+            "detour_found": stability["detour_found"].get(k, stability["new_detours"].get(k, 0))}
+    detours = []
+    for k in flagged:
+        row = tests[k]
+        detours.append({
+            "state": k, "rule": cfg.detour_rule, "delay": row["delay"], "ci_low": row["ci_low"],
+            "ci_high": row["ci_high"], "p_value": row["p_value"], "p_adjusted": row["p_adjusted"],
+            "significant": bool(row["detour"]) if cfg.detour_rule == "delay" else bool(
+                np.isfinite(reg.ci_low_[k]) and reg.ci_low_[k] > 0),
+            "coef": reg.coef_[k], "coef_ci_low": reg.ci_low_[k], "coef_ci_high": reg.ci_high_[k],
+            "runs_visiting": row["runs_visiting"], "runs_skipping": row["runs_skipping"],
+            "stability": row["stability"],
+        })
+
+    lap("stability")
     dissim = trajectory_dissimilarity(occupancy, ground_metric(params["means"]))
     importance = transition_importance(run_z, run_paths, params, fm.features)
     conv_list = [conv[s] for s in fm.seeds]
     G = build_map(run_paths, run_raw, params, fm.features, conv_list, importance)
 
+    selection_info = {
+        "procedure": cfg.selection, "criterion": cfg.criterion, "one_se": cfg.one_se,
+        "folds": selector.folds_ if cfg.selection == "cv" else None,
+        "fold_choice": {str(k): v for k, v in getattr(selector, "fold_choice_", {}).items()},
+        "fragile": selector.fragile_, "runner_up": selector.runner_up_,
+    }
     analysis = _clean({
         "format": ANALYSIS_FORMAT,
         "convergence": {
             "metric": cfg.metric, "threshold": float(cfg.threshold), "direction": cfg.direction,
             "step_unit": meta.get("step_unit", "step"),
-            "times": {str(s): conv[s] for s in fm.seeds},
+            "times": {str(s): conv[s] for s in fm.seeds}, "tau": tau,
             "never_converged": never, "rule": rule,
         },
         "occupancy": {str(s): occupancy[i] for i, s in enumerate(fm.seeds)},
         "map": map_to_data(G),
+        "states": tests,
         "regression": regression,
         "detours": detours,
+        "detour_rule": {"rule": cfg.detour_rule, "min_runs": cfg.min_runs, "alpha": cfg.alpha},
+        "selection": selection_info,
+        "stability": stability,
         "dissimilarity": {"value": dissim, "ground_metric": GROUND_METRIC},
         "importance": importance,
+        "warnings": list(handler.messages),
     })
 
     fid = fit_id(cfg)
@@ -363,9 +549,11 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
         "scaling": fm.scaling,
         "selection": selector.selection_,
         "restarts": selector.restarts_,
+        "final_restarts": selector.final_restarts_,
         "seeds": {
             "train": [seeds[i] for i in selector.train_runs_],
             "test": [seeds[i] for i in selector.test_runs_],
+            "folds": [[seeds[i] for i in g] for g in selector.folds_],
             "used": seeds,
             "excluded": {str(s): r for s, r in sorted(fm.excluded.items())},
         },
@@ -373,9 +561,72 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
         "versions": package_versions(),
         "command": command or _default_command(study, cfg),
     })
-    result = FitResult(fid, cfg, model, paths_frame, analysis, selector, fm)
-    result.summary = _summary(result, occupancy, visited, reg, detours, never)
+    lap("analysis")
+    timings["total"] = clock[-1] - clock[0]
+    result = FitResult(fid, cfg, model, paths_frame, analysis, selector, fm, timings=timings)
+    result.summary = _summary(result, visited, reg, tests, detours, never, stability)
+    truth = _truth_line(study, result)
+    if truth:
+        result.summary.append(truth)
     return result
+
+
+def _truth_line(study: Study, result: FitResult) -> str | None:
+    """For a study written by ``latent simulate``: what the fit found against the planted truth."""
+    from .simulate import score, truth_from_file
+
+    truth = truth_from_file(study.root / "truth.json")
+    if truth is None:
+        return None
+    s = score(truth, result.paths, result.analysis, result.config.min_runs)
+    if truth.n_states is None:
+        return (f"planted truth: smooth drift, no states; K = {s['k_fit']} found; "
+                f"{len(s['flagged'])} state(s) flagged as detours (none planted)")
+    planted = ", ".join(map(str, truth.detours)) or "none"
+    k_text = "found" if s["k_ok"] else f"found K = {s['k_fit']}"
+    return (f"planted truth: K = {truth.n_states} ({k_text}); {s['state_accuracy']:.1%} of checkpoints labelled "
+            f"right; planted detours {planted}: {s['detours_found']} of {s['detours_true']} testable found, "
+            f"{s['false_detours']} false")
+
+
+def _warn_selection(sel: HMMSelector, cfg: FitConfig) -> None:
+    K = sel.n_states_
+    if K == cfg.max_states and cfg.max_states > 1:
+        log.warning("K = %d is the largest number of states searched: the criterion may still fall beyond it; "
+                    "raise --max-states", K)
+    if K == 1:
+        log.warning("K = 1: one state fits the runs best, so there is no map to draw; try more --features, "
+                    "more runs, or --criterion loglik")
+    if sel.fragile_:
+        rows = {r["k"]: r for r in sel.selection_}
+        log.warning("K = %d is fragile: its %s differs from K = %d's by %.4g, within the spread over restarts "
+                    "(%.4g); try more --restarts", K, cfg.criterion.upper(), sel.runner_up_,
+                    rows[K].get("gap_to_runner_up", float("nan")),
+                    max(rows[K]["spread"] or 0, rows[sel.runner_up_]["spread"] or 0))
+    choice = getattr(sel, "fold_choice_", {})
+    if choice:
+        agree = choice.get(K, 0)
+        total = sum(choice.values())
+        if agree < total / 2:
+            log.warning("K = %d is unstable: only %d of %d folds choose it on their own held-out runs (%s)", K,
+                        agree, total, ", ".join(f"K={k}: {v}" for k, v in choice.items()))
+
+
+def _warn_stability(stability: dict, K: int, flagged: list[int]) -> None:
+    used = stability["used"]
+    if stability["failures"]:
+        log.warning("%d of %d stability resamples failed: %s", len(stability["failures"]),
+                    stability["resamples"], "; ".join(stability["failures"][:3]))
+    if not used:
+        return
+    for k in range(K):
+        if stability["state_found"][k] < 0.5 * used:
+            log.warning("state %d reappears in only %d of %d resamples of the runs: treat it with care", k,
+                        stability["state_found"][k], used)
+    for k in flagged:
+        if stability["detour_found"].get(k, 0) < 0.5 * used:
+            log.warning("detour state %d is a detour again in only %d of %d resamples of the runs", k,
+                        stability["detour_found"].get(k, 0), used)
 
 
 def _extreme(values: pd.Series, direction: str):
@@ -388,47 +639,82 @@ def _default_command(study: Study, cfg: FitConfig) -> str:
     d = cfg.to_dict()
     parts = [f"latent fit --study {study.root}"]
     parts.append(f"--features {','.join(d['features'])}")
-    for key in ("first_n", "scaling", "max_states", "restarts", "n_iter", "covariance", "criterion",
-                "random_state", "test_fraction", "metric", "threshold", "direction", "nonconverged", "n_boot"):
+    for key in ("first_n", "scaling", "max_states", "restarts", "n_iter", "covariance", "criterion", "selection", "init",
+                "folds", "random_state", "test_fraction", "metric", "threshold", "direction", "nonconverged",
+                "detour_rule", "min_runs", "alpha", "n_boot", "resamples"):
         parts.append(f"--{key.replace('_', '-')} {d[key]}")
+    if not cfg.one_se:
+        parts.append("--no-one-se")
+    if cfg.allow_partial:
+        parts.append("--allow-partial")
     return " ".join(parts)
 
 
-def _summary(result: FitResult, occupancy, visited, reg, detours, never) -> list[str]:
+def _summary(result: FitResult, visited, reg, tests, detours, never, stability) -> list[str]:
     sel = result.selector
     cfg = result.config
     K = sel.n_states_
     rows = {r["k"]: r for r in sel.selection_}
-    key = {"bic": "bic", "aic": "aic", "loglik": "loglik_mean"}[cfg.criterion]
-    label = {"bic": "minimum mean held-out BIC", "aic": "minimum mean held-out AIC",
-             "loglik": "maximum mean held-out log-likelihood"}[cfg.criterion]
-    others = [f"K={k}: {_fmt(r[key])}" for k, r in rows.items() if k != K]
-    lines = [f"K = {K}: {label} {_fmt(rows[K][key])} "
-             f"({', '.join(others) if others else 'no other K'}); "
-             f"{len(sel.train_runs_)} training / {len(sel.test_runs_)} held-out runs"]
-    failed = [k for k, r in rows.items() if r["best_random_state"] is None]
+    how = {"cv": f"{len(sel.folds_)}-fold cross-validated", "split": "held-out (best restart)",
+           "reference": "held-out (mean over restarts, the reference)"}[cfg.selection]
+    crit = {"bic": "BIC", "aic": "AIC", "loglik": "-2 log-likelihood"}[cfg.criterion]
+    best = rows[K]["score"]
+    others = [f"K={k}: {r['score'] - best:+.4g}" for k, r in rows.items() if k != K and r["score"] is not None]
+    lines = [f"K = {K}: {how} {crit} {_fmt(best, 7)} "
+             f"({'others, as differences: ' + ', '.join(others) if others else 'no other K'})"]
+    notes = []
+    if cfg.selection == "cv":
+        if cfg.one_se:
+            notes.append("smallest K within one standard error of the best")
+        choice = getattr(sel, "fold_choice_", {})
+        if choice:
+            notes.append(f"{choice.get(K, 0)}/{sum(choice.values())} folds choose it on their own")
+    else:
+        notes.append(f"{len(sel.train_runs_)} training / {len(sel.test_runs_)} held-out runs")
+    if sel.fragile_:
+        notes.append(f"fragile: within the restart spread of K = {sel.runner_up_}")
+    lines.append("  " + "; ".join(notes))
+    failed = [k for k, r in rows.items() if r["score"] is None]
     if failed:
         lines.append(f"no restart succeeded for K = {', '.join(map(str, failed))}")
-    n_runs = len(occupancy)
+    n_runs = len(visited)
     total = result.features.lengths.sum()
-    counts = np.bincount(np.concatenate(result.features.split(result.paths['state'].to_numpy())), minlength=K)
+    counts = np.bincount(result.paths["state"].to_numpy(), minlength=K)
     for k in range(K):
-        lines.append(f"  state {k}: occupancy {counts[k] / total:6.1%}, visited by {int(visited[:, k].sum())}/{n_runs} runs")
+        t = tests[k]
+        extra = ""
+        if t["status"] == "tested":
+            extra = (f", delay {t['delay']:+.4g} [{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}], "
+                     f"adjusted p {_fmt(t['p_adjusted'], 2)}")
+        elif t["status"] == "not_estimable":
+            extra = f", delay not estimable (< {cfg.min_runs} runs on one side)"
+        if stability is not None and stability["used"]:
+            extra += f", reappears in {stability['state_found'][k]}/{stability['used']} resamples"
+        lines.append(f"  state {k}: occupancy {counts[k] / total:6.1%}, visited by "
+                     f"{int(visited[:, k].sum())}/{n_runs} runs{extra}")
     if detours:
-        lines.append("detour states: " + ", ".join(
-            f"{d['state']} (coef {d['coef']:+.4g}, 95% CI [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}]"
-            f"{', significant' if d['significant'] else ''})" for d in detours))
+        parts = []
+        for d in detours:
+            text = f"{d['state']} (delay {d['delay']:+.4g} {result.analysis['convergence']['step_unit']}s"
+            if d["rule"] == "delay":
+                text += f", 95% CI [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}], adjusted p {_fmt(d['p_adjusted'], 2)}"
+            else:
+                text += f"; paper rule: coef {_fmt(d['coef'])}"
+            if d["stability"] is not None and stability and stability["used"]:
+                text += f"; a detour again in {d['stability']['detour_found']}/{stability['used']} resamples"
+            parts.append(text + ")")
+        lines.append(f"detour states ({cfg.detour_rule} rule): " + ", ".join(parts))
     else:
-        lines.append("detour states: none")
+        lines.append(f"detour states ({cfg.detour_rule} rule): none")
     lines.append(f"convergence regression: R² = {_fmt(reg.r2_)}, p = {_fmt(reg.p_value_)} "
                  f"({reg.n_} runs; {len(never)} never converged, rule: {cfg.nonconverged})")
     return lines
 
 
-def _fmt(x) -> str:
+def _fmt(x, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
-    return f"{x:.4g}"
+    return f"{x:.{digits}g}"
 
 
 def write_fit(study: Study, result: FitResult) -> Path:

@@ -1,33 +1,42 @@
 """Gaussian-HMM model selection over the number of states, with reproducible parallel restarts.
 
 Notation: K states, d features; ``X`` has shape ``(n_samples, d)`` and ``lengths`` gives the
-rows of each run (see :mod:`latent.features`).
+rows of each of the N runs (see :mod:`latent.features`). A *criterion* is lower-is-better:
+BIC = −2·logL + p·ln n, AIC = −2·logL + 2p, or "loglik" = −2·logL (p free parameters, n rows
+scored; hmmlearn 0.3 definitions).
 
-What :class:`HMMSelector` does (reference.md C, with the reference's gaps closed):
+What :class:`HMMSelector` does (reference.md C, with the reference's gaps closed). Three
+selection procedures share one engine (``hmmlearn.hmm.GaussianHMM``, see
+:mod:`latent.gaussian`), every restart seeded from ``random_state`` with
+``numpy.random.SeedSequence`` and run in parallel over processes:
 
-* split the *runs* into train and held-out sets (``test_fraction``, seeded);
-* for K = 1..``max_states`` and ``restarts`` restarts per K, fit ``hmmlearn.hmm.GaussianHMM``
-  on the training runs with its own ``random_state`` (derived with ``numpy.random.SeedSequence``
-  from ``random_state`` and ``(K, restart)``, so a restart's seed does not depend on
-  ``max_states`` or ``restarts``), in parallel over processes;
-* score every restart on the held-out runs: total log-likelihood, AIC and BIC with
-  n = held-out timesteps (hmmlearn 0.3 definitions);
-* skip degenerate restarts (an exception, non-finite parameters, a non-stochastic row, a state
-  with no data) with a logged warning;
-* per K keep the restart with the highest held-out log-likelihood; choose K by the minimum
-  mean BIC (or AIC) over restarts, or the maximum mean held-out log-likelihood;
-* relabel the states of the chosen model canonically: by mean first-visit checkpoint over all
-  runs' Viterbi paths, so state 0 is where runs start.
+``"cv"`` (default)
+    The runs are dealt into ``folds`` groups (seeded). For each fold, K = 1..``max_states`` and
+    ``restarts`` restarts per K are fitted on the other folds' runs; the restart with the best
+    *training* log-likelihood is scored on the fold's runs. Every run is held out exactly once,
+    so each run contributes its own held-out log-likelihood ℓ_i(K). The criterion of K sums
+    them: −2·Σ_i ℓ_i(K) + penalty(K) with n = all rows. K is the smallest one whose criterion is
+    within one standard error of the best (the paired difference over runs: a K that no run
+    clearly prefers to a smaller one is not taken). The chosen K is then refitted on all runs
+    (``restarts`` restarts, best training log-likelihood).
+``"split"``
+    One seeded split of runs (``test_fraction`` held out); per K the restart with the best
+    held-out log-likelihood, and *its* criterion (not the mean over restarts).
+``"reference"``
+    The reference's procedure exactly: one split, per K the best held-out restart is kept, but
+    K minimises the criterion *averaged over restarts*.
+
+In every mode degenerate restarts (an exception, non-finite parameters, a non-stochastic row, a
+state with fewer expected rows than its covariance needs) are skipped with a logged warning, fitted covariances are repaired to be
+symmetric positive definite (:func:`repair_covars`), and the chosen model's states are relabelled
+canonically: by mean first-visit checkpoint over all runs' Viterbi paths, so state 0 is where
+runs start.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import os
-import warnings
-from concurrent.futures import ProcessPoolExecutor
-import multiprocessing as mp
 
 import numpy as np
 
@@ -37,26 +46,36 @@ log = logging.getLogger("latent")
 
 COVARIANCES = ("full", "diag", "spherical", "tied")
 CRITERIA = ("bic", "aic", "loglik")
+SELECTIONS = ("cv", "split", "reference")
+INITS = ("segments", "kmeans")
 #: hmmlearn's forward-backward: "scaling" (Rabiner's per-step normalisation) is ~30 % faster
 #: than "log" on this workload and equally exact, but it underflows when every state gives a
 #: checkpoint a density below ~1e-308 (outlying held-out runs, near-singular covariances); a
 #: restart that underflows is refitted with "log" from the same seed. Decoding always uses "log".
 IMPLEMENTATION = "scaling"
 FALLBACK_IMPLEMENTATION = "log"
-MIN_STATE_WEIGHT = 1e-3  # expected training rows below which a state counts as having no data
+#: smallest eigenvalue a saved covariance may have, relative to its largest (and absolute, in
+#: z units): below it a covariance is numerically singular and Cholesky fails on reload
+COVAR_FLOOR = 1e-6
 
 
 # --------------------------------------------------------------------------- seeds and split
 
 
-def restart_seed(random_state: int, k: int, restart: int) -> int:
-    """The ``random_state`` of restart ``restart`` of the K = ``k`` fit (a uint32)."""
-    ss = np.random.SeedSequence(int(random_state), spawn_key=(1, int(k), int(restart)))
+def restart_seed(random_state: int, k: int, restart: int, fold: int | None = None) -> int:
+    """The ``random_state`` of one restart (a uint32).
+
+    ``fold=None`` is a fit on all training runs (the final refit, or the single split);
+    ``fold=f`` a fit without fold f's runs. The seed depends on nothing else, so it does not
+    change with ``max_states``, ``restarts`` or ``folds``.
+    """
+    key = (1, int(k), int(restart)) if fold is None else (3, int(fold), int(k), int(restart))
+    ss = np.random.SeedSequence(int(random_state), spawn_key=key)
     return int(ss.generate_state(1, dtype=np.uint32)[0])
 
 
 def split_seed(random_state: int) -> int:
-    """The seed of the train/held-out split of runs."""
+    """The seed of the train/held-out split (and of the fold assignment) of runs."""
     ss = np.random.SeedSequence(int(random_state), spawn_key=(0,))
     return int(ss.generate_state(1, dtype=np.uint32)[0])
 
@@ -79,6 +98,19 @@ def split_runs(n_runs: int, test_fraction: float, seed: int) -> tuple[np.ndarray
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
+def fold_runs(n_runs: int, folds: int, seed: int) -> list[np.ndarray]:
+    """Deal run positions into ``min(folds, n_runs)`` near-equal groups (sorted within each).
+
+    Raises :class:`UserError` below 3 runs (each fit needs at least 2 training runs).
+    """
+    if n_runs < 3:
+        raise UserError(f"too few runs for cross-validation: {n_runs} usable run(s), need at least 3; "
+                        "collect more seeds")
+    f = min(int(folds), n_runs)
+    perm = np.random.default_rng(seed).permutation(n_runs)
+    return [np.sort(perm[i::f]) for i in range(f)]
+
+
 def _min_runs(test_fraction: float) -> int:
     n = 1
     while True:
@@ -99,11 +131,43 @@ def n_parameters(k: int, d: int, covariance_type: str) -> int:
     return (k - 1) + k * (k - 1) + k * d + cov
 
 
+def criterion_value(criterion: str, loglik: float, p: int, n: int) -> float:
+    """Lower-is-better criterion of a held-out log-likelihood (hmmlearn 0.3's AIC/BIC)."""
+    if criterion == "bic":
+        return -2 * loglik + p * math.log(n)
+    if criterion == "aic":
+        return -2 * loglik + 2 * p
+    return -2 * loglik
+
+
 # --------------------------------------------------------------------------- plain-data models
 
 
+def repair_covars(covars: np.ndarray, floor: float = COVAR_FLOOR) -> np.ndarray:
+    """Symmetric positive-definite copies of ``covars`` (K, d, d).
+
+    Each matrix is symmetrised and its eigenvalues raised to at least ``floor`` times its
+    largest (and at least ``floor``). A matrix that is already well conditioned comes back
+    unchanged (bit for bit), so repairing never moves a healthy fit.
+    """
+    covars = np.array(covars, dtype=float)
+    out = np.empty_like(covars)
+    for k, cv in enumerate(covars):
+        if not np.all(np.isfinite(cv)):
+            raise ValueError("non-finite covariance")
+        sym = (cv + cv.T) / 2
+        w, v = np.linalg.eigh(sym)
+        low = max(floor, floor * float(w.max()) if w.max() > 0 else floor)
+        if np.array_equal(sym, cv) and w.min() >= low:
+            out[k] = cv
+        else:
+            out[k] = (v * np.maximum(w, low)) @ v.T
+            out[k] = (out[k] + out[k].T) / 2
+    return out
+
+
 def model_params(model) -> dict:
-    """A fitted GaussianHMM as plain arrays; ``covars`` always as full ``(K, d, d)`` matrices."""
+    """A fitted GaussianHMM as plain arrays; ``covars`` always as full, repaired ``(K, d, d)``."""
     means = np.asarray(model.means_, dtype=float)
     if model.covariance_type == "spherical":
         # hmmlearn 0.3.3 keeps spherical variances as a (K, d) array of equal rows and its
@@ -120,29 +184,38 @@ def model_params(model) -> dict:
     }
 
 
-def build_hmm(params: dict, covariance_type: str):
-    """A ready-to-use ``GaussianHMM`` from :func:`model_params` output (or model.json fields)."""
-    from hmmlearn.hmm import GaussianHMM
+def build_hmm(params: dict, covariance_type: str, implementation: str = FALLBACK_IMPLEMENTATION):
+    """A ready-to-use HMM from :func:`model_params` output (or model.json fields).
 
-    means = np.asarray(params["means"], dtype=float)
-    full = np.asarray(params["covars"], dtype=float)
-    k, d = means.shape
-    model = GaussianHMM(n_components=k, covariance_type=covariance_type, init_params="", params="",
-                        implementation=FALLBACK_IMPLEMENTATION)
-    model.n_features = d
-    model.startprob_ = np.asarray(params["startprob"], dtype=float)
-    model.transmat_ = np.asarray(params["transmat"], dtype=float)
-    model.means_ = means
-    if covariance_type == "full":
-        model.covars_ = full
-    elif covariance_type == "diag":
-        model.covars_ = np.array([np.diag(c) for c in full])
-    elif covariance_type == "spherical":
-        model.covars_ = full[:, 0, 0].copy()
-    elif covariance_type == "tied":
-        model.covars_ = full[0].copy()
-    else:
+    Saved parameters are checked and repaired here rather than trusted to hmmlearn's validator:
+    probabilities are renormalised and covariances made symmetric positive definite, so a model
+    that was fitted always rebuilds. Anything beyond repair (wrong shapes, non-finite values)
+    raises :class:`UserError`.
+    """
+    from .gaussian import FastGaussianHMM
+
+    try:
+        means = np.asarray(params["means"], dtype=float)
+        full = np.asarray(params["covars"], dtype=float)
+        start = np.asarray(params["startprob"], dtype=float)
+        trans = np.asarray(params["transmat"], dtype=float)
+        k, d = means.shape
+        ok_shapes = full.shape == (k, d, d) and start.shape == (k,) and trans.shape == (k, k)
+    except (KeyError, TypeError, ValueError):
+        ok_shapes = False
+    if not ok_shapes:
+        raise UserError("saved HMM parameters have inconsistent shapes; refit with `latent fit`")
+    if not all(np.all(np.isfinite(a)) for a in (means, full, start, trans)) or np.any(start < 0) or np.any(trans < 0):
+        raise UserError("saved HMM parameters hold negative or non-finite values; refit with `latent fit`")
+    if start.sum() <= 0 or np.any(trans.sum(axis=1) <= 0):
+        raise UserError("saved HMM parameters hold an all-zero probability row; refit with `latent fit`")
+    if covariance_type not in COVARIANCES:
         raise UserError(f"unknown covariance type {covariance_type!r}")
+    full = repair_covars(full)
+    model = FastGaussianHMM(n_components=k, covariance_type=covariance_type, init_params="", params="",
+                            implementation=implementation)
+    _set_params(model, {"startprob": start / start.sum(), "transmat": trans / trans.sum(axis=1, keepdims=True),
+                        "means": means, "covars": full}, covariance_type)
     return model
 
 
@@ -159,72 +232,96 @@ def permute_params(params: dict, order) -> dict:
 
 # --------------------------------------------------------------------------- one restart
 
-_DATA: tuple | None = None
+def _runs(X, lengths, idx):
+    off = np.concatenate([[0], np.cumsum(lengths)])
+    parts = [X[off[i] : off[i + 1]] for i in idx]
+    return np.concatenate(parts), np.asarray(lengths)[idx]
 
 
-def _init_worker(data) -> None:
-    """Process-pool initializer: hold the data and pin BLAS/OpenMP to one thread."""
-    global _DATA
-    _DATA = data
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = "1"
-    _load_native_libraries()
-    from threadpoolctl import threadpool_limits
-
-    globals()["_LIMITS"] = threadpool_limits(1)
-    logging.getLogger("hmmlearn").setLevel(logging.ERROR)
-    warnings.simplefilter("ignore")
-
-
-def _load_native_libraries() -> None:
-    """Import what loads OpenMP/BLAS *before* limiting threads: threadpoolctl only limits the
-    libraries already loaded, and an unlimited, spinning OpenMP pool in every worker of a
-    process pool oversubscribes the cores badly (tens of times slower)."""
-    import hmmlearn.hmm  # noqa: F401
-    import scipy.linalg  # noqa: F401
-    import sklearn.cluster  # noqa: F401
+def restart_job(data: dict, job: dict) -> dict:
+    """One restart of one fit (a :func:`latent.parallel.pmap` job): ``data`` holds ``X``,
+    ``lengths`` and ``standardize``; ``job`` the runs to fit and score and the settings."""
+    X, lengths = data["X"], data["lengths"]
+    train, test = job["train"], job["test"]
+    X_tr, len_tr = _runs(X, lengths, train)
+    if data.get("standardize"):
+        # re-standardise with the training runs only, so held-out runs never inform the scale
+        mu, sd = X_tr.mean(axis=0), X_tr.std(axis=0)
+        sd = np.where(sd > 0, sd, 1.0)
+        X = (X - mu) / sd
+        X_tr = (X_tr - mu) / sd
+    X_te, len_te = _runs(X, lengths, test) if len(test) else (None, None)
+    segments = [data["segments"][i] for i in train] if data.get("segments") is not None else None
+    rec = fit_restart(X_tr, len_tr, X_te, len_te, job["k"], job["seed"], job["covariance_type"],
+                      job["n_iter"], job["tol"], restart=job["restart"], init=data.get("init", "segments"),
+                      segments=segments)
+    rec["fold"] = job["fold"]
+    return rec
 
 
-def _run_job(job: tuple) -> dict:
-    k, restart, seed, covariance_type, n_iter, tol = job
-    X_tr, len_tr, X_te, len_te = _DATA
-    return fit_restart(X_tr, len_tr, X_te, len_te, k, seed, covariance_type, n_iter, tol, restart=restart)
-
-
-def fit_restart(X_tr, len_tr, X_te, len_te, k, seed, covariance_type, n_iter, tol, restart=0) -> dict:
+def fit_restart(X_tr, len_tr, X_te, len_te, k, seed, covariance_type, n_iter, tol, restart=0,
+                init="segments", segments=None) -> dict:
     """Fit one restart and score it on the held-out runs; never raises for a degenerate fit.
 
-    Returns a dict with ``k, restart, random_state, ok, reason, converged, n_iter, loglik,
-    aic, bic, n_params, params``.
+    ``init="segments"`` starts EM from a segmentation of the training runs
+    (:mod:`latent.segments`; ``segments`` are the training runs' segments, computed if None);
+    ``init="kmeans"`` as hmmlearn 0.3.0 does (KMeans of checkpoints, ``n_init=1``, Dirichlet
+    start and transition rows), the reference's start.
+
+    Returns a dict with ``k, restart, random_state, ok, reason, converged, n_iter,
+    train_loglik, loglik (held-out, total), loglik_runs (per held-out run), aic, bic, n_params,
+    params``. Without held-out runs (``X_te`` None) the held-out entries are None.
     """
-    from hmmlearn.hmm import GaussianHMM
+    from sklearn.cluster import KMeans
+
+    from .gaussian import FastGaussianHMM
+    from .segments import labels_from_segments, params_from_labels, run_segments
 
     d = X_tr.shape[1]
     p = n_parameters(k, d, covariance_type)
     rec = {"k": k, "restart": restart, "random_state": seed, "ok": False, "reason": None,
-           "converged": False, "n_iter": 0, "loglik": None, "aic": None, "bic": None,
-           "n_params": p, "params": None}
-    from sklearn.cluster import KMeans
-
+           "converged": False, "n_iter": 0, "train_loglik": None, "loglik": None, "loglik_runs": None,
+           "aic": None, "bic": None, "n_params": p, "params": None}
+    ll = None
     for implementation in (IMPLEMENTATION, FALLBACK_IMPLEMENTATION):
-        model = GaussianHMM(n_components=k, covariance_type=covariance_type, n_iter=n_iter, tol=tol,
-                            random_state=seed, implementation=implementation, init_params="stc")
+        model = FastGaussianHMM(n_components=k, covariance_type=covariance_type, n_iter=n_iter, tol=tol,
+                                random_state=seed, implementation=implementation,
+                                init_params="stc" if init == "kmeans" else "")
+        reason = None
         try:
             with np.errstate(all="ignore"):
-                # means initialised as hmmlearn 0.3.0 did (KMeans, n_init=1, the restart's seed);
-                # hmmlearn 0.3.3 runs 10 KMeans inits, which costs time and changes nothing we need
-                model.means_ = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(X_tr).cluster_centers_
+                if init == "kmeans":
+                    # as hmmlearn 0.3.0 did (KMeans, n_init=1, the restart's seed); hmmlearn 0.3.3
+                    # would run 10 KMeans inits
+                    model.means_ = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(X_tr).cluster_centers_
+                else:
+                    if segments is None:
+                        segments = run_segments(X_tr, len_tr)
+                    labels = labels_from_segments(X_tr, len_tr, segments, k, seed, (0.5, 1.0)[restart % 2])
+                    _set_params(model, params_from_labels(X_tr, len_tr, labels, k), covariance_type)
                 model.fit(X_tr, len_tr)
                 params = model_params(model)
                 rec["converged"] = bool(model.monitor_.converged)
                 rec["n_iter"] = int(model.monitor_.iter)
                 reason = _degeneracy(params)
                 if reason is None:
-                    empty = empty_states(model, X_tr, len_tr)
-                    if empty:
-                        reason = f"state(s) {empty} have no training data"
-                if reason is None:
-                    ll = float(model.score(X_te, len_te))
+                    repaired = repair_covars(params["covars"])
+                    if not np.array_equal(repaired, params["covars"]):
+                        params["covars"] = repaired
+                        model = build_hmm(params, covariance_type, implementation)
+                    train_ll, post = model.score_samples(X_tr, len_tr)
+                    rec["train_loglik"] = float(train_ll)
+                    thin = thin_states(post.sum(axis=0), covariance_type, d)
+                    if thin:
+                        reason = (f"state(s) {thin} have fewer expected training rows than their "
+                                  f"covariance needs ({min_state_rows(covariance_type, d)})")
+                    elif not np.isfinite(train_ll):
+                        reason = f"training log-likelihood is {train_ll}"
+                if reason is None and X_te is not None:
+                    off = np.concatenate([[0], np.cumsum(len_te)])
+                    runs = [float(model.score(X_te[off[i] : off[i + 1]])) for i in range(len(len_te))]
+                    ll = float(np.sum(runs))
+                    rec["loglik_runs"] = runs
                     if not np.isfinite(ll):
                         reason = f"held-out log-likelihood is {ll}"
         except Exception as exc:  # hmmlearn/scipy raise ValueError/LinAlgError on degenerate fits
@@ -234,17 +331,42 @@ def fit_restart(X_tr, len_tr, X_te, len_te, k, seed, covariance_type, n_iter, to
         break
     rec["implementation"] = implementation
     if reason is not None:
-        rec["reason"] = reason
+        rec.update(reason=reason, train_loglik=None, loglik_runs=None)
         return rec
-    n = X_te.shape[0]
-    rec.update(ok=True, loglik=ll, aic=-2 * ll + 2 * p, bic=-2 * ll + p * math.log(n), params=params)
+    rec.update(ok=True, params=params)
+    if ll is not None:
+        n = X_te.shape[0]
+        rec.update(loglik=ll, aic=criterion_value("aic", ll, p, n), bic=criterion_value("bic", ll, p, n))
     return rec
 
 
-def empty_states(model, X, lengths) -> list[int]:
-    """States whose expected number of rows in ``X`` (posterior mass) is below ``MIN_STATE_WEIGHT``."""
-    weight = model.predict_proba(X, lengths).sum(axis=0)
-    return np.flatnonzero(~(weight >= MIN_STATE_WEIGHT)).tolist()
+def _set_params(model, params: dict, covariance_type: str) -> None:
+    """Put full-covariance ``params`` into a GaussianHMM of any covariance type."""
+    full = params["covars"]
+    model.n_features = full.shape[1]
+    model.startprob_ = params["startprob"]
+    model.transmat_ = params["transmat"]
+    model.means_ = params["means"]
+    if covariance_type == "full":
+        model.covars_ = full
+    elif covariance_type == "diag":
+        model.covars_ = np.array([np.diag(c) for c in full])
+    elif covariance_type == "spherical":
+        model.covars_ = np.array([np.mean(np.diag(c)) for c in full])
+    else:
+        model.covars_ = full.mean(axis=0)
+
+
+def min_state_rows(covariance_type: str, d: int) -> float:
+    """Expected rows a state needs for its own covariance to be estimable (d + 1 for full)."""
+    return {"full": d + 1, "diag": 2, "spherical": 2, "tied": 1}[covariance_type]
+
+
+def thin_states(weight: np.ndarray, covariance_type: str, d: int) -> list[int]:
+    """States whose expected number of rows (posterior mass ``weight``) is below
+    :func:`min_state_rows`: their covariance collapses onto the few rows they hold."""
+    need = min_state_rows(covariance_type, d)
+    return np.flatnonzero(~(np.asarray(weight) >= need)).tolist()
 
 
 def _degeneracy(params: dict) -> str | None:
@@ -270,18 +392,31 @@ class HMMSelector:
     max_states : int, default 8
         Fit K = 1..max_states.
     restarts : int, default 5
-        Random restarts per K.
+        Random restarts per K (per fold in ``"cv"``).
     n_iter : int, default 32
         EM iterations per restart (the paper's runs).
     covariance_type : {"full", "diag", "spherical", "tied"}, default "full"
-    criterion : {"bic", "aic", "loglik"}, default "bic"
-        Minimum mean held-out BIC / AIC, or maximum mean held-out log-likelihood.
+    criterion : {"loglik", "bic", "aic"}, default "loglik"
+        Lower-is-better held-out criterion (see the module docstring): −2·logL, or with the BIC or
+        AIC penalty added.
+    selection : {"cv", "split", "reference"}, default "cv"
+        How held-out scores choose K (see the module docstring).
+    folds : int, default 5
+        Folds of runs for ``"cv"``.
+    one_se : bool, default True
+        ``"cv"``: take the smallest K within one standard error of the best criterion.
     test_fraction : float, default 0.2
-        Fraction of runs held out.
+        Fraction of runs held out in ``"split"`` and ``"reference"``.
+    standardize : bool, default False
+        Re-standardise every fit's data with its own training runs' mean and std (for globally
+        scaled features, so held-out runs never inform the scaling).
+    init : {"segments", "kmeans"}, default "segments"
+        Where EM starts: from a segmentation of the runs (:mod:`latent.segments`), or from
+        KMeans of checkpoints as hmmlearn 0.3.0 (the reference).
     tol : float, default 1e-2
         EM convergence tolerance (hmmlearn's default).
     random_state : int, default 0
-        Seeds the split and every restart.
+        Seeds the split or folds and every restart.
     n_jobs : int or None
         Worker processes; None uses ``os.cpu_count()``; 1 runs in this process.
     progress : bool, default False
@@ -292,49 +427,75 @@ class HMMSelector:
     n_states_ : int
         K chosen.
     model_ : hmmlearn.hmm.GaussianHMM
-        The chosen restart, states in canonical order.
+        The chosen model, states in canonical order.
     params_ : dict
         ``startprob, transmat, means, covars`` (full) of ``model_``.
     selection_ : list of dict
         One row per K (see docs/artifacts.md ``selection``).
     restarts_ : list of dict
-        Every restart: ``k, restart, random_state, ok, reason, converged, n_iter, loglik, aic, bic``.
+        Every restart: ``fold, k, restart, random_state, ok, reason, converged, n_iter,
+        train_loglik, loglik, aic, bic`` (held-out scores).
+    final_restarts_ : list of dict
+        ``"cv"``: the restarts of the final refit on all runs (else empty).
+    folds_ : list of list of int
+        Held-out run positions of each fold (``"split"``/``"reference"``: one group).
+    fold_choice_ : dict
+        ``{K: number of folds whose own held-out runs choose K}`` (``"cv"``; else empty).
+    fragile_ : bool
+        The chosen K's criterion is within the restart spread of the runner-up K's.
+    runner_up_ : int or None
+        The K with the next best criterion.
     train_runs_, test_runs_ : ndarray of int
-        Run positions (into ``lengths``) used for fitting and scoring.
+        ``"split"``/``"reference"``: the run positions fitted and scored; ``"cv"``: all runs and
+        none (every run is held out once, in its fold).
     state_order_ : list of int
         ``state_order_[canonical] = raw hmmlearn state``.
     first_visit_ : ndarray, shape (K,)
         Mean first-visit checkpoint index of each canonical state (inf if never visited).
     """
 
-    def __init__(self, max_states=8, restarts=5, n_iter=32, covariance_type="full", criterion="bic",
-                 test_fraction=0.2, tol=1e-2, random_state=0, n_jobs=None, progress=False):
+    def __init__(self, max_states=8, restarts=5, n_iter=32, covariance_type="full", criterion="loglik",
+                 selection="cv", folds=5, one_se=True, test_fraction=0.2, standardize=False, init="segments",
+                 tol=1e-2, random_state=0, n_jobs=None, progress=False):
         self.max_states = max_states
         self.restarts = restarts
         self.n_iter = n_iter
         self.covariance_type = covariance_type
         self.criterion = criterion
+        self.selection = selection
+        self.folds = folds
+        self.one_se = one_se
         self.test_fraction = test_fraction
+        self.standardize = standardize
+        self.init = init
         self.tol = tol
         self.random_state = random_state
         self.n_jobs = n_jobs
         self.progress = progress
 
     def _validate(self) -> None:
-        if not isinstance(self.max_states, (int, np.integer)) or self.max_states < 1:
-            raise UserError(f"--max-states must be at least 1, got {self.max_states}")
-        if not isinstance(self.restarts, (int, np.integer)) or self.restarts < 1:
-            raise UserError(f"--restarts must be at least 1, got {self.restarts}")
-        if not isinstance(self.n_iter, (int, np.integer)) or self.n_iter < 1:
-            raise UserError(f"--n-iter must be at least 1, got {self.n_iter}")
+        def positive_int(value, flag, least=1):
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+                raise UserError(f"{flag} must be an integer of at least {least}, got {value!r}")
+
+        positive_int(self.max_states, "--max-states")
+        positive_int(self.restarts, "--restarts")
+        positive_int(self.n_iter, "--n-iter")
+        positive_int(self.folds, "--folds", 2)
         if self.covariance_type not in COVARIANCES:
             raise UserError(f"unknown covariance {self.covariance_type!r}; choose one of {', '.join(COVARIANCES)}")
         if self.criterion not in CRITERIA:
             raise UserError(f"unknown criterion {self.criterion!r}; choose one of {', '.join(CRITERIA)}")
+        if self.init not in INITS:
+            raise UserError(f"unknown init {self.init!r}; choose one of {', '.join(INITS)}")
+        if self.selection not in SELECTIONS:
+            raise UserError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
         if self.n_jobs is not None and self.n_jobs < 1:
             raise UserError(f"--jobs must be at least 1, got {self.n_jobs}")
         if not isinstance(self.random_state, (int, np.integer)) or self.random_state < 0:
             raise UserError(f"--random-state must be a non-negative integer, got {self.random_state}")
+
+    # -- fitting ------------------------------------------------------------------------------
 
     def fit(self, X, lengths):
         """Run model selection on runs stacked in ``X`` (shape ``(n_samples, d)``).
@@ -346,98 +507,84 @@ class HMMSelector:
         self._validate()
         X = np.ascontiguousarray(X, dtype=float)
         lengths = np.asarray(lengths, dtype=int)
-        off = np.concatenate([[0], np.cumsum(lengths)])
-        runs = [X[off[i] : off[i + 1]] for i in range(len(lengths))]
-        train, test = split_runs(len(lengths), self.test_fraction, split_seed(self.random_state))
-        X_tr, len_tr = np.concatenate([runs[i] for i in train]), lengths[train]
-        X_te, len_te = np.concatenate([runs[i] for i in test]), lengths[test]
-        self.train_runs_, self.test_runs_ = train, test
+        n_runs = len(lengths)
+        kmax = int(self.max_states)
+        ks = range(kmax, 0, -1)  # largest K first: the longest jobs start first
+        base = {"covariance_type": self.covariance_type, "n_iter": int(self.n_iter), "tol": float(self.tol)}
+        if self.selection == "cv":
+            groups = fold_runs(n_runs, self.folds, split_seed(self.random_state))
+            everyone = np.arange(n_runs)
+            jobs = [dict(base, k=k, restart=r, fold=f, seed=restart_seed(self.random_state, k, r, f),
+                         train=np.setdiff1d(everyone, g), test=g)
+                    for k in ks for f, g in enumerate(groups) for r in range(int(self.restarts))]
+            self.train_runs_, self.test_runs_ = everyone, np.array([], dtype=int)
+        else:
+            train, test = split_runs(n_runs, self.test_fraction, split_seed(self.random_state))
+            groups = [test]
+            jobs = [dict(base, k=k, restart=r, fold=None, seed=restart_seed(self.random_state, k, r),
+                         train=train, test=test)
+                    for k in ks for r in range(int(self.restarts))]
+            self.train_runs_, self.test_runs_ = train, test
+        self.folds_ = [g.tolist() for g in groups]
+        segments = None
+        if self.init == "segments":
+            from .segments import run_segments
 
-        jobs = [
-            (k, r, restart_seed(self.random_state, k, r), self.covariance_type, int(self.n_iter), float(self.tol))
-            for k in range(int(self.max_states), 0, -1)  # largest K first: the longest jobs start first
-            for r in range(int(self.restarts))
-        ]
-        results = self._run_jobs(jobs, (X_tr, len_tr, X_te, len_te))
-        results.sort(key=lambda rec: (rec["k"], rec["restart"]))
-        for rec in results:
-            if not rec["ok"]:
-                log.warning("skipped HMM restart K=%d #%d (random_state=%d): %s",
-                            rec["k"], rec["restart"], rec["random_state"], rec["reason"])
-        self.restarts_ = [{key: v for key, v in rec.items() if key != "params"} for rec in results]
-        self.selection_, best = self._table(results)
-        ok_rows = [row for row in self.selection_ if row["best_random_state"] is not None]
+            segments = run_segments(X, lengths)
+        data = {"X": X, "lengths": lengths, "standardize": bool(self.standardize), "init": self.init,
+                "segments": segments}
+        results = self._run_jobs(jobs, data, "HMM restarts")
+        results.sort(key=lambda rec: (rec["k"], -1 if rec["fold"] is None else rec["fold"], rec["restart"]))
+        _warn_skipped(results)
+        n_rows = int(sum(lengths[g].sum() for g in groups))
+        if self.selection == "cv":
+            self.selection_, chosen_params = self._table_cv(results, groups, n_rows, X.shape[1])
+        else:
+            self.selection_, chosen_params = self._table_split(results, n_rows)
+        self.restarts_ = [{key: v for key, v in rec.items() if key not in ("params", "loglik_runs")}
+                          for rec in results]
+        ok_rows = [row for row in self.selection_ if row["score"] is not None]
         if not ok_rows:
             raise UserError(
                 "no HMM restart succeeded for any K; try --covariance diag, fewer --features, or more runs"
             )
-        if self.criterion == "loglik":
-            chosen = max(ok_rows, key=lambda row: (row["loglik_mean"], -row["k"]))
+        self.n_states_ = self._choose(ok_rows)
+        self._mark_fragile()
+        self.final_restarts_ = []
+        if self.selection == "cv":
+            raw = self._refit_all(X, lengths, base, segments)
         else:
-            chosen = min(ok_rows, key=lambda row: (row[self.criterion], row["k"]))
-        self.n_states_ = int(chosen["k"])
-        raw = best[self.n_states_]["params"]
-
-        # canonical order: mean first-visit checkpoint of each state over all runs' Viterbi paths
-        model = build_hmm(raw, self.covariance_type)
-        path = model.predict(X, lengths)
-        first = np.full(self.n_states_, np.inf)
-        for k in range(self.n_states_):
-            visits = [np.flatnonzero(path[off[i] : off[i + 1]] == k) for i in range(len(lengths))]
-            firsts = [v[0] for v in visits if v.size]
-            if firsts:
-                first[k] = float(np.mean(firsts))
-        order = sorted(range(self.n_states_), key=lambda k: (first[k], k))
-        self.state_order_ = [int(o) for o in order]
-        self.first_visit_ = first[order]
-        self.params_ = permute_params(raw, order)
-        self.model_ = build_hmm(self.params_, self.covariance_type)
+            raw = chosen_params[self.n_states_]
+        self._canonicalise(raw, X, lengths)
         return self
 
-    def _run_jobs(self, jobs, data) -> list[dict]:
-        from tqdm import tqdm
+    def _choose(self, rows: list[dict]) -> int:
+        best = min(rows, key=lambda row: (row["score"], row["k"]))
+        if self.selection == "cv" and self.one_se:
+            for row in sorted(rows, key=lambda r: r["k"]):
+                if row["k"] >= best["k"]:
+                    break
+                if row["score"] - best["score"] <= (row["se"] or 0.0):
+                    return int(row["k"])
+        return int(best["k"])
 
-        bar = tqdm(total=len(jobs), desc="HMM restarts", unit="fit", disable=not self.progress,
-                   dynamic_ncols=True, leave=False)
-        results = []
-        try:
-            for rec in self._iter_jobs(jobs, data):
-                results.append(rec)
-                bar.update(1)
-        finally:
-            bar.close()
-        return results
-
-    def _iter_jobs(self, jobs, data):
-        """Yield each job's result, in job order."""
-        n_jobs = self.n_jobs or os.cpu_count() or 1
-        n_jobs = min(n_jobs, len(jobs))
-        _load_native_libraries()  # before forking and before limiting threads
-        if n_jobs == 1:
-            from threadpoolctl import threadpool_limits
-
-            hl = logging.getLogger("hmmlearn")
-            level = hl.level
-            hl.setLevel(logging.ERROR)
-            try:
-                with threadpool_limits(1), warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    global _DATA
-                    _DATA = data
-                    try:
-                        for job in jobs:
-                            yield _run_job(job)
-                    finally:
-                        _DATA = None
-            finally:
-                hl.setLevel(level)
+    def _mark_fragile(self) -> None:
+        rows = {r["k"]: r for r in self.selection_ if r["score"] is not None}
+        chosen = rows[self.n_states_]
+        others = [r for k, r in rows.items() if k != self.n_states_]
+        self.runner_up_ = None
+        self.fragile_ = False
+        if not others:
             return
-        ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
-        with ProcessPoolExecutor(max_workers=n_jobs, mp_context=ctx, initializer=_init_worker,
-                                 initargs=(data,)) as pool:
-            yield from pool.map(_run_job, jobs, chunksize=1)
+        runner = min(others, key=lambda r: (r["score"], r["k"]))
+        self.runner_up_ = int(runner["k"])
+        gap = abs(runner["score"] - chosen["score"])
+        spread = max(chosen["spread"] or 0.0, runner["spread"] or 0.0)
+        self.fragile_ = bool(gap <= spread)
+        chosen["gap_to_runner_up"] = float(gap)
 
-    def _table(self, results):
+    def _table_split(self, results: list[dict], n_rows: int):
+        crit = self.criterion
         by_k: dict[int, list[dict]] = {}
         for rec in results:
             by_k.setdefault(rec["k"], []).append(rec)
@@ -445,31 +592,132 @@ class HMMSelector:
         for k in sorted(by_k):
             recs = by_k[k]
             ok = [r for r in recs if r["ok"]]
-            row = {
-                "k": k,
-                "n_params": recs[0]["n_params"],
-                "n_converged": sum(1 for r in ok if r["converged"]),
-                "n_failed": len(recs) - len(ok),
-                "random_states": [r["random_state"] for r in recs],
-                "failures": [f"random_state={r['random_state']}: {r['reason']}" for r in recs if not r["ok"]],
-                "loglik_mean": None, "loglik_std": None, "aic": None, "bic": None,
-                "best_random_state": None,
-            }
+            row = _row(k, recs)
             if ok:
                 ll = np.array([r["loglik"] for r in ok])
                 top = max(ok, key=lambda r: (r["loglik"], -r["restart"]))
-                best[k] = top
+                best[k] = top["params"]
+                values = np.array([criterion_value(crit, r["loglik"], r["n_params"], n_rows) for r in ok])
                 row.update(
-                    loglik_mean=float(ll.mean()),
-                    loglik_std=float(ll.std()),
-                    aic=float(np.mean([r["aic"] for r in ok])),
-                    bic=float(np.mean([r["bic"] for r in ok])),
-                    best_random_state=top["random_state"],
+                    loglik=float(top["loglik"]), loglik_mean=float(ll.mean()), loglik_std=float(ll.std()),
+                    aic=float(np.mean([r["aic"] for r in ok])), bic=float(np.mean([r["bic"] for r in ok])),
+                    best_random_state=top["random_state"], spread=float(values.std()),
+                    score=float(values.mean()) if self.selection == "reference"
+                    else criterion_value(crit, top["loglik"], top["n_params"], n_rows),
                 )
+                if self.selection == "split":  # the best restart's own criterion values
+                    row.update(aic=float(top["aic"]), bic=float(top["bic"]))
             else:
                 log.warning("no restart of K=%d succeeded (%d failed)", k, len(recs))
             table.append(row)
         return table, best
+
+    def _table_cv(self, results: list[dict], groups, n_rows: int, d: int):
+        crit = self.criterion
+        n_runs = sum(len(g) for g in groups)
+        by_k: dict[int, list[dict]] = {}
+        for rec in results:
+            by_k.setdefault(rec["k"], []).append(rec)
+        table, per_run = [], {}
+        for k in sorted(by_k):
+            recs = by_k[k]
+            row = _row(k, recs)
+            p = recs[0]["n_params"]
+            runs = np.full(n_runs, np.nan)
+            spread_var, means, failed_folds = 0.0, 0.0, []
+            for f, g in enumerate(groups):
+                ok = [r for r in recs if r["fold"] == f and r["ok"]]
+                if not ok:
+                    failed_folds.append(f)
+                    continue
+                top = max(ok, key=lambda r: (r["train_loglik"], -r["restart"]))  # chosen on training data
+                runs[g] = top["loglik_runs"]
+                ll = np.array([r["loglik"] for r in ok])
+                means += ll.mean()
+                spread_var += 4 * ll.var()  # the criterion is −2·ll: its variance is 4·var(ll)
+            if failed_folds:
+                log.warning("no restart of K=%d succeeded in fold(s) %s; K=%d is not scored", k,
+                            ", ".join(map(str, failed_folds)), k)
+                table.append(row)
+                continue
+            ll = float(runs.sum())
+            per_run[k] = runs
+            row.update(
+                loglik=ll, loglik_mean=float(means), loglik_std=float(np.sqrt(spread_var / 4)),
+                aic=criterion_value("aic", ll, p, n_rows), bic=criterion_value("bic", ll, p, n_rows),
+                score=criterion_value(crit, ll, p, n_rows), spread=float(np.sqrt(spread_var)),
+            )
+            table.append(row)
+        # standard error of each K's criterion difference to the best K, paired over runs
+        scored = [r for r in table if r["score"] is not None]
+        if scored:
+            best = min(scored, key=lambda r: (r["score"], r["k"]))
+            for row in scored:
+                diff = -2 * (per_run[row["k"]] - per_run[best["k"]])
+                row["se"] = float(np.sqrt(n_runs) * diff.std(ddof=1)) if n_runs > 1 else 0.0
+            # which K each fold's own held-out runs would choose (the same rule, on its runs)
+            choice: dict[int, int] = {}
+            for f, g in enumerate(groups):
+                rows_f = []
+                for row in scored:
+                    llf = per_run[row["k"]][g]
+                    pen = criterion_value(crit, 0.0, row["n_params"], n_rows) * len(g) / n_runs
+                    rows_f.append({"k": row["k"], "score": float(-2 * llf.sum() + pen),
+                                   "runs": -2 * llf + pen / len(g)})
+                bf = min(rows_f, key=lambda r: (r["score"], r["k"]))
+                kf = bf["k"]
+                if self.one_se and len(g) > 1:
+                    for r in sorted(rows_f, key=lambda r: r["k"]):
+                        if r["k"] >= bf["k"]:
+                            break
+                        se = np.sqrt(len(g)) * (r["runs"] - bf["runs"]).std(ddof=1)
+                        if r["score"] - bf["score"] <= se:
+                            kf = r["k"]
+                            break
+                choice[kf] = choice.get(kf, 0) + 1
+            self.fold_choice_ = dict(sorted(choice.items()))
+        else:
+            self.fold_choice_ = {}
+        return table, {}
+
+    def _refit_all(self, X, lengths, base, segments) -> dict:
+        k = self.n_states_
+        everyone = np.arange(len(lengths))
+        jobs = [dict(base, k=k, restart=r, fold=None, seed=restart_seed(self.random_state, k, r),
+                     train=everyone, test=np.array([], dtype=int)) for r in range(int(self.restarts))]
+        data = {"X": X, "lengths": lengths, "standardize": False, "init": self.init, "segments": segments}
+        results = sorted(self._run_jobs(jobs, data, f"refit K={k}"), key=lambda r: r["restart"])
+        self.final_restarts_ = [{key: v for key, v in rec.items() if key not in ("params", "loglik_runs")}
+                                for rec in results]
+        ok = [r for r in results if r["ok"]]
+        if not ok:
+            reasons = "; ".join(r["reason"] for r in results)
+            raise UserError(f"every refit of the chosen K = {k} on all runs failed ({reasons}); "
+                            "try --covariance diag or fewer --features")
+        return max(ok, key=lambda r: (r["train_loglik"], -r["restart"]))["params"]
+
+    def _canonicalise(self, raw: dict, X, lengths) -> None:
+        """Relabel states by mean first-visit checkpoint over all runs' Viterbi paths."""
+        off = np.concatenate([[0], np.cumsum(lengths)])
+        model = build_hmm(raw, self.covariance_type)
+        path = model.predict(X, lengths)
+        K = self.n_states_
+        first = np.full(K, np.inf)
+        for k in range(K):
+            firsts = [np.flatnonzero(path[off[i] : off[i + 1]] == k) for i in range(len(lengths))]
+            firsts = [v[0] for v in firsts if v.size]
+            if firsts:
+                first[k] = float(np.mean(firsts))
+        order = sorted(range(K), key=lambda k: (first[k], k))
+        self.state_order_ = [int(o) for o in order]
+        self.first_visit_ = first[order]
+        self.params_ = permute_params(raw, order)
+        self.model_ = build_hmm(self.params_, self.covariance_type)
+
+    def _run_jobs(self, jobs, data, desc) -> list[dict]:
+        from .parallel import pmap
+
+        return pmap(restart_job, jobs, data, self.n_jobs, self.progress, desc)
 
     # -- prediction on new data (canonical labels) -------------------------------------------
 
@@ -484,3 +732,33 @@ class HMMSelector:
     def score(self, X, lengths) -> float:
         """Total log-likelihood of ``X`` under the chosen model (higher is better)."""
         return float(self.model_.score(X, lengths))
+
+
+def _warn_skipped(results: list[dict]) -> None:
+    """One warning per K for the restarts skipped as degenerate (each restart is in model.json)."""
+    by_k: dict[int, list[dict]] = {}
+    for rec in results:
+        by_k.setdefault(rec["k"], []).append(rec)
+    for k, recs in sorted(by_k.items()):
+        bad = [r for r in recs if not r["ok"]]
+        if not bad:
+            continue
+        first = bad[0]
+        where = "" if first["fold"] is None else f" fold {first['fold']}"
+        log.warning("skipped %d of %d HMM restarts of K=%d as degenerate; e.g.%s random_state=%d: %s "
+                    "(every restart is listed in model.json)", len(bad), len(recs), k, where,
+                    first["random_state"], first["reason"])
+
+
+def _row(k: int, recs: list[dict]) -> dict:
+    ok = [r for r in recs if r["ok"]]
+    return {
+        "k": k,
+        "n_params": recs[0]["n_params"],
+        "n_converged": sum(1 for r in ok if r["converged"]),
+        "n_failed": len(recs) - len(ok),
+        "random_states": [r["random_state"] for r in recs],
+        "failures": [f"random_state={r['random_state']}: {r['reason']}" for r in recs if not r["ok"]],
+        "loglik": None, "loglik_mean": None, "loglik_std": None, "aic": None, "bic": None,
+        "score": None, "spread": None, "se": None, "best_random_state": None,
+    }

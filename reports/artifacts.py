@@ -9,6 +9,11 @@ Example
 >>> from reports import load_fit
 >>> fit = load_fit(store="data")                 # most recent study, most recent fit
 >>> fit.n_states, fit.detour_states, fit.convergence_times[0]
+>>> fit.state_tests[2]["delay"], fit.selection_label, fit.warnings
+
+Fits written before per-state delay tests (no ``states``, ``selection``, ``stability``,
+``warnings`` or ``detour_rule`` in ``analysis.json``; no ``score``/``se`` in the selection
+rows) still load: the missing parts read as absent (empty lists, ``None``, NaN).
 """
 
 from __future__ import annotations
@@ -30,6 +35,10 @@ FIT_FORMAT = "latent.fit/1"
 ANALYSIS_FORMAT = "latent.analysis/1"
 _MODEL_KEYS = ("n_states", "features", "means", "transmat", "selection", "criterion")
 _ANALYSIS_KEYS = ("convergence", "occupancy", "map", "regression", "detours", "importance")
+STATUSES = ("obligatory", "unvisited", "not_estimable", "tested")
+SELECTION_COLUMNS = ("k", "n_params", "loglik", "loglik_mean", "loglik_std", "aic", "bic", "score", "se", "spread",
+                     "n_converged", "n_failed", "gap_to_runner_up")
+CRITERION_NAMES = {"bic": "BIC", "aic": "AIC", "loglik": "−2 log-likelihood"}
 
 
 def _num(x: Any) -> float:
@@ -104,21 +113,88 @@ class FitArtifacts:
 
     @cached_property
     def selection(self) -> pd.DataFrame:
-        """The model-selection table, one row per K, nulls as NaN, sorted by K."""
-        rows = []
-        for row in self.model["selection"]:
-            rows.append(
-                {
-                    "k": int(row["k"]),
-                    "loglik_mean": _num(row.get("loglik_mean")),
-                    "loglik_std": _num(row.get("loglik_std")),
-                    "aic": _num(row.get("aic")),
-                    "bic": _num(row.get("bic")),
-                }
-            )
-        return pd.DataFrame(rows, columns=["k", "loglik_mean", "loglik_std", "aic", "bic"]).sort_values("k")
+        """The model-selection table, one row per K, nulls as NaN, sorted by K.
 
-    # -- study --------------------------------------------------------------------------------
+        Columns: ``k, n_params, loglik, loglik_mean, loglik_std, aic, bic, score, se, spread,
+        n_converged, n_failed, gap_to_runner_up``. ``score`` is the criterion K was chosen by
+        (lower is better); fits that predate it get it from their ``aic``/``bic`` column (or
+        ``-2 loglik_mean`` for the log-likelihood criterion).
+        """
+        rows = []
+        crit = self.criterion
+        for row in self.model["selection"]:
+            out = {"k": int(row["k"])}
+            for key in SELECTION_COLUMNS[1:]:
+                out[key] = _num(row.get(key))
+            if "score" not in row:  # an older fit: the criterion column is the score
+                if crit in ("aic", "bic"):
+                    out["score"] = out[crit]
+                elif crit == "loglik":
+                    out["score"] = -2.0 * out["loglik_mean"]
+            rows.append(out)
+        return pd.DataFrame(rows, columns=list(SELECTION_COLUMNS)).sort_values("k").reset_index(drop=True)
+
+    @cached_property
+    def selection_info(self) -> dict:
+        """``analysis.selection``: how K was chosen (``{}`` for older fits)."""
+        info = self.analysis.get("selection")
+        return dict(info) if isinstance(info, dict) else {}
+
+    @property
+    def procedure(self) -> str | None:
+        """``"cv"``, ``"split"`` or ``"reference"``; None when the fit does not say."""
+        proc = self.selection_info.get("procedure")
+        return None if proc is None else str(proc)
+
+    @cached_property
+    def fold_choice(self) -> dict[int, int]:
+        """``{K: number of folds whose own held-out runs choose K}`` (empty outside cv / older fits)."""
+        raw = self.selection_info.get("fold_choice") or {}
+        out = {}
+        for k, v in raw.items():
+            try:
+                out[int(k)] = int(v)
+            except (TypeError, ValueError):
+                continue
+        return dict(sorted(out.items()))
+
+    @property
+    def n_folds(self) -> int | None:
+        """Number of cross-validation folds, or None outside cv."""
+        if self.procedure != "cv":
+            return None
+        folds = self.selection_info.get("folds") or (self.model.get("seeds") or {}).get("folds")
+        if folds:
+            return len(folds)
+        if self.fold_choice:
+            return sum(self.fold_choice.values())
+        n = (self.model.get("config") or {}).get("folds")
+        return int(n) if isinstance(n, (int, float)) else None
+
+    @property
+    def fragile(self) -> bool:
+        return bool(self.selection_info.get("fragile"))
+
+    @property
+    def runner_up(self) -> int | None:
+        r = self.selection_info.get("runner_up")
+        return None if r is None else int(r)
+
+    @property
+    def selection_label(self) -> str:
+        """The criterion and procedure K was chosen by, e.g. ``"5-fold CV BIC"``."""
+        crit = CRITERION_NAMES.get(self.criterion, self.criterion.upper())
+        proc = self.procedure
+        if proc == "cv":
+            n = self.n_folds
+            return f"{n}-fold CV {crit}" if n else f"cross-validated {crit}"
+        if proc == "split":
+            return f"held-out {crit} (one split, best restart)"
+        if proc == "reference":
+            return f"held-out {crit} (one split, mean over restarts)"
+        return crit
+
+        # -- study --------------------------------------------------------------------------------
 
     @property
     def step_unit(self) -> str:
@@ -154,6 +230,46 @@ class FitArtifacts:
     def detour_states(self) -> list[int]:
         """States the analysis marks as detours, sorted."""
         return sorted(int(d["state"]) for d in self.analysis["detours"])
+
+    @property
+    def detours(self) -> list[dict]:
+        """``analysis.detours`` sorted by state (new fits: ``delay, ci_low, ci_high, p_adjusted, …``;
+        older fits: ``coef, ci_low, ci_high`` where the interval is the coefficient's)."""
+        return sorted(self.analysis["detours"], key=lambda d: int(d["state"]))
+
+    @property
+    def detour_rule(self) -> dict:
+        """``{"rule", "min_runs", "alpha"}``; ``{}`` for older fits."""
+        rule = self.analysis.get("detour_rule")
+        return dict(rule) if isinstance(rule, dict) else {}
+
+    @property
+    def min_runs(self) -> int | None:
+        """Fewest visiting and skipping runs for a state to be tested (None if the fit does not say)."""
+        n = self.detour_rule.get("min_runs", self.regression.get("min_runs"))
+        return None if n is None else int(n)
+
+    @cached_property
+    def state_tests(self) -> list[dict]:
+        """``analysis.states``: one dict per state, in state order (empty for older fits).
+
+        Keys: ``state, status`` (``obligatory``, ``unvisited``, ``not_estimable``, ``tested``),
+        ``runs_visiting, runs_skipping, delay, ci_low, ci_high, p_value, p_adjusted, detour,
+        paper_rule, coef, coef_ci_low, coef_ci_high, coef_reference, stability``.
+        """
+        rows = self.analysis.get("states") or []
+        return sorted((dict(r) for r in rows), key=lambda r: int(r["state"]))
+
+    @property
+    def stability(self) -> dict | None:
+        """``analysis.stability`` (bootstrap resamples of the runs), or None."""
+        st = self.analysis.get("stability")
+        return st if isinstance(st, dict) else None
+
+    @property
+    def warnings(self) -> list[str]:
+        """Every warning ``latent fit`` logged (empty for older fits)."""
+        return [str(w) for w in (self.analysis.get("warnings") or [])]
 
     @property
     def regression(self) -> dict:
@@ -199,6 +315,35 @@ def _require(obj: Any, keys: tuple[str, ...], path: Path, what: str) -> None:
     missing = [k for k in keys if k not in obj]
     if missing:
         raise UserError(f"{what} {path} is corrupt (missing {', '.join(missing)}); rerun `latent fit`")
+
+
+def _check_optional(analysis: dict, k: int, path: Path) -> None:
+    """The newer, optional parts of ``analysis.json``: absent is fine, malformed is not."""
+    def bad(what: str):
+        return UserError(f"fit analysis {path} is corrupt ({what}); rerun `latent fit`")
+
+    if not isinstance(analysis["detours"], list) or any(
+            not isinstance(d, dict) or "state" not in d for d in analysis["detours"]):
+        raise bad("detours is not a list of objects with a state")
+    states = analysis.get("states")
+    if states is not None:
+        if not isinstance(states, list) or any(not isinstance(r, dict) for r in states):
+            raise bad("states is not a list of objects")
+        seen = []
+        for r in states:
+            try:
+                seen.append(int(r["state"]))
+            except (KeyError, TypeError, ValueError):
+                raise bad("a row of states has no state number") from None
+            if r.get("status") is not None and r["status"] not in STATUSES:
+                raise bad(f"state {r['state']} has unknown status {r['status']!r}")
+        if sorted(seen) != list(range(k)):
+            raise bad(f"states lists {sorted(seen)}, expected 0..{k - 1}")
+    for key in ("selection", "detour_rule", "stability"):
+        if analysis.get(key) is not None and not isinstance(analysis[key], dict):
+            raise bad(f"{key} is not an object")
+    if analysis.get("warnings") is not None and not isinstance(analysis["warnings"], list):
+        raise bad("warnings is not a list")
 
 
 def load_fit(store: str | os.PathLike = "data", study: str | os.PathLike | None = None,
@@ -249,6 +394,7 @@ def load_fit(store: str | os.PathLike = "data", study: str | os.PathLike | None 
     _require(analysis["convergence"], ("times",), analysis_path, "fit analysis (convergence)")
     _require(analysis["regression"], ("coef", "ci_low", "ci_high"), analysis_path, "fit analysis (regression)")
     _require(analysis["map"], ("nodes",), analysis_path, "fit analysis (map)")
+    _check_optional(analysis, k, analysis_path)
 
     paths_path = fit_dir / "paths.parquet"
     paths = read_parquet(paths_path, "fit paths")

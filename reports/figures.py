@@ -12,9 +12,10 @@ Example (in a notebook)::
     from reports import load_fit, figures
 
     fit = load_fit(store="data", study="modadd")
-    fig, (a, b) = plt.subplots(1, 2, figsize=(12, 4))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4))
     figures.plot_training_map(a, fit)
     figures.plot_trajectories(b, fit, "val_acc")
+    figures.plot_delays(c, fit)             # the detour test per state
     fig.legend(handles=figures.state_legend_handles(fit), loc="lower center", ncol=6)
 """
 
@@ -99,45 +100,111 @@ def state_legend_handles(fit: FitArtifacts, undecoded: bool = False):
 
 
 def plot_model_selection(ax, fit: FitArtifacts) -> dict:
-    """AIC and BIC vs K (left axis) and log-likelihood mean ± sd over restarts (right axis).
+    """The criterion K was chosen by (``score``, lower is better) vs K, with ± SE bars.
 
-    The chosen K is marked with a vertical line. K values where no restart succeeded (nulls in
-    the selection table) are left as gaps.
+    The primary curve is the selection table's ``score``, labelled with the criterion and the
+    procedure (e.g. "5-fold CV BIC"); in cross-validation each K carries ± the standard error of
+    its difference to the best K (the one-SE rule takes the smallest K within it). The other
+    information criterion is drawn dashed and grey for comparison only. The chosen K is marked
+    by a vertical line and a star, the runner-up by an open diamond; the title says how many
+    folds choose K on their own held-out runs and whether K is fragile (its score within the
+    restart spread of the runner-up's). K values where no restart succeeded are gaps.
     """
+    from matplotlib.lines import Line2D
+
     sel = fit.selection
     k = sel["k"].to_numpy()
     chosen = fit.n_states
-    (bic_line,) = ax.plot(k, sel["bic"], "o-", color=MARK, label="BIC (lower is better)")
-    (aic_line,) = ax.plot(k, sel["aic"], "s--", color="#666666", label="AIC (lower is better)")
+    score = sel["score"].to_numpy(dtype=float)
+    se = sel["se"].to_numpy(dtype=float)
+    label = fit.selection_label
+    handles = []
+    (score_line,) = ax.plot(k, score, "o-", color=MARK, lw=1.8, zorder=3, label=f"{label} (lower is better)")
+    handles.append(score_line)
+    bars = np.isfinite(se) & np.isfinite(score) & (se > 0)
+    err = None
+    if bars.any():
+        err = ax.errorbar(k[bars], score[bars], yerr=se[bars], fmt="none", ecolor=MARK, capsize=4, lw=1.2,
+                          zorder=3)
+        handles.append(Line2D([], [], color=MARK, marker="|", ms=10, mew=1.2, ls="none",
+                              label="± SE of the difference to the best K"))
+    other = {"bic": "aic", "aic": "bic"}.get(fit.criterion, "bic")
+    other_vals = sel[other].to_numpy(dtype=float)
+    other_line = None
+    if np.isfinite(other_vals).any() and not np.allclose(other_vals, score, equal_nan=True):
+        (other_line,) = ax.plot(k, other_vals, "s--", color="#999999", lw=1.0, ms=4, zorder=2,
+                                label=f"{other.upper()} (for comparison; not used to choose K)")
+        handles.append(other_line)
     ax.set_xlabel("number of hidden states K")
-    ax.set_ylabel("information criterion (nats)")
+    ax.set_ylabel(f"{label} (nats)")
     ax.set_xticks(k)
-    twin = ax.twinx()
-    mean, sd = sel["loglik_mean"].to_numpy(), sel["loglik_std"].to_numpy()
-    held_out = bool(fit.model.get("seeds", {}).get("test"))
-    ll_name = "held-out log-likelihood" if held_out else "log-likelihood"
-    ll_line = twin.errorbar(k, mean, yerr=np.nan_to_num(sd), fmt="^:", color="#0072B2", ecolor="#0072B2",
-                            capsize=3, label=f"{ll_name}, mean ± sd over restarts (higher is better)")
-    twin.set_ylabel(f"{ll_name} (nats)", color="#0072B2")
-    twin.tick_params(axis="y", colors="#0072B2")
-    chosen_line = ax.axvline(chosen, color="#D55E00", lw=2, alpha=0.8,
-                             label=f"chosen K = {chosen} (by {fit.criterion.upper()})")
-    crit_col = {"bic": "bic", "aic": "aic"}.get(fit.criterion)
-    if crit_col is not None:
-        row = sel[sel["k"] == chosen]
-        if len(row) and math.isfinite(row[crit_col].iloc[0]):
-            ax.plot([chosen], [row[crit_col].iloc[0]], marker="*", ms=16, color="#D55E00", zorder=5)
-    failed = [int(x) for x, b in zip(k, sel["bic"]) if not math.isfinite(b)]
-    title = "Model selection"
+    chosen_line = ax.axvline(chosen, color="#D55E00", lw=2, alpha=0.8, zorder=1, label=f"chosen K = {chosen}")
+    handles.append(chosen_line)
+    row = sel[sel["k"] == chosen]
+    chosen_score = float(row["score"].iloc[0]) if len(row) else math.nan
+    if math.isfinite(chosen_score):
+        ax.plot([chosen], [chosen_score], marker="*", ms=16, color="#D55E00", zorder=5)
+    finite = np.isfinite(score)
+    best_k = int(k[finite][np.argmin(score[finite])]) if finite.any() else None
+    runner = fit.runner_up
+    if runner is not None and runner in set(k.tolist()):
+        r_score = float(sel.loc[sel["k"] == runner, "score"].iloc[0])
+        if math.isfinite(r_score):
+            (rmark,) = ax.plot([runner], [r_score], marker="D", ms=9, mfc="none", mec="#0072B2", mew=2,
+                               ls="none", zorder=6, label=f"runner-up K = {runner}")
+            handles.append(rmark)
+    failed = [int(x) for x, v in zip(k, score) if not math.isfinite(v)]
+    for x in failed:
+        ax.text(x, 0.5, "no restart\nsucceeded", transform=ax.get_xaxis_transform(), ha="center", va="center",
+                fontsize=8, color="#555555")
+    if len(k):
+        ax.set_xlim(float(k.min()) - 0.4, float(k.max()) + 0.4)
+
+    folds_total = sum(fit.fold_choice.values())
+    folds_agree = fit.fold_choice.get(chosen, 0)
+    title = f"Model selection: K = {chosen} by {label}"
+    if fit.selection_info.get("one_se") and fit.procedure == "cv" and best_k is not None and best_k != chosen:
+        title += f" (one-SE rule; lowest score at K = {best_k})"
+    notes = []
+    if folds_total:
+        notes.append(f"{folds_agree} of {folds_total} folds choose K = {chosen} on their own held-out runs")
+    if fit.selection_info:
+        notes.append(f"fragile: within the restart spread of K = {runner}" if fit.fragile else "not fragile")
     if failed:
-        title += f" (no restart succeeded for K = {', '.join(map(str, failed))})"
-    ax.set_title(title)
-    ax.legend(handles=[bic_line, aic_line, ll_line, chosen_line], loc="upper center", bbox_to_anchor=(0.5, -0.16),
-              ncol=2, fontsize=8, frameon=False)
+        notes.append(f"no restart succeeded for K = {', '.join(map(str, failed))}")
+    if notes:
+        title += "\n" + "; ".join(notes)
+    ax.set_title(title, fontsize=9.5)
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(handles), 3),
+              fontsize=8, frameon=False)
     ax.grid(alpha=0.3)
-    return {"k": k.tolist(), "bic": sel["bic"].tolist(), "aic": sel["aic"].tolist(),
-            "loglik_mean": mean.tolist(), "loglik_std": sd.tolist(), "chosen": chosen,
-            "criterion": fit.criterion, "failed_k": failed, "twin_ax": twin}
+    return {"k": k.tolist(), "score": score.tolist(), "se": se.tolist(),
+            "errorbar_k": [int(x) for x in k[bars]], "errorbar": err,
+            "bic": sel["bic"].tolist(), "aic": sel["aic"].tolist(),
+            "loglik_mean": sel["loglik_mean"].tolist(), "loglik_std": sel["loglik_std"].tolist(),
+            "chosen": chosen, "best_k": best_k, "runner_up": runner, "criterion": fit.criterion,
+            "procedure": fit.procedure, "label": label, "fold_choice": dict(fit.fold_choice),
+            "folds_agree": folds_agree, "folds_total": folds_total, "fragile": fit.fragile,
+            "failed_k": failed, "title": title, "score_line": score_line, "other_line": other_line}
+
+
+def selection_caption(fit: FitArtifacts, sentence: bool = True) -> str:
+    """How K was chosen, fold agreement, fragility: ``"K = 6 was chosen by 5-fold CV BIC (…); 2 of 5
+    folds choose K = 6 …"`` (``sentence=False``: ``"K = 6, chosen by …"``)."""
+    label = fit.selection_label
+    parts = [f"K = {fit.n_states} {'was chosen' if sentence else ', chosen'} by {label}".replace(" ,", ",")]
+    if fit.procedure == "cv" and fit.selection_info.get("one_se"):
+        parts[0] += " (the smallest K within one standard error of the best)"
+    total = sum(fit.fold_choice.values())
+    if total:
+        parts.append(f"{fit.fold_choice.get(fit.n_states, 0)} of {total} folds choose K = {fit.n_states} "
+                     "on their own held-out runs")
+    if fit.runner_up is not None:
+        parts.append(f"runner-up K = {fit.runner_up}")
+    if fit.selection_info:
+        parts.append("fragile (its score is within the restart spread of the runner-up's)" if fit.fragile
+                     else "not fragile")
+    return "; ".join(parts)
 
 
 # --------------------------------------------------------------------------- training map
@@ -425,15 +492,147 @@ def plot_occupancy(ax, fit: FitArtifacts) -> dict:
     return {"order": order, "segments": segments, "collections": colls, "convergence": dict(zip(cy, cx))}
 
 
+# --------------------------------------------------------------------------- detours
+
+
+#: How a state without a delay test reads, by status (``{n}``: runs, ``{m}``: min_runs).
+STATUS_TEXT = {
+    "obligatory": "obligatory (all {n} runs visit it)",
+    "unvisited": "not visited",
+    "not_estimable": "not estimable (< {m} runs)",
+    "tested": "tested",
+}
+NO_TEST = "#EEEEEE"  # background of states without a delay test
+
+
+def status_text(fit: FitArtifacts, row: dict) -> str:
+    """``"not estimable (< 5 runs)"`` etc. for a row of ``fit.state_tests``."""
+    status = row.get("status") or "?"
+    n = int(row.get("runs_visiting") or 0) + int(row.get("runs_skipping") or 0)
+    m = fit.min_runs if fit.min_runs is not None else "min_runs"
+    return STATUS_TEXT.get(status, status).format(n=n, m=m)
+
+
+def _num(x) -> float:
+    if x is None:
+        return math.nan
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def plot_delays(ax, fit: FitArtifacts) -> dict:
+    """Convergence delay per state: mean (restricted) convergence step of the runs visiting it
+    minus that of the runs skipping it, with its 95 % Welch interval.
+
+    Only tested states get a bar (state colour; adjusted p above it). Detour states are
+    hatched with a thick black edge and starred (★). Obligatory, unvisited and not-estimable
+    states (fewer than ``min_runs`` visiting or skipping runs) get a grey column and a label,
+    never a bar, so they can never look significant. Fits without per-state tests (older
+    format) get a note instead.
+    """
+    from matplotlib.patches import Patch
+
+    rows = fit.state_tests
+    detours = set(fit.detour_states)
+    unit = fit.step_unit
+    states = [int(r["state"]) for r in rows]
+    info = {"states": states, "status": {}, "delay": [], "ci_low": [], "ci_high": [], "p_adjusted": [],
+            "bars": [], "hatched": [], "greyed": [], "labels": {}, "detours": sorted(detours),
+            "paper_rule": [], "colors": []}
+    if not rows:
+        ax.text(0.5, 0.5, "no per-state delay tests in this fit (it predates them);\n"
+                "rerun `latent fit` to get them", transform=ax.transAxes, ha="center", va="center",
+                fontsize=10, color="#555555")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.set_title("Convergence delay per state")
+        return info
+    rule = fit.detour_rule
+    for i, r in enumerate(rows):
+        s = int(r["state"])
+        status = r.get("status") or "?"
+        d, lo, hi, padj = (_num(r.get(key)) for key in ("delay", "ci_low", "ci_high", "p_adjusted"))
+        info["status"][s] = status
+        info["delay"].append(d)
+        info["ci_low"].append(lo)
+        info["ci_high"].append(hi)
+        info["p_adjusted"].append(padj)
+        info["colors"].append(state_color(s))
+        if r.get("paper_rule"):
+            info["paper_rule"].append(s)
+        if status != "tested" or not math.isfinite(d):
+            ax.axvspan(i - 0.42, i + 0.42, color=NO_TEST, zorder=0, lw=0)
+            text = status_text(fit, r)
+            ax.text(i, 0.5, text.replace(" (", "\n("), transform=ax.get_xaxis_transform(), rotation=90,
+                    ha="center", va="center", fontsize=8, color="#555555", zorder=4,
+                    bbox=dict(boxstyle="round,pad=0.25", fc=NO_TEST, ec="none"))
+            info["greyed"].append(s)
+            info["labels"][s] = text
+            info["bars"].append(None)
+            continue
+        is_detour = s in detours
+        bar = ax.bar(i, d, color=state_color(s), edgecolor=MARK if is_detour else "none",
+                     linewidth=2.0 if is_detour else 0, hatch="//" if is_detour else None, width=0.7, zorder=2)[0]
+        info["bars"].append(bar)
+        if is_detour:
+            info["hatched"].append(s)
+        if math.isfinite(lo) and math.isfinite(hi):
+            ax.errorbar(i, d, yerr=[[d - lo], [hi - d]], color=MARK, capsize=4, lw=1.2, zorder=3)
+        top = max(hi if math.isfinite(hi) else d, d, 0.0)
+        text = ("★ detour\n" if is_detour else "") + (f"adj. p = {padj:.2g}" if math.isfinite(padj) else "")
+        info["labels"][s] = text
+        ax.annotate(text, (i, top), xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=8, fontweight="bold" if is_detour else "normal", zorder=5)
+    ax.axhline(0, color=MARK, lw=0.8)
+    ax.margins(y=0.25)
+    ax.set_xlim(-0.6, len(rows) - 0.4)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([f"state {s}" + ("\n(paper rule)" if s in info["paper_rule"] else "") for s in states])
+    ax.set_ylabel(f"delay ({unit}s)")
+    tau = fit.analysis["convergence"].get("tau")
+    how = []
+    if rule.get("rule"):
+        how.append(f"{rule['rule']} rule")
+    if rule.get("alpha") is not None:
+        how.append(f"maxT-adjusted p < {rule['alpha']:g}")
+    if rule.get("min_runs") is not None:
+        how.append(f"tested when ≥ {rule['min_runs']} runs visit and ≥ {rule['min_runs']} skip")
+    ax.set_xlabel("state" + (f" (detours: {', '.join(how)})" if how else ""))
+    ax.set_title("Convergence delay per state: mean convergence of the runs visiting it minus the runs skipping it"
+                 + (f"\n(convergence steps restricted at τ = {float(tau):g} {unit}s)" if tau is not None else ""),
+                 fontsize=9.5, wrap=True)
+    handles = []
+    if any(b is not None for b in info["bars"]):
+        handles.append(Patch(facecolor="white", edgecolor=MARK, label="95 % Welch interval"))
+    else:
+        ax.set_yticks([])
+        ax.text(0.5, 0.92, "no state could be tested", transform=ax.transAxes, ha="center", va="top",
+                fontsize=9, color="#555555", zorder=5, bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="none"))
+    if info["hatched"]:
+        handles.append(Patch(facecolor="#DDDDDD", edgecolor=MARK, hatch="//", lw=2, label="★ detour state"))
+    if info["greyed"]:
+        handles.append(Patch(facecolor=NO_TEST, edgecolor="none", label="not tested (see label)"))
+    if handles:
+        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    ax.grid(axis="y", alpha=0.3)
+    return info
+
+
 # --------------------------------------------------------------------------- regression
 
 
 def plot_regression(ax, fit: FitArtifacts) -> dict:
-    """Regression coefficient of convergence time on occupancy, per state, with bootstrap intervals.
+    """Regression contrast of convergence time on occupancy, per state, with bootstrap intervals.
 
     Bars take the state colours; detour states are hatched with a thick black edge and starred.
-    States no run visits have no coefficient and are labelled "not visited".
+    States without a coefficient are gaps on a grey column, labelled "not visited", "not
+    estimable" (fewer than ``min_runs`` runs visit them) or "not identifiable" (their share of
+    checkpoints is an exact combination of other states', e.g. the same in every run).
     """
+    from matplotlib.patches import Patch
+
     reg = fit.regression
     k = fit.n_states
     states = [int(s) for s in (reg.get("states") or range(k))]
@@ -443,16 +642,30 @@ def plot_regression(ax, fit: FitArtifacts) -> dict:
         return [math.nan if v is None else float(v) for v in vals]
 
     coef, lo, hi = col("coef"), col("ci_low"), col("ci_high")
+    estimable = reg.get("estimable") or [None] * len(states)
+    reasons = reg.get("not_estimable") or [None] * len(states)
+    min_runs = reg.get("min_runs", fit.min_runs)
     detours = set(fit.detour_states)
-    bars, hatched, colors = [], [], []
+    bars, hatched, colors, gaps = [], [], [], {}
     for i, s in enumerate(states):
         c = coef[i]
         color = state_color(s)
         colors.append(color)
         if not math.isfinite(c):
             visited = (fit.graph.nodes[s].get("n_runs") or 0) if s in fit.graph.nodes else 0
-            ax.annotate("not visited" if not visited else "no estimate", (i, 0), ha="center", va="bottom",
-                        fontsize=8, rotation=90, color="#555555")
+            if not visited:
+                text = "not visited"
+            elif reasons[i] == "collinear":
+                text = "not identifiable (collinear)"
+            elif estimable[i] is False:
+                text = f"not estimable (< {min_runs} runs)" if min_runs is not None else "not estimable"
+            else:
+                text = "no estimate"
+            ax.axvspan(i - 0.42, i + 0.42, color=NO_TEST, zorder=0, lw=0)
+            ax.text(i, 0.5, text.replace(" (", "\n("), transform=ax.get_xaxis_transform(), rotation=90,
+                    ha="center", va="center", fontsize=8, color="#555555", zorder=4,
+                    bbox=dict(boxstyle="round,pad=0.25", fc=NO_TEST, ec="none"))
+            gaps[s] = text
             bars.append(None)
             continue
         is_detour = s in detours
@@ -468,14 +681,16 @@ def plot_regression(ax, fit: FitArtifacts) -> dict:
             ax.annotate("★ detour", (i, top), xytext=(0, 4), textcoords="offset points", ha="center",
                         va="bottom", fontsize=8, fontweight="bold")
     if not any(math.isfinite(c) for c in coef):
-        ax.text(0.5, 0.6, "no regression estimate" + (f": {reg['note']}" if reg.get("note") else ""),
-                transform=ax.transAxes, ha="center", va="center", fontsize=10, color="#555555", wrap=True)
+        ax.text(0.5, 0.9, "no state's coefficient can be estimated on this design", transform=ax.transAxes,
+                ha="center", va="center", fontsize=10, color="#555555")
     ax.axhline(0, color=MARK, lw=0.8)
     ax.margins(y=0.15)
+    ax.set_xlim(-0.6, len(states) - 0.4)
     ax.set_xticks(range(len(states)))
     ax.set_xticklabels([f"state {s}" for s in states])
-    target = reg.get("target") or "convergence time"
-    ax.set_ylabel(f"coefficient ({target} per unit of time fraction)")
+    unit = fit.step_unit
+    ax.set_ylabel(f"coefficient ({unit}s)" if reg.get("estimable") is not None
+                  else f"coefficient ({reg.get('target') or 'convergence time'} per unit of time fraction)")
     ax.set_xlabel("state (regressor: fraction of a run's checkpoints spent in it)")
     r2, p = reg.get("r2"), reg.get("p_value")
     stats = []
@@ -484,17 +699,18 @@ def plot_regression(ax, fit: FitArtifacts) -> dict:
     if p is not None:
         stats.append(f"p = {float(p):.2g}")
     n_boot = reg.get("n_boot")
-    ax.set_title("Convergence time vs. time spent in each state" + (f" ({', '.join(stats)})" if stats else ""))
-    from matplotlib.patches import Patch
-
+    ax.set_title("Occupancy regression: convergence time vs. time spent in each state"
+                 + (f"\n({', '.join(stats)})" if stats else ""), fontsize=9.5)
     handles = [Patch(facecolor="white", edgecolor=MARK, label=f"{'bootstrap ' if n_boot else ''}interval"
                      + (f" ({n_boot} resamples)" if n_boot else ""))]
     if hatched:
-        handles.append(Patch(facecolor="#DDDDDD", edgecolor=MARK, hatch="//", lw=2, label="detour state"))
-    ax.legend(handles=handles, fontsize=8, loc="best")
+        handles.append(Patch(facecolor="#DDDDDD", edgecolor=MARK, hatch="//", lw=2, label="★ detour state"))
+    if gaps:
+        handles.append(Patch(facecolor=NO_TEST, edgecolor="none", label="gap: no coefficient (see label)"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
     ax.grid(axis="y", alpha=0.3)
     return {"states": states, "coef": coef, "ci_low": lo, "ci_high": hi, "detours": sorted(detours),
-            "hatched": hatched, "colors": colors, "bars": bars}
+            "hatched": hatched, "colors": colors, "bars": bars, "gaps": gaps}
 
 
 # --------------------------------------------------------------------------- state profiles

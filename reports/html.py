@@ -47,11 +47,13 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
     """Draw every report figure; returns ``(name, title, caption, Figure, info)`` tuples."""
     out = []
 
-    fig = _new_figure(9, 4.2)
+    fig = _new_figure(9, 4.6)
     info = F.plot_model_selection(fig.add_subplot(), fit)
+    has_se = bool(info["errorbar_k"])
     out.append(("model_selection", "Model selection",
-                f"AIC, BIC and log-likelihood for each number of states K; K = {fit.n_states} was chosen by "
-                f"{fit.criterion.upper()}.", fig, info))
+                f"{F.selection_caption(fit)}. The black curve is the score K was chosen by (lower is better)"
+                + (", with ± the standard error of each K's difference to the best K" if has_se else "")
+                + ". The table below lists every K.", fig, info))
 
     g = fit.graph
     n_lanes = len({y for _, y in F.map_layout(fit).values()})
@@ -94,11 +96,21 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
                 "One strip per run, sorted by convergence time (fastest at the top); the black tick marks "
                 "convergence.", fig, info))
 
-    fig = _new_figure(max(6.0, 1.1 * fit.n_states + 3), 4.2)
-    info = F.plot_regression(fig.add_subplot(), fit)
-    out.append(("regression", "Regression",
-                "Coefficients of the regression of convergence time on the fraction of time spent in each state, "
-                "with bootstrap intervals. Hatched bars marked ★ are detour states.", fig, info))
+    fig = _new_figure(max(8.0, 1.1 * fit.n_states + 4.5), 8.4)
+    top, bottom = fig.subplots(2, 1)
+    info = {"delays": F.plot_delays(top, fit), "regression": F.plot_regression(bottom, fit)}
+    rule = fit.detour_rule.get("rule")
+    out.append(("detours", "Detours",
+                ("Top: for each state, the mean convergence step of the runs that visit it minus that of the runs "
+                 "that skip it, with a 95 % Welch interval and the one-sided permutation p adjusted over the tested states (Westfall–Young maxT). "
+                 "Obligatory, unvisited and not-estimable states (too few runs on one side) are grey and untested. "
+                 if fit.state_tests else
+                 "Top: this fit predates per-state delay tests. ")
+                + "Bottom: the occupancy-regression contrast of each state with its bootstrap interval; gaps are "
+                "states without a coefficient (not visited, or visited by too few runs to estimate it). "
+                "Hatched bars marked ★ are detour states"
+                + (f" (by the {rule} rule)." if rule else ".")
+                + " The table below gives every state's numbers.", fig, info))
 
     d = len(fit.features)
     fig = _new_figure(max(7.0, 0.75 * d + 3), 1.6 + 0.45 * fit.n_states)
@@ -170,6 +182,74 @@ def _fmt_num(x, digits: int = 4) -> str:
     return f"{v:.{digits}g}"
 
 
+def _fmt_signed(x, digits: int = 4) -> str:
+    text = _fmt_num(x, digits)
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return text
+    return "+" + text if math.isfinite(v) and v > 0 else text
+
+
+def _fmt_p(x) -> str:
+    return _fmt_num(x, 2)
+
+
+def _stability_text(stab: dict | None, detour: bool = True) -> str:
+    """``found in 19/20 resamples; detour in 14/20``, or ``""``."""
+    if not isinstance(stab, dict) or not stab.get("of"):
+        return ""
+    text = f"found in {stab.get('found', '?')}/{stab['of']} resamples"
+    if detour or stab.get("detour_found"):
+        text += f"; detour in {stab.get('detour_found', 0)}/{stab['of']}"
+    return text
+
+
+def _detour_text(fit: FitArtifacts, d: dict) -> str:
+    """One detour for the summary (plain text; the caller escapes it)."""
+    unit = fit.step_unit
+    s = d.get("state")
+    if "delay" not in d and "rule" not in d:  # an older fit: the coefficient and its interval
+        return (f"state {s} (coef {_fmt_num(d.get('coef'), 3)}, "
+                f"interval {_fmt_num(d.get('ci_low'), 3)} to {_fmt_num(d.get('ci_high'), 3)}"
+                f"{', significant' if d.get('significant') else ', not significant'}; "
+                f"{d.get('runs_visiting', '?')} runs visit it, {d.get('converged_runs_skipping', '?')} "
+                "converged runs skip it)")
+    parts = []
+    if d.get("delay") is not None:
+        delay = f"delay {_fmt_signed(d.get('delay'))} {unit}s"
+        if d.get("ci_low") is not None and d.get("ci_high") is not None:
+            delay += (f" (95 % CI {_fmt_signed(d['ci_low'])} to {_fmt_signed(d['ci_high'])}), "
+                      f"adjusted p = {_fmt_p(d.get('p_adjusted'))}")
+        else:
+            delay += " (not tested)"
+        parts.append(delay)
+    if d.get("rule") == "paper":
+        parts.append(f"regression coefficient {_fmt_signed(d.get('coef'))} (interval "
+                     f"{_fmt_signed(d.get('coef_ci_low'))} to {_fmt_signed(d.get('coef_ci_high'))})")
+    parts.append("significant" if d.get("significant") else "not significant")
+    parts.append(f"{d.get('runs_visiting', '?')} runs visit it, {d.get('runs_skipping', '?')} skip it")
+    stab = _stability_text(d.get("stability"))
+    if stab:
+        parts.append(stab)
+    return f"state {s}: " + "; ".join(parts)
+
+
+def _rule_text(fit: FitArtifacts) -> str | None:
+    rule = fit.detour_rule
+    if not rule:
+        return None
+    m, alpha = rule.get("min_runs", "?"), rule.get("alpha", "?")
+    if rule.get("rule") == "paper":
+        text = ("paper: an optional state (some converging runs skip it) with a positive occupancy-regression "
+                "coefficient")
+    else:
+        text = (f"delay: runs visiting the state converge later than runs skipping it (one-sided permutation "
+                f"test of the Welch t, adjusted over the tested states by Westfall–Young maxT: p &lt; {_esc(alpha)})")
+    return (f"{text}; a state is tested only when at least {_esc(m)} runs visit it and at least {_esc(m)} "
+            "skip it, otherwise it is not estimable")
+
+
 def summary_rows(fit: FitArtifacts, report_command: str | None) -> list[tuple[str, str]]:
     """(label, HTML value) pairs for the summary table."""
     meta, model, reg = fit.meta, fit.model, fit.regression
@@ -181,14 +261,10 @@ def summary_rows(fit: FitArtifacts, report_command: str | None) -> list[tuple[st
     median = statistics.median(times) if times else None
     seeds_info = model.get("seeds") or {}
     excluded = seeds_info.get("excluded") or {}
-    detours = fit.analysis["detours"]
-    det_txt = ", ".join(
-        f"state {d['state']} (coef {_fmt_num(d.get('coef'), 3)}, "
-        f"interval {_fmt_num(d.get('ci_low'), 3)} to {_fmt_num(d.get('ci_high'), 3)}"
-        f"{', significant' if d.get('significant') else ', not significant'}; "
-        f"{d.get('runs_visiting', '?')} runs visit it, {d.get('converged_runs_skipping', '?')} converged runs skip it)"
-        for d in detours) or "none"
+    det_txt = "<br>".join(_esc(_detour_text(fit, d)) for d in fit.detours) or "none"
     c = fit.analysis["convergence"]
+    k_txt = (_esc(F.selection_caption(fit, sentence=False))
+             if fit.selection_info else f"K = {fit.n_states}, chosen by {_esc(fit.criterion.upper())}")
     rows = [
         ("Study", f"{_esc(fit.study.name)} <span class=dim>({_esc(fit.study.root)})</span>"),
         ("Task / preset", f"{_esc(meta.get('task', '?'))} / {_esc(meta.get('preset', '–'))}"),
@@ -198,11 +274,35 @@ def summary_rows(fit: FitArtifacts, report_command: str | None) -> list[tuple[st
          + (f"; excluded: {_esc(', '.join(f'{k} ({v})' for k, v in excluded.items()))}" if excluded else "")),
         ("Features", _esc(", ".join(fit.features))),
         ("Fit", f"{_esc(fit.fit_id)}; covariance {_esc(model.get('covariance_type', '?'))}"),
-        ("States", f"K = {fit.n_states}, chosen by {_esc(fit.criterion.upper())}"),
-        ("Detour states", _esc(det_txt)),
+        ("States", k_txt),
+        ("Detour states", det_txt),
+    ]
+    rule = _rule_text(fit)
+    if rule:
+        rows.append(("Detour rule", rule))
+    stab = fit.stability
+    if stab:
+        used, total = stab.get("used", 0), stab.get("resamples", "?")
+        found = stab.get("state_found") or []
+        text = (f"{_esc(used)} of {_esc(total)} bootstrap resamples of the runs refitted"
+                + (f" (seed {_esc(stab['seed'])})" if stab.get("seed") is not None else ""))
+        if found and used:
+            text += "; each state found again in: " + ", ".join(
+                f"state {i}: {_esc(n)}/{_esc(used)}" for i, n in enumerate(found))
+        det = stab.get("detour_found") or {}
+        if det and used:
+            text += "; detours found again: " + ", ".join(
+                f"state {_esc(k)}: {_esc(v)}/{_esc(used)}" for k, v in det.items())
+        new = {k: v for k, v in (stab.get("new_detours") or {}).items() if v}
+        text += ("; states that become detours only in resamples: " + ", ".join(
+            f"state {_esc(k)} ({_esc(v)}/{_esc(used)})" for k, v in new.items())) if new else ""
+        if stab.get("failures"):
+            text += f"; {len(stab['failures'])} resample(s) failed"
+        rows.append(("Stability", text))
+    rows += [
         ("Regression", f"R² = {_fmt_num(reg.get('r2'), 3)}, p = {_fmt_num(reg.get('p_value'), 2)}"
          f" (F = {_fmt_num(reg.get('f_stat'), 3)}, {_esc(reg.get('n_runs', '?'))} runs)"
-         + (f"; {_esc(reg['note'])}" if reg.get("note") else "")),
+         + (f"; {_esc(reg['note'])}" if reg.get("note") and reg.get("note") != c.get("rule") else "")),
         ("Convergence", f"first {_esc(fit.step_unit)} where {_esc(c.get('metric', '?'))} "
          f"{'&gt;' if c.get('direction', 'above') == 'above' else '&lt;'} {_esc(c.get('threshold', '?'))}; "
          f"median {_fmt_num(median, 6)} {_esc(fit.step_unit)}s over {len(times)} converged runs; "
@@ -215,6 +315,97 @@ def summary_rows(fit: FitArtifacts, report_command: str | None) -> list[tuple[st
     cmds = [("collect", meta.get("command")), ("fit", model.get("command")), ("report", report_command)]
     rows.append(("Commands", "".join(f"<code>{_esc(cmd)}</code><br>" for _, cmd in cmds if cmd)))
     return rows
+
+
+def _swatch(s: int) -> str:
+    return f"<span class=sw style='background:{F.state_color(int(s))}'></span>"
+
+
+def _states_html(fit: FitArtifacts, heading: bool = True) -> str:
+    """The per-state table under the detours figure: tests, rules, regression and stability."""
+    rows = fit.state_tests
+    head = "<h3 id='state-tests'>Per-state tests</h3>" if heading else ""
+    if not rows:
+        return (f"{head}<p class=dim>This fit predates per-state delay tests "
+                "(no <code>states</code> in analysis.json); rerun <code>latent fit</code> to get them.</p>")
+    unit = _esc(fit.step_unit)
+    detours = set(fit.detour_states)
+    body = []
+    for r in rows:
+        s = int(r["state"])
+        status = r.get("status") or "?"
+        text = F.status_text(fit, r)
+        if status == "tested":
+            delay = _fmt_signed(r.get("delay"))
+            if r.get("ci_low") is not None and r.get("ci_high") is not None:
+                delay += f" [{_fmt_signed(r['ci_low'])}, {_fmt_signed(r['ci_high'])}]"
+            p = _fmt_p(r.get("p_adjusted"))
+        elif status == "not_estimable":
+            delay = _esc(text) + (f" <span class=dim>(observed {_fmt_signed(r['delay'])}, untested)</span>"
+                                  if r.get("delay") is not None else "")
+            p = "–"
+        else:
+            delay, p = "–", "–"
+        is_detour = s in detours
+        coef = _fmt_signed(r.get("coef"))
+        if r.get("coef") is None:
+            coef = "<span class=dim>none</span>"
+        elif r.get("coef_ci_low") is not None and r.get("coef_ci_high") is not None:
+            coef += f" [{_fmt_signed(r['coef_ci_low'])}, {_fmt_signed(r['coef_ci_high'])}]"
+        stab = _stability_text(r.get("stability"), detour=is_detour) or "–"
+        body.append(
+            f"<tr class='state-row{' detour' if is_detour else ''}' data-state='{s}'>"
+            f"<td class=l>{_swatch(s)}state {s}{' ★' if is_detour else ''}</td>"
+            f"<td>{_esc(r.get('runs_visiting', '?'))}</td><td>{_esc(r.get('runs_skipping', '?'))}</td>"
+            f"<td class=l>{_esc(text)}</td><td class=l>{delay}</td><td>{p}</td>"
+            f"<td class=l>{'<b>yes ★</b>' if is_detour else 'no'}</td>"
+            f"<td class=l>{'yes' if r.get('paper_rule') else 'no'}</td>"
+            f"<td class=l>{coef}</td><td class=l>{_esc(stab)}</td></tr>")
+    rule = fit.detour_rule.get("rule")
+    return (f"{head}<table class='num states'><thead><tr><th>state</th>"
+            "<th>runs visiting</th><th>runs skipping</th><th>status</th>"
+            f"<th>delay ({unit}s) [95 % CI]</th><th>adjusted p</th>"
+            f"<th>detour{f' ({_esc(rule)} rule)' if rule else ''}</th><th>paper rule</th>"
+            f"<th>regression coef ({unit}s) [bootstrap interval]</th><th>stability</th></tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>"
+            "<p class=dim>Delay: mean convergence step of the runs visiting the state minus that of the runs "
+            "skipping it. Paper rule: optional state with a positive regression coefficient (shown for "
+            "comparison). Stability: in how many bootstrap resamples of the runs the state reappears, and is a "
+            "detour again.</p>")
+
+
+def _selection_html(fit: FitArtifacts) -> str:
+    """Every K of the selection table, the chosen one marked."""
+    sel = fit.selection
+    label = _esc(fit.selection_label)
+    body = []
+    for _, r in sel.iterrows():
+        k = int(r["k"])
+        mark = " ★ chosen" if k == fit.n_states else (" runner-up" if k == fit.runner_up else "")
+        ok = "–" if math.isnan(r["n_converged"]) else f"{int(r['n_converged'])}"
+        failed = "" if math.isnan(r["n_failed"]) or not r["n_failed"] else f", {int(r['n_failed'])} failed"
+        folds = fit.fold_choice.get(k, 0) if fit.fold_choice else None
+        loglik = r["loglik"] if math.isfinite(r["loglik"]) else r["loglik_mean"]  # older fits: the mean
+        body.append(
+            f"<tr class='sel-row' data-k='{k}'><td class=l>{k}{mark}</td><td>{_fmt_num(r['n_params'], 6)}</td>"
+            f"<td>{_fmt_num(r['score'], 7)}</td><td>{_fmt_num(r['se'], 4)}</td><td>{_fmt_num(r['spread'], 4)}</td>"
+            f"<td>{_fmt_num(loglik, 7)}</td><td>{ok}{failed}</td>"
+            + (f"<td>{folds}</td>" if folds is not None else "") + "</tr>")
+    return ("<table class=num><thead><tr><th>K</th><th>parameters</th>"
+            f"<th>{label} (score)</th><th>SE of difference to best</th><th>restart spread</th>"
+            "<th>held-out log-likelihood</th><th>restarts converged</th>"
+            + ("<th>folds choosing it</th>" if fit.fold_choice else "")
+            + f"</tr></thead><tbody>{''.join(body)}</tbody></table>")
+
+
+def _warnings_html(fit: FitArtifacts) -> str:
+    warnings = fit.warnings
+    if not warnings:
+        return ""
+    items = "".join(f"<li>{_esc(w)}</li>" for w in warnings)
+    return (f"<section id='warnings' class=warnings><h2>Warnings</h2>"
+            f"<p class=dim>{len(warnings)} warning(s) logged by <code>latent fit</code>:</p>"
+            f"<ul>{items}</ul></section>")
 
 
 def _transitions_html(fit: FitArtifacts) -> str:
@@ -268,6 +459,9 @@ figure{margin:.4em 0 1em}figure img{max-width:100%;height:auto;display:block}
 figcaption{color:#444;font-size:.92em;margin-top:.3em}.dim{color:#777;font-size:.9em}
 .sw{display:inline-block;width:.9em;height:.9em;margin-right:.4em;vertical-align:-.1em;border-radius:2px}
 .files a{margin-right:.6em;font-size:.9em}
+section.warnings{background:#FFF6E0;border-left:4px solid #E69F00;padding:.1em 1em .4em;margin-top:1em}
+section.warnings h2{border-bottom:none;margin-top:.5em}section.warnings li{margin:.2em 0}
+table.states tr.detour{background:#F3F3F3}
 """
 
 
@@ -280,12 +474,19 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
     """The whole ``index.html`` as a string."""
     title = f"latent report: {fit.study.name} / {fit.fit_id}"
     summary = "".join(f"<tr><th>{_esc(k)}</th><td>{v}</td></tr>" for k, v in summary_rows(fit, report_command))
-    nav = "".join(f"<a href='#{r.name}'>{_esc(r.title)}</a>" for r in rendered)
+    warnings = _warnings_html(fit)
+    nav = ((f"<a href='#warnings'>Warnings ({len(fit.warnings)})</a>" if warnings else "")
+           + "<a href='#summary'>Summary</a>"
+           + "".join(f"<a href='#{r.name}'>{_esc(r.title)}</a>" for r in rendered)
+           + ("<a href='#state-tests'>Per-state tests</a>" if any(r.name == "detours" for r in rendered)
+              else "<a href='#states'>Per-state tests</a>"))
     sections = []
     for r in rendered:
         data = base64.b64encode(r.png).decode()
         extra = {"state_profiles": f"<h3>In original units</h3>{_table_html(fit)}",
-                 "training_map": _transitions_html(fit)}.get(r.name, "")
+                 "training_map": _transitions_html(fit),
+                 "model_selection": _selection_html(fit),
+                 "detours": _states_html(fit)}.get(r.name, "")
         sections.append(
             f"<section id='{r.name}'><h2>{_esc(r.title)}</h2><figure>"
             f"<img src='data:image/png;base64,{data}' width='{_png_width(r.png) * 100 // PNG_DPI}' "
@@ -293,6 +494,8 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
             f"<figcaption>{_esc(r.caption)} <span class=files>Files: <a href='{r.name}.png'>{r.name}.png</a>"
             f"<a href='{r.name}.svg'>{r.name}.svg</a></span></figcaption></figure>{extra}</section>"
         )
+    if not any(r.name == "detours" for r in rendered):  # no detours figure to hang the table under
+        sections.append(f"<section id='states'><h2>Per-state tests</h2>{_states_html(fit, heading=False)}</section>")
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
@@ -300,7 +503,7 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
         f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body><main>"
         f"<h1>{_esc(title)}</h1><p class=dim>Drawn from the saved fit in {_esc(fit.fit_dir)}; "
         "nothing was refitted.</p>"
-        f"<nav>{nav}</nav><h2 id='summary'>Summary</h2><table class=summary>{summary}</table>"
+        f"<nav>{nav}</nav>{warnings}<h2 id='summary'>Summary</h2><table class=summary>{summary}</table>"
         f"{''.join(sections)}</main></body></html>\n"
     )
 

@@ -12,28 +12,6 @@ from latent.store import atomic_write_json, atomic_write_parquet, run_stem
 FEATURES = ["f0", "f1", "f2", "f3"]
 
 
-def sample_path(startprob, transmat, T, rng) -> np.ndarray:
-    """A state sequence of length T from a Markov chain."""
-    states = np.empty(T, dtype=int)
-    states[0] = rng.choice(len(startprob), p=startprob)
-    for t in range(1, T):
-        states[t] = rng.choice(len(startprob), p=transmat[states[t - 1]])
-    return states
-
-
-def left_to_right(k: int, stay: float) -> tuple[np.ndarray, np.ndarray]:
-    """Start in state 0; stay with probability ``stay``, else move to the next state."""
-    start = np.zeros(k)
-    start[0] = 1
-    A = np.zeros((k, k))
-    for i in range(k):
-        if i + 1 < k:
-            A[i, i], A[i, i + 1] = stay, 1 - stay
-        else:
-            A[i, i] = 1
-    return start, A
-
-
 def well_separated_means(k: int, d: int, scale: float = 6.0) -> np.ndarray:
     """State means on a staircase, different on every feature (state k is k*scale on feature 0...)."""
     means = np.zeros((k, d))
@@ -86,21 +64,6 @@ def run_table(seed: int, values: np.ndarray, features, step_every: int = 10, **e
     return frame
 
 
-def four_state_study(root: Path, n_runs: int = 32, T: int = 120, seed: int = 1, stay: float = 0.95):
-    """Runs from a 4-state left-to-right HMM; returns (study root, {seed: true states})."""
-    rng = np.random.default_rng(seed)
-    start, A = left_to_right(4, stay)
-    means = well_separated_means(4, len(FEATURES))
-    runs, truth = {}, {}
-    for s in range(n_runs):
-        states = sample_path(start, A, T, rng)
-        x = emit(states, means, rng)
-        acc = np.where(states == 3, 0.95, 0.5)
-        runs[s] = run_table(s, x, FEATURES, val_acc=acc)
-        truth[s] = states
-    return write_study(root, runs), truth
-
-
 def best_agreement(a: np.ndarray, b: np.ndarray) -> float:
     """Fraction of positions where labels agree, maximised over permutations of ``b``'s labels (brute force)."""
     from itertools import permutations
@@ -139,12 +102,3 @@ def detour_study(root: Path, n_runs: int = 36, T: int = 120, seed: int = 3, step
         truth[s] = states
     beta = np.array([T * step_every] * 3 + [0.0])
     return write_study(root, runs), truth, beta
-
-
-def match_states(true: np.ndarray, found: np.ndarray) -> dict[int, int]:
-    """For each true state, the found state most of its checkpoints were given."""
-    out = {}
-    for k in np.unique(true):
-        vals, counts = np.unique(found[true == k], return_counts=True)
-        out[int(k)] = int(vals[np.argmax(counts)])
-    return out

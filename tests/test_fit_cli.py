@@ -13,7 +13,8 @@ import pytest
 from latent.cli import main
 from planted import detour_study
 
-FAST = ["--max-states", "3", "--restarts", "2", "--n-iter", "10", "--n-boot", "50", "--jobs", "2"]
+FAST = ["--max-states", "3", "--restarts", "2", "--n-iter", "10", "--n-boot", "50", "--resamples", "4",
+        "--jobs", "2"]
 
 
 @pytest.fixture()
@@ -34,29 +35,33 @@ def fit(store, *extra):
 def test_fit_writes_contract_artifacts_and_ls_lists_them(store, capsys):
     assert fit(store) == 0
     out = capsys.readouterr().out
-    assert "K = " in out and "R² = " in out and "detour states:" in out and "state 0: occupancy" in out
+    assert "K = " in out and "R² = " in out and "detour states (delay rule):" in out and "state 0: occupancy" in out
+    assert "folds choose it" in out and "resamples" in out
     fits = list((store / "toy" / "fits").iterdir())
     assert len(fits) == 1 and not fits[0].name.startswith(".")
     fdir = fits[0]
     assert oct(fdir.stat().st_mode & 0o777) != "0o700"
     model = json.loads((fdir / "model.json").read_text())
     for key in ("format", "fit_id", "study", "config", "n_states", "criterion", "features", "covariance_type",
-                "startprob", "transmat", "means", "covars", "scaling", "selection", "seeds", "state_order",
-                "versions", "command"):
+                "startprob", "transmat", "means", "covars", "scaling", "selection", "restarts", "final_restarts",
+                "seeds", "state_order", "versions", "command"):
         assert key in model, key
     K, d = model["n_states"], len(model["features"])
     assert model["format"] == "latent.fit/1" and model["fit_id"] == fdir.name and model["study"] == "toy"
     assert np.array(model["covars"]).shape == (K, d, d) and np.array(model["transmat"]).shape == (K, K)
     assert [r["k"] for r in model["selection"]] == [1, 2, 3]
-    assert all(len(r["random_states"]) == 2 for r in model["selection"])
-    assert sorted(model["seeds"]["train"] + model["seeds"]["test"]) == model["seeds"]["used"] == list(range(12))
+    assert all(len(r["random_states"]) == 2 * 5 for r in model["selection"])  # 2 restarts in each of 5 folds
+    assert sorted(s for fold in model["seeds"]["folds"] for s in fold) == model["seeds"]["used"] == list(range(12))
     paths = pd.read_parquet(fdir / "paths.parquet")
     assert list(paths.columns) == ["seed", "step", "state"] + [f"p_state_{k}" for k in range(K)]
     assert len(paths) == 12 * 90
     np.testing.assert_allclose(paths[[f"p_state_{k}" for k in range(K)]].sum(axis=1), 1)
     analysis = json.loads((fdir / "analysis.json").read_text())
-    for key in ("format", "convergence", "occupancy", "map", "regression", "detours", "dissimilarity", "importance"):
+    for key in ("format", "convergence", "occupancy", "map", "states", "regression", "detours", "detour_rule",
+                "selection", "stability", "dissimilarity", "importance", "warnings"):
         assert key in analysis, key
+    assert [r["state"] for r in analysis["states"]] == list(range(K))
+    assert analysis["stability"]["resamples"] == 4 and len(analysis["stability"]["state_found"]) == K
     assert "edges" in analysis["map"] and "nodes" in analysis["map"]
     assert main(["ls", "--store", str(store)]) == 0
     assert fdir.name in capsys.readouterr().out
@@ -120,9 +125,11 @@ def test_missing_and_empty_study(tmp_path, capsys):
     assert "has no runs" in _bad(empty, capsys, ["fit", "--store", str(empty), "--study", "bare"])
 
 
-def test_too_few_runs_for_split(tmp_path, capsys):
+def test_too_few_runs(tmp_path, capsys):
     detour_study(tmp_path / "data" / "two", n_runs=2, T=90)
     err = _bad(tmp_path / "data", capsys, ["fit", "--store", str(tmp_path / "data"), *FAST])
+    assert "too few runs for cross-validation" in err
+    err = _bad(tmp_path / "data", capsys, ["fit", "--store", str(tmp_path / "data"), *FAST, "--reference"])
     assert "too few runs for the held-out split" in err
 
 
@@ -153,7 +160,7 @@ def test_saved_model_reproduces_saved_paths(store, capsys):
     hmm = build_hmm(model, model["covariance_type"])
     for seed in model["seeds"]["used"][:4]:
         run = pd.read_parquet(store / "toy" / "runs" / f"seed-{seed:03d}.parquet").head(model["config"]["first_n"])
-        sc = model["scaling"]["per_run"][str(seed)]
+        sc = model["scaling"]
         z = (run[model["features"]].to_numpy() - np.array(sc["mean"])) / np.array(sc["std"])
         saved = paths[paths.seed == seed]
         np.testing.assert_array_equal(hmm.predict(z), saved["state"].to_numpy())
@@ -170,7 +177,7 @@ def test_saved_model_reproduces_saved_paths(store, capsys):
     assert {(e["source"], e["target"]): e["runs"] for e in analysis["map"]["edges"]} == pairs
 
 
-@pytest.mark.parametrize("rule,n_used", [("exclude", 11), ("censor", 12)])
+@pytest.mark.parametrize("rule,n_used", [("exclude", 11), ("restrict", 12)])
 def test_nonconverged_rule(store, capsys, rule, n_used):
     path = store / "toy" / "runs" / "seed-004.parquet"
     frame = pd.read_parquet(path)
@@ -182,5 +189,40 @@ def test_nonconverged_rule(store, capsys, rule, n_used):
     analysis = json.loads((fdir / "analysis.json").read_text())
     assert analysis["convergence"]["never_converged"] == [4]
     assert analysis["convergence"]["times"]["4"] is None
+    assert analysis["convergence"]["tau"] == 890  # the last step of every run (90 checkpoints, every 10)
     assert analysis["regression"]["n_runs"] == n_used
+    assert sum(r["runs_visiting"] + r["runs_skipping"] for r in analysis["states"][:1]) == n_used
     assert rule in json.loads((fdir / "model.json").read_text())["config"]["nonconverged"]
+    assert any("never reach" in w for w in analysis["warnings"])  # warnings reach the artifacts
+
+
+def test_partial_study_is_refused_unless_allowed(store, capsys):
+    manifest = store / "toy" / "runs" / "seed-003.json"
+    manifest.write_text(json.dumps({"format": "latent.run/1", "seed": 3, "status": "running"}))
+    path = store / "toy" / "runs" / "seed-007.parquet"
+    pd.read_parquet(path).head(60).to_parquet(path, index=False)
+    err = _bad(store, capsys, ["fit", "--store", str(store), *FAST])
+    assert "seed(s) 3 not finished" in err and "seed(s) 7 have fewer checkpoints than the others (60 vs 90)" in err
+    assert "--allow-partial" in err
+    assert fit(store, "--allow-partial") == 0
+    assert "fitting a partial study" in capsys.readouterr().err
+    fdir = next((store / "toy" / "fits").iterdir())
+    assert any("partial" in w for w in json.loads((fdir / "analysis.json").read_text())["warnings"])
+
+
+def test_reference_procedure_is_one_flag(store, capsys):
+    assert fit(store, "--reference") == 0
+    out = capsys.readouterr().out
+    assert "held-out (mean over restarts, the reference)" in out and "paper rule" in out
+    model = json.loads(next((store / "toy" / "fits").iterdir()).joinpath("model.json").read_text())
+    cfg = model["config"]
+    assert (cfg["scaling"], cfg["selection"], cfg["init"], cfg["detour_rule"]) == ("per_run", "reference", "kmeans",
+                                                                                  "paper")
+    assert cfg["max_states"] == 3  # other flags still apply
+    assert len(model["seeds"]["test"]) == 3 and "per_run" in model["scaling"]
+
+
+def test_k_at_the_top_of_the_range_is_warned(store, capsys):
+    assert fit(store, "--max-states", "2") == 0
+    err = capsys.readouterr().err
+    assert "is the largest number of states searched" in err and "raise --max-states" in err

@@ -14,9 +14,17 @@ from pathlib import Path
 import pytest
 
 from latent.cli import main
-from report_fixtures import TOY_FIT_ID, TOY_NAME, make_toy_fit
+from report_fixtures import (
+    TOY_FIT_ID,
+    TOY_NAME,
+    TOY_OLD_FIT_ID,
+    TOY_WARNINGS,
+    make_old_toy_fit,
+    make_rare_fit,
+    make_toy_fit,
+)
 
-FIGURES = ["model_selection", "training_map", "trajectories", "occupancy", "regression", "state_profiles",
+FIGURES = ["model_selection", "training_map", "trajectories", "occupancy", "detours", "state_profiles",
            "convergence"]
 
 
@@ -85,9 +93,17 @@ def test_page_is_self_contained_and_has_the_summary(rendered):
     assert not re.search(r"""(src|href)\s*=\s*['"]?\s*(https?:|//)""", page, re.I)
     assert not re.search(r"url\(", page, re.I)
     assert "Content-Security-Policy" in page and "default-src 'none'" in page
-    # the summary: task, preset, seeds, features, K and criterion, detours, R² and p, median, commands
-    for needle in ["modadd / default", "6 decoded: 0–5", "l1, l2, spectral, var_w", "K = 4, chosen by BIC",
-                   "state 2 (coef 130", "R² = 0.93, p = 0.00042", "median 170 epochs over 5 converged runs",
+    # the summary: task, preset, seeds, features, K with procedure and fold agreement, detours with delay,
+    # CI, adjusted p and stability, the detour rule, R² and p, median, commands
+    for needle in ["modadd / default", "6 decoded: 0–5", "l1, l2, spectral, var_w",
+                   "K = 4, chosen by 3-fold CV BIC (the smallest K within one standard error of the best); "
+                   "2 of 3 folds choose K = 4 on their own held-out runs; runner-up K = 3; not fragile",
+                   "state 2: delay +123.3 epochs (95 % CI -103.9 to +350.5), adjusted p = 0.05; significant; "
+                   "3 runs visit it, 3 skip it; found in 15/19 resamples; detour in 14/19",
+                   "<th>Detour rule</th><td>delay: runs visiting the state converge later",
+                   "adjusted over the tested states by Westfall–Young maxT: p &lt; 0.1); a state is tested only when at least 3 runs visit it",
+                   "19 of 20 bootstrap resamples", "state 3: 8/19",
+                   "R² = 0.93, p = 0.00042", "median 170 epochs over 5 converged runs",
                    "1 never converged", "latent collect --task modadd --seeds 6 --name toy",
                    "latent fit --study toy --max-states 5", "latent report --store"]:
         assert needle in page, needle
@@ -95,6 +111,94 @@ def test_page_is_self_contained_and_has_the_summary(rendered):
     assert page.count("<tr><th><span class=sw") == 4
     # the transitions table under the map: one row per observed edge
     assert page.count("<tr><td><span class=sw") == 4 and "<h3>Transitions</h3>" in page
+
+
+def _page(store, fit_id=TOY_FIT_ID, study=TOY_NAME) -> str:
+    return (store / study / "reports" / fit_id / "index.html").read_text()
+
+
+def _cells(page: str, state: int) -> list[str]:
+    """The cells of one row of the per-state table, tags stripped."""
+    m = re.search(rf"<tr class='state-row[^']*' data-state='{state}'>(.*?)</tr>", page)
+    assert m, f"no per-state row for state {state}"
+    return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", m.group(1))]
+
+
+def test_per_state_table(rendered):
+    store, _ = rendered
+    page = _page(store)
+    assert "<h3 id='state-tests'>Per-state tests</h3>" in page
+    assert page.count("<tr class='state-row") == 4
+    # state, visiting, skipping, status, delay [CI], adjusted p, detour, paper rule, coef [interval], stability
+    assert _cells(page, 2) == ["state 2 ★", "3", "3", "tested", "+123.3 [-103.9, +350.5]", "0.05", "yes ★", "yes",
+                               "+130 [+90, +170]", "found in 15/19 resamples; detour in 14/19"]
+    assert _cells(page, 0) == ["state 0", "6", "0", "obligatory (all 6 runs visit it)", "–", "–", "no", "no",
+                               "-40 [-60, -20]", "found in 19/19 resamples"]
+    s3 = _cells(page, 3)
+    assert s3[3] == "not estimable (&lt; 3 runs)" and s3[4].startswith("not estimable (&lt; 3 runs)")
+    assert s3[5] == "–" and s3[6] == "no" and s3[9] == "found in 8/19 resamples"
+    # the selection table under the model-selection figure: every K, the chosen one marked, its SE
+    rows = re.findall(r"<tr class='sel-row' data-k='(\d+)'>(.*?)</tr>", page)
+    assert [int(k) for k, _ in rows] == [1, 2, 3, 4, 5]
+    cells = [re.sub(r"<[^>]+>", "", c) for c in re.findall(r"<td[^>]*>(.*?)</td>", rows[3][1])]
+    assert cells[0] == "4 ★ chosen" and cells[2] == "1000" and cells[3] == "0" and cells[-1] == "2"
+    assert "3-fold CV BIC (score)" in page
+
+
+def test_warnings_section_near_the_top(rendered):
+    store, _ = rendered
+    page = _page(store)
+    # after the title and navigation, before the summary and every figure
+    assert page.index("</nav>") < page.index("<section id='warnings'") < page.index("<h2 id='summary'>")
+    assert page.index("<h2 id='summary'>") < page.index("<section id='model_selection'>")
+    section = page[page.index("<section id='warnings'"):page.index("</section>")]
+    items = re.findall(r"<li>(.*?)</li>", section)
+    assert len(items) == len(TOY_WARNINGS) == 3
+    import html
+
+    assert [html.unescape(i) for i in items] == TOY_WARNINGS  # every warning, in order, escaped
+    assert "&lt;diag&gt;" in section and "<diag>" not in page
+    assert "<a href='#warnings'>Warnings (3)</a>" in page
+
+
+def test_no_warnings_section_when_there_are_none(store):
+    from reports.artifacts import load_fit
+    from reports.html import page_html
+
+    _set_key(store / TOY_NAME / "fits" / TOY_FIT_ID / "analysis.json", "warnings", [])
+    page = page_html(load_fit(store), [], None)
+    assert "id='warnings'" not in page and "Warnings" not in page
+    assert "Per-state tests" in page  # the rest of the page is still there
+
+
+def test_not_estimable_state_reads_as_such(tmp_path):
+    from reports.artifacts import load_fit
+    from reports.html import page_html
+
+    make_rare_fit(tmp_path)
+    page = page_html(load_fit(tmp_path, "rare"), [], None)
+    cells = _cells(page, 2)
+    assert cells[3] == "not estimable (&lt; 3 runs)"
+    assert cells[4] == "not estimable (&lt; 3 runs) (observed +65, untested)"
+    assert cells[5] == "–" and cells[6] == "no" and "★" not in cells[0]
+    assert cells[8] == "none"  # no regression coefficient either
+    assert "<th>Detour states</th><td>none</td>" in page
+    assert "significant" not in page.split("<h2 id='summary'>")[1].split("</table>")[0]
+    assert "observed delay +65" in page  # the fit's warning says why
+
+
+def test_old_format_fit_renders(tmp_path, capsys):
+    """A fit written before per-state delay tests renders, with the old summary and no new sections."""
+    make_old_toy_fit(tmp_path)
+    rc, out = _report(tmp_path, "--fit", TOY_OLD_FIT_ID, capsys=capsys)
+    assert rc == 0, out.err
+    page = _page(tmp_path, TOY_OLD_FIT_ID)
+    assert "state 2 (coef 130, interval 90 to 170, significant" in page
+    assert "K = 4, chosen by BIC" in page
+    assert "id='warnings'" not in page and "<th>Detour rule</th>" not in page and "<th>Stability</th>" not in page
+    assert "This fit predates per-state delay tests" in page
+    assert "<tr class='state-row" not in page
+    assert page.count("<img") == len(FIGURES)
 
 
 def test_choose_fit_and_study(store):
@@ -156,9 +260,14 @@ def test_no_study_at_all(tmp_path, capsys):
         (lambda d: _set_key(d / "analysis.json", "map", {"nodes": [{"x": 1}], "edges": [{"a": 0}]}),
          ["analysis.json", "map"]),
         (lambda d: (d.parent.parent / "runs" / "seed-003.parquet").unlink(), ["seed-003.parquet", "not found"]),
+        (lambda d: _set_key(d / "analysis.json", "states", [{"state": 0}]), ["analysis.json", "states lists [0]"]),
+        (lambda d: _set_key(d / "analysis.json", "states", [{"state": k, "status": "maybe"} for k in range(4)]),
+         ["analysis.json", "unknown status 'maybe'"]),
+        (lambda d: _set_key(d / "analysis.json", "warnings", "oops"), ["analysis.json", "warnings is not a list"]),
     ],
     ids=["model-truncated", "analysis-missing", "analysis-not-object", "paths-missing", "paths-corrupt",
-         "analysis-key", "model-key", "model-shape", "map-corrupt", "run-missing"],
+         "analysis-key", "model-key", "model-shape", "map-corrupt", "run-missing", "states-short",
+         "states-status", "warnings-type"],
 )
 def test_missing_or_corrupt_fit_files(store, capsys, damage, needles):
     fit_dir = store / TOY_NAME / "fits" / TOY_FIT_ID

@@ -18,15 +18,25 @@ from matplotlib.figure import Figure
 from report_fixtures import (
     TOY_COEF,
     TOY_CONVERGENCE,
+    TOY_DELAY,
     TOY_DETOURS,
     TOY_EDGES,
     TOY_FIRST_N,
+    TOY_FOLD_CHOICE,
     TOY_K,
+    TOY_MIN_RUNS,
     TOY_N_STEPS,
+    TOY_OLD_FIT_ID,
+    TOY_P,
+    TOY_SE,
     TOY_SEGMENTS,
+    TOY_STATUS,
     TOY_STEP_EVERY,
     TOY_TOP_FEATURE,
+    TOY_WARNINGS,
     make_fit_study,
+    make_old_toy_fit,
+    make_rare_fit,
     make_toy_fit,
 )
 from reports import figures as F
@@ -74,6 +84,15 @@ def test_loader_reads_the_contract(fit):
     for seed in TOY_SEGMENTS:
         got = fit.runs.loc[fit.runs["seed"] == seed, "state"].to_numpy()
         np.testing.assert_array_equal(got, _expected_states(seed))
+    # the newer fields
+    assert {r["state"]: r["status"] for r in fit.state_tests} == TOY_STATUS
+    assert fit.state_tests[2]["delay"] == pytest.approx(TOY_DELAY[2])
+    assert fit.min_runs == TOY_MIN_RUNS and fit.detour_rule["rule"] == "delay"
+    assert fit.warnings == TOY_WARNINGS
+    assert fit.fold_choice == TOY_FOLD_CHOICE and fit.n_folds == 3
+    assert fit.selection_label == "3-fold CV BIC"
+    assert fit.stability["used"] == 19
+    assert fit.selection["se"].tolist()[:4] == [TOY_SE[k] for k in (1, 2, 3, 4)]
 
 
 # --------------------------------------------------------------------------- training map
@@ -124,6 +143,9 @@ def test_linear_fit_has_no_detour_highlight(tmp_path):
     assert {y for _, y in info["pos"].values()} == {0.0}  # a linear map sits on one lane
     reg = F.plot_regression(_ax(), lin)
     assert reg["hatched"] == []
+    delays = F.plot_delays(_ax(), lin)
+    assert delays["hatched"] == [] and delays["status"] == {0: "obligatory", 1: "obligatory", 2: "obligatory"}
+    assert delays["bars"] == [None, None, None]  # nothing optional, nothing tested
 
 
 # --------------------------------------------------------------------------- trajectories
@@ -200,6 +222,63 @@ def test_regression_coefficients_and_detour_marked(fit):
     assert "R² = 0.930" in ax.get_title()
 
 
+def test_delays_per_state_with_detour_and_untested_states(fit):
+    ax = _ax()
+    info = F.plot_delays(ax, fit)
+    assert info["states"] == list(range(TOY_K))
+    assert info["status"] == TOY_STATUS
+    # only the tested state gets a bar: its height is the delay, its interval the Welch CI
+    assert [b is not None for b in info["bars"]] == [False, False, True, False]
+    bar = info["bars"][2]
+    assert bar.get_height() == pytest.approx(TOY_DELAY[2])
+    assert info["p_adjusted"][2] == pytest.approx(TOY_P[2])
+    assert info["ci_low"][2] < TOY_DELAY[2] < info["ci_high"][2]
+    # the detour is hatched, outlined and starred; the others are greyed and labelled
+    assert info["hatched"] == TOY_DETOURS
+    assert bar.get_hatch() == "//" and to_hex(bar.get_facecolor()) == state_color(2).lower()
+    assert info["labels"][2].startswith("★ detour")
+    assert info["greyed"] == [0, 1, 3]
+    assert info["labels"][0] == "obligatory (all 6 runs visit it)"
+    assert info["labels"][3] == f"not estimable (< {TOY_MIN_RUNS} runs)"
+    assert info["paper_rule"] == [2]
+    texts = [t.get_text() for t in ax.texts]
+    assert "not estimable\n(< 3 runs)" in texts and "obligatory\n(all 6 runs visit it)" in texts
+    assert "τ = 390 epochs" in ax.get_title()
+
+
+def test_not_estimable_state_is_never_shown_as_a_detour(tmp_path):
+    make_rare_fit(tmp_path)
+    rare = load_fit(tmp_path, "rare")
+    row = rare.state_tests[2]
+    assert row["status"] == "not_estimable" and row["delay"] > 50  # a large observed delay ...
+    assert rare.detour_states == []
+    ax = _ax()
+    info = F.plot_delays(ax, rare)
+    assert info["bars"] == [None] * 4 and info["hatched"] == []  # ... but no bar, no hatch, no star
+    assert info["labels"][2] == "not estimable (< 3 runs)"
+    assert not any("detour" in t.get_text() for t in ax.texts)
+    # its regression coefficient is null: a gap, explained
+    reg = F.plot_regression(_ax(), rare)
+    assert reg["bars"][2] is None and reg["gaps"] == {2: "not estimable (< 3 runs)"}
+    assert all(b is not None for i, b in enumerate(reg["bars"]) if i != 2)
+
+
+def test_old_format_fit_still_loads_and_plots(tmp_path):
+    make_old_toy_fit(tmp_path)
+    old = load_fit(tmp_path, None, TOY_OLD_FIT_ID)
+    assert old.state_tests == [] and old.warnings == [] and old.stability is None
+    assert old.detour_rule == {} and old.fold_choice == {} and old.procedure is None
+    assert old.detour_states == TOY_DETOURS
+    sel = F.plot_model_selection(_ax(), old)
+    assert sel["chosen"] == 4 and sel["label"] == "BIC" and sel["errorbar_k"] == []
+    assert sel["score"][:4] == old.selection["bic"].tolist()[:4]  # the score falls back to the BIC column
+    delays = F.plot_delays(_ax(), old)
+    assert delays["states"] == [] and delays["bars"] == []
+    reg = F.plot_regression(_ax(), old)
+    assert reg["coef"] == TOY_COEF and reg["hatched"] == TOY_DETOURS
+    assert F.plot_training_map(_ax(), old)["highlighted"] == TOY_DETOURS
+
+
 # --------------------------------------------------------------------------- profiles, selection, histogram
 
 
@@ -220,10 +299,37 @@ def test_state_profiles_heatmap_and_table(fit):
 def test_model_selection_marks_chosen_k_and_gaps(fit):
     ax = _ax()
     info = F.plot_model_selection(ax, fit)
-    assert info["chosen"] == 4 and info["criterion"] == "bic"
+    assert info["chosen"] == 4 and info["criterion"] == "bic" and info["procedure"] == "cv"
+    assert info["label"] == "3-fold CV BIC"
     assert info["failed_k"] == [5]
     assert any(list(line.get_xdata()) == [4, 4] for line in ax.lines)  # the chosen-K line
-    assert np.isnan(info["bic"][-1])
+    assert np.isnan(info["score"][-1]) and np.isnan(info["bic"][-1])
+    # the primary curve is the score K was chosen by (BIC here), labelled with the procedure
+    np.testing.assert_allclose(info["score_line"].get_ydata()[:4], [1360.0, 1160.0, 1040.0, 1000.0])
+    assert info["score_line"].get_label().startswith("3-fold CV BIC")
+    # ± SE bars on every K with a non-zero SE (not the best K, whose SE is 0; not the failed K)
+    assert info["errorbar_k"] == [1, 2, 3]
+    segs = info["errorbar"].lines[2][0].get_segments()
+    assert [(round(s[0][1]), round(s[1][1])) for s in segs] == [(1300, 1420), (1115, 1205), (1010, 1070)]
+    # fold agreement and fragility in the title
+    assert info["fold_choice"] == TOY_FOLD_CHOICE and (info["folds_agree"], info["folds_total"]) == (2, 3)
+    assert "2 of 3 folds choose K = 4" in ax.get_title() and "not fragile" in ax.get_title()
+    assert info["runner_up"] == 3 and info["fragile"] is False
+
+
+def test_model_selection_says_when_k_is_fragile(tmp_path):
+    import json
+
+    make_toy_fit(tmp_path)
+    path = tmp_path / "toy" / "fits" / "k4-bic-toy" / "analysis.json"
+    obj = json.loads(path.read_text())
+    obj["selection"].update(fragile=True, fold_choice={"3": 2, "4": 1})
+    path.write_text(json.dumps(obj))
+    ax = _ax()
+    info = F.plot_model_selection(ax, load_fit(tmp_path))
+    assert info["fragile"] is True and info["folds_agree"] == 1
+    assert "fragile: within the restart spread of K = 3" in ax.get_title()
+    assert "1 of 3 folds choose K = 4" in ax.get_title()
 
 
 def test_convergence_histogram(fit):
@@ -237,6 +343,8 @@ def test_convergence_histogram(fit):
 def test_same_state_same_colour_everywhere(fit):
     tmap = F.plot_training_map(_ax(), fit)
     reg = F.plot_regression(_ax(), fit)
+    delays = F.plot_delays(_ax(), fit)
+    assert to_hex(delays["bars"][2].get_facecolor()) == state_color(2).lower()
     traj = F.plot_trajectories(_ax(), fit, "val_acc")
     for s in range(TOY_K):
         c = state_color(s).lower()

@@ -32,29 +32,63 @@ def _int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
 
 
+def _float(text: str) -> float:
+    import argparse
+
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+
+
+#: (flag, FitConfig field, type, help); every default comes from FitConfig, shown in --help
+OPTIONS = (
+    ("--features", "features", str, "comma-separated feature columns (default: the study's, i.e. the 14 reference columns)"),
+    ("--first-n", "first_n", _int, "checkpoints per run used"),
+    ("--scaling", "scaling", str, "global (one z-scoring, from training runs only) or per_run (the reference)"),
+    ("--max-states", "max_states", _int, "fit K = 1..MAX_STATES"),
+    ("--restarts", "restarts", _int, "random restarts per K (per fold)"),
+    ("--n-iter", "n_iter", _int, "EM iterations per restart"),
+    ("--covariance", "covariance", str, "full, diag, spherical or tied"),
+    ("--criterion", "criterion", str, "loglik (-2 held-out log-likelihood), bic or aic (with the penalty)"),
+    ("--selection", "selection", str, "cv (k-fold over runs), split (one split, best restart) or reference"),
+    ("--folds", "folds", _int, "folds of runs for --selection cv"),
+    ("--init", "init", str, "where EM starts: segments (stretches of constant mean) or kmeans (the reference)"),
+    ("--test-fraction", "test_fraction", _float, "fraction of runs held out for --selection split/reference"),
+    ("--random-state", "random_state", _int, "seeds the folds, restarts, tests, bootstrap and resamples"),
+    ("--metric", "metric", str, "convergence metric column (default: the study's)"),
+    ("--threshold", "threshold", _float, "convergence threshold (default: the study's)"),
+    ("--direction", "direction", str, "above (metric > threshold) or below"),
+    ("--nonconverged", "nonconverged", str,
+     "runs that never converge: restrict (count them at the last common step) or exclude"),
+    ("--detour-rule", "detour_rule", str,
+     "delay (visitors converge significantly later) or paper (optional state, positive coefficient)"),
+    ("--min-runs", "min_runs", _int, "fewest visitors and skippers for a state's delay to be estimated"),
+    ("--alpha", "alpha", _float, "family-wise error rate of the detour tests"),
+    ("--n-boot", "n_boot", _int, "bootstrap resamples for the regression intervals"),
+    ("--resamples", "resamples", _int, "refits on resampled runs for stability (0 skips them)"),
+)
+
+
 def add_parser(sub) -> None:
+    from ..fit import FitConfig
+
+    defaults = FitConfig()
     p = sub.add_parser("fit", help="fit HMMs, decode runs, build the training map and detour regression",
                        description=__doc__)
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--study", default=None, help="study name in the store, or a path (default: most recent)")
-    p.add_argument("--features", default=None,
-                   help="comma-separated feature columns (default: the study's, i.e. the 14 reference columns)")
-    p.add_argument("--first-n", type=_int, default=1000, help="checkpoints per run used (default 1000)")
-    p.add_argument("--scaling", default="per_run", help="per_run (z-score each run, default) or global")
-    p.add_argument("--max-states", type=_int, default=8, help="fit K = 1..MAX_STATES (default 8)")
-    p.add_argument("--restarts", type=_int, default=5, help="random restarts per K (default 5)")
-    p.add_argument("--n-iter", type=_int, default=32, help="EM iterations per restart (default 32)")
-    p.add_argument("--covariance", default="full", help="full (default), diag, spherical or tied")
-    p.add_argument("--criterion", default="bic", help="bic (default), aic or loglik, all on held-out runs")
-    p.add_argument("--test-fraction", type=float, default=0.2, help="fraction of runs held out (default 0.2)")
-    p.add_argument("--random-state", type=_int, default=0, help="seeds the split, restarts and bootstrap")
-    p.add_argument("--metric", default=None, help="convergence metric column (default: the study's)")
-    p.add_argument("--threshold", type=float, default=None, help="convergence threshold (default: the study's)")
-    p.add_argument("--direction", default=None, help="above (metric > threshold) or below")
-    p.add_argument("--nonconverged", default="exclude",
-                   help="runs that never converge: exclude (default) from the regression, or censor "
-                        "at their last step")
-    p.add_argument("--n-boot", type=_int, default=1000, help="bootstrap resamples for intervals (default 1000)")
+    for flag, name, kind, text in OPTIONS:
+        default = getattr(defaults, name)
+        shown = f" (default {default})" if default is not None and name != "features" else ""
+        p.add_argument(flag, dest=name, type=kind, default=None, help=text + shown)
+    p.add_argument("--no-one-se", dest="one_se", action="store_false", default=None,
+                   help="--selection cv: take the best K, not the smallest within one standard error")
+    p.add_argument("--allow-partial", dest="allow_partial", action="store_true", default=None,
+                   help="fit unfinished runs and runs shorter than the others (refused by default)")
+    p.add_argument("--reference", action="store_true",
+                   help="the reference's procedure: per-run scaling, one 80/20 split, mean BIC over 5 restarts, "
+                        "the paper's detour rule (other flags still override)")
     p.add_argument("--jobs", type=_int, default=None, help="worker processes (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the fit directory")
     p.set_defaults(run=run)
@@ -63,15 +97,17 @@ def add_parser(sub) -> None:
 def config_from_args(args):
     from ..fit import FitConfig
 
-    features = None
-    if args.features is not None:
-        features = tuple(f.strip() for f in args.features.split(",") if f.strip())
-    return FitConfig(
-        features=features, first_n=args.first_n, scaling=args.scaling, max_states=args.max_states,
-        restarts=args.restarts, n_iter=args.n_iter, covariance=args.covariance, criterion=args.criterion,
-        random_state=args.random_state, test_fraction=args.test_fraction, metric=args.metric,
-        threshold=args.threshold, direction=args.direction, nonconverged=args.nonconverged, n_boot=args.n_boot,
-    )
+    kwargs = {}
+    for _, name, _, _ in OPTIONS:
+        value = getattr(args, name)
+        if value is not None:
+            kwargs[name] = value
+    for name in ("one_se", "allow_partial"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
+    if "features" in kwargs:
+        kwargs["features"] = tuple(f.strip() for f in kwargs["features"].split(",") if f.strip())
+    return FitConfig.reference(**kwargs) if args.reference else FitConfig(**kwargs)
 
 
 def run(args) -> int:
@@ -95,5 +131,7 @@ def run(args) -> int:
           f"{len(result.features.excluded)} excluded; features {','.join(result.features.features)}")
     for line in result.summary:
         print(line)
-    print(f"wrote {out}")
+    t = result.timings
+    print(f"wrote {out} ({t['total']:.1f} s: model selection {t['selection']:.1f} s, "
+          f"stability {t['stability']:.1f} s, the rest {t['total'] - t['selection'] - t['stability']:.1f} s)")
     return 0

@@ -1,0 +1,124 @@
+"""The simulator behind the recovery benchmark: structure, planted delays, scoring."""
+
+import numpy as np
+import pytest
+
+from latent.errors import UserError
+from latent.simulate import SimConfig, score, simulate, write_study
+from latent.store import Study
+
+
+def test_structure_and_paths():
+    cfg = SimConfig(n_main=3, detours=1, forks=1, p_take=0.4, n_runs=30, n_checkpoints=300, seed=2)
+    table, truth = simulate(cfg)
+    assert truth.n_states == cfg.n_states == 6
+    assert truth.kinds == ["main", "main", "main", "detour", "fork", "fork"]
+    assert truth.detours == [3] and truth.optional == [3, 4, 5]
+    assert len(table) == 30 * 300 and table.groupby("seed").size().eq(300).all()
+    for seed, path in truth.paths.items():
+        assert path[0] == 0
+        visited = set(path.tolist())
+        assert {0, 1}.issubset(visited)
+        if 2 in visited:  # converged runs went through exactly one fork branch
+            assert len(visited & {4, 5}) == 1
+        runs = [k for i, k in enumerate(path) if i == 0 or k != path[i - 1]]
+        assert len(runs) == len(set(runs))  # left to right: no state is entered twice
+        conv = truth.convergence[seed]
+        if conv is not None:
+            entered = int(np.argmax(path == 2))
+            assert entered * 10 <= conv <= (entered + 2) * 10
+            acc = table.loc[table.seed == seed, "val_acc"].to_numpy()
+            assert acc[conv // 10] == 0.95 and (conv == 0 or acc[conv // 10 - 1] == 0.5)
+
+
+def test_planted_delay_is_the_detour_duration():
+    # T long enough that no run is cut off: a detour adds its mean duration, a fork branch nothing
+    cfg = SimConfig(n_main=3, detours=1, forks=1, p_take=0.3, detour_scale=0.5, n_checkpoints=2000,
+                    progress=0.2, seed=5)
+    _, truth = simulate(cfg)
+    main_time = 0.2 * 2000 / 1.5
+    assert truth.delay[3] == pytest.approx(0.5 * main_time * 10, rel=0.02)
+    assert truth.delay[4] == 0.0 and truth.delay[5] == 0.0
+
+
+def test_same_seed_same_study_and_semi_markov_is_more_regular():
+    a, _ = simulate(SimConfig(seed=7, n_runs=5))
+    b, _ = simulate(SimConfig(seed=7, n_runs=5))
+    assert a.equals(b)
+    durations = {}
+    for family in ("standard", "semi_markov"):
+        _, t = simulate(SimConfig(family=family, detours=0, n_main=2, n_runs=300, seed=1, n_checkpoints=400))
+        durations[family] = np.array([int(np.argmax(p == 1)) for p in t.paths.values()])
+    cv = {f: d.std() / d.mean() for f, d in durations.items()}
+    assert cv["standard"] > 0.8 and cv["semi_markov"] < 0.5  # geometric: cv ≈ 1; gamma shape 6: ≈ 0.4
+
+
+def test_drift_has_no_states():
+    table, truth = simulate(SimConfig(family="drift", n_runs=4, n_checkpoints=100, seed=1))
+    assert truth.n_states is None and truth.paths == {} and len(table) == 400
+
+
+def test_bad_configs_are_user_errors():
+    for kw in ({"family": "x"}, {"n_main": 1}, {"n_main": 2, "detours": 1, "forks": 1}, {"p_take": 1.0},
+               {"n_uninformative": 14}):
+        with pytest.raises(UserError):
+            SimConfig(**kw)
+
+
+def test_write_study_is_fittable(tmp_path):
+    table, truth = simulate(SimConfig(n_runs=3, n_checkpoints=20, seed=1))
+    study = Study(write_study(tmp_path / "sim", table, truth))
+    assert study.run_seeds() == [0, 1, 2]
+    assert study.read_meta()["convergence"]["metric"] == "val_acc"
+    assert (tmp_path / "sim" / "truth.json").exists()
+    assert study.status()["status"] == "done"
+
+
+def test_score_of_a_perfect_and_a_wrong_fit():
+    import pandas as pd
+
+    _, truth = simulate(SimConfig(n_main=3, detours=1, forks=1, p_take=0.4, n_runs=40, n_checkpoints=200, seed=3))
+    perm = np.array([2, 0, 1, 5, 3, 4])  # fitted labels are a relabelling of the truth
+    seeds = sorted(truth.paths)
+    paths = pd.DataFrame({"seed": np.repeat(seeds, 200), "step": np.tile(np.arange(200) * 10, len(seeds)),
+                          "state": np.concatenate([perm[truth.paths[s]] for s in seeds])})
+    visits = {k: sum(bool(np.any(truth.paths[s] == k)) for s in seeds) for k in range(6)}
+    delay = {k: truth.delay.get(k, 0.0) for k in range(6)}
+    states = [{"state": int(perm[k]), "status": "tested", "delay": delay[k],
+               "ci_low": delay[k] - 1, "ci_high": delay[k] + 1} for k in range(6)]
+    good = score(truth, paths, {"detours": [{"state": int(perm[3])}], "states": states})
+    assert good["k_ok"] and good["state_accuracy"] == 1.0
+    estimable = min(visits[3], 40 - visits[3]) >= 5
+    assert good["detours_true"] == int(estimable) and good["detours_found"] == int(estimable)
+    assert good["false_detours"] == 0 and all(c[0] for c in good["coverage"])
+    bad = score(truth, paths, {"detours": [{"state": int(perm[4])}], "states": states})  # a fork branch
+    assert bad["false_detours"] == 1 and bad["detours_found"] == 0
+
+
+def test_cli_simulate_then_fit_reports_against_the_truth(tmp_path, capsys):
+    from latent.cli import main
+
+    store = str(tmp_path / "data")
+    argv = ["simulate", "--store", store, "--study", "sim", "--n-main", "2", "--detours", "1", "--p-take", "0.5",
+            "--runs", "16", "--checkpoints", "80", "--separation", "5", "--seed", "2"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "planted K = 3 (0: main, 1: main, 2: detour)" in out and "latent fit" in out
+    assert main(argv) == 2 and "already exists" in capsys.readouterr().err  # never overwrites
+    assert main(["fit", "--store", store, "--max-states", "4", "--restarts", "2", "--resamples", "0",
+                 "--n-boot", "20", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "planted truth: K = 3 (found)" in out and "planted detours 2: 1 of 1 testable found, 0 false" in out
+
+
+def test_truth_round_trips_through_json(tmp_path):
+    from latent.simulate import truth_from_file
+
+    table, truth = simulate(SimConfig(n_main=3, forks=1, detours=1, n_runs=6, n_checkpoints=50, seed=4))
+    write_study(tmp_path / "s", table, truth)
+    back = truth_from_file(tmp_path / "s" / "truth.json")
+    assert back.n_states == truth.n_states and back.kinds == truth.kinds and back.detours == truth.detours
+    assert back.delay == truth.delay and back.convergence == truth.convergence
+    assert all(np.array_equal(back.paths[s], truth.paths[s]) for s in truth.paths)
+    (tmp_path / "s" / "truth.json").write_text("{not json")
+    assert truth_from_file(tmp_path / "s" / "truth.json") is None
