@@ -194,6 +194,46 @@ def feature_names(d: int) -> list[str]:
     return list(REFERENCE_COLUMNS[:d]) if d <= len(REFERENCE_COLUMNS) else [f"f{j}" for j in range(d)]
 
 
+#: separation (Mahalanobis distance between neighbouring states) of each difficulty level
+LEVELS = {"easy": 4.0, "medium": 3.0, "hard": 2.0}
+#: the families of random studies (bench/bench_recovery.py, tests) and their settings; "rare" is
+#: the standard family with optional states taken by 3-15 % of runs instead of 15-60 %
+RANDOM_FAMILIES = {
+    "standard": {},
+    "rare": {},
+    "semi_markov": {},
+    "autocorrelated": {"ar": 0.5},
+    "shifted": {"shift": 1.0, "scale": 0.1},
+    "drift": {},
+}
+
+
+def random_config(family: str, level: str, i: int, n_checkpoints: int = 300, n_runs: int = 40) -> SimConfig:
+    """The i-th random study of a family and level (the recovery benchmark's draws).
+
+    2-5 main states, 0-2 detours (2 draws in 5 have none), 0-1 symmetric fork, K from 2 to 8;
+    each optional state taken by 15-60 % of runs (``"rare"``: 3-15 %); a detour adds 0.5-1.5x
+    the main chain's time. Seeded by (family, level, n_checkpoints, n_runs, i).
+    """
+    if family not in RANDOM_FAMILIES or level not in LEVELS:
+        raise UserError(f"unknown family/level {family!r}/{level!r}; families: {', '.join(RANDOM_FAMILIES)}, "
+                        f"levels: {', '.join(LEVELS)}")
+    code = (list(RANDOM_FAMILIES).index(family), list(LEVELS).index(level), n_checkpoints, n_runs, i)
+    rng = np.random.default_rng(np.random.SeedSequence(list(code)))
+    while True:
+        n_main = int(rng.integers(2, 6))
+        detours = int(rng.choice([0, 0, 1, 1, 2]))
+        forks = int(rng.integers(0, 2))
+        if detours + forks <= n_main - 1 and 2 <= n_main + detours + 2 * forks <= 8:
+            break
+    return SimConfig(
+        family="standard" if family == "rare" else family, n_main=n_main, detours=detours, forks=forks,
+        p_take=float(rng.uniform(*((0.03, 0.15) if family == "rare" else (0.15, 0.6)))),
+        detour_scale=float(rng.uniform(0.5, 1.5)), n_runs=n_runs, n_checkpoints=n_checkpoints,
+        separation=LEVELS[level], seed=int(rng.integers(2**31)), **RANDOM_FAMILIES[family],
+    )
+
+
 # --------------------------------------------------------------------------- structure
 
 
