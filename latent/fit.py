@@ -478,7 +478,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
             rule=cfg.detour_rule, min_runs=cfg.min_runs, alpha=cfg.alpha, resamples=cfg.resamples,
             n_iter=cfg.n_iter, random_state=cfg.random_state, n_jobs=n_jobs, progress=progress,
         )
-        stability["k_folds"] = {str(k): v for k, v in getattr(selector, "fold_choice_", {}).items()}
+        stability["k_folds"] = {str(k): v for k, v in selector.fold_choice_.items()}
         _warn_stability(stability, K, flagged)
     for row in tests:
         k = row["state"]
@@ -507,7 +507,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
     selection_info = {
         "procedure": cfg.selection, "criterion": cfg.criterion, "one_se": cfg.one_se,
         "folds": selector.folds_ if cfg.selection == "cv" else None,
-        "fold_choice": {str(k): v for k, v in getattr(selector, "fold_choice_", {}).items()},
+        "fold_choice": {str(k): v for k, v in selector.fold_choice_.items()},
         "fragile": selector.fragile_, "runner_up": selector.runner_up_,
     }
     analysis = _clean({
@@ -603,7 +603,7 @@ def _warn_selection(sel: HMMSelector, cfg: FitConfig) -> None:
                     "(%.4g); try more --restarts", K, cfg.criterion.upper(), sel.runner_up_,
                     rows[K].get("gap_to_runner_up", float("nan")),
                     max(rows[K]["spread"] or 0, rows[sel.runner_up_]["spread"] or 0))
-    choice = getattr(sel, "fold_choice_", {})
+    choice = sel.fold_choice_
     if choice:
         agree = choice.get(K, 0)
         total = sum(choice.values())
@@ -666,7 +666,7 @@ def _summary(result: FitResult, visited, reg, tests, detours, never, stability) 
     if cfg.selection == "cv":
         if cfg.one_se:
             notes.append("smallest K within one standard error of the best")
-        choice = getattr(sel, "fold_choice_", {})
+        choice = sel.fold_choice_
         if choice:
             notes.append(f"{choice.get(K, 0)}/{sum(choice.values())} folds choose it on their own")
     else:

@@ -232,7 +232,8 @@ def permute_params(params: dict, order) -> dict:
 
 # --------------------------------------------------------------------------- one restart
 
-def _runs(X, lengths, idx):
+def stack_runs(X, lengths, idx) -> tuple[np.ndarray, np.ndarray]:
+    """``(X, lengths)`` of the runs at positions ``idx`` (in that order) of stacked runs."""
     off = np.concatenate([[0], np.cumsum(lengths)])
     parts = [X[off[i] : off[i + 1]] for i in idx]
     return np.concatenate(parts), np.asarray(lengths)[idx]
@@ -243,14 +244,14 @@ def restart_job(data: dict, job: dict) -> dict:
     ``lengths`` and ``standardize``; ``job`` the runs to fit and score and the settings."""
     X, lengths = data["X"], data["lengths"]
     train, test = job["train"], job["test"]
-    X_tr, len_tr = _runs(X, lengths, train)
+    X_tr, len_tr = stack_runs(X, lengths, train)
     if data.get("standardize"):
         # re-standardise with the training runs only, so held-out runs never inform the scale
         mu, sd = X_tr.mean(axis=0), X_tr.std(axis=0)
         sd = np.where(sd > 0, sd, 1.0)
         X = (X - mu) / sd
         X_tr = (X_tr - mu) / sd
-    X_te, len_te = _runs(X, lengths, test) if len(test) else (None, None)
+    X_te, len_te = stack_runs(X, lengths, test) if len(test) else (None, None)
     segments = [data["segments"][i] for i in train] if data.get("segments") is not None else None
     rec = fit_restart(X_tr, len_tr, X_te, len_te, job["k"], job["seed"], job["covariance_type"],
                       job["n_iter"], job["tol"], restart=job["restart"], init=data.get("init", "segments"),
@@ -526,6 +527,7 @@ class HMMSelector:
                     for k in ks for r in range(int(self.restarts))]
             self.train_runs_, self.test_runs_ = train, test
         self.folds_ = [g.tolist() for g in groups]
+        self.fold_choice_ = {}
         segments = None
         if self.init == "segments":
             from .segments import run_segments
@@ -538,7 +540,7 @@ class HMMSelector:
         _warn_skipped(results)
         n_rows = int(sum(lengths[g].sum() for g in groups))
         if self.selection == "cv":
-            self.selection_, chosen_params = self._table_cv(results, groups, n_rows, X.shape[1])
+            self.selection_, chosen_params = self._table_cv(results, groups, n_rows)
         else:
             self.selection_, chosen_params = self._table_split(results, n_rows)
         self.restarts_ = [{key: v for key, v in rec.items() if key not in ("params", "loglik_runs")}
@@ -612,7 +614,7 @@ class HMMSelector:
             table.append(row)
         return table, best
 
-    def _table_cv(self, results: list[dict], groups, n_rows: int, d: int):
+    def _table_cv(self, results: list[dict], groups, n_rows: int):
         crit = self.criterion
         n_runs = sum(len(g) for g in groups)
         by_k: dict[int, list[dict]] = {}
@@ -676,8 +678,6 @@ class HMMSelector:
                             break
                 choice[kf] = choice.get(kf, 0) + 1
             self.fold_choice_ = dict(sorted(choice.items()))
-        else:
-            self.fold_choice_ = {}
         return table, {}
 
     def _refit_all(self, X, lengths, base, segments) -> dict:

@@ -18,21 +18,16 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .detours import OccupancyRegression, detour_tests, paper_detours
-from .hmm import FALLBACK_IMPLEMENTATION, IMPLEMENTATION, build_hmm, model_params, repair_covars
+from .hmm import FALLBACK_IMPLEMENTATION, IMPLEMENTATION, build_hmm, model_params, repair_covars, stack_runs
 from .parallel import pmap
 
 N_PERM = 2000  # permutations per resample's detour tests (p resolution 5e-4)
 
 
-def _runs(X, lengths, idx):
-    off = np.concatenate([[0], np.cumsum(lengths)])
-    return np.concatenate([X[off[i] : off[i + 1]] for i in idx]), np.asarray(lengths)[idx]
-
-
 def resample_job(data: dict, job: dict) -> dict:
     """Refit, decode and re-test one bootstrap resample (a :func:`latent.parallel.pmap` job)."""
     idx = job["runs"]
-    Xb, lb = _runs(data["X"], data["lengths"], idx)
+    Xb, lb = stack_runs(data["X"], data["lengths"], idx)
     params = data["params"]
     K = len(params["startprob"])
     out = {"resample": job["resample"], "ok": False, "reason": None}
