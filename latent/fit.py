@@ -374,27 +374,8 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
     _check_runs(study, table, cfg)
     fm = build_features(table, cfg.features, cfg.first_n, cfg.scaling)
 
-    # convergence over each run's whole table (not only the first_n checkpoints used by the HMM)
-    conv: dict[int, int | None] = {}
-    last_step: dict[int, int] = {}
-    for seed, run in table.groupby("seed", sort=True):
-        if int(seed) not in fm.seeds:
-            continue
-        run = run.sort_values("step", kind="stable")
-        conv[int(seed)] = convergence_step(run["step"].to_numpy(), run[cfg.metric].to_numpy(),
-                                           float(cfg.threshold), cfg.direction)
-        last_step[int(seed)] = int(run["step"].iloc[-1])
+    conv, last_step = _convergence(table, fm, cfg)
     never = [s for s in fm.seeds if conv[s] is None]
-    if len(never) == len(fm.seeds):
-        rel = ">" if cfg.direction == "above" else "<"
-        raise UserError(
-            f"no run ever has {cfg.metric} {rel} {cfg.threshold} (best value "
-            f"{_extreme(table[cfg.metric], cfg.direction)}); pass a reachable --threshold"
-        )
-    if never:
-        log.warning("%d of %d run(s) never reach %s %s %s: seeds %s (rule: %s)", len(never), len(fm.seeds),
-                    cfg.metric, ">" if cfg.direction == "above" else "<", cfg.threshold,
-                    _fmt_seeds(never), cfg.nonconverged)
 
     lap("read")
     selector = HMMSelector(
@@ -587,6 +568,32 @@ def _truth_line(study: Study, result: FitResult) -> str | None:
     return (f"planted truth: K = {truth.n_states} ({k_text}); {s['state_accuracy']:.1%} of checkpoints labelled "
             f"right; planted detours {planted}: {s['detours_found']} of {s['detours_true']} testable found, "
             f"{s['false_detours']} false")
+
+
+def _convergence(table: pd.DataFrame, fm: FeatureMatrix, cfg: FitConfig) -> tuple[dict, dict]:
+    """Each kept run's convergence step (None if never) and last step, over its whole table (not
+    only the ``first_n`` checkpoints the HMM sees). Warns about runs that never converge; raises
+    when none does."""
+    conv: dict[int, int | None] = {}
+    last_step: dict[int, int] = {}
+    for seed, run in table.groupby("seed", sort=True):
+        if int(seed) not in fm.seeds:
+            continue
+        run = run.sort_values("step", kind="stable")
+        conv[int(seed)] = convergence_step(run["step"].to_numpy(), run[cfg.metric].to_numpy(),
+                                           float(cfg.threshold), cfg.direction)
+        last_step[int(seed)] = int(run["step"].iloc[-1])
+    never = [s for s in fm.seeds if conv[s] is None]
+    rel = ">" if cfg.direction == "above" else "<"
+    if len(never) == len(fm.seeds):
+        raise UserError(
+            f"no run ever has {cfg.metric} {rel} {cfg.threshold} (best value "
+            f"{_extreme(table[cfg.metric], cfg.direction)}); pass a reachable --threshold"
+        )
+    if never:
+        log.warning("%d of %d run(s) never reach %s %s %s: seeds %s (rule: %s)", len(never), len(fm.seeds),
+                    cfg.metric, rel, cfg.threshold, _fmt_seeds(never), cfg.nonconverged)
+    return conv, last_step
 
 
 def _warn_selection(sel: HMMSelector, cfg: FitConfig) -> None:
