@@ -194,7 +194,7 @@ class FitArtifacts:
             return f"held-out {crit} (one split, mean over restarts)"
         return crit
 
-        # -- study --------------------------------------------------------------------------------
+    # -- study --------------------------------------------------------------------------------
 
     @property
     def step_unit(self) -> str:
