@@ -600,7 +600,8 @@ def _warn_selection(sel: HMMSelector, cfg: FitConfig) -> None:
     K = sel.n_states_
     if K == cfg.max_states and cfg.max_states > 1:
         log.warning("K = %d is the largest number of states searched: the criterion may still fall beyond it; "
-                    "raise --max-states", K)
+                    "raise --max-states. If it keeps falling, the runs change smoothly rather than in phases, "
+                    "and the states are a discretisation of that change (docs/fit.md, 'smooth drift')", K)
     if K == 1:
         log.warning("K = 1: one state fits the runs best, so there is no map to draw; try more --features, "
                     "more runs, or --criterion loglik")
