@@ -108,8 +108,8 @@ def test_a_pickle_that_would_run_code_is_refused(tmp_path):
     [
         ({b"labels": [0]}, "has no 'data' entry"),
         ({b"data": np.zeros((1, 3072), np.uint8)}, "has no 'labels' entry"),
-        ({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}, "expected uint8 of shape (N, 3072)"),
-        ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "'data' is float32"),
+        ({b"data": np.zeros((2, 1024), np.uint8), b"labels": [0, 1]}, "shape (2, 1024): CIFAR images are uint8 (N, 3072)"),
+        ({b"data": np.zeros((2, 3072), np.float32), b"labels": [0, 1]}, "refusing dtype 'f4'"),
         ({b"data": np.zeros((2, 3, 32, 32), np.uint8), b"labels": [0, 1]}, "of shape (2, 3, 32, 32)"),
         ({b"data": [[0] * 3072], b"labels": [0]}, "'data' is a list"),
         ({b"data": np.zeros((3, 3072), np.uint8), b"labels": [0, 1]}, "holds 3 images but 2 'labels'"),
@@ -160,3 +160,65 @@ def test_generated_set_is_deterministic_balanced_and_varied():
     assert np.ptp(means, axis=0).max() < 40
     # Images of one class differ (random position, size, rotation, colours).
     assert np.abs(x[y == 0][0].astype(int) - x[y == 0][1]).mean() > 20
+
+
+# --------------------------------------------------------------------------- hostile files
+
+def _peak_bytes(fn):
+    """Peak traced allocation while ``fn`` runs (numpy and pickle buffers included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def _hostile_cases():
+    import struct
+
+    global_ = lambda module, name: b"c" + module + b"\n" + name + b"\n"  # noqa: E731
+    reconstruct = global_(b"numpy.core.multiarray", b"_reconstruct") + global_(b"numpy", b"ndarray")
+    u1 = global_(b"numpy", b"dtype") + b"X\x02\x00\x00\x00u1\x89\x88\x87R"  # dtype('u1', False, True)
+    return {
+        # 29 bytes asking for bytes(50_000_000)
+        "bytes-50MB": (b"\x80\x02" + global_(b"__builtin__", b"bytes") + b"J" + struct.pack("<i", 50_000_000)
+                       + b"\x85R.", "only the empty bytes()"),
+        # an "empty" array of 537 million bytes
+        "reconstruct-537MB": (b"\x80\x02" + reconstruct + b"J" + struct.pack("<i", 537_000_000) + b"\x85C\x01b\x87R.",
+                              "numpy starts every pickled array empty"),
+        # a well-formed array header whose shape wants 3 GB from 10 bytes of data
+        "shape-beyond-data": (b"\x80\x02" + reconstruct + b"K\x00\x85C\x01b\x87R(K\x01J" + struct.pack("<i", 10**6)
+                              + b"M\x00\x0c\x86" + u1 + b"\x89C\x0a" + bytes(10) + b"tb.", "needs 3072000000 bytes"),
+        # BINBYTES8 claiming 256 MB (the C unpickler allocates it before reading)
+        "binbytes8-256MB": (b"\x80\x04\x8e" + struct.pack("<Q", 2**28) + b"xx.", "is truncated"),
+        # a memo index of 2**24 (the C unpickler grows its memo table to twice that)
+        "memo-index": (b"\x80\x02Nr" + struct.pack("<I", 2**24) + b".", "memo index 16777216"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_hostile_cases()))
+def test_hostile_pickles_are_refused_in_bounded_memory(tmp_path, case):
+    blob, message = _hostile_cases()[case]
+    assert len(blob) < 120
+    texts = []
+    peak = _peak_bytes(lambda: texts.append(_bad(tmp_path, blob)))
+    assert message in texts[0]
+    assert peak < 1_000_000  # the unguarded unpickler allocates 50 MB to 3 GB here
+
+
+def test_real_batches_load_through_the_checked_stubs(tmp_path):
+    # Labels as a numpy int array and as numpy scalars (some re-pickled copies store them so).
+    x = np.random.default_rng(5).integers(0, 256, (3, 3, 32, 32), dtype=np.uint8)
+    for labels in (np.array([4, 0, 9]), [np.int64(4), np.int64(0), np.int64(9)]):
+        path = tmp_path / "b"
+        path.write_bytes(pickle.dumps({b"data": x.reshape(3, -1), b"labels": labels}, protocol=2))
+        got_x, got_y = read_cifar_batch(path)
+        np.testing.assert_array_equal(got_x, x)
+        assert got_y.tolist() == [4, 0, 9]
+    fortran = np.asfortranarray(x.reshape(3, -1))
+    path.write_bytes(pickle.dumps({b"data": fortran, b"labels": [1, 2, 3]}, protocol=2))
+    np.testing.assert_array_equal(read_cifar_batch(path)[0], x)

@@ -146,3 +146,55 @@ def test_load_mnist_errors(tmp_path):
     f.write_bytes(f.read_bytes()[:-10])
     with pytest.raises(UserError, match="t10k-images-idx3-ubyte is truncated"):
         load_mnist(root)
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def _peak_bytes(fn):
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_header_sizes_are_multiplied_without_overflow(tmp_path):
+    # 65536**4 = 2**64 wraps to 0 in int64, which matched the empty payload and crashed in reshape.
+    path = tmp_path / "overflow-idx"
+    path.write_bytes(_idx_bytes(0x08, (65536, 65536, 65536, 65536), b""))
+    with pytest.raises(UserError) as exc:
+        read_idx(path)
+    assert "18446744073709551616 bytes of data, found 0" in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_gzip_bomb_is_inflated_only_as_far_as_its_header_declares(tmp_path):
+    path = tmp_path / "bomb-idx.gz"
+    path.write_bytes(gzip.compress(_idx_bytes(0x08, (10,), bytes(100_000_000)), 9))  # ~100 kB on disk
+    assert path.stat().st_size < 200_000
+    errors = []
+
+    def read():
+        with pytest.raises(UserError) as exc:
+            read_idx(path)
+        errors.append(str(exc.value))
+
+    assert _peak_bytes(read) < 2_000_000  # not the 100 MB the stream holds
+    assert "decompresses to more bytes than its header declares" in errors[0] and str(path) in errors[0]
+
+
+def test_gzip_members_and_padding(tmp_path):
+    body = _idx_bytes(0x08, (6,), bytes(range(6)))
+    path = tmp_path / "two-members-idx.gz"
+    path.write_bytes(gzip.compress(body[:7]) + gzip.compress(body[7:]) + bytes(8))  # split header, zero padding
+    assert read_idx(path).tolist() == list(range(6))
+    path.write_bytes(gzip.compress(body) + b"junk")
+    with pytest.raises(UserError, match="4 bytes of garbage after its gzip stream"):
+        read_idx(path)
+    path.write_bytes(gzip.compress(body) + gzip.compress(b"\x07"))
+    with pytest.raises(UserError, match="decompresses to more bytes than its header declares"):
+        read_idx(path)

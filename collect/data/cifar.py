@@ -8,9 +8,12 @@ Real files. The "python version" archives unpack to
 * CIFAR-100 (``cifar-100-python/``): ``train`` and ``test`` with ``b"data"`` and
   ``b"fine_labels"`` (0–99; ``b"coarse_labels"`` is ignored).
 
-The files are pickles, so they are read with :class:`RestrictedUnpickler`, which refuses every
-global except the few that rebuild a numpy array (and ``_codecs.encode``, which protocol-2
-pickles use for bytes, and ``bytes`` itself). A missing, truncated, corrupt or wrong-shaped file is a
+The files are pickles, so they are read with :func:`unpickle_bounded`: it first walks the opcode
+stream (every length must fit in the file, every memo index in the stream), then loads with
+:class:`RestrictedUnpickler`, which refuses every global except checked stand-ins for the few
+that rebuild a numpy array (integer dtypes, the CIFAR shapes, data present in the file),
+``_codecs.encode`` (protocol 2's bytes) and the empty ``bytes()``. Memory stays within a small
+multiple of the file's size whatever the file says. A missing, truncated, corrupt or wrong-shaped file is a
 :class:`~latent.errors.UserError` naming the file and the problem. Nothing here writes a pickle
 except :func:`write_cifar_batch`, which exists for tests and for users who want to make a
 small batch in the real format.
@@ -25,8 +28,10 @@ shapes make some images hard.
 from __future__ import annotations
 
 import io
+import math
 import os
 import pickle
+import pickletools
 from pathlib import Path
 
 import numpy as np
@@ -49,26 +54,157 @@ CHANNEL_STATS = {
     "cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
 }
 
-_ALLOWED_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"),
-    ("numpy", "ndarray"),
-    ("numpy", "dtype"),
-    ("_codecs", "encode"),
-    ("__builtin__", "bytes"),  # protocol 2 writes an empty bytes object as bytes()
-    ("builtins", "bytes"),
+_NUMPY_CORE = ("numpy.core.multiarray", "numpy._core.multiarray")
+_INT_DTYPES = ("u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8")  # CIFAR: uint8 pixels, integer labels
+_MEMO_OPS = {"PUT", "BINPUT", "LONG_BINPUT", "GET", "BINGET", "LONG_BINGET"}
+
+
+def _text(value) -> str:
+    return value.decode("latin-1") if isinstance(value, bytes) else value
+
+
+class _NdarrayTag:
+    """Stands for ``numpy.ndarray`` inside a pickle: an argument of ``_reconstruct``, never called."""
+
+
+class _DtypeStub:
+    """A dtype named in the pickle, checked before numpy ever sees it."""
+
+    def __init__(self, name: str):
+        self.name, self.order = name, "|"
+
+    def __setstate__(self, state) -> None:
+        if not isinstance(state, tuple) or len(state) < 2 or _text(state[1]) not in ("<", ">", "|", "="):
+            raise pickle.UnpicklingError(f"refusing dtype state {str(state)[:60]}")
+        self.order = _text(state[1])
+
+    def resolve(self) -> np.dtype:
+        dt = np.dtype(self.name)
+        return dt.newbyteorder(self.order) if self.order in "<>" else dt
+
+
+class _ArrayStub:
+    """What ``_reconstruct`` returns: filled in by BUILD only with an array of the CIFAR format's
+    shapes (uint8 rows of 3072 pixels, or a 1-D integer vector) whose data are in the file."""
+
+    def __init__(self) -> None:
+        self.array: np.ndarray | None = None
+
+    def __setstate__(self, state) -> None:
+        if not isinstance(state, tuple) or len(state) not in (4, 5):
+            raise pickle.UnpicklingError("refusing an array state that is not (version,) shape, dtype, order, data")
+        shape, dtype, fortran, raw = state[-4:]
+        if not isinstance(dtype, _DtypeStub) or not isinstance(raw, bytes) or not isinstance(shape, tuple):
+            raise pickle.UnpicklingError("refusing an array without a checked dtype and raw bytes")
+        if not 1 <= len(shape) <= 2 or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise pickle.UnpicklingError(f"refusing an array of shape {str(shape)[:60]}")
+        dt = dtype.resolve()
+        if len(shape) == 2 and (dt != np.uint8 or shape[1] != ROW):
+            raise pickle.UnpicklingError(f"refusing a {dt} array of shape {shape}: CIFAR images are uint8 (N, {ROW})")
+        need = math.prod(shape) * dt.itemsize  # Python ints: no overflow
+        if need != len(raw):
+            raise pickle.UnpicklingError(f"array of shape {shape} needs {need} bytes but the file holds {len(raw)}")
+        self.array = np.frombuffer(raw, dtype=dt).reshape(shape, order="F" if fortran else "C").copy()
+
+
+def _reconstruct(subtype, shape, dtype):
+    # numpy pickles an array as _reconstruct(ndarray, (0,), b"b"), then BUILD with its data.
+    if subtype is not _NdarrayTag or shape != (0,) or _text(dtype) != "b":
+        raise pickle.UnpicklingError(f"refusing _reconstruct(shape={str(shape)[:40]}): numpy starts every "
+                                     "pickled array empty and fills it from the file")
+    return _ArrayStub()
+
+
+def _dtype(name, align=False, copy=False) -> _DtypeStub:
+    if _text(name) not in _INT_DTYPES:
+        raise pickle.UnpicklingError(f"refusing dtype {str(name)[:20]!r}: a CIFAR batch holds integers only")
+    return _DtypeStub(_text(name))
+
+
+def _scalar(dtype, data):
+    if not isinstance(dtype, _DtypeStub) or not isinstance(data, bytes) or len(data) != dtype.resolve().itemsize:
+        raise pickle.UnpicklingError("refusing a numpy scalar that is not one integer")
+    return np.frombuffer(data, dtype=dtype.resolve())[0]
+
+
+def _encode(obj, encoding="utf-8") -> bytes:
+    # Protocol 2 writes bytes as _codecs.encode(<str>, "latin1"): one byte per character in the file.
+    if not isinstance(obj, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError("refusing _codecs.encode of anything but latin-1 text")
+    return obj.encode("latin-1")
+
+
+def _empty_bytes(*args):
+    if args:  # bytes(50_000_000) would allocate 50 MB from a 29-byte file
+        raise pickle.UnpicklingError(f"refusing bytes{str(args)[:40]}: only the empty bytes() of protocol 2")
+    return b""
+
+
+_GLOBALS = {
+    **{(m, "_reconstruct"): _reconstruct for m in _NUMPY_CORE},
+    **{(m, "scalar"): _scalar for m in _NUMPY_CORE},
+    ("numpy", "ndarray"): _NdarrayTag,
+    ("numpy", "dtype"): _dtype,
+    ("_codecs", "encode"): _encode,
+    ("__builtin__", "bytes"): _empty_bytes,
+    ("builtins", "bytes"): _empty_bytes,
 }
 
 
 class RestrictedUnpickler(pickle.Unpickler):
-    """An unpickler that rebuilds only plain containers, strings, numbers and numpy arrays."""
+    """An unpickler that rebuilds only plain containers, strings, numbers and checked integer arrays.
+
+    Every global it admits is a checked stand-in: arrays only in the shapes the CIFAR format
+    uses and only from bytes present in the file, no ``bytes(n)``, no other object. Use
+    :func:`unpickle_bounded`, which also checks the opcode stream first.
+    """
 
     def find_class(self, module: str, name: str):
-        if (module, name) in _ALLOWED_GLOBALS:
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        try:
+            return _GLOBALS[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}") from None
+
+
+def _check_opcodes(raw: bytes) -> None:
+    """Walk the opcodes without building anything. The C unpickler allocates what a length or
+    memo index *says* before reading it, so a few bytes could ask for gigabytes; here every
+    length must fit in the file and every memo index in the stream."""
+    ops, biggest = 0, -1
+    try:
+        for op, arg, _ in pickletools.genops(io.BytesIO(raw)):
+            ops += 1
+            if op.name in _MEMO_OPS:
+                biggest = max(biggest, int(arg))
+    except ValueError as exc:
+        text = str(exc)
+        if any(w in text for w in ("exhausted", "remain", "not enough data")):
+            raise EOFError(text) from None  # a length past the end of the file, or no STOP
+        raise pickle.UnpicklingError(text) from None
+    if biggest >= ops:
+        raise pickle.UnpicklingError(f"memo index {biggest} beyond the {ops} opcodes of the file")
+
+
+def _unstub(obj):
+    """Swap the checked arrays in for their stubs (values and list items: a CIFAR batch's depth)."""
+
+    def swap(v):
+        if isinstance(v, _ArrayStub):
+            if v.array is None:
+                raise pickle.UnpicklingError("an array without its data")
+            return v.array
+        return v.resolve() if isinstance(v, _DtypeStub) else v
+
+    if isinstance(obj, dict):
+        return {k: [swap(x) for x in v] if isinstance(v, list) else swap(v) for k, v in obj.items()}
+    return swap(obj)
+
+
+def unpickle_bounded(raw: bytes):
+    """Load the pickle bytes of a CIFAR python batch with :class:`RestrictedUnpickler`, in memory
+    bounded by a small multiple of ``len(raw)`` whatever the bytes say."""
+    _check_opcodes(raw)
+    return _unstub(RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load())
 
 
 def _one_line(exc: BaseException) -> str:
@@ -86,7 +222,7 @@ def _unpickle(path: Path) -> dict:
     if not raw:
         raise UserError(f"CIFAR batch {path} is empty")
     try:
-        obj = RestrictedUnpickler(io.BytesIO(raw), encoding="bytes").load()
+        obj = unpickle_bounded(raw)
     except EOFError:
         raise UserError(f"CIFAR batch {path} is truncated (the pickle ends early)") from None
     except pickle.UnpicklingError as exc:

@@ -4,12 +4,19 @@ Format (big-endian): two zero bytes, a type code, the number of dimensions ``d``
 unsigned 32-bit sizes, then ``prod(sizes)`` items of the type. Anything else — a short header,
 a bad magic number, a payload shorter or longer than the header promises, a broken gzip
 stream — is a :class:`~latent.errors.UserError` that names the file and what is wrong.
+
+Hostile files stay cheap: sizes are multiplied as Python integers (no overflow), and a gzip
+stream is inflated only as far as its own header says it should go (one byte more shows extra
+data), so a small file cannot decompress into gigabytes; no file may declare more than
+:data:`MAX_IDX_BYTES` of items.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import os
+import struct
 import zlib
 from pathlib import Path
 
@@ -31,22 +38,77 @@ GZIP_MAGIC = b"\x1f\x8b"
 MAX_DIMS = 8  # real IDX files have 1-3; a larger count means a corrupt header
 
 
-def _read_bytes(path: Path) -> bytes:
+#: Most item bytes one IDX file may declare (4 GiB; EMNIST's largest file holds ~550 MB).
+MAX_IDX_BYTES = 2**32
+
+
+def _declared_size(out: bytes | bytearray) -> int | None:
+    """How many bytes in all the IDX file starting with ``out`` declares, as far as ``out`` tells
+    (a header not yet complete asks for its own length); None if ``out`` is no IDX header."""
+    if len(out) < 4:
+        return 4
+    code, ndim = out[2], out[3]
+    if out[0] or out[1] or code not in IDX_TYPES or not 1 <= ndim <= MAX_DIMS:
+        return None
+    header = 4 + 4 * ndim
+    if len(out) < header:
+        return header
+    dims = struct.unpack_from(f">{ndim}I", out, 4)
+    return header + math.prod(dims) * IDX_TYPES[code].itemsize
+
+
+def _gunzip(raw: bytes, name: str) -> bytearray:
+    """Inflate the gzip member(s) of ``raw`` no further than the IDX header inside declares (+1 byte).
+
+    Stops at a bad header (:func:`parse_idx` then names the problem).
+    """
+    out = bytearray()
+    data = raw
+    try:
+        while data:
+            d = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+            while (cap := _declared_size(out)) is not None:
+                if cap > MAX_IDX_BYTES + 4 + 4 * MAX_DIMS:
+                    raise UserError(f"{name} declares {cap} bytes, more than the {MAX_IDX_BYTES} bytes of items "
+                                    "latent reads from one IDX file")
+                room = cap + 1 - len(out)  # one byte past the declared end reveals extra data
+                if room <= 0:
+                    raise UserError(f"{name} is corrupt: it decompresses to more bytes than its header declares")
+                chunk = d.decompress(data, room)
+                data = d.unconsumed_tail
+                out += chunk
+                if d.eof or (not data and not chunk):
+                    break
+            else:
+                return out
+            if not d.eof:
+                raise UserError(f"{name} is a corrupt or truncated gzip stream (it ends before its end marker)")
+            data = d.unused_data
+            if data[:2] != GZIP_MAGIC:
+                if data.strip(b"\0"):
+                    raise UserError(f"{name} has {len(data)} bytes of garbage after its gzip stream")
+                break
+    except zlib.error as exc:
+        raise UserError(f"{name} is a corrupt or truncated gzip stream ({exc})") from None
+    cap = _declared_size(out)
+    if cap is not None and len(out) > cap:
+        raise UserError(f"{name} is corrupt: it decompresses to more bytes than its header declares")
+    return out
+
+
+def _read_bytes(path: Path) -> bytes | bytearray:
     try:
         raw = path.read_bytes()
     except OSError as exc:
         raise UserError(f"cannot read IDX file {path}: {exc.strerror or exc}") from None
     if raw[:2] == GZIP_MAGIC:
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as exc:
-            raise UserError(f"IDX file {path} is a corrupt or truncated gzip stream ({exc})") from None
+        return _gunzip(raw, f"IDX file {path}")
     if path.suffix == ".gz":
         raise UserError(f"IDX file {path} ends in .gz but is not gzip-compressed")
     return raw
 
 
-def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
+def parse_idx(data: bytes | bytearray, name: str = "IDX data") -> np.ndarray:
     """Decode the bytes of one (uncompressed) IDX file into an array in native byte order.
 
     Raises
@@ -68,9 +130,9 @@ def parse_idx(data: bytes, name: str = "IDX data") -> np.ndarray:
     header = 4 + 4 * ndim
     if len(data) < header:
         raise UserError(f"{name} is truncated inside its header ({len(data)} of {header} bytes)")
-    dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
+    dims = struct.unpack_from(f">{ndim}I", data, 4)
     dtype = IDX_TYPES[code]
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    expected = math.prod(dims) * dtype.itemsize  # Python ints: a hostile header cannot overflow
     got = len(data) - header
     if got < expected:
         raise UserError(f"{name} is truncated: header says {'x'.join(map(str, dims))} items of {dtype.itemsize} "
