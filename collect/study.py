@@ -1,8 +1,15 @@
 """Collecting a study: validate the request, create or resume the study, train batches of seeds.
 
 :func:`collect_study` is what ``latent collect`` calls. It validates everything before it
-touches the store, refuses to mix configs in one study, trains only the seeds that are not
-done, resumes unfinished ones from their saved state, and reports a summary.
+touches the store, refuses to mix configs or data in one study, trains only the seeds that are
+not done, resumes unfinished ones from their saved state (:mod:`collect.resume`), and reports a
+summary.
+
+Concurrency: a short-held study lock serialises the bookkeeping (reading and writing
+``study.json``, deciding what each seed needs), and each seed being trained is leased
+(:mod:`latent.locks`), so two collections of one study never train the same seed. A second
+collection trains the seeds nobody holds, then waits for the others and finishes whatever
+their holder left unfinished.
 """
 
 from __future__ import annotations
@@ -21,16 +28,19 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from latent.errors import UserError
-from latent.store import STUDY_FORMAT, Study, check_study_name
+from latent import locks
+from latent.errors import UserError, store_error
+from latent.store import STUDY_FORMAT, Study, check_study_name, schedule_steps
 
 from .config import config_to_dict, parse_overrides, resolve_config
+from .fingerprint import data_change
 from .metrics import REFERENCE_COLUMNS
+from .resume import RunStart, plan_run
 from .runtime import resolve_device, set_threads
 from .seeds import RunSeeds
 from .tasks import get_task
-from .trainer import LOSS_COLUMNS, Checkpoint, train
-from .writer import StudyWriter, existing_rows, load_state
+from .trainer import LOSS_COLUMNS, Checkpoint, checkpoint_steps, train
+from .writer import StudyWriter, load_state, remove_state, reset_run
 
 log = logging.getLogger("latent.collect")
 
@@ -116,6 +126,41 @@ class CollectResult:
     wall_seconds: float
     nothing_to_do: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    seeds_done: int = 0
+    #: Requested seeds that another collection was training; this one waited for them.
+    seeds_elsewhere: list[int] = field(default_factory=list)
+
+
+class _Data:
+    """The study's data, loaded and described on first use only (a finished study needs none)."""
+
+    def __init__(self, task_obj, cfg):
+        self.task_obj, self.cfg = task_obj, cfg
+        self.value: Any = None
+        self.info: dict | None = None
+
+    def describe(self) -> dict:
+        if self.info is None:
+            self.value = self.task_obj.load_data(self.cfg)
+            self.info = self.task_obj.describe_data(self.cfg, self.value)
+        return self.info
+
+
+@dataclass
+class _Claim:
+    """What one pass of bookkeeping (under the study lock) found and leased."""
+
+    meta: dict
+    schedule: dict
+    pending: dict[int, RunStart]
+    leases: dict[int, locks.Lock]
+    held: list[int]  # seeds another collection holds
+
+    def release(self, seeds=None) -> None:
+        for s in list(self.leases) if seeds is None else seeds:
+            lease = self.leases.pop(s, None)
+            if lease is not None:
+                lease.release()
 
 
 def collect_study(
@@ -133,6 +178,7 @@ def collect_study(
     save_every: float = 30.0,
     progress: bool = True,
     command: str | None = None,
+    poll: float = 0.5,
 ) -> CollectResult:
     """Train ``seeds`` of ``task`` into a study, resuming or extending it if it exists.
 
@@ -158,15 +204,24 @@ def collect_study(
     seed_batch : int
         Most seeds trained together in one batched model (0: all of them).
     save_every : float
-        Seconds between save points (resume state and tables); 0 saves after every epoch.
+        Seconds between save points (resume state and tables); 0 saves after every step.
     progress : bool
         Show a progress bar on stderr.
     command : str, optional
         The command line to record in ``study.json``.
+    poll : float
+        Seconds between checks while waiting for seeds another collection is training.
 
     Returns
     -------
     CollectResult
+
+    Raises
+    ------
+    UserError
+        For bad input, data that differs from what the study was collected on, unreadable run
+        files (naming every file to remove together), or a refused write (disk full,
+        permissions). What is already in the store stays consistent.
     """
     t_start = time.time()
     task_obj = get_task(task)
@@ -181,100 +236,256 @@ def collect_study(
     store = Path(store)
     _check_store_writable(store)
 
-    config = config_to_dict(cfg)
-    convergence = task_obj.convergence(cfg)
     study_obj = Study(store / name)
-    split_seed = config.get("split_seed")
-    if study_obj.exists():
-        meta = study_obj.read_meta()
-        if meta.get("task") != task or meta.get("config") != config:
-            if not overwrite:
-                diff = sorted(
-                    k for k in set(config) | set(meta.get("config", {}))
-                    if config.get(k) != meta.get("config", {}).get(k)
-                )
-                what = f"task {meta.get('task')!r}" if meta.get("task") != task else f"config differs in: {', '.join(diff)}"
-                raise UserError(
-                    f"study {name!r} in {store} was collected with another setup ({what}); "
-                    "pick another name with --study NAME or replace it with --overwrite"
-                )
-            shutil.rmtree(study_obj.root)
-            meta = None
-    else:
-        meta = None
+    request = dict(name=name, task=task, preset=preset, config=config_to_dict(cfg),
+                   convergence=task_obj.convergence(cfg), command=command)
+    data = _Data(task_obj, cfg)
+    timings: dict[str, float] = {}
+    trained: list[int] = []
+    elsewhere: set[int] = set()
+    threads_set = False
+    wanted = seed_list
+    while True:
+        with locks.acquire(study_obj.lock_path):
+            claim = _claim(study_obj, task_obj, cfg, request, wanted, data, overwrite)
+        try:
+            if claim.pending and not threads_set:
+                set_threads(threads if threads is not None else task_obj.default_threads)
+                threads_set = True
+            for label, start, group in _batches(task, claim.pending, seed_batch):
+                plans = [claim.pending[s] for s in group]
+                _train_batch(task_obj, cfg, study_obj, claim.schedule, plans, start, dev, data.value,
+                             request["config"].get("split_seed"), request["convergence"], save_every, progress,
+                             label, timings)
+                claim.release(group)
+                trained += group
+        finally:
+            claim.release()
+        overwrite = False  # replaced at most once, on the first pass
+        if not claim.held:
+            break
+        elsewhere |= set(claim.held)
+        wanted = sorted(claim.held)
+        _wait_for(study_obj, wanted, poll)
+    return _summarise(study_obj, task, claim.meta, trained, sorted(elsewhere - set(trained)), t_start,
+                      request["convergence"], timings)
 
-    all_seeds = sorted(set(seed_list) | set(meta.get("seeds", []) if meta else []))
+
+def _claim(study_obj: Study, task_obj, cfg, request: dict, seeds: list[int], data: _Data, overwrite: bool) -> _Claim:
+    """Under the study lock: check the study against the request, lease the seeds that need work."""
+    name, config = study_obj.name, request["config"]
+    _remove_replaced(study_obj)
+    for tmp in study_obj.root.glob(f".{study_obj.study_file.name}.*.tmp"):  # the study lock is ours
+        tmp.unlink(missing_ok=True)
+    meta = study_obj.read_meta() if study_obj.exists() else None
+    if meta is not None and (meta.get("task") != request["task"] or meta.get("config") != config):
+        if not overwrite:
+            recorded = meta.get("config", {})
+            diff = sorted(k for k in set(config) | set(recorded) if config.get(k) != recorded.get(k))
+            what = (f"task {meta.get('task')!r}" if meta.get("task") != request["task"]
+                    else f"config differs in: {', '.join(diff)}")
+            raise UserError(f"study {name!r} in {study_obj.root.parent} was collected with another setup ({what}); "
+                            "pick another name with --study NAME or replace it with --overwrite")
+        data.describe()  # bad data fails before the old study is touched
+        _replace_study(study_obj)
+        meta = None
+    if meta is None and study_obj.runs_dir.is_dir() and any(study_obj.runs_dir.iterdir()):
+        raise UserError(f"{study_obj.runs_dir} holds runs but {study_obj.study_file} is missing; restore "
+                        f"study.json, or remove {study_obj.root} to start the study afresh")
+    checked = False
+    if meta is None or not meta.get("schedule") or not (meta.get("data") or {}).get("fingerprint"):
+        _check_data(meta, data.describe(), name)  # a new study, or one recorded before schedules and fingerprints
+        checked = True
+    schedule = meta["schedule"] if meta is not None and meta.get("schedule") else task_obj.schedule(cfg, data.info)
+
+    claim = _Claim(meta={}, schedule=schedule, pending={}, leases={}, held=[])
+    try:
+        metrics = list(REFERENCE_COLUMNS) + list(LOSS_COLUMNS)
+        for s in seeds:
+            lease = locks.try_acquire(study_obj.run_lease_path(s))
+            if lease is None:
+                claim.held.append(s)
+                continue
+            claim.leases[s] = lease
+            _remove_temporaries(study_obj, s)
+            plan = plan_run(study_obj, s, schedule, task_obj.step_unit, metrics) if meta is not None else RunStart(s)
+            if plan.done:
+                remove_state(study_obj, s)  # left behind by a kill just after the run finished
+                claim.release([s])
+                continue
+            claim.pending[s] = plan
+        if claim.pending and not checked:
+            _check_data(meta, data.describe(), name)
+        claim.meta = _updated_meta(meta, request, seeds, task_obj, data.info, schedule)
+        if claim.meta != meta:
+            study_obj.write_meta(claim.meta)
+        split_seed = config.get("split_seed")
+        for s, plan in sorted(claim.pending.items()):
+            if plan.restart:
+                log.warning("seed %d: %s; training it again from step 0", s, plan.restart)
+                reset_run(study_obj, RunSeeds.derive(s, split_seed))
+            claim.leases[s].note(locks.holder_note(request["command"]))
+    except BaseException:
+        claim.release()
+        raise
+    return claim
+
+
+def _remove_temporaries(study_obj: Study, seed: int) -> None:
+    """Delete temporary files a killed writer of ``seed`` left (its lease is held: nobody writes them now)."""
+    stem = Path(study_obj.run_table_path(seed)).stem
+    for folder in (study_obj.runs_dir, study_obj.state_dir):
+        for tmp in folder.glob(f".{stem}.*.tmp") if folder.is_dir() else []:
+            try:
+                tmp.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise store_error(exc, "remove", tmp) from None
+
+
+def _check_data(meta: dict | None, info: dict, name: str) -> None:
+    """Refuse data that differs from what the study recorded (``meta`` None: a new study)."""
+    recorded = (meta or {}).get("data") or {}
     if meta is None:
-        new_meta = {
+        return
+    if not recorded.get("fingerprint"):
+        log.warning("study %r records no data fingerprint (collected by an older latent); "
+                    "recording the fingerprint of the data found now", name)
+        return
+    change = data_change(recorded, info)
+    if change:
+        raise UserError(f"study {name!r} was collected on {recorded.get('description') or recorded.get('source')}, "
+                        f"but the data found now differs ({change}); restore that data, or collect into a new "
+                        "study with --study NAME")
+
+
+def _updated_meta(meta: dict | None, request: dict, seeds: list[int], task_obj, info: dict | None,
+                  schedule: dict) -> dict:
+    all_seeds = sorted(set(seeds) | set(meta.get("seeds", []) if meta else []))
+    config, command = request["config"], request["command"]
+    if meta is None:
+        split_seed = config.get("split_seed")
+        return {
             "format": STUDY_FORMAT,
-            "name": name,
-            "task": task,
-            "preset": preset,
+            "name": request["name"],
+            "task": request["task"],
+            "preset": request["preset"],
             "config": config,
             "seeds": all_seeds,
             "step_unit": task_obj.step_unit,
-            "convergence": convergence.as_dict(),
+            "schedule": schedule,
+            "convergence": request["convergence"].as_dict(),
             "features": list(REFERENCE_COLUMNS),
             "metrics": list(REFERENCE_COLUMNS) + list(LOSS_COLUMNS),
             "split": {"mode": "per_run"} if split_seed is None else {"mode": "shared", "seed": split_seed},
-            "data": task_obj.describe_data(cfg),
+            "data": info,
             "versions": _versions(),
             "command": command,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         }
-    else:
-        # Same task and config: extend the seed list, remember any new command line.
-        new_meta = {**meta, "seeds": all_seeds}
-        if command and command != meta.get("command") and command not in meta.get("commands", []):
-            new_meta["commands"] = list(meta.get("commands", [])) + [command]
+    # Same task and config: extend the seed list, remember any new command line, and pin the
+    # schedule and data of a study recorded before latent kept them.
+    new = {**meta, "seeds": all_seeds}
+    if not meta.get("schedule"):
+        new["schedule"] = schedule
+    if not (meta.get("data") or {}).get("fingerprint") and info is not None:
+        new["data"] = info
+    if command and command != meta.get("command") and command not in meta.get("commands", []):
+        new["commands"] = list(meta.get("commands", [])) + [command]
+    return new
 
-    # Which requested seeds still need work, and from where.
-    pending: dict[int, list[int]] = {}
-    for s in seed_list:
-        manifest = study_obj.read_manifest(s)  # None when the run has not started
-        if manifest and manifest.get("status") == "done":
-            continue
-        state_path = study_obj.run_state_path(s)
-        start = int(load_state(state_path)["meta/step"]) if state_path.exists() else 0
-        pending.setdefault(start, []).append(s)
 
-    if meta is None or new_meta != meta:
-        study_obj.write_meta(new_meta)
-    if not pending:
-        return _summarise(study_obj, task, all_seeds, [], t_start, convergence, nothing_to_do=True)
+def _replaced_prefix(study_obj: Study) -> str:
+    return f".{study_obj.name}.replaced-"
 
-    set_threads(threads if threads is not None else task_obj.default_threads)
-    timings: dict[str, float] = {}
-    trained: list[int] = []
+
+def _replace_study(study_obj: Study) -> None:
+    """Move the old study aside in one rename (``--overwrite``), refusing while anyone collects it.
+
+    A kill at any point leaves either the old study or none (its copy is removed on the next
+    collection of that name), never a mix of old runs and a new ``study.json``.
+    """
+    held = []
+    lock_dir = study_obj.root / "locks"
+    try:
+        for path in sorted(lock_dir.glob("*.lock")) if lock_dir.is_dir() else []:
+            lease = locks.try_acquire(path)
+            if lease is None:
+                raise UserError(f"study {study_obj.name!r} is being collected by "
+                                f"{locks.describe_holder(locks.holder(path))}; let it finish (or stop it) "
+                                "before replacing the study with --overwrite")
+            held.append(lease)
+        aside = study_obj.root.parent / f"{_replaced_prefix(study_obj)}{os.getpid()}"
+        try:
+            os.replace(study_obj.root, aside)
+        except OSError as exc:
+            raise store_error(exc, "move aside", study_obj.root) from None
+    finally:
+        for lease in held:
+            lease.release()
+    _remove_replaced(study_obj)
+
+
+def _remove_replaced(study_obj: Study) -> None:
+    """Delete copies of the study that ``--overwrite`` moved aside (the study lock is held)."""
+    for old in study_obj.root.parent.glob(f"{_replaced_prefix(study_obj)}*"):
+        try:
+            shutil.rmtree(old)
+        except OSError as exc:
+            log.warning("could not remove %s, the replaced copy of study %r (%s); delete it by hand",
+                        old, study_obj.name, exc.strerror or exc)
+
+
+def _batches(task: str, pending: dict[int, RunStart], seed_batch: int) -> list[tuple[str, int, list[int]]]:
+    """Pending seeds grouped by resume step, in batches of at most ``seed_batch``: (label, start, seeds)."""
+    by_start: dict[int, list[int]] = {}
+    for s, plan in sorted(pending.items()):
+        by_start.setdefault(plan.start, []).append(s)
     batches = []
-    for start, group in sorted(pending.items()):
+    for start, group in sorted(by_start.items()):
         size = seed_batch or len(group)
         batches += [(start, group[i : i + size]) for i in range(0, len(group), size)]
-    for b, (start, group) in enumerate(batches):
-        label = f"{task} seeds {_seed_label(group)}" + (f" [{b + 1}/{len(batches)}]" if len(batches) > 1 else "")
-        _train_batch(task_obj, cfg, study_obj, group, start, dev, split_seed, convergence, save_every, progress, label, timings)
-        trained += group
-    return _summarise(study_obj, task, all_seeds, trained, t_start, convergence, timings=timings)
+    return [(f"{task} seeds {seed_label(g)}" + (f" [{b + 1}/{len(batches)}]" if len(batches) > 1 else ""), start, g)
+            for b, (start, g) in enumerate(batches)]
 
 
-def _seed_label(seeds: list[int]) -> str:
+def _wait_for(study_obj: Study, seeds: list[int], poll: float) -> None:
+    """Wait until some seed another collection holds is released (it finished, failed or was killed)."""
+    notes = {s: locks.holder(study_obj.run_lease_path(s)) for s in seeds}
+    still = [s for s in seeds if notes[s] is not None]
+    if not still:
+        return
+    log.warning("seed(s) %s of study %r are being collected by %s; waiting for them (Ctrl-C stops waiting, "
+                "not the other collection)", seed_label(still), study_obj.name, locks.describe_holder(notes[still[0]]))
+    while all(locks.holder(study_obj.run_lease_path(s)) is not None for s in still):
+        time.sleep(poll)
+
+
+def seed_label(seeds: list[int]) -> str:
+    """``"0-39"``, ``"5"`` or ``"1,5,9"``: a short name for a sorted list of seeds."""
     if seeds == list(range(seeds[0], seeds[-1] + 1)):
         return f"{seeds[0]}-{seeds[-1]}" if len(seeds) > 1 else str(seeds[0])
     return ",".join(map(str, seeds[:6])) + ("…" if len(seeds) > 6 else "")
 
 
-def _train_batch(task_obj, cfg, study_obj: Study, seeds: list[int], start: int, dev, split_seed, convergence,
-                 save_every: float, progress: bool, label: str, timings: dict[str, float]) -> None:
+def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[RunStart], start: int, dev, data,
+                 split_seed, convergence, save_every: float, progress: bool, label: str,
+                 timings: dict[str, float]) -> None:
     from tqdm import tqdm
 
+    seeds = [p.seed for p in plans]
     run_seeds = [RunSeeds.derive(s, split_seed) for s in seeds]
-    problem = task_obj.build(cfg, run_seeds, dev)
-    if start > 0:
-        problem.load_seed_states([load_state(study_obj.run_state_path(s)) for s in seeds])
+    problem = task_obj.build(cfg, run_seeds, dev, data)
     spe = problem.steps_per_epoch
     unit = task_obj.step_unit
-    existing = {s: existing_rows(study_obj, s, start, spe, unit) for s in seeds}
-    existing = {s: f for s, f in existing.items() if f is not None}
+    marks = [m // spe if unit == "epoch" else m for m in checkpoint_steps(cfg.epochs, cfg.log_every, spe, unit)]
+    if spe != schedule["steps_per_epoch"] or marks != schedule_steps(schedule):
+        raise RuntimeError(f"internal: the problem checkpoints at {marks[:5]}… with {spe} steps per epoch, "
+                           f"but the study's schedule is {schedule}")
+    if start > 0:
+        problem.load_seed_states([load_state(study_obj.run_state_path(s), study_obj, s) for s in seeds])
+    existing = {p.seed: p.rows for p in plans if p.rows is not None}
     writer = StudyWriter(study_obj, run_seeds, existing, step_unit=unit)
 
     converged = np.zeros(len(seeds), dtype=bool)
@@ -318,28 +529,28 @@ def _train_batch(task_obj, cfg, study_obj: Study, seeds: list[int], start: int, 
 def _tensor(values):
     import torch
 
-    return torch.as_tensor(np.asarray(values, dtype=np.float64))
+    return torch.as_tensor(np.array(values, dtype=np.float64))  # a copy: parquet arrays are read-only
 
 
-def convergence_epochs(study: Study, seeds: list[int], convergence) -> dict[int, float | None]:
-    """First checkpoint (in the study's step unit) where each done run crosses the threshold."""
+def convergence_epochs(frames: Mapping[int, Any], convergence) -> dict[int, float | None]:
+    """First checkpoint (in the study's step unit) where each run's table crosses the threshold."""
     out: dict[int, float | None] = {}
-    for s in seeds:
-        if not study.run_table_path(s).exists():
-            continue
-        frame = study.read_run(s)
+    for s, frame in frames.items():
         values = frame[convergence.metric].to_numpy(dtype=float)
         hit = values > convergence.threshold if convergence.direction == "above" else values < convergence.threshold
         out[s] = float(frame["step"].to_numpy()[hit.argmax()]) if hit.any() else None
     return out
 
 
-def _summarise(study: Study, task: str, all_seeds: list[int], trained: list[int], t_start: float,
-               convergence, nothing_to_do: bool = False, timings: dict[str, float] | None = None) -> CollectResult:
-    done = [s for s in all_seeds if (m := study.read_manifest(s)) and m.get("status") == "done"]
-    times = convergence_epochs(study, done, convergence)
-    hit = [t for t in times.values() if t is not None]
-    meta = study.read_meta()
+def _summarise(study: Study, task: str, meta: dict, trained: list[int], elsewhere: list[int], t_start: float,
+               convergence, timings: dict[str, float]) -> CollectResult:
+    all_seeds = list(meta.get("seeds", []))
+    try:
+        table, _ = study.read_finished_runs(all_seeds)
+        frames = {int(s): f for s, f in table.groupby("seed", sort=True)}
+    except UserError:  # no finished run at all
+        frames = {}
+    hit = [t for t in convergence_epochs(frames, convergence).values() if t is not None]
     return CollectResult(
         study=study.root,
         task=task,
@@ -349,6 +560,8 @@ def _summarise(study: Study, task: str, all_seeds: list[int], trained: list[int]
         convergence_median=float(np.median(hit)) if hit else None,
         convergence_unit=meta.get("step_unit", "step"),
         wall_seconds=time.time() - t_start,
-        nothing_to_do=nothing_to_do,
-        timings=timings or {},
+        nothing_to_do=not trained and not elsewhere,
+        timings=timings,
+        seeds_done=len(frames),
+        seeds_elsewhere=elsewhere,
     )

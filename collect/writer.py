@@ -6,6 +6,9 @@ kill between the two leaves a table with rows *newer* than the state; on resume 
 dropped and recomputed (training is deterministic), so the final table equals an uninterrupted
 run's. Rows are buffered in memory between save points: fsyncing 40 files per checkpoint would
 cost more than the training.
+
+Every write goes through :mod:`latent.store` (looked up at call time, so fault-injection tests
+can intercept the one place bytes reach the disk).
 """
 
 from __future__ import annotations
@@ -18,11 +21,12 @@ from typing import Any, Mapping
 import numpy as np
 import pandas as pd
 
-from latent.errors import UserError
-from latent.store import RUN_FORMAT, Study, atomic_write_bytes, atomic_write_json, atomic_write_parquet, read_parquet
+from latent import store
+from latent.errors import UserError, store_error
+from latent.store import RUN_FORMAT, Study
 
-from .seeds import RunSeeds
 from .metrics import REFERENCE_COLUMNS
+from .seeds import RunSeeds
 from .trainer import LOSS_COLUMNS, Checkpoint
 
 
@@ -30,18 +34,61 @@ def save_state(path: os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
     """Write a resume state as an uncompressed ``.npz`` (plain arrays, loadable without pickle)."""
     buf = io.BytesIO()
     np.savez(buf, **arrays)
-    atomic_write_bytes(path, buf.getvalue())
+    store.atomic_write_bytes(path, buf.getvalue())
 
 
-def load_state(path: os.PathLike) -> dict[str, np.ndarray]:
-    """Read a resume state; a corrupt file is a :class:`UserError` that says how to recover."""
+def _unreadable(path: os.PathLike, exc: BaseException, study: Study | None, seed: int | None) -> UserError:
+    hint = study.remove_hint(seed) if study is not None and seed is not None else "delete it"
+    return UserError(f"resume state {path} is unreadable ({type(exc).__name__}); {hint}")
+
+
+def load_state(path: os.PathLike, study: Study | None = None, seed: int | None = None) -> dict[str, np.ndarray]:
+    """Read a resume state; a damaged file is a :class:`UserError` naming the files to remove."""
     try:
         with np.load(path, allow_pickle=False) as data:
             return {k: data[k] for k in data.files}
-    except Exception as exc:  # zipfile/ValueError/OSError for a damaged archive
-        raise UserError(
-            f"resume state {path} is unreadable ({type(exc).__name__}); delete it to restart that run from scratch"
-        ) from None
+    except PermissionError as exc:  # the file may be fine: say so, not "remove it"
+        raise store_error(exc, "read", path) from None
+    except Exception as exc:  # zipfile/ValueError/EOFError for a damaged archive
+        raise _unreadable(path, exc, study, seed) from None
+
+
+def read_state_step(path: os.PathLike, study: Study | None = None, seed: int | None = None) -> tuple[int, int | None]:
+    """A resume state's optimiser step and the run seed it records (None in older states),
+    reading only those two entries."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            step = int(data["meta/step"])
+            owner = int(data["meta/seed"]) if "meta/seed" in data.files else None
+    except PermissionError as exc:
+        raise store_error(exc, "read", path) from None
+    except Exception as exc:  # a damaged archive fails in many ways
+        raise _unreadable(path, exc, study, seed) from None
+    return step, owner
+
+
+def remove_state(study: Study, seed: int) -> None:
+    """Delete a run's resume state if it has one (a finished run's, or one no longer valid)."""
+    path = study.run_state_path(seed)
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        raise store_error(exc, "remove", path) from None
+
+
+def reset_run(study: Study, rs: RunSeeds) -> None:
+    """Before a run is trained again from scratch: clear its done mark, then its resume state.
+
+    The manifest goes first so that no reader ever sees "done" beside the new, shorter table.
+    """
+    manifest = study.read_manifest(rs.seed)
+    if manifest is not None and manifest.get("status") != "running":
+        store.atomic_write_json(study.run_manifest_path(rs.seed), {
+            "format": RUN_FORMAT, "seed": rs.seed, "status": "running", "opt_steps": 0, "last_step": None,
+            "rows": 0, "streams": rs.as_dict(), "timings": {}})
+    remove_state(study, rs.seed)
 
 
 class StudyWriter:
@@ -103,9 +150,10 @@ class StudyWriter:
         def write_one(i: int, rs: RunSeeds) -> None:
             frame = frames[rs.seed]
             if frame is not None:
-                atomic_write_parquet(self.study.run_table_path(rs.seed), frame)
+                store.atomic_write_parquet(self.study.run_table_path(rs.seed), frame)
             if not done and states is not None:
-                save_state(self.study.run_state_path(rs.seed), {**states[i], "meta/step": np.asarray(step)})
+                save_state(self.study.run_state_path(rs.seed),
+                           {**states[i], "meta/step": np.asarray(step), "meta/seed": np.asarray(rs.seed)})
             manifest = {
                 "format": RUN_FORMAT,
                 "seed": rs.seed,
@@ -116,12 +164,9 @@ class StudyWriter:
                 "streams": rs.as_dict(),
                 "timings": {"wall_seconds_this_session": wall, **(info or {})},
             }
-            atomic_write_json(self.study.run_manifest_path(rs.seed), manifest)
+            store.atomic_write_json(self.study.run_manifest_path(rs.seed), manifest)
             if done:
-                try:
-                    os.unlink(self.study.run_state_path(rs.seed))
-                except FileNotFoundError:
-                    pass
+                remove_state(self.study, rs.seed)
 
         with ThreadPoolExecutor(max_workers=min(16, len(self.seeds))) as pool:
             list(pool.map(write_one, range(len(self.seeds)), self.seeds))
@@ -129,17 +174,3 @@ class StudyWriter:
             if frames[rs.seed] is not None:
                 self._tables[rs.seed] = frames[rs.seed]
                 self._pending[rs.seed] = []
-
-
-def existing_rows(study: Study, seed: int, before_step: int, steps_per_epoch: int, step_unit: str) -> pd.DataFrame | None:
-    """Rows of ``seed`` already on disk from before optimiser step ``before_step``.
-
-    Newer rows were written after the resume state was saved; they are recomputed.
-    """
-    path = study.run_table_path(seed)
-    if not path.exists():
-        return None
-    frame = read_parquet(path, "run table")
-    opt_steps = frame["step"] * steps_per_epoch if step_unit == "epoch" else frame["step"]
-    frame = frame[opt_steps < before_step].reset_index(drop=True)
-    return frame if len(frame) else None

@@ -1,7 +1,8 @@
 """The ``latent`` command line: a thin layer that parses arguments and calls library functions.
 
 User mistakes surface as :class:`latent.errors.UserError` and end as one line on stderr with
-exit status 2; argparse errors are folded into the same one-line form.
+exit status 2; argparse errors and operating-system errors (disk full, permissions) are folded
+into the same one-line form.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import importlib
 import shlex
 import sys
 
-from .errors import UserError
+from .errors import UserError, describe_os_error
 from .commands import COMMANDS
 
 
@@ -47,11 +48,20 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.run(args) or 0)
     except UserError as exc:
-        print(f"latent {args.command}: error: {exc}", file=sys.stderr)
+        print(f"latent {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # one not turned into a UserError where it happened: still one line
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        print(f"latent {args.command}: error: {describe_os_error(exc)}{where}; fix that and rerun the command",
+              file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"latent {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
 
 
 if __name__ == "__main__":  # pragma: no cover

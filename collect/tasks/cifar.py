@@ -47,6 +47,7 @@ import torch.nn.functional as F
 
 from latent.errors import UserError
 
+from ..fingerprint import fingerprint
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
 from .base import RowProblem, Task, cross_entropy_sums, stack_params
@@ -170,13 +171,6 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 @functools.lru_cache(maxsize=2)
-def _load_files(data_dir: str) -> dict[str, Any]:
-    from ..data.cifar import load_cifar
-
-    return load_cifar(data_dir)
-
-
-@functools.lru_cache(maxsize=2)
 def _generate(n_train: int, n_val: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     from ..data.cifar import generate_images
 
@@ -224,7 +218,10 @@ def load_data(cfg: CifarConfig) -> CifarData:
                 f"(5 shapes x solid/striped fill, random position, size, rotation, colours, shading, noise), "
                 f"data_seed {cfg.data_seed}")
         return CifarData(x, y, cfg.n_train, "generated", 10, mean, std, desc)
-    d = _load_files(str(Path(cfg.data_dir).expanduser().resolve()))
+    from ..data.cifar import load_cifar
+
+    # Read afresh every time: files may change between collections (the fingerprint catches that).
+    d = load_cifar(Path(cfg.data_dir).expanduser().resolve())
     if source != "files" and d["kind"] != source:
         raise UserError(f"source={source} but {cfg.data_dir} holds {d['kind'].upper()} batches")
     pool = len(d["y_train"])
@@ -439,8 +436,11 @@ class CifarTask(Task):
     # threads on an idle 2-core machine and 565 s with 1 (bench/RESULTS.md).
     default_threads = 1
 
-    def describe_data(self, cfg: CifarConfig) -> dict[str, Any]:
-        data = load_data(cfg)
+    def load_data(self, cfg: CifarConfig) -> CifarData:
+        return load_data(cfg)
+
+    def describe_data(self, cfg: CifarConfig, data: CifarData | None = None) -> dict[str, Any]:
+        data = load_data(cfg) if data is None else data
         train, val = data.split(cfg, 0)
         variant = {(True, True): "standard", (False, False): "destabilised (no BatchNorm, no residuals)",
                    (True, False): "no residuals", (False, True): "no BatchNorm"}[(cfg.batchnorm, cfg.residual)]
@@ -455,4 +455,5 @@ class CifarTask(Task):
             if cfg.augment else "none",
             "model": f"ResNet-18 (3x3 stem, no max-pool), widths {cfg.width}-{2 * cfg.width}-{4 * cfg.width}-{8 * cfg.width}, {variant}",
             "train_eval": f"train_loss/train_acc on {min(cfg.train_eval_size or len(train), len(train))} fixed training images, no augmentation",
+            "fingerprint": fingerprint({"x": data.x, "y": data.y}),
         }

@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from latent.errors import UserError
 
 from ..data.text import CLS, MASK, SEP, SPECIALS, WordTokenizer, pydoc_topics, read_text_dir, split_words
+from ..fingerprint import fingerprint
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
 from .base import BatchedProblem, Task, stack_params
@@ -456,8 +457,11 @@ class MlmTask(Task):
     convergence_metric = "val_loss"
     convergence_direction = "below"
 
-    def describe_data(self, cfg: MlmConfig) -> dict[str, Any]:
-        data = load_data(cfg)
+    def load_data(self, cfg: MlmConfig) -> MlmData:
+        return load_data(cfg)
+
+    def describe_data(self, cfg: MlmConfig, data: MlmData | None = None) -> dict[str, Any]:
+        data = load_data(cfg) if data is None else data
         return {
             "source": data.source,
             "description": data.description,
@@ -473,4 +477,6 @@ class MlmTask(Task):
                      f"d_ff {cfg.d_ff}, GELU, learned positions, tied MLM decoder",
             "train_eval": f"train_loss/train_acc on {min(cfg.train_eval_size or len(data.train), len(data.train))} "
                           "fixed training sequences",
+            "fingerprint": fingerprint({"train": data.train, "val": data.val},
+                                       {"vocabulary": list(data.tokenizer.itos)}),
         }

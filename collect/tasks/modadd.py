@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 from latent.errors import UserError
 
+from ..fingerprint import fingerprint
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
 from .base import RowProblem, Task, cross_entropy_sums, normal_, stack_params
@@ -306,10 +307,12 @@ class ModAddTask(Task):
     problem_class = ModAddProblem
     step_unit = "epoch"
 
-    def describe_data(self, cfg: ModAddConfig) -> dict[str, Any]:
+    def describe_data(self, cfg: ModAddConfig, data: Any = None) -> dict[str, Any]:
+        a, b, y = pair_table(cfg.p)
         return {
             "source": "generated",
             "description": f"all {cfg.p}² pairs (a, b) -> (a + b) mod {cfg.p}",
             "n_train": cfg.n_train,
             "n_val": cfg.p**2 - cfg.n_train,
+            "fingerprint": fingerprint({"a": a.numpy(), "b": b.numpy(), "y": y.numpy()}),
         }

@@ -25,6 +25,7 @@ import torch
 
 from latent.errors import UserError
 
+from ..fingerprint import fingerprint
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
 from .base import RowProblem, Task, stack_params
@@ -212,7 +213,10 @@ class ParityTask(Task):
     problem_class = ParityProblem
     step_unit = "epoch"
 
-    def describe_data(self, cfg: ParityConfig) -> dict[str, Any]:
+    def describe_data(self, cfg: ParityConfig, data: Any = None) -> dict[str, Any]:
+        # Each run draws its own sample; the fingerprint pins the generator through the sample
+        # that seed 0's split stream (or the shared split seed) draws.
+        x, y = draw_data(cfg, RunSeeds.derive(0, cfg.split_seed).split)
         return {
             "source": "generated",
             "description": (
@@ -221,4 +225,5 @@ class ParityTask(Task):
             ),
             "n_train": cfg.n_train,
             "n_val": cfg.n_val,
+            "fingerprint": fingerprint({"x": x, "y": y}),
         }

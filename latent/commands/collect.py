@@ -2,6 +2,26 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return f"latent collect: {record.levelname.lower()}: {record.getMessage()}"
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Shows the collector's warnings on stderr as ``latent collect: warning: ...`` (added once)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+        self.setFormatter(_Formatter())
+
+    def emit(self, record):  # follow sys.stderr if it is replaced (pytest capsys)
+        self.stream = sys.stderr
+        super().emit(record)
+
 
 def add_parser(sub) -> None:
     p = sub.add_parser(
@@ -36,7 +56,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
-    from latent.errors import UserError
+    from latent.errors import StoreError, UserError
 
     if args.threads is not None and args.threads < 1:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
@@ -46,6 +66,10 @@ def run(args) -> int:
     from collect.config import parse_overrides
     from collect.study import collect_study
     from collect.tasks import get_task
+
+    logger = logging.getLogger("latent.collect")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
 
     task = get_task(args.task)
     overrides = parse_overrides(task.config_class, args.overrides)
@@ -80,29 +104,45 @@ def run(args) -> int:
             overrides.setdefault("batch_size", 256)  # the paper's stabilised setting (reference.md A1)
         if name is None:
             name = f"{args.task}-{args.preset}-ln" if args.preset != "default" else f"{args.task}-ln"
-    result = collect_study(
-        args.task,
-        args.seeds,
-        preset=args.preset,
-        overrides=overrides,
-        study=name,
-        store=args.store,
-        device=args.device,
-        threads=args.threads,
-        overwrite=args.overwrite,
-        seed_batch=args.seed_batch,
-        save_every=args.save_every,
-        progress=not args.quiet,
-        command=args.command_line,
-    )
+    try:
+        result = collect_study(
+            args.task,
+            args.seeds,
+            preset=args.preset,
+            overrides=overrides,
+            study=name,
+            store=args.store,
+            device=args.device,
+            threads=args.threads,
+            overwrite=args.overwrite,
+            seed_batch=args.seed_batch,
+            save_every=args.save_every,
+            progress=not args.quiet,
+            command=args.command_line,
+        )
+    except StoreError as exc:
+        raise UserError(f"{exc}; every run keeps its last save point, so rerun the same command to resume "
+                        "once that is fixed") from None
+    _print_summary(result)
+    return 0
+
+
+def _print_summary(result) -> None:
+    from collect.study import seed_label
+
     unit = result.convergence_unit
+    done = f"{result.seeds_done}/{result.seeds_total} seeds done"
+    others = (f"seed(s) {seed_label(result.seeds_elsewhere)} were trained by another collection meanwhile"
+              if result.seeds_elsewhere else "")
     if result.nothing_to_do:
-        print(f"study {result.study} is complete ({result.seeds_total}/{result.seeds_total} seeds done); nothing to do")
+        what = "is complete" if result.seeds_done == result.seeds_total else "has every requested seed done"
+        print(f"study {result.study} {what} ({done}); nothing to do")
+    elif not result.seeds_trained:
+        print(f"{others}; study {result.study} has {done}")
     else:
-        print(f"trained {len(result.seeds_trained)} seeds in {result.wall_seconds:.1f} s")
+        print(f"trained {len(result.seeds_trained)} seeds in {result.wall_seconds:.1f} s" + (f"; {others}" if others else ""))
     med = f"{result.convergence_median:g}" if result.convergence_median is not None else "n/a"
     print(
         f"converged: {result.converged}/{result.seeds_total} seeds; median convergence {unit} {med}; "
         f"study: {result.study}"
     )
-    return 0

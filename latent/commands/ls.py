@@ -1,9 +1,15 @@
-"""``latent ls``: list the studies in a store with their task, seeds done/total, status and fits."""
+"""``latent ls``: list the studies in a store with their task, seeds done/total, status and fits.
+
+A study's status is ``done``, ``partial`` (unfinished runs that ``latent collect`` resumes),
+``running`` (a collection holds some of its seeds right now), ``damaged`` (a run whose files are
+unreadable or disagree; one line per such run follows the table) or ``empty``.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import UserError
 from ..store import list_studies
 
 
@@ -13,6 +19,18 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
+def _status_text(st: dict) -> str:
+    runs = st["runs"]
+    if st["status"] == "damaged":
+        bad = [s for s, r in runs.items() if r.status == "damaged"]
+        return f"damaged: seed{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad[:8]))}" + (" …" if len(bad) > 8 else "")
+    if st["status"] == "running":
+        return f"running: {sum(r.status == 'running' for r in runs.values())} in progress"
+    if st["status"] == "partial":
+        return f"partial: {sum(r.status in ('partial', 'pending') for r in runs.values())} unfinished"
+    return st["status"]
+
+
 def run(args) -> int:
     store = Path(args.store)
     studies = list_studies(store)
@@ -20,9 +38,15 @@ def run(args) -> int:
         print(f"no studies in {store}")
         return 0
     rows = [("STUDY", "TASK", "PRESET", "SEEDS", "STATUS", "FITS")]
+    notes = []
     for study in studies:
-        meta = study.read_meta()
-        st = study.status()
+        try:
+            meta = study.read_meta()
+            st = study.status()
+        except UserError as exc:  # an unreadable study.json is listed, not fatal
+            rows.append((study.name, "?", "?", "?", "damaged: study.json", "-"))
+            notes.append(f"  {study.name}: {exc}")
+            continue
         fits = study.fit_ids()
         rows.append(
             (
@@ -30,11 +54,17 @@ def run(args) -> int:
                 str(meta.get("task", "?")),
                 str(meta.get("preset", "-")),
                 f"{st['done']}/{st['total']}",
-                st["status"],
+                _status_text(st),
                 ", ".join(fits) if fits else "-",
             )
         )
+        notes += [f"  {study.name} seed {s}: {r.detail}" for s, r in st["runs"].items() if r.status == "damaged"]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
+    if notes:
+        print("damaged runs (`latent collect` trains a run marked done with a missing or short table again; "
+              "unreadable files must be removed as said):")
+        for line in notes:
+            print(line)
     return 0
