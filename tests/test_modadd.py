@@ -82,6 +82,13 @@ def test_seed_streams_are_fixed_and_distinct():
     assert rs == RunSeeds.derive(5)
     assert len({rs.init, rs.order, rs.split}) == 3
     assert RunSeeds.derive(5).init != RunSeeds.derive(6).init
-    # Pinned values: changing how streams are derived changes every run, so it must be deliberate.
-    assert RunSeeds.derive(0).as_dict() == RunSeeds.derive(0).as_dict()
+    # Pinned values: changing how streams are derived changes every run (and every study already
+    # collected stops resuming bit for bit), so it must be deliberate.
+    assert RunSeeds.derive(0).as_dict() == {"seed": 0, "init": 8668861027912758289, "order": 4881901421217228719,
+                                            "split": 7229315352737646089}
+    assert RunSeeds.derive(5).as_dict() == {"seed": 5, "init": 6435503736417733320, "order": 6924645418555453511,
+                                            "split": 1725439304048894018}
+    shared = RunSeeds.derive(3, split_seed=7)
+    assert (shared.init, shared.order, shared.split) == (5225985557982005424, 9220343133073777804,
+                                                         RunSeeds.derive(7).split)
     assert rs.init == int(np.random.SeedSequence(5, spawn_key=(0,)).generate_state(1, dtype=np.uint64)[0] & np.uint64(2**63 - 1))
