@@ -328,27 +328,29 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
     return result
 
 
-def _check_runs(study: Study, table: pd.DataFrame, cfg: FitConfig) -> None:
-    """Refuse (or, with ``allow_partial``, warn about) unfinished runs and runs of unequal length."""
-    unfinished = []
-    for seed in sorted(int(s) for s in table["seed"].unique()):
-        manifest = study.read_manifest(seed)
-        if manifest is not None and manifest.get("status") != "done":
-            unfinished.append(seed)
+def _read_runs(study: Study, cfg: FitConfig) -> pd.DataFrame:
+    """The runs to fit: every run done; others (unfinished, being collected, damaged, not
+    started) or runs with fewer checkpoints than the rest are refused by name, unless
+    ``allow_partial``, which fits what is saved of them (never a damaged run) with a warning."""
+    table, statuses = study.read_finished_runs(allow_partial=True)
+    problems = []
+    for kind in ("partial", "running", "pending", "damaged"):
+        seeds = sorted(s for s, st in statuses.items() if st.status == kind)
+        if seeds:
+            example = statuses[seeds[0]].detail
+            problems.append(f"{kind}: seed(s) {_fmt_seeds(seeds)}" + (f" ({example})" if example else ""))
     counts = table.groupby("seed").size().clip(upper=cfg.first_n)
     short = sorted(int(s) for s in counts.index[counts < counts.max()])
-    problems = []
-    if unfinished:
-        problems.append(f"seed(s) {_fmt_seeds(unfinished)} not finished (`latent ls` says partial)")
     if short:
         problems.append(f"seed(s) {_fmt_seeds(short)} have fewer checkpoints than the others "
                         f"({int(counts.min())} vs {int(counts.max())})")
-    if not problems:
-        return
-    text = "; ".join(problems)
-    if not cfg.allow_partial:
-        raise UserError(f"{text}; finish them (rerun `latent collect`), or pass --allow-partial to fit them as they are")
-    log.warning("fitting a partial study (--allow-partial): %s", text)
+    if problems:
+        text = "; ".join(problems)
+        if not cfg.allow_partial:
+            raise UserError(f"{text}; finish them (rerun `latent collect`; `latent ls` shows every run), or pass "
+                            "--allow-partial to fit what is saved")
+        log.warning("fitting a partial study (--allow-partial): %s", text)
+    return table
 
 
 def _fmt_seeds(seeds) -> str:
@@ -365,13 +367,12 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         timings[name] = timings.get(name, 0.0) + now - clock[-1]
         clock.append(now)
 
-    table = study.read_runs()
+    table = _read_runs(study, cfg)
     if cfg.metric not in table.columns:
         raise UserError(
             f"convergence metric {cfg.metric!r} is not a column of the run tables; pass --metric "
             f"(columns: {', '.join(c for c in table.columns if c not in ('seed', 'step', 'epoch'))})"
         )
-    _check_runs(study, table, cfg)
     fm = build_features(table, cfg.features, cfg.first_n, cfg.scaling)
 
     conv, last_step = _convergence(table, fm, cfg)

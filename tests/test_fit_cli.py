@@ -202,7 +202,8 @@ def test_partial_study_is_refused_unless_allowed(store, capsys):
     path = store / "toy" / "runs" / "seed-007.parquet"
     pd.read_parquet(path).head(60).to_parquet(path, index=False)
     err = _bad(store, capsys, ["fit", "--store", str(store), *FAST])
-    assert "seed(s) 3 not finished" in err and "seed(s) 7 have fewer checkpoints than the others (60 vs 90)" in err
+    assert "partial: seed(s) 3 (90 rows saved)" in err
+    assert "seed(s) 7 have fewer checkpoints than the others (60 vs 90)" in err
     assert "--allow-partial" in err
     assert fit(store, "--allow-partial") == 0
     assert "fitting a partial study" in capsys.readouterr().err
