@@ -1,7 +1,7 @@
 """Recovery benchmark: does `latent fit` find the states and detours planted in simulated studies?
 
 Each draw is a study from :mod:`latent.simulate` with a random structure (2-5 main states, 0-2
-detours, 0-1 symmetric fork, K from 2 to 8, visit fractions 5-60 %), fitted with one or more
+detours, 0-1 symmetric fork, K from 2 to 8, visit fractions 15-60 %, 3-15 % for ``rare``), fitted with one or more
 option sets and scored against the truth (:func:`latent.simulate.score`). Families: exact HMM
 (``standard``), gamma-shaped durations (``semi_markov``), AR(1) noise (``autocorrelated``),
 per-run shifts and scales (``shifted``), smooth drift with no states (``drift``); difficulty
@@ -342,7 +342,7 @@ EXPLAIN = """Each row: simulated studies with a planted truth (`latent/simulate.
 options (`default` = `latent fit`'s defaults; `reference` = `--reference`, the reference's procedure) \
 and scored against the truth. Structures are random per draw: 2-5 main states, 0-2 detours (a detour \
 adds 0.5-1.5x the main chain's time), 0-1 symmetric fork, K = 2..8, each optional state taken by \
-5-60 % of runs; 14 features, 2 of them uninformative, noise correlation 0.3. Level = Mahalanobis \
+15-60 % of runs (family `rare`: 3-15 %); 14 features, 2 of them uninformative, noise correlation 0.3. Level = Mahalanobis \
 distance between neighbouring states' means (easy 4, medium 3, hard 2). *Detour recall* counts \
 planted detours visited and skipped by at least 5 runs (*oracle*: the same test on the true paths, \
 i.e. what a fit that recovered every state exactly would find: the power the planted effects allow); \
@@ -350,7 +350,12 @@ i.e. what a fit that recovered every state exactly would find: the power the pla
 (symmetric forks included) where nothing is flagged; *effect sign*: estimated delay > 0 for planted \
 detours; *CI coverage*: the 95 % Welch interval of the delay contains the true delay, over every \
 optional state visited and skipped by ≥ 5 runs. The paper-rule columns score the paper's detour rule \
-(optional state, positive regression coefficient) on the same fits. Numbers in brackets are counts."""
+(optional state, positive regression coefficient) on the same fits. Numbers in brackets are counts. \
+Families: `standard` is an exact Gaussian HMM (geometric durations); `semi_markov` has gamma-shaped \
+durations; `autocorrelated` adds AR(1) noise in time (0.5) within states; `shifted` gives every run \
+its own offset (1 noise sd) and scale (log-sd 0.1) of every feature, as seeds differ; `drift` is a \
+negative control with no discrete states (each feature a run-specific sigmoid plus a slow trend), \
+where every flagged state is false and K has no right answer."""
 
 
 if __name__ == "__main__":
