@@ -264,3 +264,25 @@ def test_presets_and_validation(tmp_path):
         MlmConfig(source="pydoc", data_dir="/x").validate()
     with pytest.raises(UserError, match="leaves none for training"):
         load_data(MlmConfig(n_val=100_000))
+
+
+def test_weight_decay_spares_biases_and_layernorm_gains_as_in_bert():
+    # AdamW's decay is decoupled: after one step from the same weights and gradients, a decayed
+    # parameter differs from its undecayed twin by exactly -lr·wd·p0; biases and LN gains not at all.
+    wd = 0.5
+    runs = {w: _problem(MlmConfig(**{**TINY, "weight_decay": w}), [0, 1]) for w in (0.0, wd)}
+    gen = torch.Generator().manual_seed(0)
+    p0 = {k: torch.randn(v.shape, generator=gen) for k, v in runs[wd].params.items()}  # biases non-zero too
+    with torch.no_grad():
+        for pr in runs.values():
+            for k, v in pr.params.items():
+                v.copy_(p0[k])
+    lr = runs[wd].lr_at(0)
+    for pr in runs.values():
+        pr.train_step()
+    for name, before in p0.items():
+        gap = runs[wd].params[name].detach() - runs[0.0].params[name].detach()
+        bias_or_gain = name.endswith("_b") or name in ("emb_ln_w", "head_ln_w") or "_ln" in name
+        want = torch.zeros_like(before) if bias_or_gain else -lr * wd * before
+        torch.testing.assert_close(gap, want, rtol=0, atol=2e-6, msg=name)  # float32 rounding of p ~ 1
+    assert {"tok_emb", "pos_emb", "l0_q", "l1_out", "head"} <= {k for k in p0 if not (k.endswith("_b") or "ln" in k)}

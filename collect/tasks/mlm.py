@@ -85,7 +85,8 @@ class MlmConfig:
     mask_prob : float
         Fraction of tokens selected for prediction (BERT: 0.15; 80/10/10 [MASK]/random/same).
     lr, weight_decay, beta1, beta2, eps : float
-        AdamW hyper-parameters (peak learning rate).
+        AdamW hyper-parameters (peak learning rate). As in BERT, weight decay applies to weight
+        matrices and embeddings only, not to biases or LayerNorm gains.
     warmup_steps : int
         Linear warm-up steps; then linear decay to 0 at the last step (``decay=false``: constant).
     decay : bool
@@ -339,6 +340,17 @@ def mlm_loss_acc(P: dict[str, torch.Tensor], inputs: torch.Tensor, targets: torc
 # --------------------------------------------------------------------------- problem
 
 
+def decays(name: str) -> bool:
+    """Whether parameter ``name`` gets weight decay: as in BERT, every weight matrix and embedding
+    does; biases (``*_b``) and LayerNorm gains (``*ln*_w``) do not."""
+    return not (name.endswith("_b") or ("ln" in name and name.endswith("_w")))
+
+
+def decay_split(params: dict[str, torch.Tensor]) -> tuple[list, list]:
+    """``(decayed, not decayed)`` parameter lists, in ``params`` order (see :func:`decays`)."""
+    return ([v for k, v in params.items() if decays(k)], [v for k, v in params.items() if not decays(k)])
+
+
 class MlmProblem(BatchedProblem):
     """S seeds of the small BERT as one batched model, trained with one AdamW."""
 
@@ -349,9 +361,10 @@ class MlmProblem(BatchedProblem):
         self.vocab = self.data.tokenizer.vocab_size
         per_seed = [init_params(cfg, self.vocab, torch.Generator().manual_seed(rs.init)) for rs in seeds]
         self.params = stack_params(per_seed, device)
+        decay, no_decay = decay_split(self.params)
         self.optimizer = torch.optim.AdamW(
-            list(self.params.values()), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-            weight_decay=cfg.weight_decay, foreach=True,
+            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, foreach=True,
         )
         self.order_generators = [torch.Generator().manual_seed(rs.order) for rs in seeds]
         self.train_ids = torch.from_numpy(self.data.train).to(device)
