@@ -297,6 +297,19 @@ def test_paper_preset_and_layernorm_variant_run_end_to_end(tmp_path, capsys):
     assert main(args + ["--layernorm"]) == 0
     ln = Study(tmp_path / "modadd-paper-ln").read_meta()["config"]
     assert ln["layernorm"] is True and ln["batch_size"] == 256  # the paper's stabilised setting
+    assert ln["epochs"] == 1  # --epochs wins over the variant's default
+
+
+def test_paper_layernorm_variant_defaults_to_the_papers_300_epochs(tmp_path, monkeypatch):
+    # reference.md A1: the stabilised runs have checkpoints at epochs 0-290 (30 points), batch 256.
+    import collect.study
+
+    seen = {}
+    monkeypatch.setattr(collect.study, "collect_study", lambda task, seeds, **kw: seen.update(kw) or (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        main(["collect", "--task", "modadd", "--preset", "paper", "--layernorm", "--seeds", "1", "--store", str(tmp_path)])
+    assert seen["overrides"]["epochs"] == 290 and seen["overrides"]["batch_size"] == 256
+    assert seen["overrides"]["layernorm"] is True and seen["study"] == "modadd-paper-ln"
 
 
 def test_cifar_variant_flags_name_the_study_and_set_the_threshold(tmp_path, capsys):
