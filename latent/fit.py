@@ -46,11 +46,20 @@ from .detours import (
     trajectory_dissimilarity,
 )
 from .errors import UserError
-from .features import REFERENCE_FEATURES, SCALINGS, FeatureMatrix, build_features
+from .features import REFERENCE_FEATURES, SCALINGS, FeatureMatrix, available_features, build_features
 from .hmm import COVARIANCES, CRITERIA, INITS, SELECTIONS, HMMSelector
 from .importance import transition_importance
 from .store import Study, atomic_write_json, atomic_write_parquet, dumps_json
-from .trainmap import build_map, map_to_data
+from .trainmap import (
+    ENTRY_WINDOW,
+    PHASE_DEFINITION,
+    STEP_PERCENTILES,
+    build_map,
+    map_to_data,
+    performance_columns,
+    phase_lines,
+    state_phases,
+)
 
 log = logging.getLogger("latent")
 
@@ -204,10 +213,84 @@ class FitConfig:
         return d
 
 
+#: The reference's procedure (:meth:`FitConfig.reference`), named ``reference`` in fit ids.
+_REFERENCE_SETTINGS = {"scaling": "per_run", "selection": "reference", "init": "kmeans", "criterion": "bic",
+                       "detour_rule": "paper"}
+
+
+def _id_token(name: str, value) -> str:
+    """How a setting that differs from its default reads in a fit id."""
+    if name == "features":
+        return f"{len(value)}feat"
+    if isinstance(value, bool):
+        return {"one_se": "bestk", "allow_partial": "partial"}[name]
+    if isinstance(value, str):  # "reference" alone is kept for the reference's five settings together
+        return {("selection", "reference"): "refselect"}.get((name, value), value.replace("_", ""))
+    prefix = {"first_n": "first", "max_states": "max", "restarts": "restarts", "n_iter": "iter", "folds": "folds",
+              "random_state": "seed", "test_fraction": "test", "min_runs": "minruns", "alpha": "alpha",
+              "n_boot": "boot", "resamples": "resamples"}[name]
+    return f"{prefix}{value:g}" if isinstance(value, float) else f"{prefix}{value}"
+
+
+def fit_options(config: FitConfig) -> list[str]:
+    """The settings of ``config`` that differ from the defaults, as fit-id tokens, in field order.
+
+    ``reference`` stands for the reference's five settings (:meth:`FitConfig.reference`) when all
+    of them are set; features other than the 14 reference columns read ``<d>feat``; the
+    convergence rule (the study's by default) is not listed. Covariance and criterion are not
+    listed either: every fit id starts with them.
+
+    Parameters
+    ----------
+    config : FitConfig
+        A resolved config.
+
+    Returns
+    -------
+    list of str
+        E.g. ``[]`` for the defaults, ``["reference"]`` for ``--reference``, ``["max6",
+        "resamples0"]`` for ``--max-states 6 --resamples 0``.
+    """
+    default = FitConfig()
+    d = config.to_dict()
+    base = default.to_dict()
+    reference = all(d[k] == v for k, v in _REFERENCE_SETTINGS.items())
+    tokens = []
+    for name in d:
+        if name in ("covariance", "criterion", "metric", "threshold", "direction"):
+            continue
+        if reference and name in _REFERENCE_SETTINGS:
+            if name == "scaling":
+                tokens.append("reference")
+            continue
+        value = d[name]
+        if name == "features":
+            if value is None or tuple(value) == tuple(REFERENCE_FEATURES):
+                continue
+        elif value == base[name]:
+            continue
+        tokens.append(_id_token(name, value))
+    return tokens
+
+
 def fit_id(config: FitConfig) -> str:
-    """A short id derived from the resolved settings: ``<covariance>-<criterion>-<hash8>``."""
+    """The id of a fit: derived from the resolved settings, and naming those that differ from the defaults.
+
+    Parameters
+    ----------
+    config : FitConfig
+        A resolved config.
+
+    Returns
+    -------
+    str
+        ``<covariance>-<criterion>[-<option>...]-<hash8>``, e.g. ``full-loglik-1a2b3c4d``
+        (defaults), ``full-bic-reference-…`` (``--reference``), ``full-loglik-max6-resamples0-…``.
+        The hash is over every resolved setting, so different settings never share an id;
+        :func:`fit_options` gives the option tokens.
+    """
     digest = hashlib.sha256(dumps_json(config.to_dict()).encode()).hexdigest()[:8]
-    return f"{config.covariance}-{config.criterion}-{digest}"
+    return "-".join([config.covariance, config.criterion, *fit_options(config), digest])
 
 
 def package_versions() -> dict:
@@ -484,7 +567,8 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
     dissim = trajectory_dissimilarity(occupancy, ground_metric(params["means"]))
     importance = transition_importance(run_z, run_paths, params, fm.features)
     conv_list = [conv[s] for s in fm.seeds]
-    G = build_map(run_paths, run_raw, params, fm.features, conv_list, importance)
+    phases = _phases(table, fm, cfg, run_paths, run_z, K, meta)
+    G = build_map(run_paths, run_raw, params, fm.features, conv_list, importance, phases=phases["states"])
 
     selection_info = {
         "procedure": cfg.selection, "criterion": cfg.criterion, "one_se": cfg.one_se,
@@ -502,6 +586,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         },
         "occupancy": {str(s): occupancy[i] for i, s in enumerate(fm.seeds)},
         "map": map_to_data(G),
+        "phases": phases,
         "states": tests,
         "regression": regression,
         "detours": detours,
@@ -551,6 +636,23 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
     if truth:
         result.summary.append(truth)
     return result
+
+
+def _phases(table: pd.DataFrame, fm: FeatureMatrix, cfg: FitConfig, run_paths, run_z, K: int, meta: dict) -> dict:
+    """The ``phases`` block of ``analysis.json``: what each state means (:func:`latent.trainmap.state_phases`),
+    from the study's performance columns at the decoded checkpoints, HMM features or not."""
+    columns = performance_columns(available_features(table), cfg.metric)
+    run_steps = fm.split(fm.steps)
+    by_seed = {int(s): g for s, g in table.sort_values(["seed", "step"], kind="stable").groupby("seed", sort=True)}
+    metrics: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    for seed, steps in zip(fm.seeds, run_steps):
+        run = by_seed[seed].head(len(steps))  # the rows build_features decoded: the first ones by step
+        for c in columns:
+            metrics[c].append(pd.to_numeric(run[c], errors="coerce").to_numpy(dtype=float))
+    states = state_phases(run_paths, run_steps, metrics, run_z, fm.features, K, window=ENTRY_WINDOW)
+    return {"metrics": columns, "step_unit": meta.get("step_unit", "step"), "window": ENTRY_WINDOW,
+            "percentiles": list(STEP_PERCENTILES), "scaling": cfg.scaling, "definition": dict(PHASE_DEFINITION),
+            "states": states}
 
 
 def _truth_line(study: Study, result: FitResult) -> str | None:
@@ -701,6 +803,7 @@ def _summary(result: FitResult, visited, reg, tests, detours, never, stability) 
             extra += f", reappears in {stability['state_found'][k]}/{stability['used']} resamples"
         lines.append(f"  state {k}: occupancy {counts[k] / total:6.1%}, visited by "
                      f"{int(visited[:, k].sum())}/{n_runs} runs{extra}")
+    lines += phase_lines(result.analysis["phases"], result.analysis["convergence"]["step_unit"])
     if detours:
         parts = []
         for d in detours:

@@ -63,8 +63,25 @@ def test_fit_writes_contract_artifacts_and_ls_lists_them(store, capsys):
     assert [r["state"] for r in analysis["states"]] == list(range(K))
     assert analysis["stability"]["resamples"] == 4 and len(analysis["stability"]["state_found"]) == K
     assert "edges" in analysis["map"] and "nodes" in analysis["map"]
+    assert [r["state"] for r in analysis["phases"]["states"]] == list(range(K))
+    assert analysis["phases"]["metrics"] == ["val_acc"]  # the only performance column these tables have
+    # the fit id names the settings that differ from the defaults (FAST) and the 4 non-reference features
+    assert fdir.name.startswith("full-loglik-4feat-max3-restarts2-iter10-boot50-resamples4-")
+    # the last line says what to run next, and that command works
+    last = out.strip().splitlines()[-1]
+    assert last == f"next: latent report --store {store} --study toy --fit {fdir.name}"
+    assert main(last.split()[2:]) == 0
+    assert (store / "toy" / "reports" / fdir.name / "index.html").exists()
     assert main(["ls", "--store", str(store)]) == 0
     assert fdir.name in capsys.readouterr().out
+
+
+def test_help_is_plain_text(capsys):
+    with pytest.raises(SystemExit):
+        main(["fit", "--help"])
+    out = capsys.readouterr().out
+    assert "fit id names the settings" in out
+    assert "``" not in out and ":func:" not in out and ":class:" not in out
 
 
 def test_same_command_same_bytes_and_replaces_atomically(store, capsys):

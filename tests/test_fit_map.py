@@ -46,6 +46,25 @@ def test_map_edges_equal_brute_force_on_toy():
         assert node["mean_z"] == {"a": params["means"][k, 0], "b": params["means"][k, 1]}
     G2 = map_from_data(map_to_data(G))
     assert sorted(G2.edges) == sorted(G.edges) and G2.nodes[1] == G.nodes[1]
+    assert "metrics" not in G.nodes[0]  # without phases, nodes carry no phase attributes
+
+
+def test_map_nodes_carry_what_each_state_means():
+    """build_map(phases=...) copies each state's phases onto its node; entry changes cut to ``top``."""
+    paths = [np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 2, 2])]
+    phases = [{"state": k, "checkpoints": 3, "runs": 2, "metrics": {"val_acc": 0.1 * k},
+               "steps": {"min": 0.0, "p10": 0.0, "median": 10.0, "p90": 20.0 + k, "max": 30.0},
+               "entries": k, "entered_from": {}, "entry_change": [{"feature": f, "change_z": float(i)}
+                                                                  for i, f in enumerate("abcd")]}
+              for k in range(3)]
+    params = {"transmat": np.full((3, 3), 1 / 3), "means": np.zeros((3, 2))}
+    raw = [np.zeros((5, 2)), np.zeros((5, 2))]
+    G = build_map(paths, raw, params, ["a", "b"], [10, 20], phases=phases, top=2)
+    for k in range(3):
+        node = G.nodes[k]
+        assert node["metrics"] == {"val_acc": 0.1 * k} and node["steps"]["p90"] == 20.0 + k
+        assert node["entries"] == k and [c["feature"] for c in node["entry_change"]] == ["a", "b"]
+    assert map_from_data(map_to_data(G)).nodes[2] == G.nodes[2]
 
 
 def test_fitted_map_matches_brute_force_count(tmp_path):

@@ -1,14 +1,21 @@
 """``latent fit``: select a Gaussian HMM, decode runs, build the training map, regress convergence on states.
 
-Fits the most recently collected study in the store unless --study names another (a name in the
-store or any directory holding study.json and runs/seed-*.parquet). Writes
-<study>/fits/<fit-id>/{model.json,paths.parquet,analysis.json}; see docs/fit.md.
+The command's ``--help`` text is :data:`DESCRIPTION` (plain text, no markup).
 """
 
 from __future__ import annotations
 
 import logging
 import sys
+
+
+DESCRIPTION = (
+    "Select a Gaussian HMM, decode every run, build the training map, say what each state means, find the "
+    "detour states and regress convergence on the time spent in each state. Fits the most recently collected "
+    "study in the store unless --study names another (a name in the store, or any directory holding study.json "
+    "and runs/seed-*.parquet). Writes <study>/fits/<fit-id>/ (model.json, paths.parquet, analysis.json); the "
+    "fit id names the settings that differ from the defaults. See docs/fit.md."
+)
 
 
 class _StderrHandler(logging.StreamHandler):
@@ -75,7 +82,7 @@ def add_parser(sub) -> None:
 
     defaults = FitConfig()
     p = sub.add_parser("fit", help="fit HMMs, decode runs, build the training map and detour regression",
-                       description=__doc__)
+                       description=DESCRIPTION)
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--study", default=None, help="study name in the store, or a path (default: most recent)")
     for flag, name, kind, text in OPTIONS:
@@ -134,4 +141,18 @@ def run(args) -> int:
     t = result.timings
     print(f"wrote {out} ({t['total']:.1f} s: model selection {t['selection']:.1f} s, "
           f"stability {t['stability']:.1f} s, the rest {t['total'] - t['selection'] - t['stability']:.1f} s)")
+    print(f"next: {next_command(args, study, result.fit_id)}")
     return 0
+
+
+def next_command(args, study, fit_id: str) -> str:
+    """The ``latent report`` command that draws this fit (printed as the last line)."""
+    import shlex
+    from pathlib import Path
+
+    parts = ["latent", "report"]
+    in_store = study.root.parent.resolve() == Path(args.store).resolve()
+    if in_store and str(args.store) != "data":
+        parts += ["--store", str(args.store)]
+    parts += ["--study", study.name if in_store else str(study.root), "--fit", fit_id]
+    return " ".join(shlex.quote(p) for p in parts)
