@@ -275,6 +275,28 @@ class FitArtifacts:
     def regression(self) -> dict:
         return self.analysis["regression"]
 
+    @property
+    def scaling_kind(self) -> str | None:
+        """``"global"`` or ``"per_run"``: how the fit z-scored its features (None if it does not say)."""
+        sc = self.model.get("scaling")
+        kind = sc.get("kind") if isinstance(sc, dict) else None
+        return None if kind is None else str(kind)
+
+    @cached_property
+    def phases(self) -> dict:
+        """What each state means: ``analysis.phases`` (docs/artifacts.md), one row per state under
+        ``states``: ``metrics`` (mean train/val loss and accuracy in it), ``steps`` (min, p10, median,
+        p90, max of its checkpoints' steps), ``entries``, ``entered_from`` and ``entry_change``.
+
+        A fit written before the block has it computed here, by the same function
+        (:func:`latent.trainmap.state_phases`), from the decoded paths, the run tables and the
+        saved scaling (nothing is refitted); ``computed`` is then True.
+        """
+        saved = self.analysis.get("phases")
+        if isinstance(saved, dict) and saved.get("states") is not None:
+            return {**saved, "computed": False}
+        return {**_compute_phases(self), "computed": True}
+
     @cached_property
     def feature_ranking(self) -> list[tuple[str, float]]:
         """Features ranked by importance summed over observed edges, weighted by occurrences."""
@@ -287,6 +309,41 @@ class FitArtifacts:
                 if math.isfinite(imp):
                     totals[f["feature"]] = totals.get(f["feature"], 0.0) + weight * abs(imp)
         return sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def _compute_phases(fit: FitArtifacts) -> dict:
+    """``analysis.phases`` for a fit that predates it, from the saved paths, runs and scaling."""
+    from latent.trainmap import ENTRY_WINDOW, PHASE_DEFINITION, STEP_PERCENTILES, performance_columns, state_phases
+
+    decoded = fit.runs[fit.runs["state"] >= 0].sort_values(["seed", "step"], kind="stable")
+    features = fit.features
+    conv_metric = fit.analysis["convergence"].get("metric")
+    numeric = [c for c in decoded.columns if c not in ("seed", "step", "epoch", "state")
+               and pd.api.types.is_numeric_dtype(decoded[c]) and not pd.api.types.is_bool_dtype(decoded[c])]
+    columns = performance_columns(numeric, conv_metric)
+    scaling = fit.model.get("scaling") if isinstance(fit.model.get("scaling"), dict) else {}
+    paths, steps, z_runs = [], [], []
+    metrics: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+    for seed, run in decoded.groupby("seed", sort=True):
+        raw = run[features].to_numpy(dtype=float) if all(f in run for f in features) else \
+            np.full((len(run), len(features)), np.nan)
+        if scaling.get("kind") == "per_run":
+            sc = (scaling.get("per_run") or {}).get(str(int(seed))) or {}
+        else:
+            sc = scaling
+        mean = np.asarray(sc.get("mean", np.zeros(len(features))), dtype=float)
+        std = np.asarray(sc.get("std", np.ones(len(features))), dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = (raw - mean) / np.where(std > 0, std, 1.0)
+        paths.append(run["state"].to_numpy())
+        steps.append(run["step"].to_numpy())
+        z_runs.append(z)
+        for c in columns:
+            metrics[c].append(run[c].to_numpy(dtype=float))
+    states = state_phases(paths, steps, metrics, z_runs, features, fit.n_states, window=ENTRY_WINDOW)
+    return {"metrics": columns, "step_unit": fit.step_unit, "window": ENTRY_WINDOW,
+            "percentiles": list(STEP_PERCENTILES), "scaling": scaling.get("kind"),
+            "definition": dict(PHASE_DEFINITION), "states": states}
 
 
 # --------------------------------------------------------------------------- loading
@@ -344,6 +401,17 @@ def _check_optional(analysis: dict, k: int, path: Path) -> None:
             raise bad(f"{key} is not an object")
     if analysis.get("warnings") is not None and not isinstance(analysis["warnings"], list):
         raise bad("warnings is not a list")
+    phases = analysis.get("phases")
+    if phases is not None:
+        rows = phases.get("states") if isinstance(phases, dict) else None
+        if not isinstance(rows, list) or any(not isinstance(r, dict) for r in rows):
+            raise bad("phases has no list of states")
+        try:
+            seen = sorted(int(r["state"]) for r in rows)
+        except (KeyError, TypeError, ValueError):
+            raise bad("a row of phases has no state number") from None
+        if seen != list(range(k)):
+            raise bad(f"phases lists states {seen}, expected 0..{k - 1}")
 
 
 def load_fit(store: str | os.PathLike = "data", study: str | os.PathLike | None = None,

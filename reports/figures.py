@@ -55,28 +55,137 @@ METRIC_LABELS = {
 }
 
 
-#: Compact symbols for edge labels in the training map.
-SYMBOLS = {
-    "l1": "L1", "l2": "L2", "trace": "tr", "spectral": "λmax", "code_sparsity": "L1/L2",
-    "computational_sparsity": "tr/λmax", "mean_lambda": "μ(λ)", "variance_lambda": "σ²(λ)",
-    "mean_w": "μ(w)", "median_w": "med(w)", "var_w": "σ²(w)", "mean_b": "μ(b)", "median_b": "med(b)",
-    "var_b": "σ²(b)", "train_loss": "train loss", "val_loss": "val loss", "train_acc": "train acc",
-    "val_acc": "val acc",
-}
+#: Formerly compact symbols for the map's edge labels ("L1/L2" for code_sparsity read as two norms).
+#: Every figure and table now names a column by its name (:func:`feature_name`); kept for old imports.
+SYMBOLS = {name: name for name in METRIC_LABELS}
+
+
+def feature_name(name: str) -> str:
+    """The one name a feature or metric has in every figure and table: its column name.
+
+    It is the name ``--features`` takes and ``analysis.json`` uses, so the map's arrow labels, the
+    heatmap, the tables and ``latent fit``'s summary all agree (a symbol such as ``L1/L2`` for
+    ``code_sparsity`` read as two norms). :func:`feature_description` says what it measures.
+    """
+    return str(name)
+
+
+def feature_description(name: str) -> str:
+    """What a column measures, e.g. ``"code sparsity: L1/L2 ratio"`` for ``code_sparsity``;
+    ``""`` for a column we know nothing about."""
+    if name not in METRIC_LABELS:
+        return ""
+    label, unit = METRIC_LABELS[name]
+    return f"{label}: {unit}"
 
 
 def symbol(name: str) -> str:
-    return SYMBOLS.get(name, name)
+    """The name of a feature on the training map: :func:`feature_name` (one naming everywhere)."""
+    return feature_name(name)
 
 
 def metric_label(name: str, with_unit: bool = True) -> str:
-    """``"L2 norm (Frobenius, summed over matrices)"`` for ``"l2"``; the name itself if unknown."""
-    label, unit = METRIC_LABELS.get(name, (name, "as logged"))
-    return f"{label} ({unit})" if with_unit else label
+    """An axis label for a column: ``"l2 (L2 norm: Frobenius, mean over matrices)"`` for ``"l2"``
+    (``with_unit=False``: ``"l2 (L2 norm)"``); the name itself if unknown."""
+    if name not in METRIC_LABELS:
+        return feature_name(name)
+    label, unit = METRIC_LABELS[name]
+    return f"{feature_name(name)} ({label}: {unit})" if with_unit else f"{feature_name(name)} ({label})"
 
 
 def short_feature(name: str) -> str:
-    return METRIC_LABELS.get(name, (name, ""))[0]
+    """The name of a feature in the heatmap and tables: :func:`feature_name` (one naming everywhere)."""
+    return feature_name(name)
+
+
+# --------------------------------------------------------------------------- fitting into small axes
+
+
+def axes_points(ax, decorated: bool = True) -> tuple[float, float]:
+    """Width and height of ``ax`` in points (1/72 in), from its position in the figure.
+
+    The plot functions use it to scale nodes, fonts and labels to the axes they are given. With
+    ``decorated=False`` (an axes without ticks or labels, such as the training map) in a
+    constrained layout, the axes will fill nearly all of its grid cell, so the cell's size is
+    returned instead of the default subplot position (which leaves room for tick labels).
+    """
+    fig = ax.figure
+    pos = ax.get_position()
+    w, h = pos.width * fig.get_figwidth() * 72.0, pos.height * fig.get_figheight() * 72.0
+    engine = fig.get_layout_engine()
+    spec = ax.get_subplotspec() if hasattr(ax, "get_subplotspec") else None
+    if not decorated and spec is not None and engine is not None and type(engine).__name__ == "ConstrainedLayoutEngine":
+        nrows, ncols = spec.get_gridspec().get_geometry()
+        w = fig.get_figwidth() * 72.0 * len(spec.colspan) / ncols - 12.0
+        h = fig.get_figheight() * 72.0 * len(spec.rowspan) / nrows - 12.0
+    return w, h
+
+
+def wrap_text(text: str, width_pt: float, fontsize: float) -> str:
+    """``text`` wrapped, line by line, to fit ``width_pt`` points at ``fontsize``.
+
+    Parameters
+    ----------
+    text : str
+    width_pt : float
+        Width available, in points.
+    fontsize : float
+        Font size in points; a character is taken as 0.55 em wide.
+
+    Returns
+    -------
+    str
+        The text with newlines inserted at word boundaries (never fewer than 12 characters a line).
+    """
+    import textwrap
+
+    chars = max(int(width_pt / (0.55 * fontsize)), 12)
+    return "\n".join(textwrap.fill(line, chars, break_on_hyphens=False) or line for line in text.split("\n"))
+
+
+def _title(ax, text: str, fontsize: float = 9.5) -> None:
+    """A title wrapped to the axes' width, smaller in small axes."""
+    w, _ = axes_points(ax)
+    size = fontsize if w >= 300 else max(fontsize - 1.5, 7.0)
+    ax.set_title(wrap_text(text, w, size), fontsize=size)
+
+
+def _below_legend(ax, handles, fontsize: float, ncol: int) -> object:
+    """A legend under the axes, below the tick labels and the x label (whatever their size)."""
+    label = ax.xaxis.label
+    lines = label.get_text().count("\n") + 1 if label.get_text() else 0
+    ticks = ax.get_xticklabels()
+    tick_lines = max([t.get_text().count("\n") + 1 for t in ticks if t.get_text()] or [1])
+    tick_size = ticks[0].get_fontsize() if ticks else 9
+    below_pt = 1.3 * tick_size * tick_lines + 1.25 * label.get_fontsize() * lines + 10
+    return ax.legend(handles=handles, fontsize=fontsize, loc="upper center", bbox_to_anchor=(0.5, 0.0),
+                     borderaxespad=below_pt / fontsize, ncol=ncol, frameon=False)
+
+
+def _side_legend(ax, handles, fontsize: float = 8) -> object:
+    """A legend right of the axes when they are wide, below them (under the x label) when narrow."""
+    w, _ = axes_points(ax)
+    if w >= 330:
+        return ax.legend(handles=handles, fontsize=fontsize, loc="upper left", bbox_to_anchor=(1.0, 1.0),
+                         frameon=False)
+    size = min(fontsize, 6.5)
+    widest = max(len(line) for h in handles for line in (h.get_label() or "").split("\n")) * 0.55 * size + 30
+    return _below_legend(ax, handles, size, ncol=max(1, min(2, int(w // widest))))
+
+
+def _state_ticks(ax, states, suffix=None) -> None:
+    """``state k`` tick labels under bars, just ``k`` when each state has little room."""
+    w, _ = axes_points(ax)
+    per = w / max(len(states), 1)
+    suffix = suffix or {}
+    if per >= 55:
+        labels = [f"state {s}" + suffix.get(s, "") for s in states]
+        size = 9 if per >= 75 else 7.5
+    else:
+        labels = [f"{s}" + ("*" if suffix.get(s) else "") for s in states]
+        size = 8 if per >= 14 else 6
+    ax.set_xticks(range(len(states)))
+    ax.set_xticklabels(labels, fontsize=size)
 
 
 def time_label(fit: FitArtifacts) -> str:
@@ -135,8 +244,9 @@ def plot_model_selection(ax, fit: FitArtifacts) -> dict:
         (other_line,) = ax.plot(k, other_vals, "s--", color="#999999", lw=1.0, ms=4, zorder=2,
                                 label=f"{other.upper()} (for comparison; not used to choose K)")
         handles.append(other_line)
+    w_pt, h_pt = axes_points(ax)
     ax.set_xlabel("number of hidden states K")
-    ax.set_ylabel(f"{label} (nats)")
+    ax.set_ylabel(wrap_text(f"{label} (nats)", 0.75 * h_pt, 9))
     ax.set_xticks(k)
     chosen_line = ax.axvline(chosen, color="#D55E00", lw=2, alpha=0.8, zorder=1, label=f"chosen K = {chosen}")
     handles.append(chosen_line)
@@ -174,9 +284,9 @@ def plot_model_selection(ax, fit: FitArtifacts) -> dict:
         notes.append(f"no restart succeeded for K = {', '.join(map(str, failed))}")
     if notes:
         title += "\n" + "; ".join(notes)
-    ax.set_title(title, fontsize=9.5)
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=min(len(handles), 3),
-              fontsize=8, frameon=False)
+    _title(ax, title)
+    _below_legend(ax, handles, 8 if w_pt >= 300 else 6.5,
+                  ncol=min(len(handles), 3 if w_pt >= 400 else 2 if w_pt >= 250 else 1))
     ax.grid(alpha=0.3)
     return {"k": k.tolist(), "score": score.tolist(), "se": se.tolist(),
             "errorbar_k": [int(x) for x in k[bars]], "errorbar": err,
@@ -256,100 +366,225 @@ def _fmt_change(change: float) -> str:
     return f"{'↑' if change > 0 else '↓'}{abs(change):.2f}"
 
 
+def map_metrics(fit: FitArtifacts) -> list[str]:
+    """The performance columns the map's nodes show.
+
+    Parameters
+    ----------
+    fit : FitArtifacts
+
+    Returns
+    -------
+    list of str
+        The convergence metric, after its training counterpart when the run tables have one
+        (``["train_acc", "val_acc"]``); empty when the phases have neither.
+    """
+    have = list(fit.phases.get("metrics") or [])
+    metric = fit.analysis["convergence"].get("metric")
+    out = []
+    if metric and metric.startswith("val_") and "train_" + metric[4:] in have:
+        out.append("train_" + metric[4:])
+    if metric in have:
+        out.append(metric)
+    return out
+
+
+def node_text(fit: FitArtifacts, state: int, n_total: int, metrics=None) -> str:
+    """What the map writes beside a node.
+
+    Parameters
+    ----------
+    fit : FitArtifacts
+    state : int
+    n_total : int
+        Runs in the fit (the denominator of "runs visiting").
+    metrics : list of str, optional
+        Performance columns to show (default :func:`map_metrics`).
+
+    Returns
+    -------
+    str
+        Lines: time share and runs visiting, where runs sit in the state (p10–p90 of its
+        checkpoints' steps), then one line per metric with its mean in the state.
+    """
+    from latent.trainmap import format_metric, format_step
+
+    g = fit.graph
+    attrs = g.nodes[state] if state in g.nodes else {}
+    occ = float(attrs.get("occupancy") or 0.0)
+    lines = [f"{occ:.0%} of time, {attrs.get('n_runs', '?')}/{n_total} runs"]
+    rows = {int(r["state"]): r for r in fit.phases.get("states") or []}
+    row = rows.get(int(state))
+    if row:
+        st = row.get("steps")
+        if st:
+            unit = fit.step_unit if fit.step_unit.endswith("s") else fit.step_unit + "s"
+            lines.append(f"{unit} {format_step(st.get('p10'))}–{format_step(st.get('p90'))}")
+        vals = row.get("metrics") or {}
+        for m in (map_metrics(fit) if metrics is None else metrics):
+            if vals.get(m) is not None:
+                lines.append(f"{feature_name(m)} {format_metric(m, vals[m])}")
+    return "\n".join(lines)
+
+
 def plot_training_map(ax, fit: FitArtifacts, max_size: float = 2600.0, min_size: float = 350.0) -> dict:
     """The training map: one node per state, one arrow per observed transition.
 
     Node area follows occupancy (fraction of all decoded checkpoints), arrow width the number
-    of runs that take the edge; each arrow is labelled with that count and the top feature
-    change (z units); :func:`transition_table` has the rest (top three features, probability,
-    convergence of the runs taking it). Detour states get a dashed black ring.
+    of runs that take the edge. Beside each node (below it on the backbone, outward on other
+    lanes): its share of the checkpoints and the runs visiting it, where runs sit in it (10th–90th
+    percentile of its checkpoints' steps) and the mean of the convergence metric (and its
+    training counterpart) in it. Each arrow is labelled with the runs taking it and the feature
+    with the highest *importance* for the transition (the filtered-posterior gradient,
+    docs/fit.md), with the change of its state mean in z units; that is not necessarily the
+    feature that changes most. :func:`transition_table` has the top three features, the
+    probability and the convergence of the runs taking it. Detour states get a dashed black ring.
+
+    One unit is the same length across and up (equal aspect), so arcs and their labels agree.
+    Everything scales with the width of the axes: node sizes (``max_size``, ``min_size``: the
+    largest and smallest node areas in points² when there is room), the gap between lanes (just
+    enough for the node texts), fonts, and which labels are drawn: in small axes the node texts,
+    then the edge features, are left out (``info["node_labels"]``, ``info["edge_labels"]`` say
+    what was drawn). ``info["height_pt"]`` is the height the map needs at this width (without
+    title and legend), so a caller can size its figure to fit.
     """
     from matplotlib.lines import Line2D
     from matplotlib.patches import FancyArrowPatch
 
     g = fit.graph
     n_total = len(fit.seeds)
-    pos = map_layout(fit)
+    lanes = map_layout(fit)
     nodes = sorted(int(n) for n in g.nodes)
     occ = {n: float(g.nodes[n].get("occupancy") or 0.0) for n in nodes}
     top = max(occ.values()) if occ and max(occ.values()) > 0 else 1.0
-    sizes = {n: min_size + (max_size - min_size) * occ[n] / top for n in nodes}
-    colors = {n: state_color(n) for n in nodes}
+    highlighted = [n for n in nodes if n in fit.detour_states]
+    xs0 = [lanes[n][0] for n in nodes]
+    lane_of = {n: lanes[n][1] for n in nodes}
+    lane_lo, lane_hi = min(list(lane_of.values()) + [0.0]), max(list(lane_of.values()) + [0.0])
+
+    # scale: points per unit from the width; then how much room the labels need
+    w_pt, h_pt = axes_points(ax, decorated=False)
+    h_eff = max(h_pt - 36.0, 20.0)  # a constrained layout takes about this for the title and legend
+    x_span = (max(xs0) - min(xs0) + 1.4) if xs0 else 1.4
+    px = 0.92 * w_pt / x_span
+    n_metrics = len(map_metrics(fit))
+
+    def plan(px, labels):
+        d = min(math.sqrt(max_size), 0.5 * px)
+        size = 7.5 if px >= 90 else 6.5
+        text_pt = (2 + n_metrics) * 1.22 * size + 6 if labels else 0.0
+        ring = 0.5 * d * math.sqrt(1.6) + 3
+        gap_pt = max(px, d + text_pt + 14)  # between lanes
+        outward = max(ring, 0.5 * d + text_pt) + 4
+        height = (lane_hi - lane_lo) * gap_pt + 2 * outward
+        return d, size, text_pt, gap_pt, outward, height
+
+    full_labels = False
+    if px >= 70:  # node texts when they fit, with nodes (and the map) shrunk down to 70 pt per state if need be
+        for trial in np.linspace(px, 70.0, 8):
+            if plan(trial, True)[-1] <= h_eff:
+                px, full_labels = float(trial), True
+                break
+    d_max, label_size, text_pt, gap_pt, outward, height = plan(px, full_labels)
+    if height > h_eff:  # too short even without node texts: shrink everything to the height
+        px *= h_eff / height
+        d_max, label_size, text_pt, gap_pt, outward, height = plan(px, False)
+    gap = gap_pt / px  # lane spacing in data units (x: one unit per state)
+    pos = {n: (float(lanes[n][0]), float(lanes[n][1]) * gap) for n in nodes}
     xs = [pos[n][0] for n in nodes]
     ys = [pos[n][1] for n in nodes]
+    edge_mode = "full" if px >= 60 else ("runs" if px >= 30 else "none")
+    big, small = d_max ** 2, d_max ** 2 * min_size / max_size
+    sizes = {n: small + (big - small) * occ[n] / top for n in nodes}
+    number_size = float(np.clip(0.45 * math.sqrt(min(sizes.values())) + 2, 6.0, 11.0)) if sizes else 9.0
+
+    colors = {n: state_color(n) for n in nodes}
     node_coll = ax.scatter(xs, ys, s=[sizes[n] for n in nodes], c=[colors[n] for n in nodes],
                            edgecolors="white", linewidths=1.5, zorder=3)
-    highlighted = [n for n in nodes if n in fit.detour_states]
     ring = None
     if highlighted:
         ring = ax.scatter([pos[n][0] for n in highlighted], [pos[n][1] for n in highlighted],
                           s=[sizes[n] * 1.6 for n in highlighted], facecolors="none", edgecolors=MARK,
-                          linewidths=2.5, linestyles="--", zorder=2, label="detour state")
+                          linewidths=2.0 if d_max >= 25 else 1.2, linestyles="--", zorder=2, label="detour state")
+    node_labels = {}
+    above = {n: lane_of[n] > 0 for n in nodes}  # texts go outward: above upper lanes, below the rest
     for n in nodes:
         x, y = pos[n]
-        ax.annotate(f"{n}", (x, y), ha="center", va="center", fontsize=11, fontweight="bold",
+        ax.annotate(f"{n}", (x, y), ha="center", va="center", fontsize=number_size, fontweight="bold",
                     color="white" if n % 17 in (0, 3, 7, 13, 14) else "black", zorder=4)
-        ax.annotate(f"{occ[n]:.0%} of time\n{g.nodes[n].get('n_runs', '?')}/{n_total} runs", (x, y),
-                    xytext=(0, -math.sqrt(sizes[n] * (1.6 if n in highlighted else 1.0)) / 2 - 4), textcoords="offset points",
-                    ha="center", va="top", fontsize=7.5, color="#333333", zorder=6)
+        if full_labels:
+            text = node_text(fit, n, n_total)
+            node_labels[n] = text
+            off = math.sqrt(sizes[n] * (1.6 if n in highlighted else 1.0)) / 2 + 3
+            ax.annotate(text, (x, y), xytext=(0, off if above[n] else -off), textcoords="offset points",
+                        ha="center", va="bottom" if above[n] else "top", fontsize=label_size, color="#333333",
+                        zorder=6, bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.75))
 
-    edges, widths, labels, arrows = [], {}, {}, []
+    edges, widths, labels, arrows, peaks = [], {}, {}, [], []
     max_runs = max([d.get("runs") or 0 for _, _, d in g.edges(data=True)] + [1])
+    width_scale = 1.0 if d_max >= 30 else 0.5
     for a, b, d in sorted(g.edges(data=True)):
         a, b = int(a), int(b)
         if a == b:
             continue
         runs = int(d.get("runs") or 0)
-        width = 0.8 + 5.0 * runs / max_runs
+        width = (0.8 + 5.0 * runs / max_runs) * width_scale
         (x1, y1), (x2, y2) = pos[a], pos[b]
-        same_lane_skip = y1 == y2 and abs(x2 - x1) > 1
+        dist = math.hypot(x2 - x1, y2 - y1) or 1.0
         rad = 0.0
         if g.has_edge(b, a):  # both directions observed: bend each to its own side
-            rad = 0.4
-        elif same_lane_skip:
-            rad = -0.35 if (a + b) % 2 else 0.35
-        arrow = FancyArrowPatch((x1, y1), (x2, y2), arrowstyle="-|>", mutation_scale=12 + 2 * width,
+            rad = min(0.4, 0.5 / dist)
+        elif y1 == y2 and abs(x2 - x1) > 1:  # a skip along a lane: arc away from the node texts
+            # arc3 puts the control point at mid + rad * (dy, -dx): rad > 0 bends a left-to-right arc down
+            up = lane_of[a] <= 0  # texts sit below the backbone and lower lanes, above upper lanes
+            rad = 0.3 * (-1 if up else 1) * (1 if x2 > x1 else -1)
+        arrow = FancyArrowPatch((x1, y1), (x2, y2), arrowstyle="-|>", mutation_scale=(12 + 2 * width) * width_scale,
                                 lw=width, color="#444444", alpha=0.85,
                                 connectionstyle=f"arc3,rad={rad}",
                                 shrinkA=math.sqrt(sizes[a]) / 2 + 2, shrinkB=math.sqrt(sizes[b]) / 2 + 2,
                                 zorder=1)
         ax.add_patch(arrow)
         arrows.append(arrow)
+        # the arc's midpoint (equal aspect: data and display agree up to scale)
+        mx, my = (x1 + x2) / 2 + 0.5 * rad * (y2 - y1), (y1 + y2) / 2 - 0.5 * rad * (x2 - x1)
+        peaks.append(my)
         tops = d.get("top_features") or []
-        text = [f"{runs}/{n_total} runs"]
-        if tops:
+        text = [f"{runs}/{n_total} runs" if edge_mode == "full" else f"{runs}/{n_total}"]
+        if tops and edge_mode == "full":
             t = tops[0]
-            text.append(f"{symbol(t['feature'])} {_fmt_change(t.get('change_z'))} z")
+            text.append(f"{feature_name(t['feature'])} {_fmt_change(t.get('change_z'))} z")
         label = "\n".join(text)
-        mx, my = (x1 + x2) / 2, (y1 + y2) / 2
-        mx, my = mx + 0.5 * rad * (y2 - y1), my - 0.5 * rad * (x2 - x1)
-        straight = rad == 0.0  # put the label just above a straight arrow so the arrow stays visible
-        ax.annotate(label, (mx, my), xytext=(0, 5 if straight else 0), textcoords="offset points", ha="center",
-                    va="bottom" if straight else "center", fontsize=7.5, zorder=5,
-                    bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="#999999", alpha=0.9))
+        if edge_mode != "none":
+            straight = rad == 0.0  # put the label just above a straight arrow so the arrow stays visible
+            ax.annotate(label, (mx, my), xytext=(0, 4 if straight else 0), textcoords="offset points",
+                        ha="center", va="bottom" if straight else "center", fontsize=label_size, zorder=5,
+                        bbox=dict(boxstyle="round,pad=0.2", fc="white", ec="#999999", alpha=0.9))
+            labels[(a, b)] = label
         edges.append((a, b))
         widths[(a, b)] = width
-        labels[(a, b)] = label
 
+    # tight limits: room for the rings, the node texts and the arcs, nothing more
+    margin = outward / px
+    edge_pad = (2 * 1.22 * label_size + 6) / px if edge_mode != "none" else 0.1
+    y_top = max([max(ys) + margin] + [p + edge_pad / 2 for p in peaks])
+    y_bottom = min([min(ys) - margin] + [p - edge_pad / 2 for p in peaks])
     ax.set_xlim(min(xs) - 0.7, max(xs) + 0.7)
-    ax.set_ylim(min(ys + [0]) - 0.75, max(ys + [0]) + 0.6)
-    ax.set_yticks([])
-    ax.set_xticks(sorted(set(xs)))
-    ax.set_xticklabels([f"{int(x)}" for x in sorted(set(xs))])
-    ax.set_xlabel("state (canonical order: earliest mean first visit on the left)")
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    ax.set_title(f"Training map: {len(nodes)} states, {len(edges)} observed transitions, {n_total} runs")
-    handles = state_legend_handles(fit)
+    ax.set_ylim(y_bottom, y_top)
+    ax.set_aspect("equal", adjustable="box")
+    ax.set_axis_off()
+    _title(ax, f"Training map: {len(nodes)} states, {len(edges)} observed transitions, {n_total} runs")
+    handles = []
     if ring is not None:
-        handles.append(Line2D([], [], marker="o", ms=12, mfc="none", mec=MARK, mew=2, ls="none",
+        handles.append(Line2D([], [], marker="o", ms=9, mfc="none", mec=MARK, mew=1.5, ls="none",
                               label="detour state (dashed ring)"))
-    handles.append(Line2D([], [], color="#444444", lw=3, label="edge width ∝ runs taking it"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=min(len(handles), 4),
-              fontsize=8, frameon=False)
+    handles.append(Line2D([], [], color="#444444", lw=3, label="arrow width ∝ runs taking it"))
+    if h_pt >= 120:
+        ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles),
+                  fontsize=7.5 if w_pt >= 300 else 6.5, frameon=False)
     return {"nodes": nodes, "pos": pos, "node_sizes": sizes, "node_colors": colors, "edges": edges,
-            "edge_widths": widths, "edge_labels": labels, "highlighted": highlighted,
-            "node_collection": node_coll, "ring_collection": ring, "arrows": arrows}
+            "edge_widths": widths, "edge_labels": labels, "node_labels": node_labels, "highlighted": highlighted,
+            "node_collection": node_coll, "ring_collection": ring, "arrows": arrows, "node_diameter_max": d_max,
+            "points_per_unit": px, "height_pt": (y_top - y_bottom) * px, "width_pt": (max(xs) - min(xs) + 1.4) * px}
 
 
 def transition_table(fit: FitArtifacts) -> pd.DataFrame:
@@ -364,7 +599,8 @@ def transition_table(fit: FitArtifacts) -> pd.DataFrame:
         rows.append({
             "source": int(a), "target": int(b), "runs": int(d.get("runs") or 0), "of": n_total,
             "prob": d.get("prob"),
-            "top_features": ", ".join(f"{symbol(t['feature'])} {_fmt_change(t.get('change_z'))}" for t in tops[:3]),
+            "top_features": ", ".join(f"{feature_name(t['feature'])} {_fmt_change(t.get('change_z'))}"
+                                      for t in tops[:3]),
             "convergence_mean": None if cm is None else float(cm),
             "convergence_std": None if cs is None else float(cs),
         })
@@ -434,9 +670,11 @@ def plot_trajectories(ax, fit: FitArtifacts, metric: str, seeds=None, linewidth:
         pad = 0.03 * (ymax - ymin or 1.0)
         ax.set_xlim(xmin, xmax)
         ax.set_ylim(ymin - pad, ymax + pad)
+    _, h_pt = axes_points(ax)
     ax.set_xlabel(time_label(fit))
-    ax.set_ylabel(metric_label(metric))
-    ax.set_title(f"{metric_label(metric, with_unit=False)}: {len(lines)} runs, coloured by state")
+    size = 9 if h_pt >= 200 else 7.5
+    ax.set_ylabel(wrap_text(metric_label(metric), 0.75 * h_pt, size), fontsize=size)
+    _title(ax, f"{metric_label(metric, with_unit=False)}: {len(lines)} runs, coloured by state", 10)
     ax.grid(alpha=0.3)
     return {"metric": metric, "seeds": sorted(states_by_seed), "lines": lines, "states": states_by_seed,
             "convergence_marks": marks, "mark_collection": mark_coll}
@@ -478,17 +716,20 @@ def plot_occupancy(ax, fit: FitArtifacts) -> dict:
     cx = [conv[s] for s in order if conv[s] is not None]
     cy = [i for i, s in enumerate(order) if conv[s] is not None]
     mark = ax.scatter(cx, cy, marker="|", s=120, color=MARK, linewidths=2, zorder=3, label="convergence")
-    ax.set_yticks(range(len(order)))
-    ax.set_yticklabels([f"seed {s}" + ("" if conv[s] is not None else " (never)") for s in order],
-                       fontsize=7 if len(order) > 20 else 8)
+    _, h_pt = axes_points(ax)
+    row_pt = h_pt / max(len(order), 1)
+    every = max(int(math.ceil(7.0 / row_pt)), 1)  # label every run when a row is at least 7 pt tall
+    shown = list(range(0, len(order), every))
+    ax.set_yticks(shown)
+    ax.set_yticklabels([f"seed {order[i]}" + ("" if conv[order[i]] is not None else " (never)") for i in shown],
+                       fontsize=float(np.clip(0.9 * row_pt * every, 6.0, 8.0)))
     ax.set_ylim(len(order) - 0.5, -0.5)
     ax.set_xlim(float(fit.runs["step"].min()), float(fit.runs["step"].max()))
     ax.set_xlabel(time_label(fit))
-    ax.set_ylabel("run (sorted by convergence time)")
-    ax.set_title("Decoded state over time, one strip per run, fastest to converge at the top")
+    ax.set_ylabel(wrap_text("run (sorted by convergence time)", 0.75 * h_pt, 9))
+    _title(ax, "Decoded state over time, one strip per run, fastest to converge at the top", 10)
     undecoded = bool((fit.runs["state"] < 0).any())
-    ax.legend(handles=state_legend_handles(fit, undecoded=undecoded) + [mark], loc="upper left",
-              bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    _side_legend(ax, state_legend_handles(fit, undecoded=undecoded) + [mark])
     return {"order": order, "segments": segments, "collections": colls, "convergence": dict(zip(cy, cx))}
 
 
@@ -522,6 +763,32 @@ def _num(x) -> float:
         return math.nan
 
 
+def _interval_handle(label: str):
+    """A legend entry that looks like the error bars it explains (a capped vertical line)."""
+    from matplotlib.collections import LineCollection
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.lines import Line2D
+
+    data = Line2D([], [], ls="none", color=MARK)
+    caps = (Line2D([], [], ls="none", marker="_", ms=8, mew=1.2, color=MARK),)
+    bar = LineCollection([[(0, 0), (0, 1)]], colors=MARK, linewidths=1.2)
+    return ErrorbarContainer((data, caps, (bar,)), has_yerr=True, label=label)
+
+
+def _column_text(ax, i: int, text: str) -> str | None:
+    """The grey column of a state without a bar, labelled when there is room; returns the label drawn."""
+    w_pt, h_pt = axes_points(ax)
+    n = max(len(ax.get_xticks()), 1)
+    ax.axvspan(i - 0.42, i + 0.42, color=NO_TEST, zorder=0, lw=0)
+    if w_pt / n < 14 or h_pt < 90:
+        return None
+    size = 8 if h_pt >= 200 else 6.5
+    shown = text.replace(" (", "\n(") if h_pt >= 150 else text.split(" (")[0]
+    ax.text(i, 0.5, shown, transform=ax.get_xaxis_transform(), rotation=90, ha="center", va="center",
+            fontsize=size, color="#555555", zorder=4, bbox=dict(boxstyle="round,pad=0.25", fc=NO_TEST, ec="none"))
+    return shown
+
+
 def plot_delays(ax, fit: FitArtifacts) -> dict:
     """Convergence delay per state: mean (restricted) convergence step of the runs visiting it
     minus that of the runs skipping it, with its 95 % Welch interval.
@@ -530,7 +797,7 @@ def plot_delays(ax, fit: FitArtifacts) -> dict:
     hatched with a thick black edge and starred (★). Obligatory, unvisited and not-estimable
     states (fewer than ``min_runs`` visiting or skipping runs) get a grey column and a label,
     never a bar, so they can never look significant. Fits without per-state tests (older
-    format) get a note instead.
+    format) get a note instead. Labels shorten in small axes.
     """
     from matplotlib.patches import Patch
 
@@ -541,15 +808,18 @@ def plot_delays(ax, fit: FitArtifacts) -> dict:
     info = {"states": states, "status": {}, "delay": [], "ci_low": [], "ci_high": [], "p_adjusted": [],
             "bars": [], "hatched": [], "greyed": [], "labels": {}, "detours": sorted(detours),
             "paper_rule": [], "colors": []}
+    w_pt, _ = axes_points(ax)
     if not rows:
-        ax.text(0.5, 0.5, "no per-state delay tests in this fit (it predates them);\n"
-                "rerun `latent fit` to get them", transform=ax.transAxes, ha="center", va="center",
-                fontsize=10, color="#555555")
+        ax.text(0.5, 0.5, wrap_text("no per-state delay tests in this fit (it predates them); "
+                                    "rerun `latent fit` to get them", w_pt, 10), transform=ax.transAxes,
+                ha="center", va="center", fontsize=10 if w_pt >= 300 else 8, color="#555555")
         ax.set_xticks([])
         ax.set_yticks([])
-        ax.set_title("Convergence delay per state")
+        _title(ax, "Convergence delay per state")
         return info
     rule = fit.detour_rule
+    ax.set_xticks(range(len(rows)))
+    small = w_pt / max(len(rows), 1) < 55
     for i, r in enumerate(rows):
         s = int(r["state"])
         status = r.get("status") or "?"
@@ -563,11 +833,8 @@ def plot_delays(ax, fit: FitArtifacts) -> dict:
         if r.get("paper_rule"):
             info["paper_rule"].append(s)
         if status != "tested" or not math.isfinite(d):
-            ax.axvspan(i - 0.42, i + 0.42, color=NO_TEST, zorder=0, lw=0)
             text = status_text(fit, r)
-            ax.text(i, 0.5, text.replace(" (", "\n("), transform=ax.get_xaxis_transform(), rotation=90,
-                    ha="center", va="center", fontsize=8, color="#555555", zorder=4,
-                    bbox=dict(boxstyle="round,pad=0.25", fc=NO_TEST, ec="none"))
+            _column_text(ax, i, text)
             info["greyed"].append(s)
             info["labels"][s] = text
             info["bars"].append(None)
@@ -583,13 +850,13 @@ def plot_delays(ax, fit: FitArtifacts) -> dict:
         top = max(hi if math.isfinite(hi) else d, d, 0.0)
         text = ("★ detour\n" if is_detour else "") + (f"adj. p = {padj:.2g}" if math.isfinite(padj) else "")
         info["labels"][s] = text
-        ax.annotate(text, (i, top), xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
-                    fontsize=8, fontweight="bold" if is_detour else "normal", zorder=5)
+        shown = ("★\n" if is_detour else "") + (f"{padj:.2g}" if math.isfinite(padj) else "") if small else text
+        ax.annotate(shown, (i, top), xytext=(0, 4), textcoords="offset points", ha="center", va="bottom",
+                    fontsize=8 if not small else 6.5, fontweight="bold" if is_detour else "normal", zorder=5)
     ax.axhline(0, color=MARK, lw=0.8)
     ax.margins(y=0.25)
     ax.set_xlim(-0.6, len(rows) - 0.4)
-    ax.set_xticks(range(len(rows)))
-    ax.set_xticklabels([f"state {s}" + ("\n(paper rule)" if s in info["paper_rule"] else "") for s in states])
+    _state_ticks(ax, states, {s: "\n(paper rule)" for s in info["paper_rule"]})
     ax.set_ylabel(f"delay ({unit}s)")
     tau = fit.analysis["convergence"].get("tau")
     how = []
@@ -599,23 +866,26 @@ def plot_delays(ax, fit: FitArtifacts) -> dict:
         how.append(f"maxT-adjusted p < {rule['alpha']:g}")
     if rule.get("min_runs") is not None:
         how.append(f"tested when ≥ {rule['min_runs']} runs visit and ≥ {rule['min_runs']} skip")
-    ax.set_xlabel("state" + (f" (detours: {', '.join(how)})" if how else ""))
-    ax.set_title("Convergence delay per state: mean convergence of the runs visiting it minus the runs skipping it"
-                 + (f"\n(convergence steps restricted at τ = {float(tau):g} {unit}s)" if tau is not None else ""),
-                 fontsize=9.5, wrap=True)
+    xlabel = "state" + (f" (detours: {', '.join(how)})" if how else "")
+    if small and info["paper_rule"]:
+        xlabel += "; * the paper's rule would flag it"
+    ax.set_xlabel(wrap_text(xlabel, w_pt, 9), fontsize=9 if w_pt >= 300 else 7.5)
+    _title(ax, "Convergence delay per state: the runs visiting it minus the runs skipping it"
+           + (f"\n(convergence steps restricted at τ = {float(tau):g} {unit}s)" if tau is not None else ""))
     handles = []
     if any(b is not None for b in info["bars"]):
-        handles.append(Patch(facecolor="white", edgecolor=MARK, label="95 % Welch interval"))
+        handles.append(_interval_handle("95 % Welch interval"))
     else:
         ax.set_yticks([])
         ax.text(0.5, 0.92, "no state could be tested", transform=ax.transAxes, ha="center", va="top",
-                fontsize=9, color="#555555", zorder=5, bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="none"))
+                fontsize=9 if w_pt >= 300 else 7, color="#555555", zorder=5,
+                bbox=dict(boxstyle="round,pad=0.3", fc="white", ec="none"))
     if info["hatched"]:
         handles.append(Patch(facecolor="#DDDDDD", edgecolor=MARK, hatch="//", lw=2, label="★ detour state"))
     if info["greyed"]:
         handles.append(Patch(facecolor=NO_TEST, edgecolor="none", label="not tested (see label)"))
     if handles:
-        ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+        _side_legend(ax, handles)
     ax.grid(axis="y", alpha=0.3)
     return info
 
@@ -623,19 +893,88 @@ def plot_delays(ax, fit: FitArtifacts) -> dict:
 # --------------------------------------------------------------------------- regression
 
 
+def final_state(fit: FitArtifacts) -> int | None:
+    """The state most runs' decoded paths end in (ties: the lower state); None without paths."""
+    last = fit.paths.groupby("seed", sort=True)["state"].last()
+    if last.empty:
+        return None
+    counts = Counter(int(s) for s in last)
+    return max(counts, key=lambda s: (counts[s], -s))
+
+
+def equal_length_note(fit: FitArtifacts) -> str | None:
+    """Why the final state's regression coefficient is negative by construction, for runs of equal length.
+
+    The occupancy fractions of a run sum to 1, and with equal lengths a run's convergence time
+    is close to (its number of checkpoints before convergence) × (the checkpoint spacing): the
+    larger the share of the state runs end in (the converged plateau), the earlier the run
+    converged. The final state's coefficient is therefore negative whatever the states mean.
+
+    Parameters
+    ----------
+    fit : FitArtifacts
+
+    Returns
+    -------
+    str or None
+        A sentence naming the final state (the one most runs' decoded paths end in), its share of
+        runs and its coefficient; None when the runs' decoded lengths differ.
+    """
+    counts = fit.paths.groupby("seed").size()
+    if counts.empty or counts.nunique() != 1:
+        return None
+    last = fit.paths.groupby("seed", sort=True)["state"].last()
+    final = final_state(fit)
+    coef = None
+    reg = fit.regression
+    states = [int(s) for s in (reg.get("states") or range(fit.n_states))]
+    if final in states and reg.get("coef"):
+        coef = reg["coef"][states.index(final)]
+    n = int(counts.iloc[0])
+    share = sum(int(s) == final for s in last) / len(last)
+    text = (f"Every run has the same number of decoded checkpoints ({n}), so a run's state shares sum to 1, and "
+            f"its convergence time is roughly the time it spends before reaching state {final}, where "
+            f"{share:.0%} of runs end: the bigger a run's share of state {final}, the earlier it converged. "
+            f"State {final}'s coefficient is therefore negative by construction")
+    if coef is not None:
+        text += f" (here {coef:+.4g} {fit.step_unit}s)"
+    return text + ", not evidence that the state speeds convergence; compare the other states with each other."
+
+
+def crosses_zero(lo, hi) -> bool:
+    """Whether the interval ``[lo, hi]`` contains 0.
+
+    Parameters
+    ----------
+    lo, hi : float or None
+        The interval's ends (None or NaN: missing).
+
+    Returns
+    -------
+    bool
+        False when either end is missing.
+    """
+    lo, hi = _num(lo), _num(hi)
+    return math.isfinite(lo) and math.isfinite(hi) and lo <= 0.0 <= hi
+
+
 def plot_regression(ax, fit: FitArtifacts) -> dict:
     """Regression contrast of convergence time on occupancy, per state, with bootstrap intervals.
 
     Bars take the state colours; detour states are hatched with a thick black edge and starred.
-    States without a coefficient are gaps on a grey column, labelled "not visited", "not
-    estimable" (fewer than ``min_runs`` runs visit them) or "not identifiable" (their share of
-    checkpoints is an exact combination of other states', e.g. the same in every run).
+    A coefficient whose interval crosses zero is drawn pale with a dashed outline (its sign is not
+    established; ``info["crosses_zero"]``). States without a coefficient are gaps on a grey
+    column, labelled "not visited", "not estimable" (fewer than ``min_runs`` runs visit them) or
+    "not identifiable" (their share of checkpoints is an exact combination of other states',
+    e.g. the same in every run). With runs of equal length the final state's coefficient is
+    negative by construction (:func:`equal_length_note`); it is marked "‡".
     """
     from matplotlib.patches import Patch
 
     reg = fit.regression
     k = fit.n_states
     states = [int(s) for s in (reg.get("states") or range(k))]
+    w_pt, _ = axes_points(ax)
 
     def col(name):
         vals = reg.get(name) or [None] * len(states)
@@ -646,7 +985,9 @@ def plot_regression(ax, fit: FitArtifacts) -> dict:
     reasons = reg.get("not_estimable") or [None] * len(states)
     min_runs = reg.get("min_runs", fit.min_runs)
     detours = set(fit.detour_states)
-    bars, hatched, colors, gaps = [], [], [], {}
+    mechanical = final_state(fit) if equal_length_note(fit) is not None else None
+    ax.set_xticks(range(len(states)))
+    bars, hatched, colors, gaps, pale = [], [], [], {}, []
     for i, s in enumerate(states):
         c = coef[i]
         color = state_color(s)
@@ -661,37 +1002,40 @@ def plot_regression(ax, fit: FitArtifacts) -> dict:
                 text = f"not estimable (< {min_runs} runs)" if min_runs is not None else "not estimable"
             else:
                 text = "no estimate"
-            ax.axvspan(i - 0.42, i + 0.42, color=NO_TEST, zorder=0, lw=0)
-            ax.text(i, 0.5, text.replace(" (", "\n("), transform=ax.get_xaxis_transform(), rotation=90,
-                    ha="center", va="center", fontsize=8, color="#555555", zorder=4,
-                    bbox=dict(boxstyle="round,pad=0.25", fc=NO_TEST, ec="none"))
+            _column_text(ax, i, text)
             gaps[s] = text
             bars.append(None)
             continue
         is_detour = s in detours
-        bar = ax.bar(i, c, color=color, edgecolor=MARK if is_detour else "none", linewidth=2.0 if is_detour else 0,
-                     hatch="//" if is_detour else None, width=0.7, zorder=2)[0]
+        unsure = crosses_zero(lo[i], hi[i])
+        bar = ax.bar(i, c, color=color, edgecolor=MARK if is_detour else (color if unsure else "none"),
+                     linewidth=2.0 if is_detour else (1.2 if unsure else 0), hatch="//" if is_detour else None,
+                     linestyle="--" if unsure and not is_detour else "-", width=0.7, zorder=2,
+                     alpha=0.35 if unsure else 1.0)[0]
         bars.append(bar)
+        if unsure:
+            pale.append(s)
         if is_detour:
             hatched.append(s)
         if math.isfinite(lo[i]) and math.isfinite(hi[i]):
             ax.errorbar(i, c, yerr=[[c - lo[i]], [hi[i] - c]], color=MARK, capsize=4, lw=1.2, zorder=3)
-        if is_detour:
-            top = hi[i] if math.isfinite(hi[i]) else c
-            ax.annotate("★ detour", (i, top), xytext=(0, 4), textcoords="offset points", ha="center",
-                        va="bottom", fontsize=8, fontweight="bold")
+        marks = ("★ detour" if is_detour else "") + (" ‡" if s == mechanical else "")
+        if marks:
+            top = (hi[i] if math.isfinite(hi[i]) else c) if c >= 0 else max(hi[i] if math.isfinite(hi[i]) else c, 0)
+            ax.annotate(marks.strip(), (i, top), xytext=(0, 4), textcoords="offset points", ha="center",
+                        va="bottom", fontsize=8 if w_pt >= 300 else 6.5, fontweight="bold")
     if not any(math.isfinite(c) for c in coef):
-        ax.text(0.5, 0.9, "no state's coefficient can be estimated on this design", transform=ax.transAxes,
-                ha="center", va="center", fontsize=10, color="#555555")
+        ax.text(0.5, 0.9, wrap_text("no state's coefficient can be estimated on this design", w_pt, 10),
+                transform=ax.transAxes, ha="center", va="center", fontsize=10 if w_pt >= 300 else 8,
+                color="#555555")
     ax.axhline(0, color=MARK, lw=0.8)
     ax.margins(y=0.15)
     ax.set_xlim(-0.6, len(states) - 0.4)
-    ax.set_xticks(range(len(states)))
-    ax.set_xticklabels([f"state {s}" for s in states])
+    _state_ticks(ax, states)
     unit = fit.step_unit
-    ax.set_ylabel(f"coefficient ({unit}s)" if reg.get("estimable") is not None
-                  else f"coefficient ({reg.get('target') or 'convergence time'} per unit of time fraction)")
-    ax.set_xlabel("state (regressor: fraction of a run's checkpoints spent in it)")
+    ax.set_ylabel(f"coefficient ({unit}s)")
+    ax.set_xlabel(wrap_text("state (regressor: fraction of a run's checkpoints spent in it)", w_pt, 9),
+                  fontsize=9 if w_pt >= 300 else 7.5)
     r2, p = reg.get("r2"), reg.get("p_value")
     stats = []
     if r2 is not None:
@@ -699,53 +1043,80 @@ def plot_regression(ax, fit: FitArtifacts) -> dict:
     if p is not None:
         stats.append(f"p = {float(p):.2g}")
     n_boot = reg.get("n_boot")
-    ax.set_title("Occupancy regression: convergence time vs. time spent in each state"
-                 + (f"\n({', '.join(stats)})" if stats else ""), fontsize=9.5)
-    handles = [Patch(facecolor="white", edgecolor=MARK, label=f"{'bootstrap ' if n_boot else ''}interval"
-                     + (f" ({n_boot} resamples)" if n_boot else ""))]
+    _title(ax, "Occupancy regression: convergence time vs. time spent in each state"
+           + (f"\n({', '.join(stats)})" if stats else ""))
+    handles = [_interval_handle(f"{'bootstrap ' if n_boot else ''}interval"
+                                + (f" ({n_boot} resamples)" if n_boot else ""))]
+    if pale:
+        handles.append(Patch(facecolor="#BBBBBB", alpha=0.5, edgecolor="#777777", ls="--",
+                             label="interval crosses 0 (sign not established)"))
     if hatched:
         handles.append(Patch(facecolor="#DDDDDD", edgecolor=MARK, hatch="//", lw=2, label="★ detour state"))
+    if mechanical is not None and mechanical in states and bars[states.index(mechanical)] is not None:
+        handles.append(Patch(facecolor="none", edgecolor="none",
+                             label=f"‡ state {mechanical}: negative by\nconstruction (equal-length runs)"))
     if gaps:
         handles.append(Patch(facecolor=NO_TEST, edgecolor="none", label="gap: no coefficient (see label)"))
-    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)
+    _side_legend(ax, handles)
     ax.grid(axis="y", alpha=0.3)
     return {"states": states, "coef": coef, "ci_low": lo, "ci_high": hi, "detours": sorted(detours),
-            "hatched": hatched, "colors": colors, "bars": bars, "gaps": gaps}
+            "hatched": hatched, "colors": colors, "bars": bars, "gaps": gaps, "crosses_zero": pale,
+            "mechanical": mechanical}
 
 
 # --------------------------------------------------------------------------- state profiles
 
 
+def scaling_text(fit: FitArtifacts) -> str:
+    """How the fit's z units were made: ``"z-scored over all runs pooled"`` (``global``) or
+    ``"z-scored within each run"`` (``per_run``)."""
+    return {"global": "z-scored over all runs pooled", "per_run": "z-scored within each run"}.get(
+        fit.scaling_kind or "", "z-scored")
+
+
 def plot_state_profiles(ax, fit: FitArtifacts, annotate: bool | None = None) -> dict:
-    """Heatmap of per-state feature means in z units (rows: states, columns: features)."""
+    """Heatmap of per-state feature means in z units (rows: states, columns: features).
+
+    Features are named by their columns, as everywhere in the report. Cells carry their value
+    when they are large enough to hold it (``annotate=None``; pass True or False to force it).
+    """
     from matplotlib.patches import Rectangle
 
     m = fit.means_z
     k, d = m.shape
+    w_pt, h_pt = axes_points(ax)
+    cell_w, cell_h = 0.85 * w_pt / max(d, 1), 0.85 * h_pt / max(k, 1)
     lim = float(np.nanmax(np.abs(m))) if np.isfinite(m).any() else 1.0
     lim = lim or 1.0
     im = ax.imshow(m, cmap=DIVERGING_CMAP, vmin=-lim, vmax=lim, aspect="auto")
     if annotate is None:
-        annotate = k * d <= 400
+        annotate = k * d <= 400 and cell_w >= 26 and cell_h >= 11
+    cell_size = float(np.clip(min(cell_w / 4.0, cell_h * 0.6), 6.0, 7.0))
     if annotate:
         for i in range(k):
             for j in range(d):
                 v = m[i, j]
-                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=cell_size,
                         color="white" if abs(v) > 0.6 * lim else "black")
+    tick_size = float(np.clip(cell_w * 0.8, 6.0, 8.0))
     ax.set_xticks(range(d))
-    ax.set_xticklabels([short_feature(f) for f in fit.features], rotation=35, ha="right", fontsize=8)
+    if cell_w >= 40:
+        ax.set_xticklabels([feature_name(f) for f in fit.features], rotation=35, ha="right", fontsize=tick_size)
+    else:
+        ax.set_xticklabels([feature_name(f) for f in fit.features], rotation=90, ha="center", fontsize=tick_size)
     ax.set_yticks(range(k))
-    ax.set_yticklabels([f"state {s}" + (" ★" if s in fit.detour_states else "") for s in range(k)])
+    ax.set_yticklabels([f"state {s}" + (" ★" if s in fit.detour_states else "") for s in range(k)],
+                       fontsize=float(np.clip(cell_h * 0.8, 6.0, 9.0)))
     for s in range(k):  # a swatch of the state colour left of each row
         ax.add_patch(Rectangle((-0.5 - 0.25, s - 0.5), 0.25, 1.0, color=state_color(s), clip_on=False))
     ax.set_xlim(-0.75, d - 0.5)
     ax.set_xlabel("feature")
-    ax.set_ylabel("state (★ = detour)")
-    ax.set_title("State profiles: mean of each feature per state (z-units)")
+    ax.set_ylabel(wrap_text("state (★ = detour)", 0.75 * h_pt, 9))
+    _title(ax, f"State profiles: mean of each feature per state (z units, {scaling_text(fit)})", 10)
     cbar = ax.figure.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
-    cbar.set_label("state mean (z-units)")
-    return {"matrix": m, "features": fit.features, "states": list(range(k)), "image": im}
+    cbar.set_label("state mean (z units)", fontsize=9 if h_pt >= 150 else 7)
+    cbar.ax.tick_params(labelsize=8 if h_pt >= 150 else 6.5)
+    return {"matrix": m, "features": fit.features, "states": list(range(k)), "image": im, "annotated": bool(annotate)}
 
 
 def profile_table(fit: FitArtifacts) -> pd.DataFrame:
@@ -761,6 +1132,44 @@ def profile_table(fit: FitArtifacts) -> pd.DataFrame:
             row[f] = math.nan if v is None else float(v)
         rows.append(row)
     return pd.DataFrame(rows).set_index("state")
+
+
+def phase_table(fit: FitArtifacts, top: int = 3) -> pd.DataFrame:
+    """What each state means, one row per state (:attr:`FitArtifacts.phases`), indexed by state.
+
+    Parameters
+    ----------
+    fit : FitArtifacts
+    top : int
+        Entry features to name per state.
+
+    Returns
+    -------
+    DataFrame
+        Columns: ``runs``, ``checkpoints``, ``step_p10``, ``step_p90``, ``step_min``, ``step_max``
+        (steps of the state's checkpoints; percentiles by the nearest-rank rule), one column per
+        performance metric of the study (its mean over the state's checkpoints; absent columns
+        are absent), ``entries`` and ``entering`` (the ``top`` features that move most on
+        entering the state, e.g. ``"l2 ↑1.30 z, var_w ↓0.52 z"``).
+    """
+    ph = fit.phases
+    metrics = list(ph.get("metrics") or [])
+    rows = []
+    for r in sorted(ph.get("states") or [], key=lambda r: int(r["state"])):
+        st = r.get("steps") or {}
+        row = {"state": int(r["state"]), "runs": r.get("runs"), "checkpoints": r.get("checkpoints"),
+               "step_p10": st.get("p10"), "step_p90": st.get("p90"), "step_min": st.get("min"),
+               "step_max": st.get("max")}
+        vals = r.get("metrics") or {}
+        for m in metrics:
+            row[m] = math.nan if vals.get(m) is None else float(vals[m])
+        row["entries"] = r.get("entries")
+        row["entering"] = ", ".join(f"{feature_name(c['feature'])} {_fmt_change(c.get('change_z'))} z"
+                                    for c in (r.get("entry_change") or [])[:top])
+        rows.append(row)
+    columns = ["state", "runs", "checkpoints", "step_p10", "step_p90", "step_min", "step_max", *metrics,
+               "entries", "entering"]
+    return pd.DataFrame(rows, columns=columns).set_index("state")
 
 
 # --------------------------------------------------------------------------- convergence
@@ -786,10 +1195,11 @@ def plot_convergence_histogram(ax, fit: FitArtifacts, bins: int | str = "auto") 
                 color="#555555")
     if never:
         ax.plot([], [], " ", label=f"{len(never)} run(s) never converged")
-    ax.set_xlabel(f"convergence time ({fit.step_unit}s; {rule})")
+    w_pt, _ = axes_points(ax)
+    ax.set_xlabel(wrap_text(f"convergence time ({fit.step_unit}s; {rule})", w_pt, 9))
     ax.set_ylabel("number of runs")
-    ax.set_title("Convergence time")
-    ax.legend(fontsize=8)
+    _title(ax, "Convergence time", 10)
+    ax.legend(fontsize=8 if w_pt >= 300 else 6.5)
     ax.grid(axis="y", alpha=0.3)
     return {"times": times.tolist(), "never": never, "median": median, "counts": np.asarray(counts).tolist(),
             "bin_edges": np.asarray(edges).tolist()}

@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from latent.trainmap import format_metric, format_step, phase_text
+
 from . import figures as F
 from .artifacts import FitArtifacts
 
@@ -57,14 +59,24 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
 
     g = fit.graph
     n_lanes = len({y for _, y in F.map_layout(fit).values()})
-    fig = _new_figure(min(11.0, max(7.0, 1.5 * g.number_of_nodes() + 1.0)), 3.0 + 1.8 * n_lanes)
+    width = min(11.0, max(7.0, 1.5 * g.number_of_nodes() + 1.0))
+    fig = _new_figure(width, 2.0 + 2.2 * n_lanes)
     info = F.plot_training_map(fig.add_subplot(), fit)
+    # as tall as the map needs at this width (equal aspect), plus the title and the legend
+    scale = (width - 0.2) * 72 / max(info["width_pt"], 1.0)
+    fig.set_size_inches(width, min(max(info["height_pt"] * scale / 72 + 0.8, 2.0), 2.0 + 2.2 * n_lanes))
+    node_metrics = F.map_metrics(fit)
     out.append(("training_map", "Training map",
-                "States left to right in canonical order (earliest mean first visit first). Node area: share of "
-                "all decoded checkpoints; arrow width: number of runs taking the transition; labels: run count and "
-                "the top feature change (z-units). The table below adds the top three features and the mean "
-                "convergence time of the runs taking each transition. "
-                "Dashed rings mark detour states.", fig, info))
+                "States left to right in canonical order (earliest mean first visit first); the most travelled "
+                "route on one line, other states above and below it. Node area: share of all decoded checkpoints. "
+                "Beside each node: that share and the runs visiting it, the "
+                f"{fit.step_unit}s where runs sit in it (10th–90th percentile of its checkpoints)"
+                + (f" and its mean {' and '.join(node_metrics)}" if node_metrics else "") + ". "
+                "Arrow width: number of runs taking the transition. Arrow labels: that number, and the feature with "
+                "the highest importance for the transition (the filtered-posterior gradient, docs/fit.md) with the "
+                "change of its state mean in z units; the most important feature is not necessarily the one that "
+                "changes most. The tables below say what each state means and, per transition, give the top three "
+                "features and the convergence of the runs taking it. Dashed rings mark detour states.", fig, info))
 
     chosen = F.trajectory_metrics(fit, metrics)
     if chosen:
@@ -100,6 +112,7 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
     top, bottom = fig.subplots(2, 1)
     info = {"delays": F.plot_delays(top, fit), "regression": F.plot_regression(bottom, fit)}
     rule = fit.detour_rule.get("rule")
+    mechanical = info["regression"].get("mechanical")
     out.append(("detours", "Detours",
                 ("Top: for each state, the mean convergence step of the runs that visit it minus that of the runs "
                  "that skip it, with a 95 % Welch interval and the one-sided permutation p adjusted over the tested states (Westfall–Young maxT). "
@@ -107,8 +120,11 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
                  if fit.state_tests else
                  "Top: this fit predates per-state delay tests. ")
                 + "Bottom: the occupancy-regression contrast of each state with its bootstrap interval; gaps are "
-                "states without a coefficient (not visited, or visited by too few runs to estimate it). "
-                "Hatched bars marked ★ are detour states"
+                "states without a coefficient (not visited, or visited by too few runs to estimate it); pale bars "
+                "with a dashed edge are coefficients whose interval crosses zero, so their sign is not established. "
+                + (f"‡: with runs of equal length, state {mechanical}'s coefficient is negative by construction "
+                   "(see below). " if mechanical is not None else "")
+                + "Hatched bars marked ★ are detour states"
                 + (f" (by the {rule} rule)." if rule else ".")
                 + " The table below gives every state's numbers.", fig, info))
 
@@ -116,8 +132,9 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
     fig = _new_figure(max(7.0, 0.75 * d + 3), 1.6 + 0.45 * fit.n_states)
     info = F.plot_state_profiles(fig.add_subplot(), fit)
     out.append(("state_profiles", "State profiles",
-                "Mean of each feature in each state, in z-units (per-run standardised). The table below gives "
-                "the same means in original units.", fig, info))
+                f"Mean of each feature in each state, in z units ({F.scaling_text(fit)}, as the HMM saw them). "
+                "Features are named by their columns everywhere in this report. The table below gives the same "
+                "means in original units.", fig, info))
 
     fig = _new_figure(7, 3.6)
     info = F.plot_convergence_histogram(fig.add_subplot(), fit)
@@ -235,6 +252,54 @@ def _detour_text(fit: FitArtifacts, d: dict) -> str:
     return f"state {s}: " + "; ".join(parts)
 
 
+DETOUR_DEFINITION = (
+    "A detour is a state that some runs pass through and others skip, and whose visitors converge later than "
+    "the runs that skip it (by the delay rule: significantly later, by a one-sided permutation test adjusted over "
+    "the states tested; by the paper's rule: a positive occupancy-regression coefficient). A state that every run "
+    "visits is obligatory and can never be a detour; a state that too few runs visit or skip cannot be tested."
+)
+
+
+def no_detour_reason(fit: FitArtifacts) -> str:
+    """Why a fit has no detour state.
+
+    Parameters
+    ----------
+    fit : FitArtifacts
+        A fit whose ``detours`` is empty.
+
+    Returns
+    -------
+    str
+        One sentence starting with ``none``: every run visits every state (nothing is optional);
+        the optional states are visited or skipped by too few runs to test; or no tested state's
+        visitors converge significantly later (each with its delay and adjusted p). Just
+        ``"none"`` for fits without per-state tests.
+    """
+    rows = fit.state_tests
+    if not rows:
+        return "none"
+    m = fit.min_runs if fit.min_runs is not None else "min_runs"
+    visited = [r for r in rows if r.get("status") != "unvisited"]
+    optional = [r for r in visited if r.get("status") in ("tested", "not_estimable")]
+    tested = [r for r in optional if r.get("status") == "tested"]
+    if not optional:
+        n = (int(visited[0].get("runs_visiting") or 0) + int(visited[0].get("runs_skipping") or 0)) if visited else 0
+        return (f"none: every run ({n}) visits every state, so no state is optional, and a detour is a state that "
+                "some runs skip; the runs differ only in how long they stay in each state")
+    if not tested:
+        return ("none: the optional states (" + ", ".join(str(r["state"]) for r in optional) + f") are visited or "
+                f"skipped by fewer than {m} runs, too few to test whether they delay convergence")
+    if fit.detour_rule.get("rule") == "paper":
+        return ("none: no optional state has a positive occupancy-regression coefficient "
+                "(the paper's rule)")
+    alpha = fit.detour_rule.get("alpha")
+    parts = [f"state {r['state']}: delay {_fmt_signed(r.get('delay'))} {fit.step_unit}s, adjusted p = "
+             f"{_fmt_p(r.get('p_adjusted'))}" for r in tested]
+    return ("none: no tested state's visitors converge significantly later than the runs that skip it"
+            + (f" (adjusted p < {alpha:g} needed)" if alpha is not None else "") + ": " + "; ".join(parts))
+
+
 def _rule_text(fit: FitArtifacts) -> str | None:
     rule = fit.detour_rule
     if not rule:
@@ -261,7 +326,8 @@ def summary_rows(fit: FitArtifacts, report_command: str | None) -> list[tuple[st
     median = statistics.median(times) if times else None
     seeds_info = model.get("seeds") or {}
     excluded = seeds_info.get("excluded") or {}
-    det_txt = "<br>".join(_esc(_detour_text(fit, d)) for d in fit.detours) or "none"
+    det_txt = "<br>".join(_esc(_detour_text(fit, d)) for d in fit.detours) or _esc(no_detour_reason(fit))
+    det_txt += " <span class=dim>(what a detour is: see <a href='#detours'>Detours</a>)</span>"
     c = fit.analysis["convergence"]
     k_txt = (_esc(F.selection_caption(fit, sentence=False))
              if fit.selection_info else f"K = {fit.n_states}, chosen by {_esc(fit.criterion.upper())}")
@@ -275,6 +341,10 @@ def summary_rows(fit: FitArtifacts, report_command: str | None) -> list[tuple[st
         ("Features", _esc(", ".join(fit.features))),
         ("Fit", f"{_esc(fit.fit_id)}; covariance {_esc(model.get('covariance_type', '?'))}"),
         ("States", k_txt),
+        ("What each state means", "<br>".join(
+            f"{_swatch(r['state'])}state {int(r['state'])}: {_esc(phase_text(r, fit.step_unit, top=0))}"
+            for r in sorted(fit.phases.get("states") or [], key=lambda r: int(r["state"])))
+         + " <span class=dim>(details under the training map)</span>"),
         ("Detour states", det_txt),
     ]
     rule = _rule_text(fit)
@@ -330,6 +400,8 @@ def _states_html(fit: FitArtifacts, heading: bool = True) -> str:
                 "(no <code>states</code> in analysis.json); rerun <code>latent fit</code> to get them.</p>")
     unit = _esc(fit.step_unit)
     detours = set(fit.detour_states)
+    note = F.equal_length_note(fit)
+    mechanical = F.final_state(fit) if note is not None else None
     body = []
     for r in rows:
         s = int(r["state"])
@@ -352,6 +424,10 @@ def _states_html(fit: FitArtifacts, heading: bool = True) -> str:
             coef = "<span class=dim>none</span>"
         elif r.get("coef_ci_low") is not None and r.get("coef_ci_high") is not None:
             coef += f" [{_fmt_signed(r['coef_ci_low'])}, {_fmt_signed(r['coef_ci_high'])}]"
+            if F.crosses_zero(r["coef_ci_low"], r["coef_ci_high"]):
+                coef += " <span class='dim crosses'>(crosses 0)</span>"
+        if r.get("coef") is not None and s == mechanical:
+            coef += " ‡"
         stab = _stability_text(r.get("stability"), detour=is_detour) or "–"
         body.append(
             f"<tr class='state-row{' detour' if is_detour else ''}' data-state='{s}'>"
@@ -370,8 +446,10 @@ def _states_html(fit: FitArtifacts, heading: bool = True) -> str:
             f"<tbody>{''.join(body)}</tbody></table>"
             "<p class=dim>Delay: mean convergence step of the runs visiting the state minus that of the runs "
             "skipping it. Paper rule: optional state with a positive regression coefficient (shown for "
-            "comparison). Stability: in how many bootstrap resamples of the runs the state reappears, and is a "
-            "detour again.</p>")
+            "comparison). Regression coef: (crosses 0) marks an interval that contains zero, so the sign of the "
+            "coefficient is not established. Stability: in how many bootstrap resamples of the runs the state "
+            "reappears, and is a detour again.</p>"
+            + (f"<p class='note equal-length'>‡ {_esc(note)}</p>" if note else ""))
 
 
 def _selection_html(fit: FitArtifacts) -> str:
@@ -423,25 +501,88 @@ def _transitions_html(fit: FitArtifacts) -> str:
         body.append(f"<tr><td>{sw(r['source'])} → {sw(r['target'])}</td><td>{int(r['runs'])}/{int(r['of'])}</td>"
                     f"<td>{_fmt_num(r['prob'], 3)}</td><td class=l>{_esc(r['top_features'])}</td><td>{conv}</td></tr>")
     return ("<h3>Transitions</h3><table class=num><thead><tr><th>edge</th><th>runs</th><th>HMM probability</th>"
-            f"<th>top features (change of state mean, z-units)</th><th>convergence of these runs ({unit}s)</th>"
+            f"<th>top features by importance (change of state mean, z units)</th><th>convergence of these runs ({unit}s)</th>"
             f"</tr></thead><tbody>{''.join(body)}</tbody></table>")
 
 
+def _state_head(fit: FitArtifacts, s: int) -> str:
+    return f"<span class=sw style='background:{F.state_color(int(s))}'></span>state {int(s)}" + (
+        " ★" if int(s) in fit.detour_states else "")
+
+
 def _table_html(fit: FitArtifacts) -> str:
+    """State means in original units: one row per feature, one column per state (so it stays narrow
+    however many features the fit has)."""
     table = F.profile_table(fit)
-    head = "".join(f"<th>{_esc(F.short_feature(f))}<br><span class=dim>{_esc(f)}</span></th>" for f in fit.features)
+    states = [int(s) for s in table.index]
+    head = "".join(f"<th>{_state_head(fit, s)}</th>" for s in states)
+
+    def share(x):
+        return "–" if x is None or x != x else f"{float(x):.1%}"
+
+    def runs(x):
+        return "–" if x is None or x != x else _esc(int(x))
+
+    share_cells = "".join(f"<td>{share(table.loc[s, 'occupancy'])}</td>" for s in states)
+    run_cells = "".join(f"<td>{runs(table.loc[s, 'runs'])}</td>" for s in states)
+    body = [f"<tr><th>time share</th>{share_cells}</tr>", f"<tr><th>runs</th>{run_cells}</tr>"]
+    for f in fit.features:
+        desc = F.feature_description(f)
+        body.append(f"<tr class='feature-row' data-feature='{_esc(f)}'><th>{_esc(F.feature_name(f))}"
+                    + (f" <span class=dim>{_esc(desc)}</span>" if desc else "") + "</th>"
+                    + "".join(f"<td>{_fmt_num(table.loc[s, f])}</td>" for s in states) + "</tr>")
+    return (f"<table class='num profile'><thead><tr><th>feature</th>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>")
+
+
+def _phases_html(fit: FitArtifacts) -> str:
+    """What each state means: performance in it, when runs sit in it, what moves on entering it."""
+    ph = fit.phases
+    table = F.phase_table(fit)
+    if table.empty:
+        return ""
+    unit = _esc(fit.step_unit if fit.step_unit.endswith("s") else fit.step_unit + "s")
+    metrics = list(ph.get("metrics") or [])
+    occ = {int(n): fit.graph.nodes[n].get("occupancy") for n in fit.graph.nodes}
+    rows_by_state = {int(r["state"]): r for r in ph.get("states") or []}
     body = []
     for s, row in table.iterrows():
-        occ = row["occupancy"]
-        cells = "".join(f"<td>{_fmt_num(row[f])}</td>" for f in fit.features)
-        swatch = f"<span class=sw style='background:{F.state_color(int(s))}'></span>"
-        star = " ★" if int(s) in fit.detour_states else ""
-        body.append(f"<tr><th>{swatch}state {int(s)}{star}</th>"
-                    f"<td>{'–' if occ is None or occ != occ else f'{float(occ):.1%}'}</td>"
-                    f"<td>{_esc('–' if row['runs'] is None or row['runs'] != row['runs'] else int(row['runs']))}</td>"
-                    f"{cells}</tr>")
-    return (f"<table class=num><thead><tr><th>state</th><th>time share</th><th>runs</th>{head}</tr></thead>"
-            f"<tbody>{''.join(body)}</tbody></table>")
+        s = int(s)
+        r = rows_by_state.get(s, {})
+        if row["step_p10"] is None or row["step_p10"] != row["step_p10"]:
+            where, span = "never visited", "–"
+        else:
+            where = f"{format_step(row['step_p10'])}–{format_step(row['step_p90'])}"
+            span = f"{format_step(row['step_min'])}–{format_step(row['step_max'])}"
+        cells = "".join(f"<td>{'–' if row[m] != row[m] else _esc(format_metric(m, float(row[m])))}</td>"
+                        for m in metrics)
+        sources = r.get("entered_from") or {}
+        came = ", ".join(f"{k} ({v})" for k, v in sources.items()) or (
+            "– (runs start in it)" if r.get("checkpoints") else "–")
+        o = occ.get(s)
+        body.append(
+            f"<tr class='phase-row' data-state='{s}'><td class=l>{_state_head(fit, s)}</td>"
+            f"<td>{_esc(row['runs'])}</td><td>{'–' if o is None else f'{float(o):.1%}'}</td>"
+            f"<td>{where}</td><td>{span}</td>{cells}"
+            f"<td class=l>{_esc(row['entering']) or '–'}</td><td class=l>{_esc(came)}</td></tr>")
+    heads = "".join(f"<th>{_esc(F.feature_name(m))}</th>" for m in metrics)
+    lo, hi = ph.get("percentiles") or [10, 90]
+    window = ph.get("window", 5)
+    note = (f"Means over the checkpoints decoded (Viterbi) in each state, every run pooled; performance columns "
+            f"are read from the run tables whether or not they are HMM features"
+            + ("" if metrics else " (these run tables have none)") + f". Where runs sit: the {lo}th–{hi}th "
+            f"percentile of the steps of the state's checkpoints (nearest rank, so each is a checkpoint's step); "
+            f"min–max: all of them. Entering it: for each time a run moves into the state from another one, the "
+            f"mean z value of each feature over the first {window} checkpoints in the state (fewer if it stays "
+            f"less) minus that over the last {window} checkpoints before; averaged over entries, the three "
+            f"largest in absolute value. Entered from: the states runs come from, with counts.")
+    if ph.get("computed"):
+        note += " This fit predates the phases block of analysis.json; the table was computed from its saved paths."
+    return (f"<h3 id='phases'>What each state means</h3><table class='num phases'><thead><tr><th>state</th>"
+            f"<th>runs</th><th>time share</th><th>{unit} where runs sit<br><span class=dim>p{lo}–p{hi}</span></th>"
+            f"<th>min–max</th>{heads}<th>entering it<br><span class=dim>top features, z units</span></th>"
+            f"<th>entered from</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
+            f"<p class=dim>{_esc(note)}</p>")
 
 
 STYLE = """
@@ -462,6 +603,8 @@ figcaption{color:#444;font-size:.92em;margin-top:.3em}.dim{color:#777;font-size:
 section.warnings{background:#FFF6E0;border-left:4px solid #E69F00;padding:.1em 1em .4em;margin-top:1em}
 section.warnings h2{border-bottom:none;margin-top:.5em}section.warnings li{margin:.2em 0}
 table.states tr.detour{background:#F3F3F3}
+table.profile th .dim{font-weight:normal;display:block}p.lead{margin:.3em 0 .6em}
+p.note{color:#444;font-size:.92em;border-left:3px solid #999;padding-left:.6em}
 """
 
 
@@ -477,25 +620,30 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
     warnings = _warnings_html(fit)
     nav = ((f"<a href='#warnings'>Warnings ({len(fit.warnings)})</a>" if warnings else "")
            + "<a href='#summary'>Summary</a>"
-           + "".join(f"<a href='#{r.name}'>{_esc(r.title)}</a>" for r in rendered)
+           + "".join(f"<a href='#{r.name}'>{_esc(r.title)}</a>"
+                     + ("<a href='#phases'>What each state means</a>" if r.name == "training_map" else "")
+                     for r in rendered)
            + ("<a href='#state-tests'>Per-state tests</a>" if any(r.name == "detours" for r in rendered)
               else "<a href='#states'>Per-state tests</a>"))
     sections = []
     for r in rendered:
         data = base64.b64encode(r.png).decode()
         extra = {"state_profiles": f"<h3>In original units</h3>{_table_html(fit)}",
-                 "training_map": _transitions_html(fit),
+                 "training_map": _phases_html(fit) + _transitions_html(fit),
                  "model_selection": _selection_html(fit),
                  "detours": _states_html(fit)}.get(r.name, "")
+        lead = {"detours": f"<p class=lead><b>What a detour is.</b> {_esc(DETOUR_DEFINITION)}</p>"}.get(r.name, "")
         sections.append(
-            f"<section id='{r.name}'><h2>{_esc(r.title)}</h2><figure>"
+            f"<section id='{r.name}'><h2>{_esc(r.title)}</h2>{lead}<figure>"
             f"<img src='data:image/png;base64,{data}' width='{_png_width(r.png) * 100 // PNG_DPI}' "
             f"alt='{_esc(r.title)}: {_esc(r.caption)}'>"
             f"<figcaption>{_esc(r.caption)} <span class=files>Files: <a href='{r.name}.png'>{r.name}.png</a>"
             f"<a href='{r.name}.svg'>{r.name}.svg</a></span></figcaption></figure>{extra}</section>"
         )
     if not any(r.name == "detours" for r in rendered):  # no detours figure to hang the table under
-        sections.append(f"<section id='states'><h2>Per-state tests</h2>{_states_html(fit, heading=False)}</section>")
+        sections.append(f"<section id='states'><h2>Per-state tests</h2>"
+                        f"<p class=lead><b>What a detour is.</b> {_esc(DETOUR_DEFINITION)}</p>"
+                        f"{_states_html(fit, heading=False)}</section>")
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"

@@ -12,6 +12,10 @@ How (see docs/report.md, "Checked in a real browser"):
    the page is not blank and that every figure's box holds a drawing, not background.
 3. A negative control injects a remote image and a broken one into the probe page and checks
    that the same probe catches both, so the assertions above can fail.
+4. No table overflows at laptop width, neither the page nor inside itself (a table that scrolls
+   sideways in its own box, as the original-units table did with 14 features, is caught too),
+   on the toy report and on the report of a real ``latent fit`` of a study with the 14 reference
+   features; a negative control injects a wide table and checks that the probe sees it overflow.
 
 Chromium runs with ``--host-resolver-rules`` mapping every host to nothing, so even a
 regression could not reach the network during the test.
@@ -54,7 +58,10 @@ window.addEventListener('load', function () {
   var svgs = [].slice.call(document.querySelectorAll('svg')).map(function (s) {
     var b = s.getBBox(); return {w: b.width, h: b.height, box: box(s)};
   });
-  var out = {imgs: imgs, svgs: svgs, violations: __viol,
+  var tables = [].slice.call(document.querySelectorAll('table')).map(function (t) {
+    return {cls: t.className, scrollWidth: t.scrollWidth, clientWidth: t.clientWidth, box: box(t)};
+  });
+  var out = {imgs: imgs, svgs: svgs, tables: tables, violations: __viol,
              resources: performance.getEntriesByType('resource').map(function (r) { return r.name; }),
              scrollWidth: document.documentElement.scrollWidth, innerWidth: window.innerWidth,
              scrollHeight: document.documentElement.scrollHeight};
@@ -90,6 +97,12 @@ def _run_probe(tmp: Path, html: str) -> dict:
     import html as _html
 
     return json.loads(_html.unescape(m.group(1)))
+
+
+def _overflowing_tables(info: dict) -> list[dict]:
+    """Tables wider than their box (they scroll sideways inside it) or reaching past the window."""
+    return [t for t in info["tables"]
+            if t["scrollWidth"] > t["clientWidth"] + 1 or t["box"]["x"] + t["box"]["w"] > info["innerWidth"] + 1]
 
 
 @pytest.fixture(scope="module")
@@ -156,3 +169,52 @@ def test_probe_catches_remote_and_broken_images(report, tmp_path):
         "example.invalid" in r for r in info["resources"])
     broken = info["imgs"][-1]
     assert broken["nw"] == 0
+
+
+@pytest.fixture(scope="module")
+def wide_report(tmp_path_factory):
+    """A real `latent fit` of a small study with the 14 reference features and the four loss and
+    accuracy columns, reported: the widest tables a collected study gives."""
+    import matplotlib
+    import numpy as np
+
+    matplotlib.use("Agg")
+    from latent.fit import FitConfig, fit_study, write_fit
+    from latent.store import REFERENCE_COLUMNS, Study
+    from planted import emit, run_table, well_separated_means, write_study
+    from reports.artifacts import load_fit
+    from reports.html import write_report
+
+    rng = np.random.default_rng(5)
+    features = list(REFERENCE_COLUMNS)
+    means = well_separated_means(3, len(features), scale=8.0)
+    runs = {}
+    for s in range(8):
+        states = np.repeat([0, 1, 2], [10 + s % 3, 12, 18 - s % 3])
+        perf = {"train_loss": np.array([2.0, 0.5, 0.01])[states], "val_loss": np.array([2.1, 3.0, 0.2])[states],
+                "train_acc": np.array([0.1, 0.9, 1.0])[states], "val_acc": np.array([0.05, 0.2, 0.97])[states]}
+        runs[s] = run_table(s, emit(states, means, rng) * 1e-3, features, **perf)
+    root = write_study(tmp_path_factory.mktemp("wide") / "data" / "wide", runs, features=features)
+    result = fit_study(Study(root), FitConfig(max_states=3, restarts=1, n_iter=8, folds=2, n_boot=20, resamples=0),
+                       n_jobs=1)
+    write_fit(Study(root), result)
+    return write_report(load_fit(root.parent, "wide"), report_command="latent report")
+
+
+def test_no_table_overflows_at_laptop_width(report, wide_report, tmp_path):
+    for page in (report, wide_report):
+        info = _run_probe(tmp_path, _probe_page(page.read_text(encoding="utf-8")))
+        assert len(info["tables"]) >= 5 and any(t["cls"] == "num profile" for t in info["tables"])
+        assert _overflowing_tables(info) == [], page
+        assert info["scrollWidth"] <= info["innerWidth"]
+
+
+def test_probe_catches_a_table_that_overflows(report, tmp_path):
+    """Negative control: a 30-column table in the page's own table style scrolls inside its box;
+    the probe reports it, though the page itself does not scroll."""
+    row = "".join(f"<td>-0.0{i}12345</td>" for i in range(30))
+    inject = f"<table class=num><tbody><tr>{row}</tr></tbody></table>"
+    info = _run_probe(tmp_path, _probe_page(report.read_text(encoding="utf-8"), inject))
+    assert info["scrollWidth"] <= info["innerWidth"]  # the old page-level check would pass ...
+    bad = _overflowing_tables(info)
+    assert len(bad) == 1 and bad[0]["cls"] == "num"  # ... this one does not

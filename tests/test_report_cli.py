@@ -107,8 +107,11 @@ def test_page_is_self_contained_and_has_the_summary(rendered):
                    "1 never converged", "latent collect --task modadd --seeds 6 --name toy",
                    "latent fit --study toy --max-states 5", "latent report --store"]:
         assert needle in page, needle
-    # the table in original units lists every state
-    assert page.count("<tr><th><span class=sw") == 4
+    # the table in original units: one column per state, one row per feature (narrow whatever d is)
+    table = page[page.index("<table class='num profile'>"):]
+    table = table[:table.index("</table>")]
+    assert table.count("<th><span class=sw") == 4
+    assert re.findall(r"data-feature='([^']+)'", table) == ["l1", "l2", "spectral", "var_w"]
     # the transitions table under the map: one row per observed edge
     assert page.count("<tr><td><span class=sw") == 4 and "<h3>Transitions</h3>" in page
 
@@ -182,7 +185,9 @@ def test_not_estimable_state_reads_as_such(tmp_path):
     assert cells[4] == "not estimable (&lt; 3 runs) (observed +65, untested)"
     assert cells[5] == "–" and cells[6] == "no" and "★" not in cells[0]
     assert cells[8] == "none"  # no regression coefficient either
-    assert "<th>Detour states</th><td>none</td>" in page
+    # no detour, and the page says why: the only optional state is visited by too few runs to test
+    assert ("<th>Detour states</th><td>none: the optional states (2) are visited or skipped by fewer than 3 runs, "
+            "too few to test whether they delay convergence <span class=dim>(what a detour is") in page
     assert "significant" not in page.split("<h2 id='summary'>")[1].split("</table>")[0]
     assert "observed delay +65" in page  # the fit's warning says why
 
@@ -377,3 +382,123 @@ def test_big_fit_renders_within_15_seconds(tmp_path):
     elapsed = time.perf_counter() - t0
     assert res.returncode == 0, res.stderr
     assert elapsed <= 15.0, f"report took {elapsed:.1f} s"
+
+
+# --------------------------------------------------------------------------- what each state means, detours explained
+
+
+def _phase_cells(page: str, state: int) -> list[str]:
+    m = re.search(rf"<tr class='phase-row' data-state='{state}'>(.*?)</tr>", page)
+    assert m, f"no phase row for state {state}"
+    return [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", m.group(1))]
+
+
+def _nearest_rank(values, q):
+    s = sorted(values)
+    return next(x for x in s if sum(y <= x for y in s) >= q / 100 * len(s))
+
+
+def test_phase_table_recomputed_by_hand(store):
+    """The toy fit predates the phases block: the page computes it from the saved paths; every
+    cell is checked against the fixture's segments and run tables."""
+    import pandas as pd
+
+    from reports.artifacts import load_fit
+    from reports.html import RenderedFigure, page_html
+    from report_fixtures import TOY_FIRST_N, TOY_SEGMENTS, TOY_STEP_EVERY
+
+    fit = load_fit(store)
+    blank = RenderedFigure("training_map", "Training map", "", b"\x89PNG\r\n\x1a\n" + b"\0" * 24, b"", {})
+    page = page_html(fit, [blank], None)  # the phases table hangs under the training map
+    assert "<h3 id='phases'>What each state means</h3>" in page and "predates the phases block" in page
+    runs = {s: pd.read_parquet(store / TOY_NAME / "runs" / f"seed-{s:03d}.parquet").head(TOY_FIRST_N)
+            for s in TOY_SEGMENTS}
+    seq = {s: [st for st, n in segs for _ in range(n)] for s, segs in TOY_SEGMENTS.items()}
+    for k in range(4):
+        steps = [t * TOY_STEP_EVERY for s in seq for t, st in enumerate(seq[s]) if st == k]
+        cells = _phase_cells(page, k)
+        assert cells[1] == str(sum(k in seq[s] for s in seq))  # runs visiting
+        assert cells[3] == f"{_nearest_rank(steps, 10)}–{_nearest_rank(steps, 90)}"
+        assert cells[4] == f"{min(steps)}–{max(steps)}"
+        for i, col in enumerate(["train_loss", "val_loss", "train_acc", "val_acc"]):
+            vals = [runs[s][col].iloc[t] for s in seq for t, st in enumerate(seq[s]) if st == k]
+            mean = sum(vals) / len(vals)
+            assert cells[5 + i] == (f"{mean:.2f}" if col.endswith("acc") else f"{mean:.3g}"), (k, col)
+    # state 0 is where every run starts: never entered; state 2 is entered from 1 by seeds 3, 4, 5
+    assert _phase_cells(page, 0)[-1] == "– (runs start in it)" and _phase_cells(page, 0)[-2] == "–"
+    assert _phase_cells(page, 2)[-1] == "1 (3)"
+    # the summary row says it in one line per state, e.g. "state 1: ..., val_acc 0.05; epochs 80–140 ..."
+    summary = page[page.index("<th>What each state means</th>"):]
+    summary = summary[:summary.index("</tr>")]
+    assert re.search(r"state 3: train_loss [\d.]+, val_loss [\d.]+, train_acc 1\.00, val_acc 0\.97; epochs", summary)
+
+
+def test_saved_phases_block_is_what_the_page_shows(store):
+    from reports.artifacts import load_fit
+    from reports.html import summary_rows
+
+    path = store / TOY_NAME / "fits" / TOY_FIT_ID / "analysis.json"
+    rows = [{"state": k, "checkpoints": 10, "runs": 6, "metrics": {"val_acc": 0.123 + k},
+             "steps": {"min": 0.0, "p10": 240.0, "median": 500.0, "p90": 920.0, "max": 1000.0}, "entries": 0,
+             "entered_from": {}, "entry_change": []} for k in range(4)]
+    _set_key(path, "phases", {"metrics": ["val_acc"], "window": 5, "percentiles": [10, 90], "states": rows})
+    fit = load_fit(store)
+    assert fit.phases["computed"] is False and fit.phases["states"][1]["metrics"]["val_acc"] == 1.123
+    row = dict(summary_rows(fit, None))["What each state means"]
+    assert "state 1: val_acc 1.12; epochs 240–920 (min–max 0–1000)" in row
+    # a phases block that does not list every state is a corrupt fit
+    _set_key(path, "phases", {"states": rows[:2]})
+    with pytest.raises(Exception, match="phases lists states"):
+        load_fit(store)
+
+
+def test_detour_is_defined_and_none_is_explained(tmp_path):
+    from report_fixtures import make_fit_study
+    from reports.artifacts import load_fit
+    from reports.html import DETOUR_DEFINITION, page_html
+
+    make_toy_fit(tmp_path)
+    page = page_html(load_fit(tmp_path), [], None)
+    assert DETOUR_DEFINITION[:60] in page  # defined on the page (under Detours once it is rendered)
+    # every run visits every state: nothing is optional, so nothing can be a detour, and the page says so
+    segs = {s: [(0, 5 + s), (1, 10 - s), (2, 5)] for s in range(4)}
+    make_fit_study(tmp_path, "lin", segs, n_states=3, n_steps=20, first_n=20, features=["l1", "l2"],
+                   coef=[1.0, 2.0, 3.0], ci_half=[0.5, 0.5, 0.5], converged_state=2)
+    page = page_html(load_fit(tmp_path, "lin"), [], None)
+    assert ("<th>Detour states</th><td>none: every run (4) visits every state, so no state is optional, and a "
+            "detour is a state that some runs skip") in page
+    # a tested state that is not significant: the page names it with its delay and adjusted p
+    path = tmp_path / TOY_NAME / "fits" / TOY_FIT_ID / "analysis.json"
+    obj = json.loads(path.read_text())
+    obj["detours"] = []
+    obj["states"][2].update(detour=False, p_adjusted=0.3)
+    path.write_text(json.dumps(obj))
+    import html
+
+    page = html.unescape(page_html(load_fit(tmp_path, TOY_NAME), [], None))
+    assert ("none: no tested state's visitors converge significantly later than the runs that skip it "
+            "(adjusted p < 0.1 needed): state 2: delay +123.3 epochs, adjusted p = 0.3") in page
+
+
+def test_coefficients_crossing_zero_and_equal_length_runs(store):
+    import pandas as pd
+
+    from reports.artifacts import load_fit
+    from reports.html import page_html
+
+    page = page_html(load_fit(store), [], None)
+    # TOY_COEF ± TOY_CI_HALF: state 1 is +15 [-15, +45], the only interval containing 0
+    assert _cells(page, 1)[8] == "+15 [-15, +45] (crosses 0)"
+    assert _cells(page, 0)[8] == "-40 [-60, -20]" and "crosses" not in _cells(page, 2)[8]
+    # all six runs have 30 decoded checkpoints and five of six end in state 3: its coefficient is
+    # negative by construction, which the page marks and explains
+    assert _cells(page, 3)[8] == "-25 [-45, -5] ‡"
+    note = re.search(r"<p class='note equal-length'>(.*?)</p>", page).group(1)
+    assert "same number of decoded checkpoints (30)" in note and "reaching state 3, where 83% of runs end" in note
+    assert "(here -25 epochs)" in note
+    # runs of unequal length: no such note, no mark
+    paths_file = store / TOY_NAME / "fits" / TOY_FIT_ID / "paths.parquet"
+    paths = pd.read_parquet(paths_file)
+    paths.drop(paths.index[(paths["seed"] == 0) & (paths["step"] >= 270)]).to_parquet(paths_file, index=False)
+    page = page_html(load_fit(store), [], None)
+    assert "equal-length" not in page and "‡" not in _cells(page, 3)[8]

@@ -16,6 +16,7 @@ from matplotlib.colors import to_hex, to_rgba
 from matplotlib.figure import Figure
 
 from report_fixtures import (
+    TOY_CI_HALF,
     TOY_COEF,
     TOY_CONVERGENCE,
     TOY_DELAY,
@@ -111,10 +112,10 @@ def test_training_map_nodes_edges_and_detour(fit):
     # the fork: 0->1->3 is the backbone (1->3 and 1->2 tie on runs; 3 is visited by more runs),
     # so the detour 2 sits off that lane
     assert info["pos"][0][1] == info["pos"][1][1] == info["pos"][3][1] != info["pos"][2][1]
-    # edge labels carry run counts out of 6 and the top feature change
+    # edge labels carry run counts out of 6 and the edge's most important feature, by its column name
     for (a, b), runs in TOY_EDGES.items():
         assert info["edge_labels"][(a, b)].startswith(f"{runs}/6 runs")
-        assert "λmax" in info["edge_labels"][(a, b)]
+        assert info["edge_labels"][(a, b)].split("\n")[1].startswith(f"{TOY_TOP_FEATURE} ")
     # width follows the number of runs
     assert info["edge_widths"][(0, 1)] > info["edge_widths"][(1, 3)] > info["edge_widths"][(2, 3)]
     assert info["edge_widths"][(1, 3)] == info["edge_widths"][(1, 2)]
@@ -313,7 +314,8 @@ def test_model_selection_marks_chosen_k_and_gaps(fit):
     assert [(round(s[0][1]), round(s[1][1])) for s in segs] == [(1300, 1420), (1115, 1205), (1010, 1070)]
     # fold agreement and fragility in the title
     assert info["fold_choice"] == TOY_FOLD_CHOICE and (info["folds_agree"], info["folds_total"]) == (2, 3)
-    assert "2 of 3 folds choose K = 4" in ax.get_title() and "not fragile" in ax.get_title()
+    title = " ".join(ax.get_title().split())  # titles are wrapped to the axes' width
+    assert "2 of 3 folds choose K = 4" in title and "not fragile" in title
     assert info["runner_up"] == 3 and info["fragile"] is False
 
 
@@ -328,8 +330,9 @@ def test_model_selection_says_when_k_is_fragile(tmp_path):
     ax = _ax()
     info = F.plot_model_selection(ax, load_fit(tmp_path))
     assert info["fragile"] is True and info["folds_agree"] == 1
-    assert "fragile: within the restart spread of K = 3" in ax.get_title()
-    assert "1 of 3 folds choose K = 4" in ax.get_title()
+    title = " ".join(ax.get_title().split())  # titles are wrapped to the axes' width
+    assert "fragile: within the restart spread of K = 3" in title
+    assert "1 of 3 folds choose K = 4" in title
 
 
 def test_convergence_histogram(fit):
@@ -361,5 +364,73 @@ def test_transition_table_lists_every_observed_edge(fit):
     assert set(table["of"]) == {6}
     row = table[(table.source == 1) & (table.target == 3)].iloc[0]
     assert row.convergence_mean == pytest.approx(160.0)  # seeds 0, 1, 2 converge at 170, 150, 160
-    assert row.top_features.startswith("λmax ")
+    assert row.top_features.startswith(f"{TOY_TOP_FEATURE} ")  # the column name, as everywhere
     assert len(row.top_features.split(", ")) == 3
+
+
+# --------------------------------------------------------------------------- report clarity
+
+
+def test_regression_marks_intervals_crossing_zero_and_the_final_state(fit):
+    from matplotlib.patches import Rectangle
+
+    ax = _ax()
+    info = F.plot_regression(ax, fit)
+    # TOY_COEF ± TOY_CI_HALF: only state 1's interval [-15, 45] contains 0
+    crossing = [s for s in range(TOY_K) if TOY_COEF[s] - TOY_CI_HALF[s] <= 0 <= TOY_COEF[s] + TOY_CI_HALF[s]]
+    assert info["crosses_zero"] == crossing == [1]
+    assert [b.get_alpha() for b in info["bars"]] == [1.0, 0.35, 1.0, 1.0]
+    assert info["bars"][1].get_linestyle() == "--"
+    # equal-length runs, five of six ending in state 3: its coefficient is marked as mechanical
+    assert info["mechanical"] == 3 and any(t.get_text() == "‡" for t in ax.texts)
+    legend = ax.get_legend()
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts[0] == "bootstrap interval (1000 resamples)" and "interval crosses 0 (sign not established)" in texts
+    assert not isinstance(legend.legend_handles[0], Rectangle)  # the interval's key is an error bar, not a box
+    assert ax.get_ylabel() == "coefficient (epochs)"
+
+
+def test_old_fit_regression_label_is_short(tmp_path):
+    make_old_toy_fit(tmp_path)
+    ax = _ax()
+    F.plot_regression(ax, load_fit(tmp_path, None, TOY_OLD_FIT_ID))
+    assert ax.get_ylabel() == "coefficient (epochs)"  # was a 60-character label, clipped in the report
+
+
+def test_one_name_per_feature_everywhere(fit):
+    """Map labels, heatmap, transition and profile tables name a feature by its column, nothing else."""
+    names = set(fit.features)
+    tmap = F.plot_training_map(_ax(), fit)
+    for label in tmap["edge_labels"].values():
+        assert label.split("\n")[1].split(" ")[0] in names
+    ax = _ax()
+    F.plot_state_profiles(ax, fit)
+    assert [t.get_text() for t in ax.get_xticklabels()] == fit.features
+    for cell in F.transition_table(fit)["top_features"]:
+        assert {part.split(" ")[0] for part in cell.split(", ")} <= names
+    for cell in F.phase_table(fit)["entering"]:
+        assert not cell or {part.split(" ")[0] for part in cell.split(", ")} <= names
+    assert F.symbol("code_sparsity") == F.short_feature("code_sparsity") == F.feature_name("code_sparsity") == \
+        "code_sparsity"
+
+
+def test_map_nodes_say_what_each_state_means(fit):
+    info = F.plot_training_map(Figure(figsize=(9, 5)).add_subplot(), fit)
+    # seeds' first 30 checkpoints, every 10 epochs: state 3 holds checkpoints from epoch 150 (seed 1) on
+    steps3 = sorted(t * TOY_STEP_EVERY for s in TOY_SEGMENTS for t, st in enumerate(_expected_states(s)[:TOY_FIRST_N])
+                    if st == 3)
+    p10 = next(x for x in steps3 if sum(y <= x for y in steps3) >= 0.1 * len(steps3))
+    p90 = next(x for x in steps3 if sum(y <= x for y in steps3) >= 0.9 * len(steps3))
+    lines = info["node_labels"][3].split("\n")
+    assert lines[0] == "31% of time, 5/6 runs" and lines[1] == f"epochs {p10}–{p90}"
+    acc = fit.runs.loc[fit.runs["state"] == 3, ["train_acc", "val_acc"]].mean()
+    assert lines[2:] == [f"train_acc {acc['train_acc']:.2f}", f"val_acc {acc['val_acc']:.2f}"]
+
+
+def test_report_figures_keep_the_requested_trajectory_metrics(fit):
+    from reports.html import build_figures
+
+    figs = {name: info for name, _, _, _, info in build_figures(fit)}
+    assert list(figs["trajectories"]) == ["l2", "train_acc", "val_acc", TOY_TOP_FEATURE]
+    figs = {name: info for name, _, _, _, info in build_figures(fit, ("val_loss",))}
+    assert list(figs["trajectories"]) == ["val_loss", TOY_TOP_FEATURE]
