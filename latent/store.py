@@ -54,6 +54,8 @@ STUDY_FILE = "study.json"
 STUDY_FORMAT = "latent.study/1"
 RUN_FORMAT = "latent.run/1"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: names of store-level directories that are not studies
+RESERVED_NAMES = frozenset({"comparisons"})
 
 
 # --------------------------------------------------------------------------- atomic writes
@@ -200,6 +202,8 @@ def check_study_name(name: str) -> str:
             f"invalid study name {name!r}: use letters, digits, '.', '_' or '-' "
             "(no '/' or '..'); pass a path with --store instead"
         )
+    if name in RESERVED_NAMES:
+        raise UserError(f"study name {name!r} is reserved (the store keeps `latent compare` pages there); choose another")
     return name
 
 

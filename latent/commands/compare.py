@@ -1,0 +1,148 @@
+"""``latent compare``: studies side by side, in one HTML page and a text table (docs/compare.md).
+
+The command's ``--help`` text is :data:`DESCRIPTION` (plain text, no markup).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from pathlib import Path
+
+DESCRIPTION = (
+    "Put two or more studies side by side: K, detours and their stability, R², the trajectory dissimilarity, "
+    "the training maps, and the convergence-time distributions (median, IQR, CV; Mann-Whitney U for location "
+    "and Brown-Forsythe for spread, Holm-adjusted with more than two studies). Each study's fit is chosen by "
+    "the same flags as latent fit (defaults: the study's own features and convergence rule): a fit with those "
+    "settings already in <study>/fits/<fit-id>/ is reused unchanged, a missing one is fitted first and the "
+    "command says so (--no-fit makes that an error). Writes <store>/comparisons/<A>-vs-<B>/<fit-id>/ "
+    "(index.html, comparison.json, figures). See docs/compare.md."
+)
+
+
+def add_parser(sub) -> None:
+    from ..fit import FitConfig
+    from .fit import OPTIONS, _int
+
+    defaults = FitConfig()
+    p = sub.add_parser("compare", help="compare studies side by side (fits what is not fitted yet)",
+                       description=DESCRIPTION)
+    p.add_argument("studies", nargs="+", metavar="STUDY",
+                   help="two or more study names in the store, or paths to study directories")
+    p.add_argument("--store", default="data", help="store directory (default: ./data)")
+    p.add_argument("--out", default=None,
+                   help="output directory (default: <store>/comparisons/<A>-vs-<B>/<fit-id>)")
+    p.add_argument("--no-fit", dest="no_fit", action="store_true",
+                   help="never fit: a study without a fit for these settings is an error")
+    p.add_argument("--open", action="store_true", help="open the page in the default browser, if there is one")
+    fit_group = p.add_argument_group("fit settings (as for latent fit; they choose which fit is used)")
+    for flag, name, kind, text in OPTIONS:
+        default = getattr(defaults, name)
+        shown = f" (default {default})" if default is not None and name != "features" else ""
+        fit_group.add_argument(flag, dest=name, type=kind, default=None, help=text + shown)
+    fit_group.add_argument("--no-one-se", dest="one_se", action="store_false", default=None,
+                           help="--selection cv: take the best K, not the smallest within one standard error")
+    fit_group.add_argument("--allow-partial", dest="allow_partial", action="store_true", default=None,
+                           help="fit unfinished runs and runs shorter than the others (refused by default)")
+    fit_group.add_argument("--reference", action="store_true",
+                           help="the reference's procedure (per-run scaling, one 80/20 split, mean BIC over "
+                                "restarts, the paper's detour rule)")
+    fit_group.add_argument("--jobs", type=_int, default=None,
+                           help="worker processes for fits made here (default: all cores)")
+    p.set_defaults(run=run)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Shows the ``latent`` logger's warnings during a fit on stderr."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+        self.setFormatter(logging.Formatter("latent compare: %(levelname)s: %(message)s"))
+
+    def emit(self, record):  # follow sys.stderr if it is replaced (pytest capsys)
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def default_out_dir(store, summaries) -> Path:
+    """``<store>/comparisons/<A>-vs-<B>[-vs-…]/<fit-id>``; one fit id when every study shares it,
+    else ``mixed-<hash8>`` of the fit ids; long study lists are shortened with a hash."""
+    names = "-vs-".join(s.name for s in summaries)
+    if len(names) > 100:
+        names = names[:80] + "-" + hashlib.sha256(names.encode()).hexdigest()[:8]
+    ids = [s.fit_id for s in summaries]
+    sub = ids[0] if len(set(ids)) == 1 else "mixed-" + hashlib.sha256("|".join(ids).encode()).hexdigest()[:8]
+    return Path(store) / "comparisons" / names / sub
+
+
+def run(args) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+
+    from reports.artifacts import load_fit
+    from reports.compare import check_out_dir, write_comparison
+
+    from ..compare import compare_studies, ensure_fits, plan_fits, summarize_fit, text_table
+    from ..errors import UserError
+    from ..store import resolve_study
+    from .fit import config_from_args
+
+    if len(args.studies) < 2:
+        raise UserError(f"compare needs at least two studies, got one ({args.studies[0]}); "
+                        "e.g. `latent compare modadd modadd-ln`")
+    if args.jobs is not None and args.jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    config = config_from_args(args)
+    studies = [resolve_study(args.store, s) for s in args.studies]
+    plans = plan_fits(studies, config)  # every check (names, duplicates, settings) before any fit
+    if args.out:
+        check_out_dir(args.out)
+
+    logger = logging.getLogger("latent")
+    handler = None
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
+        logger.addHandler(handler)
+    if logger.level == logging.NOTSET or logger.level > logging.WARNING:
+        logger.setLevel(logging.WARNING)
+    try:
+        plans = ensure_fits(plans, allow_fit=not args.no_fit, n_jobs=args.jobs, progress=sys.stderr.isatty(),
+                            say=print)
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+
+    fits, summaries = [], []
+    for p in plans:
+        fit = load_fit(args.store, p.study.root, p.fit_id)
+        fits.append(fit)
+        summaries.append(summarize_fit(p.study.name, fit.meta, fit.model, fit.analysis, fit_id=p.fit_id,
+                                       root=str(p.study.root), fitted_now=p.fitted_now, study=p.study))
+    comparison = compare_studies(summaries)
+    out_dir = Path(args.out) if args.out else default_out_dir(args.store, summaries)
+    command = getattr(args, "command_line", None)
+    path = write_comparison(comparison, fits, out_dir, command=command)
+    print()
+    for line in text_table(comparison):
+        print(line)
+    for note in comparison.notes:
+        print(f"note: {note}")
+    print(f"wrote {path}")
+    print(f"next: open {path} in a browser (or rerun with --open)")
+    if args.open:
+        _open(path)
+    return 0
+
+
+def _open(path: Path) -> None:
+    import webbrowser
+
+    try:
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        print("no browser found; open the path above by hand", file=sys.stderr)
+        return
+    if not browser.open(path.resolve().as_uri()):
+        print("the browser did not start; open the path above by hand", file=sys.stderr)
