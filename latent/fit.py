@@ -706,8 +706,9 @@ def _warn_selection(sel: HMMSelector, cfg: FitConfig) -> None:
                     "raise --max-states. If it keeps falling, the runs change smoothly rather than in phases, "
                     "and the states are a discretisation of that change (docs/fit.md, 'smooth drift')", K)
     if K == 1:
-        log.warning("K = 1: one state fits the runs best, so there is no map to draw; try more --features, "
-                    "more runs, or --criterion loglik")
+        log.warning("K = 1: one state describes held-out runs best, so there is no map to draw. With few runs this "
+                    "usually means the runs differ from each other more than their phases do: try more runs, "
+                    "--covariance diag (fewer parameters per state) or --scaling per_run (docs/fit.md, 'few runs')")
     if sel.fragile_:
         rows = {r["k"]: r for r in sel.selection_}
         log.warning("K = %d is fragile: its %s differs from K = %d's by %.4g, within the spread over restarts "

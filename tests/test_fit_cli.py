@@ -244,3 +244,20 @@ def test_k_at_the_top_of_the_range_is_warned(store, capsys):
     assert fit(store, "--max-states", "2") == 0
     err = capsys.readouterr().err
     assert "is the largest number of states searched" in err and "raise --max-states" in err
+
+
+def test_one_state_of_pure_noise_is_k1_with_a_warning_that_says_what_to_try(tmp_path, capsys):
+    # Runs of i.i.d. noise have no phases: held-out likelihood must prefer K = 1, and say why it might.
+    from planted import run_table, write_study
+
+    rng = np.random.default_rng(0)
+    feats = ["f0", "f1", "f2"]
+    runs = {s: run_table(s, rng.standard_normal((60, 3)), feats, val_acc=np.r_[np.zeros(30), np.ones(30)])
+            for s in range(10)}
+    write_study(tmp_path / "data" / "noise", runs, features=feats)
+    assert main(["fit", "--store", str(tmp_path / "data"), "--max-states", "3", "--restarts", "2",
+                 "--resamples", "0", "-q"]) == 0
+    fdir = next((tmp_path / "data" / "noise" / "fits").iterdir())
+    assert json.loads((fdir / "model.json").read_text())["n_states"] == 1
+    err = capsys.readouterr().err
+    assert "K = 1" in err and "--covariance diag" in err
