@@ -127,6 +127,11 @@ def test_rerun_finished_study_does_nothing(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "complete" in out and "nothing to do" in out
     assert _snapshot(tmp_path) == before
+    # the line a new user copies next finds the study (2 runs are too few to fit: that is what it says)
+    nxt = out.strip().splitlines()[-1]
+    assert nxt == f"next: latent fit --store {tmp_path} --study modadd"
+    assert main(nxt.split()[2:] + ["--threshold", "0.01"]) == 2
+    assert "too few runs for cross-validation: 2 usable" in capsys.readouterr().err
 
 
 def test_adding_seeds_trains_only_new_ones(tmp_path):

@@ -127,6 +127,8 @@ def run(args) -> int:
         raise UserError(f"{exc}; every run keeps its last save point, so rerun the same command to resume "
                         "once that is fixed") from None
     _print_summary(result)
+    if result.seeds_done == result.seeds_total:
+        print(f"next: latent fit --store {args.store} --study {result.study.name}")
     return 0
 
 
