@@ -113,6 +113,13 @@ def welch_t(Y: np.ndarray, V: np.ndarray) -> np.ndarray:
     return np.nan_to_num(t, nan=0.0, posinf=np.inf, neginf=-np.inf)
 
 
+def _less_a_hair(t: np.ndarray) -> np.ndarray:
+    """``t`` lowered by a relative 1e-9, so permutations that tie it up to rounding count as at
+    least as extreme; an infinite ``t`` (groups without spread) stays itself, so only infinite
+    permuted statistics tie it (``inf - inf`` would be NaN and count nothing)."""
+    return t - 1e-9 * np.abs(np.where(np.isfinite(t), t, 0.0))
+
+
 def detour_tests(visited, y, min_runs: int = MIN_RUNS, alpha: float = 0.05, n_perm: int = 10_000,
                  random_state: int = 0) -> list[dict]:
     """Test every state for a convergence delay among the runs that visit it.
@@ -177,10 +184,10 @@ def detour_tests(visited, y, min_runs: int = MIN_RUNS, alpha: float = 0.05, n_pe
     while done < n_perm:  # in blocks, to bound memory
         m = min(2000, n_perm - done)
         T = welch_t(rng.permuted(np.broadcast_to(y, (m, n)), axis=1), V)
-        exceed += (T >= observed - 1e-9 * np.abs(observed)).sum(axis=0)
+        exceed += (T >= _less_a_hair(observed)).sum(axis=0)
         tail = np.maximum.accumulate(T[:, order[::-1]], axis=1)[:, ::-1]  # max over order[r:]
         thresholds = observed[order]
-        exceed_max += (tail >= thresholds - 1e-9 * np.abs(thresholds)).sum(axis=0)
+        exceed_max += (tail >= _less_a_hair(thresholds)).sum(axis=0)
         done += m
     p = (1 + exceed) / (1 + n_perm)
     adj_sorted = np.maximum.accumulate((1 + exceed_max) / (1 + n_perm))

@@ -66,6 +66,20 @@ def test_permutation_p_values_are_exact():
     assert rows[first]["p_adjusted"] >= rows[first]["p_value"]
 
 
+def test_groups_without_spread_get_the_exact_permutation_p_value():
+    # 5 visitors all at tau, 5 skippers all at one earlier step: Welch t is +inf, and so is every
+    # permutation that puts exactly the five late runs first: p = 1 / C(10, 5) = 1/252 exactly.
+    y = np.r_[np.full(5, 3000.0), np.full(5, 1000.0)]
+    visit = np.zeros((10, 1), dtype=bool)
+    visit[:5, 0] = True
+    with np.errstate(all="raise"):  # no inf - inf on the way
+        row = detour_tests(visit, y, min_runs=5, n_perm=20_000, random_state=0)[0]
+    assert row["t"] == np.inf and row["delay"] == 2000
+    # binomial Monte Carlo error of 20,000 permutations around 1/252: sd 0.00044
+    assert row["p_value"] == pytest.approx(1 / 252, abs=0.0015)
+    assert row["p_adjusted"] == pytest.approx(row["p_value"])
+
+
 def test_fork_branches_are_not_penalised_twice():
     # the two branches of a fork are one comparison seen from both sides (t_B = -t_A): maxT turns
     # the pair into one two-sided test, where Holm would double the smaller p-value
