@@ -345,3 +345,27 @@ def test_task_default_threads_apply_only_without_threads_flag(tmp_path):
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_contrast_preset_is_the_searched_config_on_both_sides(tmp_path, monkeypatch):
+    # `--preset contrast` must train exactly what bench/search_contrast.py measured as "t59f"
+    # (docs/results.md quotes those numbers), with and without --layernorm.
+    import sys as _sys
+
+    import collect.study
+    from collect.tasks.modadd import PRESETS, ModAddConfig
+
+    _sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from search_contrast import variant_overrides
+
+    seen = []
+    monkeypatch.setattr(collect.study, "collect_study",
+                        lambda task, seeds, **kw: seen.append(kw) or (_ for _ in ()).throw(SystemExit(0)))
+    for extra in ([], ["--layernorm"]):
+        with pytest.raises(SystemExit):
+            main(["collect", "--task", "modadd", "--preset", "contrast", "--seeds", "40", "--store", str(tmp_path), *extra])
+    for kw, variant in zip(seen, ("plain", "ln")):
+        resolved = {**ModAddConfig().__dict__, **PRESETS[kw["preset"]], **kw["overrides"]}
+        searched = {**ModAddConfig().__dict__, **variant_overrides("t59f", variant)}
+        assert resolved == searched, variant
+    assert [kw["study"] for kw in seen] == [None, "modadd-contrast-ln"]

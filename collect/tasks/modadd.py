@@ -112,6 +112,26 @@ PRESETS: dict[str, dict[str, Any]] = {
     # memorise by epoch ~250 and reach val_acc 0.99 between ~750 and ~1,550 epochs, so 2,000
     # epochs hold every seed's grokking at two thirds of the time (bench/RESULTS.md).
     "default": {},
+    # The paper's LayerNorm contrast on a CPU budget (issue 9, bench/search_contrast.py "t59f"):
+    # a small 1-layer transformer, p = 59, half the pairs for training, AdamW 1e-3 with weight
+    # decay 2. Without LN (full batch, 2,000 epochs) every seed groks, after a memorisation
+    # plateau of very different lengths; with --layernorm (batch 256, 400 epochs) every seed
+    # generalises within ~100 epochs. 40 seeds of each: ~5-9 min and ~2.5 min on 2 cores.
+    "contrast": dict(
+        model="transformer",
+        p=59,
+        train_frac=0.5,
+        d_model=64,
+        n_heads=4,
+        d_mlp=256,
+        lr=1e-3,
+        weight_decay=2.0,
+        beta1=0.9,
+        beta2=0.999,
+        batch_size=0,
+        epochs=2000,
+        log_every=10,
+    ),
     # reference.md A1: Nanda et al.'s 1-layer transformer as the reference trains it.
     "paper": dict(
         model="transformer",

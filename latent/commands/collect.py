@@ -33,13 +33,13 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--task", required=True, help="task to train: modadd, parity, mnist, cifar or mlm")
     p.add_argument("--seeds", default="40", help="a count (40 = seeds 0..39), a range (0-39) or a list (1,5,9); default 40")
-    p.add_argument("--preset", default="default", help="named config preset: default (laptop CPU) or paper (the reference's setup)")
+    p.add_argument("--preset", default="default", help="named config preset: default (laptop CPU), paper (the reference's setup), or contrast (modadd: the LayerNorm contrast on a CPU budget)")
     p.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
     p.add_argument("--log-every", type=int, help="checkpoint interval in the task's step unit: epochs (modadd, parity) or optimiser steps (mnist, cifar, mlm)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field, typed (repeatable); an unknown key lists the valid ones")
     p.add_argument("--layernorm", action="store_true",
-                   help="modadd transformer: post-LayerNorm (with --preset paper also batch 256 and 290 epochs: the paper's stabilised variant)")
+                   help="modadd transformer: post-LayerNorm (with --preset paper also batch 256 and 290 epochs: the paper's stabilised variant; with --preset contrast batch 256 and 400 epochs)")
     p.add_argument("--no-batchnorm", action="store_true", help="cifar: drop every BatchNorm")
     p.add_argument("--no-residual", action="store_true",
                    help="cifar: drop the residual additions (with --no-batchnorm: the paper's destabilised variant, threshold 0.4)")
@@ -105,6 +105,10 @@ def run(args) -> int:
             # (checkpoints 0-290, 30 points), not the 10,000 of the unstabilised runs
             overrides.setdefault("batch_size", 256)
             overrides.setdefault("epochs", 290)
+        elif args.preset == "contrast":
+            # the stabilised side of the contrast preset (bench/search_contrast.py "t59f")
+            overrides.setdefault("batch_size", 256)
+            overrides.setdefault("epochs", 400)
         if name is None:
             name = f"{args.task}-{args.preset}-ln" if args.preset != "default" else f"{args.task}-ln"
     try:
