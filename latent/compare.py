@@ -52,7 +52,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import UserError
-from .fit import FitConfig, fit_id
+from .fit import FitConfig, fit_id, json_safe
 
 COMPARE_FORMAT = "latent.compare/1"
 CORRECTION = "holm"
@@ -671,7 +671,7 @@ class Comparison:
 
     def to_dict(self) -> dict:
         """JSON-ready content of ``comparison.json`` (NaN and inf as null)."""
-        return _clean({
+        return json_safe({
             "format": COMPARE_FORMAT,
             "correction": self.correction,
             "correction_text": CORRECTION_TEXT if self.n_tested > 1 else "at most one tested pair: no adjustment",
@@ -679,23 +679,6 @@ class Comparison:
             "studies": [asdict(s) for s in self.studies],
             "pairs": [asdict(p) for p in self.pairs],
         })
-
-
-def _clean(x):
-    """JSON-safe: NaN/inf -> None, numpy -> python, tuples -> lists, recursively."""
-    if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
-    if isinstance(x, np.bool_):
-        return bool(x)
-    if isinstance(x, np.integer):
-        return int(x)
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    return x
 
 
 def _fmt(x, digits: int = 3) -> str:

@@ -344,14 +344,15 @@ class FitResult:
         return list(self.analysis.get("warnings", []))
 
 
-def _clean(x):
-    """JSON-safe: NaN/inf → None, numpy → python, recursively."""
+def json_safe(x):
+    """``x`` made JSON-safe, recursively: NaN/inf -> None, numpy scalars and arrays -> Python,
+    tuples -> lists, keys -> str."""
     if isinstance(x, dict):
-        return {str(k): _clean(v) for k, v in x.items()}
+        return {str(k): json_safe(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_clean(v) for v in x]
+        return [json_safe(v) for v in x]
     if isinstance(x, np.ndarray):
-        return _clean(x.tolist())
+        return json_safe(x.tolist())
     if isinstance(x, np.bool_):
         return bool(x)
     if isinstance(x, (np.integer,)):
@@ -576,7 +577,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         "fold_choice": {str(k): v for k, v in selector.fold_choice_.items()},
         "fragile": selector.fragile_, "runner_up": selector.runner_up_,
     }
-    analysis = _clean({
+    analysis = json_safe({
         "format": ANALYSIS_FORMAT,
         "convergence": {
             "metric": cfg.metric, "threshold": float(cfg.threshold), "direction": cfg.direction,
@@ -600,7 +601,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
 
     fid = fit_id(cfg)
     seeds = fm.seeds
-    model = _clean({
+    model = json_safe({
         "format": MODEL_FORMAT,
         "fit_id": fid,
         "study": study.name,

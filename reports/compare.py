@@ -36,7 +36,7 @@ from latent.errors import UserError
 
 from . import figures as F
 from .artifacts import FitArtifacts
-from .html import CSP, PNG_DPI, STYLE
+from .html import CSP, PNG_DPI, STYLE, install_dir
 
 #: One colour and line style per study (study i takes entry i modulo the length).
 STUDY_COLORS = ("#000000", "#0072B2", "#009E73", "#CC79A7", "#56B4E9", "#882255", "#999933")
@@ -548,17 +548,5 @@ def write_comparison(comparison: Comparison, fits: list[FitArtifacts], out_dir, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
-        out_dir.rename(old)
-    try:
-        tmp.rename(out_dir)
-    except BaseException:
-        if old is not None:
-            old.rename(out_dir)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    install_dir(tmp, out_dir)
     return out_dir / "index.html"

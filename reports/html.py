@@ -681,8 +681,15 @@ def write_report(fit: FitArtifacts, out_dir: str | Path | None = None, report_co
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    install_dir(tmp, out_dir)
+    return out_dir / "index.html"
+
+
+def install_dir(tmp: Path, out_dir: Path) -> None:
+    """Put the finished directory ``tmp`` in place of ``out_dir``: the previous one is moved
+    aside, the new one renamed in, then the old one dropped; on failure the old one comes back."""
     old = None
-    if out_dir.exists():  # move the previous report aside, put the new one in, then drop the old
+    if out_dir.exists():
         old = out_dir.parent / f".{out_dir.name}.old-{tmp.name.rsplit('-', 1)[-1]}"
         out_dir.rename(old)
     try:
@@ -694,4 +701,3 @@ def write_report(fit: FitArtifacts, out_dir: str | Path | None = None, report_co
         raise
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
-    return out_dir / "index.html"
