@@ -261,3 +261,12 @@ def test_one_state_of_pure_noise_is_k1_with_a_warning_that_says_what_to_try(tmp_
     assert json.loads((fdir / "model.json").read_text())["n_states"] == 1
     err = capsys.readouterr().err
     assert "K = 1" in err and "--covariance diag" in err
+
+
+@pytest.mark.parametrize("command", ["collect", "fit", "report", "ls", "simulate", "compare"])
+def test_help_is_plain_text(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and f"latent {command}" in out

@@ -5,3 +5,8 @@ packages (torch, matplotlib) inside ``run`` only, so ``latent fit`` never import
 """
 
 COMMANDS = ("collect", "fit", "report", "ls", "simulate", "compare")
+
+
+def plain(doc: str) -> str:
+    """A module docstring as ``--help`` text: reST's double backticks dropped."""
+    return doc.replace("``", "")

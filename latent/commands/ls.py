@@ -11,10 +11,11 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..store import list_studies
+from . import plain
 
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("ls", help="list studies in the store", description=__doc__)
+    p = sub.add_parser("ls", help="list studies in the store", description=plain(__doc__))
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.set_defaults(run=run)
 

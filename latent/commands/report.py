@@ -10,9 +10,11 @@ import shlex
 import sys
 import time
 
+from . import plain
+
 
 def add_parser(sub) -> None:
-    p = sub.add_parser("report", help="write the HTML report of a fit", description=__doc__)
+    p = sub.add_parser("report", help="write the HTML report of a fit", description=plain(__doc__))
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--study", default=None,
                    help="study name in the store or path to a study directory (default: most recent study)")

@@ -8,13 +8,15 @@ and docs/fit.md ("Validation").
 
 from __future__ import annotations
 
+from . import plain
+
 
 def add_parser(sub) -> None:
     from ..simulate import FAMILIES, SimConfig
 
     d = SimConfig()
     p = sub.add_parser("simulate", help="write a simulated study with a planted truth (to validate `latent fit`)",
-                       description=__doc__)
+                       description=plain(__doc__))
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--study", default="simulated", help="study name (default: simulated)")
     p.add_argument("--family", default=d.family, help=f"{', '.join(FAMILIES)} (default {d.family})")
