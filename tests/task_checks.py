@@ -26,3 +26,16 @@ def assert_mid_epoch_resume_exact(make_problem, steps_before, steps_after, after
         for key, value in extra(ref).items():
             torch.testing.assert_close(extra(resumed)[key], value, rtol=0, atol=0)
     return states
+
+
+def peak_bytes(fn) -> int:
+    """Peak traced allocation while ``fn`` runs (numpy and pickle buffers included)."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak

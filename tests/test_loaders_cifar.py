@@ -9,6 +9,7 @@ import pytest
 from collect.data.cifar import (GENERATED_CLASSES, find_cifar, generate_images, load_cifar, read_cifar_batch,
                                 write_cifar_batch)
 from latent.errors import UserError
+from task_checks import peak_bytes
 
 
 def _py2_style_batch(images, labels, label_key=b"labels"):
@@ -164,18 +165,6 @@ def test_generated_set_is_deterministic_balanced_and_varied():
 
 # --------------------------------------------------------------------------- hostile files
 
-def _peak_bytes(fn):
-    """Peak traced allocation while ``fn`` runs (numpy and pickle buffers included)."""
-    import tracemalloc
-
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
-
 
 def _hostile_cases():
     import struct
@@ -205,7 +194,7 @@ def test_hostile_pickles_are_refused_in_bounded_memory(tmp_path, case):
     blob, message = _hostile_cases()[case]
     assert len(blob) < 120
     texts = []
-    peak = _peak_bytes(lambda: texts.append(_bad(tmp_path, blob)))
+    peak = peak_bytes(lambda: texts.append(_bad(tmp_path, blob)))
     assert message in texts[0]
     assert peak < 1_000_000  # the unguarded unpickler allocates 50 MB to 3 GB here
 

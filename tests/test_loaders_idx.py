@@ -8,6 +8,7 @@ import pytest
 
 from collect.data import load_mnist, parse_idx, read_idx, write_idx
 from latent.errors import UserError
+from task_checks import peak_bytes
 
 
 def _idx_bytes(code, dims, payload):
@@ -151,18 +152,6 @@ def test_load_mnist_errors(tmp_path):
 # --------------------------------------------------------------------------- hostile files
 
 
-def _peak_bytes(fn):
-    import tracemalloc
-
-    tracemalloc.start()
-    try:
-        fn()
-    finally:
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-    return peak
-
-
 def test_header_sizes_are_multiplied_without_overflow(tmp_path):
     # 65536**4 = 2**64 wraps to 0 in int64, which matched the empty payload and crashed in reshape.
     path = tmp_path / "overflow-idx"
@@ -183,7 +172,7 @@ def test_gzip_bomb_is_inflated_only_as_far_as_its_header_declares(tmp_path):
             read_idx(path)
         errors.append(str(exc.value))
 
-    assert _peak_bytes(read) < 2_000_000  # not the 100 MB the stream holds
+    assert peak_bytes(read) < 2_000_000  # not the 100 MB the stream holds
     assert "decompresses to more bytes than its header declares" in errors[0] and str(path) in errors[0]
 
 

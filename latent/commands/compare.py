@@ -10,6 +10,8 @@ import logging
 import sys
 from pathlib import Path
 
+from . import open_in_browser
+
 DESCRIPTION = (
     "Put two or more studies side by side: K, detours and their stability, R², the trajectory dissimilarity, "
     "the training maps, and the convergence-time distributions (median, IQR, CV; Mann-Whitney U for location "
@@ -132,17 +134,5 @@ def run(args) -> int:
     print(f"wrote {path}")
     print(f"next: open {path} in a browser (or rerun with --open)")
     if args.open:
-        _open(path)
+        open_in_browser(path)
     return 0
-
-
-def _open(path: Path) -> None:
-    import webbrowser
-
-    try:
-        browser = webbrowser.get()
-    except webbrowser.Error:
-        print("no browser found; open the path above by hand", file=sys.stderr)
-        return
-    if not browser.open(path.resolve().as_uri()):
-        print("the browser did not start; open the path above by hand", file=sys.stderr)

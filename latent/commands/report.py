@@ -10,7 +10,7 @@ import shlex
 import sys
 import time
 
-from . import plain
+from . import open_in_browser, plain
 
 
 def add_parser(sub) -> None:
@@ -53,7 +53,7 @@ def run(args) -> int:
     print(path)
     print(f"rendered {len(fit.seeds)} runs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     if args.open:
-        _open(path)
+        open_in_browser(path)
     return 0
 
 
@@ -62,15 +62,3 @@ def _rebuild_command(args, fit) -> str:
     if args.metrics:
         parts += ["--metrics", args.metrics]
     return " ".join(shlex.quote(p) for p in parts)
-
-
-def _open(path) -> None:
-    import webbrowser
-
-    try:
-        browser = webbrowser.get()
-    except webbrowser.Error:
-        print("no browser found; open the path above by hand", file=sys.stderr)
-        return
-    if not browser.open(path.resolve().as_uri()):
-        print("the browser did not start; open the path above by hand", file=sys.stderr)
