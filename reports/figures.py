@@ -1203,3 +1203,57 @@ def plot_convergence_histogram(ax, fit: FitArtifacts, bins: int | str = "auto") 
     ax.grid(axis="y", alpha=0.3)
     return {"times": times.tolist(), "never": never, "median": median, "counts": np.asarray(counts).tolist(),
             "bin_edges": np.asarray(edges).tolist()}
+
+
+#: where the report's forecast check cuts each run (share of its checkpoints seen)
+FORECAST_CUTS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def forecast_backtest(fit: FitArtifacts) -> dict:
+    """:func:`latent.predict.backtest` of the fit's own runs, each left out of its own analogs (cached)."""
+    cached = getattr(fit, "_forecast_backtest", None)
+    if cached is None:
+        from latent.predict import FittedMap, backtest
+
+        runs = fit.runs.drop(columns=["state"], errors="ignore")
+        cached = backtest(FittedMap(fit.fit_dir), runs, FORECAST_CUTS)
+        object.__setattr__(fit, "_forecast_backtest", cached)
+    return cached
+
+
+def plot_forecast_backtest(ax, fit: FitArtifacts, backtest: dict | None = None) -> dict:
+    """How often the convergence forecast's interval held, by how much of a run had been seen.
+
+    Each run is cut after a share of its checkpoints and forecast from the others (leave one
+    run out); coverage counts the runs not yet converged at the cut, whose number shrinks as
+    runs converge (printed above each point).
+    """
+    bt = backtest if backtest is not None else forecast_backtest(fit)
+    rows = [s for s in bt["summary"] if s["n"] > 0]
+    x = np.array([100 * s["fraction"] for s in rows])
+    cov = np.array([100 * s["coverage"] for s in rows])
+    span = float(fit.runs["step"].max() - fit.runs["step"].min()) or 1.0
+    width = np.array([np.nan if s["median_width"] is None else 100 * s["median_width"] / span for s in rows])
+    w_pt, _ = axes_points(ax)
+    small = w_pt < 300
+    level = 100 * bt["level"]
+    ax.axhline(level, color="#555555", ls="--", lw=1, label=f"nominal {level:.0f} %")
+    if len(rows):
+        ax.plot(x, cov, "o-", color="#0072B2", lw=2, label="interval covered\nthe true step")
+        ax.plot(x, width, "s:", color="#D55E00", lw=1.5, label=f"median interval width\n(% of the {fit.step_unit}s)")
+        if not small:
+            for xi, ci, s in zip(x, cov, rows):
+                ax.annotate(f"n={s['n']}", (xi, ci), textcoords="offset points", xytext=(0, 6), ha="center",
+                            fontsize=7, color="#0072B2")
+    else:
+        ax.text(0.5, 0.5, "every run had converged at the first cut", transform=ax.transAxes, ha="center",
+                va="center", fontsize=10, color="#555555")
+    ax.set_ylim(0, 110)
+    ax.set_xlim(0, 100)
+    ax.set_xlabel(wrap_text("share of a run's checkpoints seen when forecasting (%)", w_pt, 9))
+    ax.set_ylabel("%")
+    _title(ax, "Convergence forecasts, checked on this study's runs", 10)
+    handles, _ = ax.get_legend_handles_labels()
+    _side_legend(ax, handles)
+    ax.grid(alpha=0.3)
+    return {"fractions": x.tolist(), "coverage": cov.tolist(), "width": width.tolist(), "n": [s["n"] for s in rows]}

@@ -139,6 +139,17 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
     fig = _new_figure(7, 3.6)
     info = F.plot_convergence_histogram(fig.add_subplot(), fit)
     out.append(("convergence", "Convergence time", "Distribution of convergence times over runs.", fig, info))
+
+    fig = _new_figure(8, 3.8)
+    info = F.plot_forecast_backtest(fig.add_subplot(), fit)
+    out.append(("forecasts", "Forecasts (latent predict)",
+                "What latent predict would have said about these runs part-way through: each run is cut after a "
+                "share of its checkpoints and its convergence step forecast from the other runs that were in the "
+                f"same state for as long (the run itself left out; the HMM is not refitted, so this is slightly "
+                f"optimistic: bench/bench_predict.py holds runs out of the fit too). Blue: share of the runs not yet "
+                f"converged at the cut whose {100 * F.forecast_backtest(fit)['level']:.0f} % interval covered the "
+                "step they converged at; n above each point is their number. Orange: the interval's median width. "
+                "The table below adds the detour calls. See docs/predict.md.", fig, info))
     return out
 
 
@@ -608,6 +619,28 @@ p.note{color:#444;font-size:.92em;border-left:3px solid #999;padding-left:.6em}
 """
 
 
+def _forecasts_html(fit: FitArtifacts) -> str:
+    """Per cut: runs forecast, coverage, median width, and per detour the calls (risk >= 0.5)."""
+    bt = F.forecast_backtest(fit)
+    detours = bt["detours"]
+    head = ("<thead><tr><th>seen</th><th>runs not converged</th><th>interval covered</th><th>median width</th>"
+            + "".join(f"<th>detour {d}: runs still to enter / not</th><th>called right / falsely</th>" for d in detours)
+            + "</tr></thead>")
+    body = []
+    for s in bt["summary"]:
+        cells = [f"{100 * s['fraction']:.0f} %", str(s["n"]),  # width in steps, as the forecasts
+                 "–" if s["coverage"] is None else f"{100 * s['coverage']:.0f} %",
+                 _fmt_num(s["median_width"])]
+        for d in detours:
+            c = s[f"detour_{d}"]
+            cells += [f"{c['enter']} / {c['pending'] - c['enter']}", f"{c['called_right']} / {c['false_calls']}"]
+        body.append("<tr>" + "".join(f"<td>{_esc(x)}</td>" for x in cells) + "</tr>")
+    note = ("" if detours else "<p>No detour state, so no detour calls.</p>")
+    return (f"<h3>By share of the run seen</h3>{note}<table class=num>{head}<tbody>{''.join(body)}</tbody></table>"
+            f"<p class=dim>Forecast a run in progress: <code>latent predict --fit {_esc(fit.study.name)}/"
+            f"{_esc(fit.fit_id)} STUDY</code>; follow a collection: <code>latent watch --fit ... --study STUDY</code>.</p>")
+
+
 def _png_width(png: bytes) -> int:
     """Pixel width from a PNG's IHDR chunk."""
     return int.from_bytes(png[16:20], "big")
@@ -631,7 +664,8 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
         extra = {"state_profiles": f"<h3>In original units</h3>{_table_html(fit)}",
                  "training_map": _phases_html(fit) + _transitions_html(fit),
                  "model_selection": _selection_html(fit),
-                 "detours": _states_html(fit)}.get(r.name, "")
+                 "detours": _states_html(fit),
+                 "forecasts": _forecasts_html(fit)}.get(r.name, "")
         lead = {"detours": f"<p class=lead><b>What a detour is.</b> {_esc(DETOUR_DEFINITION)}</p>"}.get(r.name, "")
         sections.append(
             f"<section id='{r.name}'><h2>{_esc(r.title)}</h2>{lead}<figure>"

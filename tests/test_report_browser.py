@@ -40,7 +40,7 @@ pytestmark = pytest.mark.skipif(
 )
 
 WIDTH = 1366  # a common laptop screen width in CSS pixels
-N_FIGURES = 7
+N_FIGURES = 8
 
 PROBE = """<script>
 var __viol = [];

@@ -25,7 +25,7 @@ from report_fixtures import (
 )
 
 FIGURES = ["model_selection", "training_map", "trajectories", "occupancy", "detours", "state_profiles",
-           "convergence"]
+           "convergence", "forecasts"]
 
 
 @pytest.fixture()

@@ -34,6 +34,7 @@ PLOTS = {
     "regression": F.plot_regression,
     "state_profiles": F.plot_state_profiles,
     "convergence": F.plot_convergence_histogram,
+    "forecasts": F.plot_forecast_backtest,
 }
 
 

@@ -4,7 +4,7 @@ Each module defines ``add_parser(subparsers)`` and ``run(args) -> int``. Modules
 packages (torch, matplotlib) inside ``run`` only, so ``latent fit`` never imports torch.
 """
 
-COMMANDS = ("collect", "fit", "report", "ls", "simulate", "compare", "import_")
+COMMANDS = ("collect", "fit", "report", "ls", "simulate", "compare", "predict", "watch", "import_")
 
 
 def plain(doc: str) -> str:
