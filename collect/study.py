@@ -10,6 +10,12 @@ Concurrency: a short-held study lock serialises the bookkeeping (reading and wri
 (:mod:`latent.locks`), so two collections of one study never train the same seed. A second
 collection trains the seeds nobody holds, then waits for the others and finishes whatever
 their holder left unfinished.
+
+On Dask (``scheduler=`` / ``cluster=``, :mod:`latent.cluster`) the same bookkeeping runs on the
+client, and each batch of seeds becomes one task that leases, plans (resuming from the last
+save point) and trains its seeds on a worker, straight into the store; a task run again after
+its worker died finds its predecessor's save points, and one whose predecessor still runs waits
+for its leases.
 """
 
 from __future__ import annotations
@@ -129,6 +135,8 @@ class CollectResult:
     seeds_done: int = 0
     #: Requested seeds that another collection was training; this one waited for them.
     seeds_elsewhere: list[int] = field(default_factory=list)
+    #: Runs this collection resumed from a save point: seed -> optimiser steps already taken.
+    seeds_resumed: dict[int, int] = field(default_factory=dict)
 
 
 class _Data:
@@ -179,6 +187,9 @@ def collect_study(
     progress: bool = True,
     command: str | None = None,
     poll: float = 0.5,
+    scheduler: Any = None,
+    cluster: str | None = None,
+    retries: int | None = None,
 ) -> CollectResult:
     """Train ``seeds`` of ``task`` into a study, resuming or extending it if it exists.
 
@@ -211,6 +222,17 @@ def collect_study(
         The command line to record in ``study.json``.
     poll : float
         Seconds between checks while waiting for seeds another collection is training.
+    scheduler : str or distributed.Client, optional
+        Train the seed batches as tasks on the Dask scheduler at this address (or of this
+        client). The store must be a path that the client and every worker see alike.
+    cluster : str, optional
+        ``"local:N"`` or ``"slurm:N"``: start that Dask cluster for this collection instead
+        (:func:`latent.cluster.connect`).
+    retries : int, optional
+        On Dask, how often a batch that raised is run again (default
+        :data:`latent.cluster.RETRIES`); a batch whose worker died is rerun by the scheduler.
+        Each batch is one task of at most ``seed_batch`` seeds; on a worker, ``threads``
+        defaults to the task's default, else 1 (Dask runs one task per worker thread).
 
     Returns
     -------
@@ -230,7 +252,20 @@ def collect_study(
     cfg = resolve_config(task_obj.config_class, task_obj.presets, preset, overrides)
     seed_list = parse_seeds(seeds)
     name = check_study_name(study or (task if preset == "default" else f"{task}-{preset}"))
-    dev = resolve_device(device)
+    on_dask = scheduler is not None or cluster is not None
+    if on_dask:
+        from latent import cluster as dask_glue
+
+        if scheduler is not None and cluster is not None:
+            raise UserError("give --scheduler ADDRESS or --cluster local:N|slurm:N, not both")
+        dask_glue.require()
+        if cluster is not None:
+            dask_glue.parse_cluster(cluster)
+        elif isinstance(scheduler, str):
+            dask_glue.check_address(scheduler)
+        dev = _check_device_name(device)  # resolved on the workers, which may have GPUs the client lacks
+    else:
+        dev = resolve_device(device)
     if seed_batch < 0:
         raise UserError(f"--seed-batch must be >= 0 (0 = all seeds at once), got {seed_batch}")
     store = Path(store)
@@ -241,10 +276,34 @@ def collect_study(
                    convergence=task_obj.convergence(cfg), command=command)
     data = _Data(task_obj, cfg)
     timings: dict[str, float] = {}
+    if not on_dask:
+        trained, elsewhere, resumed, meta = _collect_seeds(
+            task, task_obj, cfg, study_obj, request, seed_list, data, dev, threads, overwrite, seed_batch, save_every,
+            progress, poll, timings)
+    else:
+        with dask_glue.connect(scheduler, cluster) as client:
+            trained, elsewhere, resumed, meta = _collect_on_dask(
+                client, task, task_obj, cfg, study_obj, request, seed_list, data, dev, threads, overwrite, seed_batch,
+                save_every, progress, poll, dask_glue.RETRIES if retries is None else retries, timings)
+    result = _summarise(study_obj, task, meta, trained, elsewhere, t_start, request["convergence"], timings)
+    result.seeds_resumed = resumed
+    return result
+
+
+def _collect_seeds(task: str, task_obj, cfg, study_obj: Study, request: dict, seeds: list[int], data: "_Data", dev,
+                   threads: int | None, overwrite: bool, seed_batch: int, save_every: float, progress: bool,
+                   poll: float, timings: dict[str, float], report=None):
+    """Train ``seeds`` in this process: claim what needs work, train it in batches, then wait for
+    the seeds another collection holds and finish whatever their holder left unfinished.
+
+    Returns (seeds trained here, seeds another collection trained meanwhile, seeds resumed ->
+    their start step, the study's metadata).
+    """
     trained: list[int] = []
     elsewhere: set[int] = set()
+    resumed: dict[int, int] = {}
     threads_set = False
-    wanted = seed_list
+    wanted = seeds
     while True:
         with locks.acquire(study_obj.lock_path):
             claim = _claim(study_obj, task_obj, cfg, request, wanted, data, overwrite)
@@ -252,11 +311,12 @@ def collect_study(
             if claim.pending and not threads_set:
                 set_threads(threads if threads is not None else task_obj.default_threads)
                 threads_set = True
+            resumed.update({s: p.start for s, p in claim.pending.items() if p.start})
             for label, start, group in _batches(task, claim.pending, seed_batch):
                 plans = [claim.pending[s] for s in group]
                 _train_batch(task_obj, cfg, study_obj, claim.schedule, plans, start, dev, data.value,
                              request["config"].get("split_seed"), request["convergence"], save_every, progress,
-                             label, timings)
+                             label, timings, report)
                 claim.release(group)
                 trained += group
         finally:
@@ -267,8 +327,145 @@ def collect_study(
         elsewhere |= set(claim.held)
         wanted = sorted(claim.held)
         _wait_for(study_obj, wanted, poll)
-    return _summarise(study_obj, task, claim.meta, trained, sorted(elsewhere - set(trained)), t_start,
-                      request["convergence"], timings)
+    return trained, sorted(elsewhere - set(trained)), resumed, claim.meta
+
+
+def _check_device_name(name: str) -> str:
+    if name == "cpu" or name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        return name
+    raise UserError(f"unknown device {name!r}; use cpu or cuda")
+
+
+# --------------------------------------------------------------------------- on Dask
+
+
+def _collect_on_dask(client, task: str, task_obj, cfg, study_obj: Study, request: dict, seeds: list[int],
+                     data: "_Data", device: str, threads: int | None, overwrite: bool, seed_batch: int,
+                     save_every: float, progress: bool, poll: float, retries: int, timings: dict[str, float]):
+    """:func:`_collect_seeds` with each batch a Dask task: the bookkeeping stays here, the
+    leases and the training go to the workers (:func:`_dask_batch`)."""
+    trained: list[int] = []
+    elsewhere: set[int] = set()
+    resumed: dict[int, int] = {}
+    threads = threads if threads is not None else (task_obj.default_threads or 1)
+    wanted = seeds
+    while True:
+        with locks.acquire(study_obj.lock_path):
+            claim = _claim(study_obj, task_obj, cfg, request, wanted, data, overwrite)
+        claim.release()  # each task leases its own seeds on its worker
+        batches = _batches(task, claim.pending, seed_batch)
+        if batches:
+            job = dict(task=task, cfg=cfg, root=str(study_obj.root.resolve()), request=request, device=device,
+                       threads=threads, seed_batch=seed_batch, save_every=save_every, poll=poll)
+            for res in _run_batches(client, job, batches, claim, task_obj, cfg, progress, retries):
+                trained += res["trained"]
+                elsewhere |= set(res["elsewhere"])
+                resumed.update(res["resumed"])
+                for k, v in res["timings"].items():
+                    timings[k] = timings.get(k, 0.0) + v
+        overwrite = False
+        if not claim.held:
+            break
+        elsewhere |= set(claim.held)
+        wanted = sorted(claim.held)
+        _wait_for(study_obj, wanted, poll)
+    return trained, sorted(elsewhere - set(trained)), resumed, claim.meta
+
+
+def _run_batches(client, job: dict, batches, claim: _Claim, task_obj, cfg, progress: bool, retries: int) -> list[dict]:
+    """Submit one task per batch; one progress bar over all of them (seed-steps), workers' warnings relogged here."""
+    import uuid
+
+    from tqdm import tqdm
+
+    from latent import cluster as dask_glue
+
+    unit = task_obj.step_unit
+    spe = int(claim.schedule["steps_per_epoch"])
+    per_tick = spe if unit == "epoch" else 1
+    ticks = cfg.epochs * spe // per_tick
+    seeds = [s for _, _, group in batches for s in group]
+    done = {s: claim.pending[s].start // per_tick for s in seeds}
+    converged: dict[int, bool] = {}
+    if len(batches) == 1 and len(seeds) > 1 and dask_glue.worker_threads(client) > 1:
+        log.warning("all %d seeds are one task (--seed-batch %s), so one Dask worker trains them; pass "
+                    "--seed-batch K to spread them over the workers", len(seeds), job["seed_batch"] or "0: all")
+    topic = f"latent-collect-{uuid.uuid4().hex}"
+    bar = tqdm(total=ticks * len(seeds), initial=sum(done.values()), unit=f"seed-{unit}", disable=not progress,
+               desc=f"{job['task']} seeds {seed_label(sorted(seeds))} ({len(batches)} Dask task"
+                    f"{'s' if len(batches) > 1 else ''})", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+
+    def on_event(msg: dict) -> None:
+        if msg.get("kind") == "log":
+            dask_glue.relog(msg)
+            return
+        for s, c in zip(msg["seeds"], msg["converged"]):
+            done[s], converged[s] = int(msg["n"]), bool(c)
+        bar.n = sum(done.values())
+        bar.set_postfix_str(f"converged {sum(converged.values())}/{len(seeds)}", refresh=False)
+        bar.refresh()
+
+    def on_result(i: int, res: dict) -> None:
+        if "error" in res:
+            raise UserError(res["error"])
+
+    try:
+        return dask_glue.run_tasks(client, _dask_batch, [({**job, "seeds": group, "topic": topic},)
+                                                         for _, _, group in batches],
+                                   [label for label, _, _ in batches], retries=retries, topic=topic,
+                                   on_event=on_event, on_result=on_result)
+    finally:
+        bar.close()
+
+
+class _Progress:
+    """A batch's progress as events for the client's bar: at most every ``every`` seconds, and at the end."""
+
+    def __init__(self, topic: str, every: float = 0.5):
+        self.topic, self.every, self.last = topic, every, 0.0
+
+    def __call__(self, seeds: list[int], tick: int, converged, final: bool = False) -> None:
+        from latent.cluster import emit
+
+        now = time.monotonic()
+        if final or now - self.last >= self.every:
+            self.last = now
+            emit(self.topic, {"kind": "progress", "seeds": [int(s) for s in seeds], "n": int(tick),
+                              "converged": [bool(c) for c in converged]})
+
+
+def _dask_batch(job: dict) -> dict:
+    """One Dask task: lease, plan and train ``job["seeds"]`` on this worker, straight into the store.
+
+    The seeds are planned here, under their leases, not on the client: a task run again after
+    its worker died resumes from the save points its predecessor left, and one whose
+    predecessor is still alive waits for its leases, then skips what it finished.
+
+    Returns ``{"trained", "elsewhere", "resumed", "timings"}``, or ``{"error": message}`` for a
+    user mistake (final: Dask does not retry it). A refused write (:class:`StoreError`) and
+    anything unexpected raise, and Dask retries them.
+    """
+    import threading
+
+    from latent import cluster as dask_glue
+    from latent.errors import StoreError
+
+    handler = dask_glue.EventLog(job["topic"], threading.get_ident())
+    log.addHandler(handler)
+    timings: dict[str, float] = {}
+    try:
+        task_obj = get_task(job["task"])
+        trained, elsewhere, resumed, _ = _collect_seeds(
+            job["task"], task_obj, job["cfg"], Study(job["root"]), job["request"], list(job["seeds"]),
+            _Data(task_obj, job["cfg"]), resolve_device(job["device"]), job["threads"], False, job["seed_batch"],
+            job["save_every"], False, job["poll"], timings, _Progress(job["topic"]))
+    except StoreError:
+        raise
+    except UserError as exc:
+        return {"error": str(exc)}
+    finally:
+        log.removeHandler(handler)
+    return {"trained": trained, "elsewhere": elsewhere, "resumed": resumed, "timings": timings}
 
 
 def _claim(study_obj: Study, task_obj, cfg, request: dict, seeds: list[int], data: _Data, overwrite: bool) -> _Claim:
@@ -471,7 +668,7 @@ def seed_label(seeds: list[int]) -> str:
 
 def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[RunStart], start: int, dev, data,
                  split_seed, convergence, save_every: float, progress: bool, label: str,
-                 timings: dict[str, float]) -> None:
+                 timings: dict[str, float], report=None) -> None:
     from tqdm import tqdm
 
     seeds = [p.seed for p in plans]
@@ -512,6 +709,8 @@ def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[Ru
         nonlocal last_save
         if step // per_tick > bar.n:
             bar.update(step // per_tick - bar.n)
+        if report is not None:
+            report(seeds, step // per_tick, converged)
         if start < step < total and time.monotonic() - last_save >= save_every:
             t0 = time.perf_counter()
             writer.save(step, [problem.seed_state(i) for i in range(len(seeds))])
@@ -524,6 +723,8 @@ def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[Ru
     finally:
         bar.close()
     writer.save(total, None, done=True, info={k: round(v, 3) for k, v in timings.items()})
+    if report is not None:
+        report(seeds, total // per_tick, converged, final=True)
 
 
 def _tensor(values):

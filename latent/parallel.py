@@ -6,6 +6,9 @@ through the pool's initializer (inherited by ``fork`` where the platform has it)
 every job. ``func`` must be a module-level function. Results do not depend on ``n_jobs``:
 every job seeds itself, and each worker is pinned to one thread so that BLAS sums in the same
 order as a sequential run.
+
+Within :func:`backend` (``latent fit --scheduler/--cluster``, via :func:`latent.cluster.pool`)
+the jobs go to another executor, a Dask cluster, with the same per-job guarantees.
 """
 
 from __future__ import annotations
@@ -15,8 +18,23 @@ import multiprocessing as mp
 import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 
 _DATA = None
+#: ``run(func, jobs, data, progress=, desc=) -> list`` that pmap hands its jobs to, when set.
+_BACKEND = None
+
+
+@contextmanager
+def backend(run):
+    """Within the block, :func:`pmap` calls ``run(func, jobs, data, progress=..., desc=...)`` instead of
+    using a local process pool (``n_jobs`` is then ignored)."""
+    global _BACKEND
+    previous, _BACKEND = _BACKEND, run
+    try:
+        yield
+    finally:
+        _BACKEND = previous
 
 
 def _load_native_libraries() -> None:
@@ -78,6 +96,8 @@ def pmap(func, jobs: list, data, n_jobs: int | None = None, progress: bool = Fal
     desc : str
         The progress bar's label.
     """
+    if _BACKEND is not None:
+        return list(_BACKEND(func, jobs, data, progress=progress, desc=desc))
     from tqdm import tqdm
 
     n = min(n_jobs or os.cpu_count() or 1, max(len(jobs), 1))

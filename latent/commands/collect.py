@@ -52,6 +52,13 @@ def add_parser(sub) -> None:
     p.add_argument("--save-every", type=float, default=30.0, help="seconds between resume save points (default: 30)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing study of the same name whose config differs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="train the seed batches (--seed-batch seeds each) as tasks on this Dask scheduler "
+                            "(tcp://host:8786); the store must be on a file system every worker sees (docs/cluster.md)")
+    where.add_argument("--cluster", metavar="SPEC",
+                       help="start a Dask cluster for this collection: local:N (N worker processes here) or slurm:N "
+                            "(N SLURM jobs, configured in dask's jobqueue.yaml)")
     p.set_defaults(run=run)
 
 
@@ -126,6 +133,8 @@ def run(args) -> int:
             save_every=args.save_every,
             progress=not args.quiet,
             command=args.command_line,
+            scheduler=args.scheduler,
+            cluster=args.cluster,
         )
     except StoreError as exc:
         raise UserError(f"{exc}; every run keeps its last save point, so rerun the same command to resume "

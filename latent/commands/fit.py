@@ -98,6 +98,13 @@ def add_parser(sub) -> None:
                         "the paper's detour rule (other flags still override)")
     p.add_argument("--jobs", type=_int, default=None, help="worker processes (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the fit directory")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS",
+                       help="run the restarts and resamples on this Dask scheduler (tcp://host:8786) instead of "
+                            "--jobs local processes; same results (docs/cluster.md)")
+    where.add_argument("--cluster", metavar="SPEC",
+                       help="start a Dask cluster for this fit: local:N (N worker processes here) or slurm:N "
+                            "(N SLURM jobs, configured in dask's jobqueue.yaml)")
     p.set_defaults(run=run)
 
 
@@ -118,6 +125,7 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    from ..cluster import fit_pool
     from ..fit import fit_study, write_fit
     from ..store import resolve_study
 
@@ -129,7 +137,8 @@ def run(args) -> int:
 
     config = config_from_args(args)
     study = resolve_study(args.store, args.study)
-    result = fit_study(study, config, n_jobs=args.jobs, progress=not args.quiet)
+    with fit_pool(args.scheduler, args.cluster):  # neither: the local pool, and dask is never imported
+        result = fit_study(study, config, n_jobs=args.jobs, progress=not args.quiet)
     out = write_fit(study, result)
     if args.quiet:
         print(out)
