@@ -64,7 +64,7 @@ class PredictConfig:
 
     level: float = 0.8
     min_analogs: float = 3.0
-    risk: str = "analogs"
+    risk: str = "hmm"
 
     def validate(self) -> None:
         if not 0 < self.level < 1:
@@ -163,7 +163,7 @@ class FittedMap:
     # -- what comes next --------------------------------------------------------------------
 
     def detour_risk(self, posterior: np.ndarray, path: np.ndarray, steps: np.ndarray, remaining: int,
-                    method: str = "analogs", exclude: int | None = None) -> dict[int, float]:
+                    method: str = "hmm", exclude: int | None = None) -> dict[int, float]:
         """P(entering each detour later), 1 for detours already visited.
 
         ``"analogs"``: the share of aligned analogs (as in :meth:`forecast`) that had not visited

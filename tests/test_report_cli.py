@@ -192,6 +192,14 @@ def test_not_estimable_state_reads_as_such(tmp_path):
     assert "observed delay +65" in page  # the fit's warning says why
 
 
+def test_report_says_what_to_run_next_on_stderr(tmp_path, capsys):
+    make_old_toy_fit(tmp_path)
+    rc, out = _report(tmp_path, "--fit", TOY_OLD_FIT_ID, capsys=capsys)
+    assert rc == 0
+    assert out.out.strip().endswith("index.html") and len(out.out.strip().splitlines()) == 1
+    assert f"next: latent predict --store {tmp_path} --fit {TOY_NAME}/{TOY_OLD_FIT_ID} RUN" in out.err
+
+
 def test_old_format_fit_renders(tmp_path, capsys):
     """A fit written before per-state delay tests renders, with the old summary and no new sections."""
     make_old_toy_fit(tmp_path)

@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
                    help="the fit: a study name (its latest fit), STUDY/FIT_ID, or a fit directory")
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--level", type=float, default=0.8, help="coverage of the forecast interval (default 0.8)")
+    p.add_argument("--risk", choices=("hmm", "analogs"), default="hmm",
+                   help="detour risk from the fitted transition matrix (default) or from aligned analog runs")
     p.add_argument("--json", action="store_true", help="print the predictions as JSON (one object per run)")
     p.set_defaults(run=run)
 
@@ -33,7 +35,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from ..predict import FittedMap, PredictConfig, detour_line, predict_run, read_run_sources, resolve_fit, table_lines
 
-    cfg = PredictConfig(level=args.level)
+    cfg = PredictConfig(level=args.level, risk=args.risk)
     cfg.validate()
     fmap = FittedMap(resolve_fit(args.fit, args.store))
     runs = read_run_sources(args.runs, args.store)

@@ -52,6 +52,9 @@ def run(args) -> int:
                         metrics=metrics)
     print(path)
     print(f"rendered {len(fit.seeds)} runs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    # on stderr, so that stdout stays the page's path alone (for scripts)
+    print(f"next: latent predict --store {args.store} --fit {fit.study.name}/{fit.fit_id} RUN...   (new or running "
+          f"runs on this map), or latent compare {fit.study.name} OTHER", file=sys.stderr)
     if args.open:
         open_in_browser(path)
     return 0

@@ -26,6 +26,8 @@ def add_parser(sub) -> None:
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between looks (default 5)")
     p.add_argument("--level", type=float, default=0.8, help="coverage of the forecast interval (default 0.8)")
+    p.add_argument("--risk", choices=("hmm", "analogs"), default="hmm",
+                   help="detour risk from the fitted transition matrix (default) or from aligned analog runs")
     p.add_argument("--once", action="store_true", help="look once, print, and exit")
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds (default: never)")
     p.set_defaults(run=run)
@@ -36,7 +38,7 @@ def run(args) -> int:
     from ..predict import FittedMap, PredictConfig, Watcher, resolve_fit
     from ..store import resolve_study
 
-    cfg = PredictConfig(level=args.level)
+    cfg = PredictConfig(level=args.level, risk=args.risk)
     cfg.validate()
     if args.interval <= 0:
         raise UserError(f"--interval must be positive, got {args.interval}")
