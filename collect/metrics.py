@@ -20,6 +20,14 @@ Definitions (reference.md B1–B5):
   Each column averages over the entries that have it, so with convs in a model ``l1`` mixes conv
   and matrix entries while ``spectral`` etc. come from the matrices alone (reference B5,
   ``get_stats_for_cnn``).
+
+Variants (reference.md I and J1): ``"reference"`` (the default) is all of the above, the
+reference code's definitions. ``"paper"`` follows the paper's wording instead, in two places
+only: ``var_w``, ``var_b`` and the singular-value variance are population variances (ddof 0,
+"without Bessel's correction", Appendix B), and ``mean_lambda`` / ``variance_lambda`` are the
+mean and variance of every thresholded singular value of every included matrix pooled together
+(each seed's own pool; a matrix with a non-finite entry stays out of it), not means of
+per-matrix values. The other ten columns are the same in both.
 """
 
 from __future__ import annotations
@@ -32,6 +40,9 @@ import torch
 from latent.store import REFERENCE_COLUMNS
 
 SV_THRESHOLD = 1e-5
+
+#: The metric definitions :func:`reference_metrics` offers: the reference code's, or the paper's wording.
+METRIC_VARIANTS = ("reference", "paper")
 
 MATRIX_KEYS = (
     "l1",
@@ -113,6 +124,23 @@ def matrix_metrics(w: torch.Tensor) -> dict[str, torch.Tensor]:
     """
     if w.dim() < 2:
         raise ValueError(f"matrix_metrics needs a matrix or a stack of matrices, got shape {tuple(w.shape)}")
+    stats, _, finite = _matrix_stats(w)
+    return _nan_where_not(finite, stats)
+
+
+def _matrix_stats(w: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """:func:`matrix_metrics` before the NaN masking, with what the pooled statistics need.
+
+    Returns
+    -------
+    stats : dict of str to torch.Tensor
+        The per-matrix statistics, not yet NaN for non-finite matrices.
+    sv : torch.Tensor
+        The thresholded singular values, float64 ``(..., min(m, n))``, descending (zeros for a
+        non-finite matrix).
+    finite : torch.Tensor
+        Bool ``w.shape[:-2]``: the matrix has no NaN or infinite entry.
+    """
     w64 = w.detach().to(torch.float64)
     finite = torch.isfinite(w64).flatten(-2).all(-1)
     # Zero non-finite matrices before the eigensolver (it fails on NaN); they are masked below.
@@ -136,7 +164,7 @@ def matrix_metrics(w: torch.Tensor) -> dict[str, torch.Tensor]:
         "mean_singular_value": mean_sv,
         "var_singular_value": var_sv,
     }
-    return _nan_where_not(finite, out)
+    return out, sv, finite
 
 
 def tensor_metrics(w: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -168,13 +196,16 @@ def tensor_metrics(w: torch.Tensor) -> dict[str, torch.Tensor]:
     return _nan_where_not(finite, out)
 
 
-def distribution_stats(values: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Mean, lower median and unbiased variance along the last axis (``get_distribution_stats``).
+def distribution_stats(values: torch.Tensor, correction: int = 1) -> dict[str, torch.Tensor]:
+    """Mean, lower median and variance along the last axis (``get_distribution_stats``).
 
     Parameters
     ----------
     values : torch.Tensor
         Shape ``(S, N)``: for each seed, all included weights (or biases) concatenated.
+    correction : {1, 0}
+        Degrees of freedom subtracted from N in the variance: 1 is the reference's unbiased
+        variance, 0 the population variance of the paper's wording.
 
     Returns
     -------
@@ -185,8 +216,45 @@ def distribution_stats(values: torch.Tensor) -> dict[str, torch.Tensor]:
         "mean": v.to(torch.float64).mean(-1),
         # torch.median returns the lower of the two middle values for even N, as the reference.
         "median": v.median(-1).values.to(torch.float64),
-        "var": v.to(torch.float64).var(-1, correction=1),
+        "var": v.to(torch.float64).var(-1, correction=correction),
     }
+
+
+def pooled_singular_value_stats(svs: Sequence[torch.Tensor], finite: Sequence[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Mean and population variance of every seed's singular values pooled over all its matrices.
+
+    This is the ``"paper"`` variant's μ(λ) and σ(λ): one pool per seed holding every
+    thresholded singular value of every finite matrix, whatever the matrices' shapes, so a
+    matrix weighs by its number of singular values.
+
+    Parameters
+    ----------
+    svs : sequence of torch.Tensor
+        Thresholded singular values per matrix group, each float64 ``(S, M, k)``.
+    finite : sequence of torch.Tensor
+        Bool ``(S, M)`` per group: matrices with a non-finite entry (False) stay out of the pool.
+
+    Returns
+    -------
+    dict with keys ``mean`` and ``var`` (ddof 0), each a float64 tensor of shape ``(S,)``; NaN
+    for a seed whose pool is empty. A pool of one value has variance 0.
+    """
+    total = count = None
+    for sv, ok in zip(svs, finite):
+        keep = ok[..., None].to(sv.dtype)  # (S, M, 1)
+        part_sum = (sv * keep).sum((-2, -1))
+        part_count = ok.sum(-1).to(sv.dtype) * sv.shape[-1]
+        total = part_sum if total is None else total + part_sum
+        count = part_count if count is None else count + part_count
+    if total is None:
+        raise ValueError("pooled_singular_value_stats needs at least one matrix group")
+    mean = total / count  # 0/0 = NaN for an empty pool
+    squares = None
+    for sv, ok in zip(svs, finite):
+        dev = torch.where(ok[..., None], sv - mean[:, None, None], torch.zeros((), dtype=sv.dtype, device=sv.device))
+        part = dev.square().sum((-2, -1))
+        squares = part if squares is None else squares + part
+    return {"mean": mean, "var": squares / count}
 
 
 @dataclass
@@ -215,26 +283,38 @@ def _concat(parts: Sequence[torch.Tensor]) -> torch.Tensor:
     return torch.cat([p.detach().reshape(p.shape[0], -1) for p in parts], dim=1)
 
 
-def reference_metrics(groups: WeightGroups) -> dict[str, torch.Tensor]:
+def reference_metrics(groups: WeightGroups, variant: str = "reference") -> dict[str, torch.Tensor]:
     """The 14 reference columns for S seeds at one checkpoint.
 
     Parameters
     ----------
     groups : WeightGroups
         The included matrices, weights and biases, seeds on the leading axis.
+    variant : {"reference", "paper"}
+        ``"reference"``: the reference code's definitions (reference.md B1–B5). ``"paper"``:
+        population variances for ``var_w`` and ``var_b``, and ``mean_lambda`` /
+        ``variance_lambda`` from the pooled singular values
+        (:func:`pooled_singular_value_stats`); the other columns are the same.
 
     Returns
     -------
     dict of str to torch.Tensor
         One float64 tensor of shape ``(S,)`` per column in :data:`REFERENCE_COLUMNS`.
     """
+    if variant not in METRIC_VARIANTS:
+        raise ValueError(f"unknown metric variant {variant!r}; use one of {', '.join(METRIC_VARIANTS)}")
     per_key: dict[str, list[torch.Tensor]] = {k: [] for k in MATRIX_KEYS}
+    svs: list[torch.Tensor] = []
+    finite: list[torch.Tensor] = []
     for group in groups.matrices:
         if group.dim() != 4:
             raise ValueError(f"matrix group must be (S, M, m, n), got {tuple(group.shape)}")
-        stats = matrix_metrics(group)  # each (S, M)
+        raw, sv, ok = _matrix_stats(group)
+        stats = _nan_where_not(ok, raw)  # each (S, M)
         for key in MATRIX_KEYS:
             per_key[key].append(stats[key])
+        svs.append(sv)
+        finite.append(ok)
     for conv in groups.convs:
         if conv.dim() != 5:
             raise ValueError(f"conv tensor must be (S, out, in, kh, kw), got {tuple(conv.shape)}")
@@ -248,9 +328,13 @@ def reference_metrics(groups: WeightGroups) -> dict[str, torch.Tensor]:
             out[_MATRIX_TO_COLUMN[key]] = stacked.nanmean(dim=1)
         else:
             out[_MATRIX_TO_COLUMN[key]] = torch.full((n_seeds,), float("nan"), dtype=torch.float64)
+    if variant == "paper" and svs:
+        pooled = pooled_singular_value_stats(svs, finite)
+        out["mean_lambda"], out["variance_lambda"] = pooled["mean"], pooled["var"]
+    correction = 1 if variant == "reference" else 0
     for prefix, parts in (("w", groups.weights), ("b", groups.biases)):
         if parts:
-            stats = distribution_stats(_concat(parts))
+            stats = distribution_stats(_concat(parts), correction=correction)
             out[f"mean_{prefix}"] = stats["mean"]
             out[f"median_{prefix}"] = stats["median"]
             out[f"var_{prefix}"] = stats["var"]

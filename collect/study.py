@@ -40,7 +40,7 @@ from latent.store import STUDY_FORMAT, Study, check_study_name, schedule_steps
 
 from .config import config_to_dict, parse_overrides, resolve_config
 from .fingerprint import data_change
-from .metrics import REFERENCE_COLUMNS
+from .metrics import METRIC_VARIANTS, REFERENCE_COLUMNS
 from .resume import RunStart, plan_run
 from .runtime import resolve_device, set_threads
 from .seeds import RunSeeds
@@ -190,6 +190,7 @@ def collect_study(
     scheduler: Any = None,
     cluster: str | None = None,
     retries: int | None = None,
+    metric_variant: str = "reference",
 ) -> CollectResult:
     """Train ``seeds`` of ``task`` into a study, resuming or extending it if it exists.
 
@@ -233,6 +234,11 @@ def collect_study(
         :data:`latent.cluster.RETRIES`); a batch whose worker died is rerun by the scheduler.
         Each batch is one task of at most ``seed_batch`` seeds; on a worker, ``threads``
         defaults to the task's default, else 1 (Dask runs one task per worker thread).
+    metric_variant : {"reference", "paper"}
+        The weight statistics' definitions (:func:`collect.metrics.reference_metrics`):
+        the reference code's, or the paper's wording (population variances, pooled singular
+        values). Recorded in ``study.json``; a study is resumed and extended only with its own
+        variant (unless ``overwrite``). A study that records none is ``"reference"``.
 
     Returns
     -------
@@ -250,6 +256,8 @@ def collect_study(
     if not isinstance(overrides, Mapping):
         overrides = parse_overrides(task_obj.config_class, list(overrides))
     cfg = resolve_config(task_obj.config_class, task_obj.presets, preset, overrides)
+    if metric_variant not in METRIC_VARIANTS:
+        raise UserError(f"--metric-variant must be one of {', '.join(METRIC_VARIANTS)}, got {metric_variant!r}")
     seed_list = parse_seeds(seeds)
     name = check_study_name(study or (task if preset == "default" else f"{task}-{preset}"))
     on_dask = scheduler is not None or cluster is not None
@@ -273,7 +281,7 @@ def collect_study(
 
     study_obj = Study(store / name)
     request = dict(name=name, task=task, preset=preset, config=config_to_dict(cfg),
-                   convergence=task_obj.convergence(cfg), command=command)
+                   convergence=task_obj.convergence(cfg), command=command, metric_variant=metric_variant)
     data = _Data(task_obj, cfg)
     timings: dict[str, float] = {}
     if not on_dask:
@@ -316,7 +324,7 @@ def _collect_seeds(task: str, task_obj, cfg, study_obj: Study, request: dict, se
                 plans = [claim.pending[s] for s in group]
                 _train_batch(task_obj, cfg, study_obj, claim.schedule, plans, start, dev, data.value,
                              request["config"].get("split_seed"), request["convergence"], save_every, progress,
-                             label, timings, report)
+                             label, timings, report, request["metric_variant"])
                 claim.release(group)
                 trained += group
         finally:
@@ -475,14 +483,23 @@ def _claim(study_obj: Study, task_obj, cfg, request: dict, seeds: list[int], dat
     for tmp in study_obj.root.glob(f".{study_obj.study_file.name}.*.tmp"):  # the study lock is ours
         tmp.unlink(missing_ok=True)
     meta = study_obj.read_meta() if study_obj.exists() else None
-    if meta is not None and (meta.get("task") != request["task"] or meta.get("config") != config):
+    variant, wanted = study_variant(meta), request["metric_variant"]
+    if meta is not None and (meta.get("task") != request["task"] or meta.get("config") != config
+                             or variant != wanted):
         if not overwrite:
-            recorded = meta.get("config", {})
-            diff = sorted(k for k in set(config) | set(recorded) if config.get(k) != recorded.get(k))
-            what = (f"task {meta.get('task')!r}" if meta.get("task") != request["task"]
-                    else f"config differs in: {', '.join(diff)}")
-            raise UserError(f"study {name!r} in {study_obj.root.parent} was collected with another setup ({what}); "
-                            "pick another name with --study NAME or replace it with --overwrite")
+            if meta.get("task") != request["task"] or meta.get("config") != config:
+                recorded = meta.get("config", {})
+                diff = sorted(k for k in set(config) | set(recorded) if config.get(k) != recorded.get(k))
+                what = (f"task {meta.get('task')!r}" if meta.get("task") != request["task"]
+                        else f"config differs in: {', '.join(diff)}")
+                raise UserError(f"study {name!r} in {study_obj.root.parent} was collected with another setup "
+                                f"({what}); pick another name with --study NAME or replace it with --overwrite")
+            if variant not in METRIC_VARIANTS:
+                raise UserError(f"{study_obj.study_file} records an unknown metric_variant {variant!r} (known: "
+                                f"{', '.join(METRIC_VARIANTS)}); fix the file or replace the study with --overwrite")
+            raise UserError(f"study {name!r} in {study_obj.root.parent} was collected with --metric-variant "
+                            f"{variant}, not {wanted}; pass --metric-variant {variant} to resume or extend it, "
+                            "pick another name with --study NAME, or replace it with --overwrite")
         data.describe()  # bad data fails before the old study is touched
         _replace_study(study_obj)
         meta = None
@@ -580,6 +597,7 @@ def _updated_meta(meta: dict | None, request: dict, seeds: list[int], task_obj, 
             "versions": _versions(),
             "command": command,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "metric_variant": request["metric_variant"],
         }
     # Same task and config: extend the seed list, remember any new command line, and pin the
     # schedule and data of a study recorded before latent kept them.
@@ -590,7 +608,27 @@ def _updated_meta(meta: dict | None, request: dict, seeds: list[int], task_obj, 
         new["data"] = info
     if command and command != meta.get("command") and command not in meta.get("commands", []):
         new["commands"] = list(meta.get("commands", [])) + [command]
+    if new != meta and "metric_variant" not in meta:
+        # A study from before variants is "reference" (the only kind there was); record that
+        # when the file is rewritten anyway, and never rewrite it for this alone.
+        new["metric_variant"] = study_variant(meta)
     return new
+
+
+def study_variant(meta: Mapping[str, Any] | None) -> str:
+    """The metric variant a study was collected with: its ``metric_variant``, else ``"reference"``.
+
+    Parameters
+    ----------
+    meta : mapping or None
+        The study's ``study.json`` (None: no study, which reads as ``"reference"`` too).
+
+    Returns
+    -------
+    str
+        ``"reference"`` or ``"paper"`` (:data:`collect.metrics.METRIC_VARIANTS`).
+    """
+    return str((meta or {}).get("metric_variant", "reference"))
 
 
 def _replaced_prefix(study_obj: Study) -> str:
@@ -668,7 +706,7 @@ def seed_label(seeds: list[int]) -> str:
 
 def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[RunStart], start: int, dev, data,
                  split_seed, convergence, save_every: float, progress: bool, label: str,
-                 timings: dict[str, float], report=None) -> None:
+                 timings: dict[str, float], report=None, metric_variant: str = "reference") -> None:
     from tqdm import tqdm
 
     seeds = [p.seed for p in plans]
@@ -719,7 +757,7 @@ def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[Ru
 
     try:
         train(problem, start_step=start, epochs=cfg.epochs, log_every=cfg.log_every, unit=unit,
-              on_checkpoint=on_checkpoint, on_step=on_step, timings=timings)
+              on_checkpoint=on_checkpoint, on_step=on_step, timings=timings, metric_variant=metric_variant)
     finally:
         bar.close()
     writer.save(total, None, done=True, info={k: round(v, 3) for k, v in timings.items()})

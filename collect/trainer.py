@@ -67,6 +67,7 @@ def train(
     on_checkpoint: Callable[[Checkpoint], None],
     on_step: Callable[[int], None] | None = None,
     timings: dict[str, float] | None = None,
+    metric_variant: str = "reference",
 ) -> None:
     """Train ``problem`` from ``start_step`` to ``epochs`` epochs, emitting every checkpoint on the way.
 
@@ -91,6 +92,8 @@ def train(
         Called with the number of completed steps after every step (and once at the start).
     timings : dict, optional
         Accumulates seconds spent in ``train``, ``eval`` and ``metrics``.
+    metric_variant : {"reference", "paper"}
+        The weight statistics' definitions (:func:`collect.metrics.reference_metrics`).
     """
     import time
 
@@ -103,7 +106,7 @@ def train(
 
     def measure() -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
-        values = {k: _to_numpy(v) for k, v in reference_metrics(problem.weight_groups()).items()}
+        values = {k: _to_numpy(v) for k, v in reference_metrics(problem.weight_groups(), metric_variant).items()}
         t1 = time.perf_counter()
         val_loss, val_acc = problem.evaluate("val")
         values["val_loss"], values["val_acc"] = _to_numpy(val_loss), _to_numpy(val_acc)

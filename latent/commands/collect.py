@@ -23,6 +23,10 @@ class _StderrHandler(logging.StreamHandler):
         super().emit(record)
 
 
+#: ``collect.metrics.METRIC_VARIANTS``, spelled out so that building the parser imports no torch.
+METRIC_VARIANTS = ("reference", "paper")
+
+
 def add_parser(sub) -> None:
     p = sub.add_parser(
         "collect",
@@ -50,7 +54,11 @@ def add_parser(sub) -> None:
     p.add_argument("--threads", type=int, help="CPU threads (default: all cores; 1 for cifar, where a second thread is slower)")
     p.add_argument("--seed-batch", type=int, default=0, help="most seeds trained together in one batched model (default: all)")
     p.add_argument("--save-every", type=float, default=30.0, help="seconds between resume save points (default: 30)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing study of the same name whose config differs")
+    p.add_argument("--metric-variant", choices=METRIC_VARIANTS, default="reference",
+                   help="weight statistics as the reference code computes them (reference, the default) or as the "
+                        "paper words them (paper: population variances, mean and variance of the pooled singular "
+                        "values); recorded in study.json, and a study resumes only with its own")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing study of the same name whose config or metric variant differs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--scheduler", metavar="ADDRESS",
@@ -135,6 +143,7 @@ def run(args) -> int:
             command=args.command_line,
             scheduler=args.scheduler,
             cluster=args.cluster,
+            metric_variant=args.metric_variant,
         )
     except StoreError as exc:
         raise UserError(f"{exc}; every run keeps its last save point, so rerun the same command to resume "
