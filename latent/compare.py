@@ -383,6 +383,7 @@ class StudySummary:
     features: tuple = ()
     warnings: tuple = ()
     stale: str | None = None
+    metric_variant: str = "reference"
 
 
 def _opt_float(x) -> float | None:
@@ -518,6 +519,7 @@ def summarize_fit(name: str, meta: dict, model: dict, analysis: dict, *, fit_id:
         features=tuple(model.get("features") or ()),
         warnings=tuple(str(w) for w in analysis.get("warnings") or ()),
         stale=_stale(study, model) if study is not None else None,
+        metric_variant=str(meta.get("metric_variant") or "reference"),
     )
 
 
@@ -739,6 +741,10 @@ def _notes(summaries: Sequence[StudySummary], pairs: Sequence[PairTest]) -> list
     if excluded:
         notes.append("Runs that never converge are left out (--nonconverged exclude): "
                      + "; ".join(f"{s.name}: {len(s.convergence.excluded)}" for s in excluded) + ".")
+    if len({s.metric_variant for s in summaries}) > 1:
+        text = "; ".join(f"{s.name}: {s.metric_variant}" for s in summaries)
+        notes.append(f"The weight statistics were collected with different --metric-variant ({text}): "
+                     "mean_lambda, variance_lambda, var_w and var_b measure different things across them.")
     if len({s.features for s in summaries}) > 1:
         notes.append("The HMMs use different features, so K, the maps and the dissimilarities describe "
                      "different measurements.")

@@ -320,3 +320,19 @@ def test_the_comparisons_folder_is_not_a_study_name(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "reserved" in err[0]
     assert not (tmp_path / "comparisons").exists()
+
+
+def test_studies_collected_with_different_metric_variants_get_a_note():
+    from dataclasses import replace
+
+    from latent.compare import StudySummary, compare_studies
+
+    conv = convergence_stats({"times": {"0": 100, "1": 200, "2": 300}, "tau": 1000})
+    a = StudySummary(name="a", root="", fit_id="x", fitted_now=False, task=None, preset=None, step_unit="epoch",
+                     n_runs=3, n_states=3, selection="", detours=(), detour_rule="delay", resamples_used=0, r2=None,
+                     r2_p=None, f_stat=None, regression_runs=None, dissimilarity=None, forking=False, forks=(),
+                     minor_branches=(), min_runs=5, convergence=conv)
+    same = compare_studies([a, replace(a, name="b")])
+    assert not any("metric-variant" in n for n in same.notes)
+    mixed = compare_studies([a, replace(a, name="b", metric_variant="paper")])
+    assert any("--metric-variant (a: reference; b: paper)" in n for n in mixed.notes)
