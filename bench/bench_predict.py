@@ -14,11 +14,13 @@ Real modadd: a 40-seed study (`latent collect --task modadd --seeds 40`) split i
     python bench/bench_predict.py                              # everything, writes bench/RESULTS.md
     python bench/bench_predict.py --draws 2 --no-write         # a smoke test
     python bench/bench_predict.py --modadd data/modadd         # where the real study is
+    python bench/bench_predict.py --from-raw                   # the tables again from the saved records
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import math
 import sys
@@ -37,9 +39,9 @@ from latent.predict import FittedMap, PredictConfig, predict_run  # noqa: E402
 from latent.simulate import LEVELS, random_config, simulate, write_study  # noqa: E402
 from latent.store import Study, resolve_study  # noqa: E402
 
-RAW = Path(__file__).with_name("results") / "predict.jsonl"
+RAW = Path(__file__).with_name("results") / "predict.jsonl.gz"
 CUTS = np.round(np.arange(0.02, 0.91, 0.02), 2)
-REPORT_CUTS = (0.1, 0.2, 0.3, 0.5, 0.7)
+REPORT_CUTS = (0.1, 0.2, 0.3, 0.5, 0.7)  # state accuracy table
 
 
 def fit_dir(root: Path, table: pd.DataFrame, seeds, cfg: FitConfig, jobs: int, truth=None) -> Path:
@@ -66,7 +68,7 @@ def mapping(fmap: FittedMap, truth_paths: dict) -> dict[int, int]:
 def score_runs(fmap: FittedMap, held: pd.DataFrame, truth_paths: dict | None, kinds: list | None,
                level: float, scaling_tag: str) -> list[dict]:
     """One record per held-out run and cut."""
-    cfg = PredictConfig(level=level)
+    cfg = PredictConfig(level=level, risk="analogs")
     cfg_hmm = PredictConfig(level=level, risk="hmm")
     m = mapping(fmap, truth_paths) if truth_paths is not None else None
     recs = []
@@ -94,6 +96,7 @@ def score_runs(fmap: FittedMap, held: pd.DataFrame, truth_paths: dict | None, ki
             risk_hmm = predict_run(fmap, run.iloc[:n], cfg_hmm)["detour_risk"] if fmap.detours else {}
             fc = res["forecast"]
             rec = {"scaling": scaling_tag, "seed": int(seed), "cut": float(f), "n": n, "T": T,
+                   "step": float(steps[n - 1]), "first": float(steps[0]), "true": None if math.isinf(true) else true,
                    "converged_before": res["converged_at"] is not None, "method": fc["method"]}
             if res["converged_at"] is None and fc["method"] != "none":
                 lo = -math.inf if fc["low"] is None else fc["low"]
@@ -183,29 +186,35 @@ def _pct(x) -> str:
 
 def summarise(recs: list[dict], level: float) -> str:
     df = pd.DataFrame(recs)
-    lines = [f"Nominal interval coverage {level:.0%}. Cut: the share of a held-out run's checkpoints seen "
-             "when predicting. Coverage counts runs not yet converged at the cut; `n` is their number.", ""]
-    lines.append("| study | scaling | " + " | ".join(f"coverage @{c:.0%} (n)" for c in REPORT_CUTS)
-                 + " | earliest cut with coverage >= nominal - 5 pts, from then on | median width @30% (share of run) |")
-    lines.append("|---|---|" + "---|" * len(REPORT_CUTS) + "---|---|")
+    lines = [f"Nominal interval coverage {level:.0%}: the share of forecasts whose interval covered the true "
+             "convergence step, pooled over the cuts (2 %, 4 %, ... 90 % of each held-out run's checkpoints) in each "
+             "bin; (n) is the number of forecasts (runs not yet converged at the cut). Left: by the share of the run "
+             "seen; right: by how far the run was on its way to convergence (runs that never converge are only "
+             "in the left bins).", ""]
+    def bins(values, edges):
+        return pd.cut(values, edges, right=False, include_lowest=True)
+
+    run_edges = [0, 0.1, 0.3, 0.6, 1.0]
+    conv_edges = [0, 0.25, 0.5, 0.75, 1.0]
+    run_names = ["<10 %", "10-30 %", "30-60 %", ">=60 %"]
+    conv_names = ["<25 %", "25-50 %", "50-75 %", "75-100 %"]
+    lines.append("| study | scaling | " + " | ".join(f"seen {b} of the run" for b in run_names) + " | "
+                 + " | ".join(f"{b} of the way to convergence" for b in conv_names)
+                 + " | median width, seen 10-30 % (share of run) |")
+    lines.append("|---|---|" + "---|" * (len(run_names) + len(conv_names) + 1))
     groups = df.groupby(["family", "level", "scaling"], sort=False)
     for (fam, lvl, tag), g in groups:
-        g = g[g["covered"].notna()]
-        cells = []
-        for c in REPORT_CUTS:
-            gc = g[np.isclose(g["cut"], c)]
-            cells.append(f"{_pct(gc['covered'].mean() if len(gc) else None)} ({len(gc)})")
-        by = g.groupby("cut")["covered"].agg(["mean", "size"])
-        by = by[by["size"] >= 10]
-        ok = by["mean"] >= level - 0.05
-        earliest = "–"
-        for c in by.index:
-            if ok.loc[c:].all():
-                earliest = f"{c:.0%}"
-                break
-        w = g[np.isclose(g["cut"], 0.3)]["width"].dropna()
-        lines.append(f"| {fam} {lvl} | {tag} | " + " | ".join(cells) + f" | {earliest} | "
-                     f"{_pct(w.median() if len(w) else None)} |")
+        g = g[g["covered"].notna()].copy()
+        g["covered"] = g["covered"].astype(bool)
+        by_run = g.groupby(bins(g["cut"], run_edges), observed=False)["covered"].agg(["mean", "size"])
+        way = [(st - f0) / (t - f0) if t is not None and not (isinstance(t, float) and math.isnan(t)) and t > f0 else np.nan
+               for st, f0, t in zip(g["step"], g["first"], g["true"])]
+        g["way"] = way
+        by_conv = g.groupby(bins(g["way"], conv_edges), observed=False)["covered"].agg(["mean", "size"])
+        cells = [f"{_pct(m if n else None)} ({n})" for m, n in zip(by_run["mean"], by_run["size"])]
+        cells += [f"{_pct(m if n else None)} ({n})" for m, n in zip(by_conv["mean"], by_conv["size"])]
+        w = g[(g["cut"] >= 0.1) & (g["cut"] < 0.3)]["width"].dropna()
+        lines.append(f"| {fam} {lvl} | {tag} | " + " | ".join(cells) + f" | {_pct(w.median() if len(w) else None)} |")
     lines += ["", "Detour calls (risk >= 0.5 before entry; truth paths for planted studies, the whole run's "
               "decoding for modadd). Called early: entering runs called at a cut before their entry; lead: median "
               "share of the run between the first call and the entry; warned: entering runs whose current state "
@@ -247,7 +256,7 @@ def summarise(recs: list[dict], level: float) -> str:
                 briers += [(p - float(e)) ** 2 for p, e in at10]
                 base += [float(e) for _, e in at10]
         bb = float(np.var(base)) if base else None
-        lines.append(f"| {fam} {lvl} | {tag} | {'analogs' if key == 'risk' else 'HMM'} | {ent} / {non} | {_pct(called / ent if ent else None)} | "
+        lines.append(f"| {fam} {lvl} | {tag} | {'analogs' if key == 'risk' else 'HMM (default)'} | {ent} / {non} | {_pct(called / ent if ent else None)} | "
                      f"{(f'{100 * np.median(leads):.0f} % of run') if leads else '–'} | {_pct(warned / ent if ent else None)} | "
                      f"{(f'{100 * np.median(lags):.0f} % of run') if lags else '–'} | {_pct(false / non if non else None)} | "
                      f"{(f'{np.mean(briers):.3f}') if briers else '–'} ({(f'{bb:.3f}') if bb is not None else '–'}) |")
@@ -272,20 +281,26 @@ def main() -> None:
     ap.add_argument("--level", type=float, default=0.8)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--from-raw", action="store_true", help="rebuild the tables from bench/results/predict.jsonl")
     args = ap.parse_args()
     t0 = time.perf_counter()
+    if args.from_raw:
+        with gzip.open(RAW, "rt") as fh:
+            recs = [json.loads(line) for line in fh if line.strip()]
+        print(summarise(recs, args.level))
+        return
     recs = run_planted(args)
     if not args.no_modadd:
         recs += run_modadd(args)
     RAW.parent.mkdir(exist_ok=True)
     if not args.no_write:
-        with RAW.open("w") as fh:
+        with gzip.open(RAW, "wt", compresslevel=9) as fh:
             for r in recs:
                 fh.write(json.dumps(r, sort_keys=True) + "\n")
     text = summarise(recs, args.level)
     text += (f"\n\n{args.draws} planted draws per family and level (random structures of bench_recovery, 300 "
              f"checkpoints, 40 fitted + 20 held-out runs); modadd: 4 folds of 10 held-out seeds. Total "
-             f"{time.perf_counter() - t0:.0f} s. Raw: bench/results/predict.jsonl. Command: "
+             f"{time.perf_counter() - t0:.0f} s. Raw: bench/results/predict.jsonl.gz. Command: "
              f"`python bench/bench_predict.py --draws {args.draws}`.")
     print(text)
     if not args.no_write:
