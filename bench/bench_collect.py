@@ -158,7 +158,7 @@ def main() -> None:
         "|---|---|---|---|",
         f"| {b:.2f} seed-epochs/s | {loop_steady:.2f} seed-epochs/s | {loop_incl:.2f} seed-epochs/s | {b / loop_steady:.2f}× |",
         "",
-        "For scale: the reference script measured 1.24 s per seed-epoch (0.81 seed-epochs/s) at batch 2048 on this kind of machine (PERF-NOTES).",
+        "For scale: the reference's own script, timed side by side on this machine at batch 2048, and the compute limit are in the `reference` block (`bench/bench_reference.py`); PERF-NOTES' earlier 1.24 s per seed-epoch was a first measurement on a busy box.",
         "",
     ]
 

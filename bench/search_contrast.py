@@ -63,6 +63,12 @@ CANDIDATES: dict[str, tuple[dict, int, int, int | None]] = {
     # all by ~100-200; so faster grokking without LN (more data, more decay), shorter LN runs
     "t59f": (dict(p=59, train_frac=0.5, d_model=64, d_mlp=256, lr=1e-3, weight_decay=2.0, epochs=2000), 0, 256, 400),
     "t43b": (dict(p=43, train_frac=0.6, d_model=64, d_mlp=256, lr=1e-3, weight_decay=1.0, epochs=2000), 0, 128, 400),
+    # t59f gives a linear 3-state chain without LN: every run takes the same road, only the
+    # plateau's length varies. Noise that could send runs down different roads: minibatches
+    # without LN (the reference's default batch is 256), and a larger initialisation
+    "t59g": (dict(p=59, train_frac=0.5, d_model=64, d_mlp=256, lr=1e-3, weight_decay=2.0, epochs=2000), 256, 256, 400),
+    "t59h": (dict(p=59, train_frac=0.5, d_model=64, d_mlp=256, lr=1e-3, weight_decay=2.0, epochs=2000,
+                  init_scaling=2.0), 0, 256, 400),
 }
 
 
