@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import shlex
 import sys
 
@@ -47,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     args.command_line = "latent " + shlex.join(argv)  # recorded in the artifacts
     try:
         return int(args.run(args) or 0)
+    except BrokenPipeError:
+        # the reader went away (`latent predict ... | head`): not an error; keep Python's exit-time
+        # flush of stdout from raising again
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except UserError as exc:
         print(f"latent {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
         return 2

@@ -235,3 +235,16 @@ def _fit_states(fmap, planted, seed):
     path, _ = fmap.decode(run[fmap.features].to_numpy(float))
     # the first decoded entry must come at a later checkpoint than the first poll
     return set(path[25:].tolist()) - set(path[:25].tolist())
+
+
+def test_a_closed_pipe_is_not_an_error(planted):
+    """`latent predict ... | head -1`: the reader leaving early is no error line and exit 0."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "latent", "predict", "--store", str(planted["store"]), "--fit",
+                             "sim", "new", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()  # gone before the first line is written
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0, err
+    assert "error" not in err and "Traceback" not in err
