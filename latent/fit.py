@@ -431,8 +431,11 @@ def _read_runs(study: Study, cfg: FitConfig) -> pd.DataFrame:
     if problems:
         text = "; ".join(problems)
         if not cfg.allow_partial:
-            raise UserError(f"{text}; finish them (rerun `latent collect`; `latent ls` shows every run), or pass "
-                            "--allow-partial to fit what is saved")
+            task = study.read_meta().get("task")
+            finish = {"external": "finish or re-import them", "simulated": "simulate the study again"}.get(
+                task, "finish them (rerun `latent collect`; `latent ls` shows every run)")
+            raise UserError(f"{text}; {finish}, or pass --allow-partial to fit what is saved "
+                            "(--first-n N fits the first N checkpoints of every run)")
         log.warning("fitting a partial study (--allow-partial): %s", text)
     return table
 

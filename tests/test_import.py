@@ -515,3 +515,22 @@ def test_checkpoints_refusals_name_the_file(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and str(tmp_path / "ckpt" / "run-a" / "step-50.pt") in err
     assert [n for n in _store_names(store) if not n.endswith(".lock")] == []
+
+
+def test_fit_of_an_import_with_a_short_run_says_re_import_not_collect(tmp_path, capsys):
+    from latent.cli import main as cli_main
+    from latent.external import external_meta, write_external_study
+    from latent.simulate import SimConfig, simulate
+
+    table, _ = simulate(SimConfig(n_runs=6, n_checkpoints=60, seed=3))
+    tables = {int(s): r.reset_index(drop=True) for s, r in table.groupby("seed")}
+    tables[2] = tables[2].head(40)  # one run stopped early
+    cols = [c for c in table.columns if c != "seed"]
+    meta = external_meta("short", sorted(tables), cols, source={"kind": "test"},
+                         convergence={"metric": "val_acc", "threshold": 0.9, "direction": "above"})
+    write_external_study(tmp_path, "short", tables, meta)
+    capsys.readouterr()
+    assert cli_main(["fit", "--store", str(tmp_path), "--study", "short"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "re-import" in err and "latent collect" not in err and "--allow-partial" in err
