@@ -641,24 +641,8 @@ def _replace_study(study_obj: Study) -> None:
     A kill at any point leaves either the old study or none (its copy is removed on the next
     collection of that name), never a mix of old runs and a new ``study.json``.
     """
-    held = []
-    lock_dir = study_obj.root / "locks"
-    try:
-        for path in sorted(lock_dir.glob("*.lock")) if lock_dir.is_dir() else []:
-            lease = locks.try_acquire(path)
-            if lease is None:
-                raise UserError(f"study {study_obj.name!r} is being collected by "
-                                f"{locks.describe_holder(locks.holder(path))}; let it finish (or stop it) "
-                                "before replacing the study with --overwrite")
-            held.append(lease)
-        aside = study_obj.root.parent / f"{_replaced_prefix(study_obj)}{os.getpid()}"
-        try:
-            os.replace(study_obj.root, aside)
-        except OSError as exc:
-            raise store_error(exc, "move aside", study_obj.root) from None
-    finally:
-        for lease in held:
-            lease.release()
+    aside = study_obj.root.parent / f"{_replaced_prefix(study_obj)}{os.getpid()}"
+    locks.move_study_aside(study_obj.root, study_obj.name, aside)
     _remove_replaced(study_obj)
 
 

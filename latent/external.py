@@ -338,23 +338,7 @@ def _build(root: Path, tables: dict[int, pd.DataFrame], meta: dict) -> None:
 
 def _replace(study: Study, built: Path, aside: Path) -> None:
     """Swap ``built`` in for the existing ``study``: old aside (into staging), new in. Leases must be free."""
-    held = []
-    lock_dir = study.root / "locks"
-    try:
-        for path in sorted(lock_dir.glob("*.lock")) if lock_dir.is_dir() else []:
-            lease = locks.try_acquire(path)
-            if lease is None:
-                raise UserError(f"study {study.name!r} is being collected by "
-                                f"{locks.describe_holder(locks.holder(path))}; let it finish (or stop it) "
-                                "before replacing it with --overwrite")
-            held.append(lease)
-        try:
-            os.replace(study.root, aside)
-        except OSError as exc:
-            raise store_error(exc, "move aside", study.root) from None
-    finally:
-        for lease in held:
-            lease.release()
+    locks.move_study_aside(study.root, study.name, aside)
     try:
         os.replace(built, study.root)
     except BaseException as exc:

@@ -166,3 +166,25 @@ def describe_holder(info: dict | None) -> str:
     if info.get("since"):
         text += f" since {info['since']}"
     return text
+
+
+def move_study_aside(root: Path, name: str, aside: Path) -> None:
+    """Rename the study directory ``root`` to ``aside`` (``--overwrite``), refusing while anyone
+    holds one of its run leases; the leases are held across the rename, so no collection can
+    start on the old runs in between."""
+    held = []
+    lock_dir = Path(root) / "locks"
+    try:
+        for path in sorted(lock_dir.glob("*.lock")) if lock_dir.is_dir() else []:
+            lease = try_acquire(path)
+            if lease is None:
+                raise UserError(f"study {name!r} is being collected by {describe_holder(holder(path))}; let it "
+                                "finish (or stop it) before replacing the study with --overwrite")
+            held.append(lease)
+        try:
+            os.replace(root, aside)
+        except OSError as exc:
+            raise store_error(exc, "move aside", root) from None
+    finally:
+        for lease in held:
+            lease.release()
