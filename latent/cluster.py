@@ -24,7 +24,6 @@ import re
 import socket
 import time
 import uuid
-import warnings
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Sequence
 
@@ -342,20 +341,11 @@ def relog(msg: dict) -> None:
 
 def _limited_call(func, data, job):
     """One fitting job on a worker, as :func:`latent.parallel.pmap` runs it: one BLAS/OpenMP thread, quiet."""
-    from threadpoolctl import threadpool_limits
-
-    from .parallel import _load_native_libraries
+    from .parallel import _load_native_libraries, quiet_one_thread
 
     _load_native_libraries()  # before limiting: threadpoolctl limits only loaded libraries
-    hl = logging.getLogger("hmmlearn")
-    level = hl.level
-    hl.setLevel(logging.ERROR)
-    try:
-        with threadpool_limits(1), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return func(data, job)
-    finally:
-        hl.setLevel(level)
+    with quiet_one_thread():
+        return func(data, job)
 
 
 def dask_pmap(client, func, jobs: list, data, progress: bool = False, desc: str = "") -> list:

@@ -65,7 +65,10 @@ def _call(item):
     return func(_DATA, job)
 
 
-def _sequential(func, jobs, data):
+@contextmanager
+def quiet_one_thread():
+    """One BLAS/OpenMP thread, hmmlearn's convergence chatter and warnings silenced: how every
+    fitting job runs (in this process, a pool worker or a Dask worker)."""
     from threadpoolctl import threadpool_limits
 
     hl = logging.getLogger("hmmlearn")
@@ -74,10 +77,15 @@ def _sequential(func, jobs, data):
     try:
         with threadpool_limits(1), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            for job in jobs:
-                yield func(data, job)
+            yield
     finally:
         hl.setLevel(level)
+
+
+def _sequential(func, jobs, data):
+    with quiet_one_thread():
+        for job in jobs:
+            yield func(data, job)
 
 
 def pmap(func, jobs: list, data, n_jobs: int | None = None, progress: bool = False, desc: str = "") -> list:
