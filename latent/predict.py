@@ -8,17 +8,17 @@ it was fitted on. For a run that was not in the fit, finished or not, :func:`pre
   forward algorithm on the checkpoints seen so far: the smoothed posterior of the last row, so
   no future checkpoint is used) and the Viterbi path so far (the states visited);
 * **detour risk**: for every detour state of the fit, the probability of entering it before the
-  run reaches the fit's horizon, from the HMM's transition structure: the current posterior
-  pushed through the transition matrix with the detour state made absorbing, once per remaining
-  checkpoint (1 once the run has entered it);
-* **a convergence forecast** with an interval, from *analogs*: the fit's runs that had not
-  converged by the same step, each weighted by the new run's posterior probability of the state
-  the analog was in at that step. The weighted quantiles of the analogs' convergence steps are
-  the forecast and its interval; analogs that never converged count as "beyond the horizon".
-  When the posterior puts too little weight on any analog (fewer than ``min_analogs`` effective
-  runs, e.g. past the fit's horizon), the forecast pools every checkpoint the fit's runs spent
-  in the current state and adds their remaining time to convergence to the current step
-  ("shifted" analogs).
+  run reaches the fit's horizon (1 once the run has entered it): by default from the HMM's
+  transition structure (the current posterior pushed through the transition matrix with the
+  detour state made absorbing, once per remaining checkpoint), or from aligned analogs;
+* **a convergence forecast** with an interval, from *aligned analogs*: for each state the run
+  may be in, every fitted run's first stay in that state that lasted as long as the new run has
+  been in it, if it had not converged by then; its remaining time to convergence, added to the
+  current step, is one draw, weighted by the posterior of that state. Weighted quantiles give the
+  forecast and its interval, with the quantile levels widened for few analogs (order statistics
+  of n draws cover a new one with probability (j - i) / (n + 1)); analogs that never converged
+  count as "beyond the horizon", so an interval's upper end may be open. Fewer than
+  ``min_analogs`` effective analogs mark the forecast ``"few analogs"``.
 
 Scaling of a partial run. With the default ``global`` scaling the fit's pooled mean and standard
 deviation apply to any prefix unchanged. With the reference's ``per_run`` scaling, a run is
@@ -58,8 +58,10 @@ class PredictConfig:
     level : float
         Nominal coverage of the convergence interval (0.8: the 10th to 90th percentile).
     min_analogs : float
-        Fewest effective analog runs ((Σw)²/Σw²) for the same-step analog forecast; below it the
-        forecast uses shifted analogs.
+        Fewest effective analog runs ((Σw)²/Σw²) below which a forecast is marked ``"few analogs"``.
+    risk : {"hmm", "analogs"}
+        How detour risk is estimated (:meth:`FittedMap.detour_risk`); on held-out runs the two
+        score alike (Brier) and ``"hmm"`` raises fewer false alarms (bench/RESULTS.md ``predict``).
     """
 
     level: float = 0.8
