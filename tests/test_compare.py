@@ -336,3 +336,20 @@ def test_studies_collected_with_different_metric_variants_get_a_note():
     assert not any("metric-variant" in n for n in same.notes)
     mixed = compare_studies([a, replace(a, name="b", metric_variant="paper")])
     assert any("--metric-variant (a: reference; b: paper)" in n for n in mixed.notes)
+
+
+def test_ls_lists_comparison_pages_after_the_studies(tmp_path, capsys):
+    from latent.cli import main
+    from latent.simulate import SimConfig, simulate, write_study
+
+    table, _ = simulate(SimConfig(n_runs=3, n_checkpoints=20, seed=1))
+    write_study(tmp_path / "a", table)
+    page = tmp_path / "comparisons" / "a-vs-b" / "full-loglik-12345678" / "index.html"
+    page.parent.mkdir(parents=True)
+    page.write_text("<html></html>")
+    capsys.readouterr()
+    assert main(["ls", "--store", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    study_rows = [line.split()[0] for line in out.splitlines()[1:] if line and not line.startswith((" ", "comparisons"))]
+    assert study_rows == ["a"]  # the comparisons folder is not a study
+    assert f"a-vs-b (full-loglik-12345678): {page}" in out

@@ -1,4 +1,5 @@
-"""``latent ls``: list the studies in a store with their task, seeds done/total, status and fits.
+"""``latent ls``: list the studies in a store with their task, seeds done/total, status and fits,
+then the comparison pages ``latent compare`` wrote.
 
 A study's status is ``done``, ``partial`` (unfinished runs that ``latent collect`` resumes),
 ``running`` (a collection holds some of its seeds right now), ``damaged`` (a run whose files are
@@ -32,9 +33,16 @@ def _status_text(st: dict) -> str:
     return st["status"]
 
 
+def comparison_pages(store: Path) -> list[Path]:
+    """``<store>/comparisons/<A>-vs-<B>/<fit-id>/index.html`` pages written by ``latent compare``."""
+    root = store / "comparisons"
+    return sorted(root.glob("*/*/index.html")) if root.is_dir() else []
+
+
 def run(args) -> int:
     store = Path(args.store)
     studies = list_studies(store)
+    pages = comparison_pages(store)
     if not studies:
         print(f"no studies in {store}")
         return 0
@@ -68,4 +76,8 @@ def run(args) -> int:
               "unreadable files must be removed as said):")
         for line in notes:
             print(line)
+    if pages:
+        print("comparisons (latent compare):")
+        for page in pages:
+            print(f"  {page.parent.parent.name} ({page.parent.name}): {page}")
     return 0
