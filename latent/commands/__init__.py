@@ -24,3 +24,12 @@ def open_in_browser(path) -> None:
         return
     if not browser.open(path.resolve().as_uri()):
         print("the browser did not start; open the path above by hand", file=sys.stderr)
+
+
+def add_dask_options(p, scheduler_help: str, what: str) -> None:
+    """``--scheduler ADDRESS`` or ``--cluster SPEC`` (one of them) for latent collect and latent fit."""
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--scheduler", metavar="ADDRESS", help=scheduler_help)
+    where.add_argument("--cluster", metavar="SPEC",
+                       help=f"start a Dask cluster for this {what}: local:N (N worker processes here) or slurm:N "
+                            "(N SLURM jobs, configured in dask's jobqueue.yaml)")

@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from . import add_dask_options
+
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -60,13 +62,9 @@ def add_parser(sub) -> None:
                         "values); recorded in study.json, and a study resumes only with its own")
     p.add_argument("--overwrite", action="store_true", help="replace an existing study of the same name whose config or metric variant differs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDRESS",
-                       help="train the seed batches (--seed-batch seeds each) as tasks on this Dask scheduler "
-                            "(tcp://host:8786); the store must be on a file system every worker sees (docs/cluster.md)")
-    where.add_argument("--cluster", metavar="SPEC",
-                       help="start a Dask cluster for this collection: local:N (N worker processes here) or slurm:N "
-                            "(N SLURM jobs, configured in dask's jobqueue.yaml)")
+    add_dask_options(p, "train the seed batches (--seed-batch seeds each) as tasks on this Dask scheduler "
+                        "(tcp://host:8786); the store must be on a file system every worker sees (docs/cluster.md)",
+                     "collection")
     p.set_defaults(run=run)
 
 

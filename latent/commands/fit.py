@@ -8,6 +8,8 @@ from __future__ import annotations
 import logging
 import sys
 
+from . import add_dask_options
+
 
 DESCRIPTION = (
     "Select a Gaussian HMM, decode every run, build the training map, say what each state means, find the "
@@ -98,13 +100,8 @@ def add_parser(sub) -> None:
                         "the paper's detour rule (other flags still override)")
     p.add_argument("--jobs", type=_int, default=None, help="worker processes (default: all cores)")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the fit directory")
-    where = p.add_mutually_exclusive_group()
-    where.add_argument("--scheduler", metavar="ADDRESS",
-                       help="run the restarts and resamples on this Dask scheduler (tcp://host:8786) instead of "
-                            "--jobs local processes; same results (docs/cluster.md)")
-    where.add_argument("--cluster", metavar="SPEC",
-                       help="start a Dask cluster for this fit: local:N (N worker processes here) or slurm:N "
-                            "(N SLURM jobs, configured in dask's jobqueue.yaml)")
+    add_dask_options(p, "run the restarts and resamples on this Dask scheduler (tcp://host:8786) instead of "
+                        "--jobs local processes; same results (docs/cluster.md)", "fit")
     p.set_defaults(run=run)
 
 

@@ -22,22 +22,34 @@ def add_parser(sub) -> None:
     p = sub.add_parser("predict", help="place new or running runs on a fitted map: state, detour risk, forecast",
                        description=DESCRIPTION)
     p.add_argument("runs", nargs="+", metavar="RUN", help="a study, STUDY:SEED, or a .parquet/.csv run table")
+    add_map_options(p)
+    p.add_argument("--json", action="store_true", help="print the predictions as JSON (one object per run)")
+    p.set_defaults(run=run)
+
+
+def add_map_options(p) -> None:
+    """``--fit``, ``--store``, ``--level``, ``--risk``: shared by latent predict and latent watch."""
     p.add_argument("--fit", required=True,
                    help="the fit: a study name (its latest fit), STUDY/FIT_ID, or a fit directory")
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--level", type=float, default=0.8, help="coverage of the forecast interval (default 0.8)")
     p.add_argument("--risk", choices=("hmm", "analogs"), default="hmm",
                    help="detour risk from the fitted transition matrix (default) or from aligned analog runs")
-    p.add_argument("--json", action="store_true", help="print the predictions as JSON (one object per run)")
-    p.set_defaults(run=run)
 
 
-def run(args) -> int:
-    from ..predict import FittedMap, PredictConfig, detour_line, predict_run, read_run_sources, resolve_fit, table_lines
+def load_map(args):
+    """The checked :class:`PredictConfig` and the :class:`FittedMap` the options name."""
+    from ..predict import FittedMap, PredictConfig, resolve_fit
 
     cfg = PredictConfig(level=args.level, risk=args.risk)
     cfg.validate()
-    fmap = FittedMap(resolve_fit(args.fit, args.store))
+    return cfg, FittedMap(resolve_fit(args.fit, args.store))
+
+
+def run(args) -> int:
+    from ..predict import detour_line, predict_run, read_run_sources, table_lines
+
+    cfg, fmap = load_map(args)
     runs = read_run_sources(args.runs, args.store)
     results = {label: predict_run(fmap, run, cfg) for label, run in runs.items()}
     if args.json:

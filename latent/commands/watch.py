@@ -8,6 +8,8 @@ from __future__ import annotations
 import sys
 import time
 
+from .predict import add_map_options, load_map
+
 DESCRIPTION = (
     "Follow a study while latent collect (or a Recorder) writes it, and at each new checkpoint print a "
     "compact table of the runs that moved: current state, detour risk, convergence forecast. A warning line "
@@ -20,14 +22,9 @@ DESCRIPTION = (
 def add_parser(sub) -> None:
     p = sub.add_parser("watch", help="follow a study being collected: live states, detour warnings, forecasts",
                        description=DESCRIPTION)
-    p.add_argument("--fit", required=True,
-                   help="the fit: a study name (its latest fit), STUDY/FIT_ID, or a fit directory")
+    add_map_options(p)
     p.add_argument("--study", required=True, help="the study to follow (name in the store, or a path)")
-    p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between looks (default 5)")
-    p.add_argument("--level", type=float, default=0.8, help="coverage of the forecast interval (default 0.8)")
-    p.add_argument("--risk", choices=("hmm", "analogs"), default="hmm",
-                   help="detour risk from the fitted transition matrix (default) or from aligned analog runs")
     p.add_argument("--once", action="store_true", help="look once, print, and exit")
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds (default: never)")
     p.set_defaults(run=run)
@@ -35,14 +32,12 @@ def add_parser(sub) -> None:
 
 def run(args) -> int:
     from ..errors import UserError
-    from ..predict import FittedMap, PredictConfig, Watcher, resolve_fit
+    from ..predict import Watcher
     from ..store import resolve_study
 
-    cfg = PredictConfig(level=args.level, risk=args.risk)
-    cfg.validate()
     if args.interval <= 0:
         raise UserError(f"--interval must be positive, got {args.interval}")
-    fmap = FittedMap(resolve_fit(args.fit, args.store))
+    cfg, fmap = load_map(args)
     study = resolve_study(args.store, args.study)
     watcher = Watcher(fmap, study, cfg)
     for line in watcher.header():
