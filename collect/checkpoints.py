@@ -2,7 +2,8 @@
 
 Given run directories (or one directory holding run directories), :func:`checkpoint_runs`
 finds each run's saved models, computes the reference's weight statistics of each with the
-state-dict rules of :mod:`collect.modules` (in parallel over checkpoints if asked), and returns
+state-dict rules of :mod:`collect.modules` (in the metric variant asked for,
+:func:`collect.metrics.reference_metrics`; in parallel over checkpoints if asked), and returns
 one table per run. It writes nothing; ``latent import checkpoints`` writes the study.
 
 A path is a root when its subdirectories are runs (they hold model files other than a Hugging
@@ -319,6 +320,7 @@ class _Job:
     include: tuple
     exclude: tuple
     heads: int | None
+    metric_variant: str = "reference"
 
 
 def _compute(job: _Job):
@@ -328,7 +330,7 @@ def _compute(job: _Job):
     try:
         tensors = load_state_dict(job.ckpt)
         selection = select_state_dict(tensors, job.include, job.exclude, job.heads, where=str(job.ckpt.path))
-        return selection.metrics(tensors), selection.signature, None
+        return selection.metrics(tensors, job.metric_variant), selection.signature, None
     except UserError as exc:
         return None, None, str(exc)
 
@@ -370,7 +372,8 @@ def _check_same_tensors(first: tuple[Path, tuple], path: Path, signature: tuple)
 
 
 def checkpoint_runs(paths, *, step_pattern=None, include=(), exclude=(), workers: int = 1,
-                    progress: bool = True, heads: int | None = None) -> dict[str, pd.DataFrame]:
+                    progress: bool = True, heads: int | None = None,
+                    metric_variant: str = "reference") -> dict[str, pd.DataFrame]:
     """The 14 reference columns of every saved checkpoint of every run, one table per run.
 
     Parameters
@@ -390,6 +393,10 @@ def checkpoint_runs(paths, *, step_pattern=None, include=(), exclude=(), workers
     heads : int, optional
         Attention heads of ``in_proj_weight`` tensors (``nn.MultiheadAttention``), to split them
         per head as the module rules do.
+    metric_variant : {"reference", "paper"}
+        The definitions of the 14 columns (:func:`collect.metrics.reference_metrics`): the
+        reference code's (the default) or the paper's wording (population variances, pooled
+        singular values); the same as a :class:`collect.recorder.Recorder` of that variant.
 
     Returns
     -------
@@ -401,16 +408,20 @@ def checkpoint_runs(paths, *, step_pattern=None, include=(), exclude=(), workers
     Raises
     ------
     UserError
-        One line naming the file: no checkpoints, a step that cannot be read, duplicate steps,
-        an unreadable or corrupt file, content that is not a state dict of tensors, or
-        checkpoints whose tensor names (or shapes) differ from the first one's.
+        An unknown ``metric_variant``; or one line naming the file: no checkpoints, a step that
+        cannot be read, duplicate steps, an unreadable or corrupt file, content that is not a
+        state dict of tensors, or checkpoints whose tensor names (or shapes) differ from the
+        first one's.
     """
+    from .recorder import check_metric_variant
+
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UserError(f"workers must be a whole number >= 1, got {workers!r}")
+    metric_variant = check_metric_variant(metric_variant)
     runs = find_runs(paths)
     plan = {name: find_checkpoints(run, step_pattern) for name, run in runs.items()}
     include, exclude = _tuple(include), _tuple(exclude)
-    jobs = [_Job(c, include, exclude, heads) for ckpts in plan.values() for c in ckpts]
+    jobs = [_Job(c, include, exclude, heads, metric_variant) for ckpts in plan.values() for c in ckpts]
     results = _run_jobs(jobs, workers, progress)
 
     first: tuple[Path, tuple] | None = None

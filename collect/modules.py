@@ -149,10 +149,14 @@ class Selection:
         groups.matrices = [torch.cat(parts)[None] if len(parts) > 1 else parts[0][None] for parts in by_shape.values()]
         return groups
 
-    def metrics(self, tensors: Mapping[str, torch.Tensor]) -> dict[str, float]:
-        """The 14 reference columns of ``tensors`` (which must hold every selected name)."""
+    def metrics(self, tensors: Mapping[str, torch.Tensor], variant: str = "reference") -> dict[str, float]:
+        """The 14 reference columns of ``tensors`` (which must hold every selected name).
+
+        ``variant`` picks the definitions (:func:`collect.metrics.reference_metrics`):
+        ``"reference"`` (the reference code's) or ``"paper"``.
+        """
         with torch.no_grad():
-            values = reference_metrics(self.groups(tensors))
+            values = reference_metrics(self.groups(tensors), variant)
         return {k: float(v[0]) for k, v in values.items()}
 
 

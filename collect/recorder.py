@@ -13,7 +13,8 @@
 
 Each :meth:`Recorder.log` computes the 14 reference columns of the model's weights as they
 are now (:mod:`collect.modules` says which tensors count; ``include=``/``exclude=`` change
-that) and keeps them, with your values, as one row. The study is the one ``latent collect``
+that; ``metric_variant="paper"`` takes the paper's definitions, :mod:`collect.metrics`) and
+keeps them, with your values, as one row. The study is the one ``latent collect``
 would write (``docs/artifacts.md``), with ``task: "external"`` and ``source.kind: "recorder"``
 in ``study.json``, so ``latent fit``, ``latent report`` and ``latent compare`` take it as is.
 
@@ -58,7 +59,9 @@ from latent.errors import UserError, store_error
 from latent.external import external_meta, parse_convergence
 from latent.store import REFERENCE_COLUMNS, RUN_FORMAT, Study, check_study_name
 
+from .metrics import METRIC_VARIANTS
 from .modules import Selection, check_state_dict, module_tensors, select_module, select_state_dict
+from .study import study_variant
 
 log = logging.getLogger("latent")
 
@@ -75,6 +78,13 @@ def _convergence(rule) -> dict | None:
             raise UserError(f"convergence direction must be 'above' or 'below', got {direction!r}")
         return {"metric": str(rule["metric"]), "threshold": float(rule["threshold"]), "direction": direction}
     raise UserError(f"convergence must be text such as \"val_acc>0.9\", got {rule!r}")
+
+
+def check_metric_variant(variant: Any) -> str:
+    """``variant`` if it is one of :data:`collect.metrics.METRIC_VARIANTS`, else a one-line :class:`UserError`."""
+    if not isinstance(variant, str) or variant not in METRIC_VARIANTS:
+        raise UserError(f"metric_variant must be one of {', '.join(METRIC_VARIANTS)}, got {variant!r}")
+    return variant
 
 
 def _number(name: str, value: Any) -> float:
@@ -123,13 +133,21 @@ class Recorder:
         ... or at the first log this long after the last write (default 30 s).
     step_unit : str
         What ``step`` counts (``"step"`` or ``"epoch"``), shown on the report's axes.
+    metric_variant : {"reference", "paper"}
+        The definitions of the 14 columns (:func:`collect.metrics.reference_metrics`):
+        ``"reference"`` (the default) is the reference code's, ``"paper"`` the paper's wording
+        (population variances for ``var_w``/``var_b``, ``mean_lambda``/``variance_lambda``
+        from the pooled singular values). Recorded in ``study.json`` as ``metric_variant``;
+        every seed of a study must use the study's (a study that records none is
+        ``"reference"``).
 
     Raises
     ------
     UserError
-        If the study was made otherwise (``latent collect``, ``latent import``) or with another
-        convergence rule, the seed is being recorded by another live recorder, or it is done
-        and neither ``overwrite`` nor ``resume`` is set.
+        If ``metric_variant`` is not one of :data:`collect.metrics.METRIC_VARIANTS`, the study
+        was made otherwise (``latent collect``, ``latent import``) or with another convergence
+        rule, ``step_unit`` or metric variant, the seed is being recorded by another live
+        recorder, or it is done and neither ``overwrite`` nor ``resume`` is set.
 
     Notes
     -----
@@ -140,7 +158,7 @@ class Recorder:
     def __init__(self, store: str | os.PathLike = "data", study: str | None = None, seed: int | None = None,
                  convergence: str | None = None, *, include=(), exclude=(), heads: int | None = None,
                  overwrite: bool = False, resume: bool = False, flush_every: int = 50,
-                 flush_seconds: float = 30.0, step_unit: str = "step"):
+                 flush_seconds: float = 30.0, step_unit: str = "step", metric_variant: str = "reference"):
         if study is None:
             raise UserError("Recorder needs study=NAME (the study this run belongs to)")
         name = check_study_name(str(study))
@@ -155,6 +173,7 @@ class Recorder:
         self.include, self.exclude, self.heads = include, exclude, heads
         self.flush_every, self.flush_seconds = flush_every, float(flush_seconds)
         self.step_unit = str(step_unit)
+        self.metric_variant = check_metric_variant(metric_variant)
         self._convergence = _convergence(convergence)
         self._rows: list[dict[str, float]] = []
         self._at: dict[int, int] = {}  # step -> index in _rows
@@ -213,6 +232,7 @@ class Recorder:
             if meta.get("step_unit", "step") != self.step_unit:
                 raise UserError(f"study {name!r} counts steps in {meta.get('step_unit')!r}, not "
                                 f"{self.step_unit!r}; pass step_unit={meta.get('step_unit')!r}")
+            self._check_variant(name, meta)
         self._remove_temporaries()
         try:
             manifest = study.read_manifest(self.seed)
@@ -238,6 +258,18 @@ class Recorder:
             self._columns.update((k, None) for k in row if k not in RESERVED)
         self._write_meta(meta)
 
+    def _check_variant(self, name: str, meta: Mapping) -> None:
+        """Refuse a study recorded with another metric variant (none recorded: ``"reference"``)."""
+        recorded = study_variant(meta)
+        if recorded == self.metric_variant:
+            return
+        if recorded not in METRIC_VARIANTS:
+            raise UserError(f"{self.study.study_file} records an unknown metric_variant {recorded!r} (known: "
+                            f"{', '.join(METRIC_VARIANTS)}); fix the file or record into another study")
+        raise UserError(f"study {name!r} in {self.study.root.parent} was recorded with metric_variant={recorded!r}, "
+                        f"not {self.metric_variant!r}; pass metric_variant={recorded!r} to record into it, "
+                        "or record into another study")
+
     def _remove_temporaries(self) -> None:
         """Delete temporary files a killed writer of this seed left (we hold its lease)."""
         stem = self.study.run_table_path(self.seed).stem
@@ -255,7 +287,10 @@ class Recorder:
         source = dict((meta or {}).get("source") or {"kind": SOURCE_KIND})
         source.update(kind=SOURCE_KIND, include=_shown(self.include), exclude=_shown(self.exclude))
         new = external_meta(self.study.name, sorted(seeds), columns, source=source, convergence=conv,
-                            step_unit=self.step_unit, features=features)
+                            step_unit=self.step_unit, features=features, metric_variant=self.metric_variant)
+        if meta is not None and "metric_variant" not in meta and \
+                {k: v for k, v in new.items() if k != "metric_variant"} == meta:
+            new = meta  # a study from before variants is "reference": never rewritten for this alone
         if meta is None or new != meta:
             self.study.write_meta(new)
         self._meta_columns = set(columns)
@@ -279,7 +314,10 @@ class Recorder:
         return int(rows[-1]["step"]) if rows else None
 
     def metrics(self, model) -> dict[str, float]:
-        """The 14 reference columns of ``model`` now (an ``nn.Module`` or a state dict), without logging."""
+        """The 14 reference columns of ``model`` now (an ``nn.Module`` or a state dict), without logging.
+
+        In the recorder's ``metric_variant``.
+        """
         if isinstance(model, nn.Module):
             tensors = module_tensors(model)
             signature = tuple((n, tuple(t.shape)) for n, t in tensors.items())
@@ -291,7 +329,7 @@ class Recorder:
             if self._selection is None or self._selection.signature != signature:
                 self._selection = select_state_dict(tensors, self.include, self.exclude, self.heads,
                                                     "the logged state dict")
-        return self._selection.metrics(tensors)
+        return self._selection.metrics(tensors, self.metric_variant)
 
     def log(self, step: int, model, **values) -> dict[str, float]:
         """Record one row: the weight statistics of ``model`` at ``step`` and your ``values``.

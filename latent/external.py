@@ -107,7 +107,7 @@ def default_features(columns: Iterable[str], convergence: Mapping | None = None)
 
 def external_meta(name: str, seeds: Sequence[int], columns: Iterable[str], *, source: dict,
                   convergence: dict | None, step_unit: str = "step", runs: Mapping | None = None,
-                  features: Sequence[str] | None = None) -> dict:
+                  features: Sequence[str] | None = None, metric_variant: str | None = None) -> dict:
     """The ``study.json`` of an external study.
 
     Parameters
@@ -131,12 +131,18 @@ def external_meta(name: str, seeds: Sequence[int], columns: Iterable[str], *, so
         The original name of each seed's run; recorded as ``"runs"`` when given.
     features : sequence of str, optional
         The HMM features; default :func:`default_features`.
+    metric_variant : {"reference", "paper"}, optional
+        How latent computed the weight statistics of the runs
+        (:func:`collect.metrics.reference_metrics`), recorded as ``"metric_variant"``; give it
+        only for a study whose 14 columns latent computed itself (a ``Recorder``, a checkpoint
+        import), never for metrics imported as they were logged. The caller checks the value.
 
     Returns
     -------
     dict
         ``{"format", "name", "task": "external", "preset": "external", "source", "seeds",
-        "step_unit", "features", "metrics", "convergence"}`` (+ ``"runs"``). No ``schedule``.
+        "step_unit", "features", "metrics", "convergence"}`` (+ ``"runs"``, +
+        ``"metric_variant"``). No ``schedule``.
 
     Raises
     ------
@@ -168,6 +174,8 @@ def external_meta(name: str, seeds: Sequence[int], columns: Iterable[str], *, so
     }
     if runs:
         meta["runs"] = {str(int(s)): str(r) for s, r in sorted(runs.items(), key=lambda kv: int(kv[0]))}
+    if metric_variant is not None:
+        meta["metric_variant"] = str(metric_variant)
     return meta
 
 

@@ -75,6 +75,7 @@ def test_study_json_and_manifests_are_what_fit_reads(tmp_path):
         "source": {"kind": "recorder", "include": [], "exclude": []}, "seeds": [0, 1], "step_unit": "step",
         "features": list(REFERENCE_COLUMNS), "metrics": [*REFERENCE_COLUMNS, "val_acc", "val_loss"],
         "convergence": {"metric": "val_acc", "threshold": 0.9, "direction": "above"},
+        "metric_variant": "reference",
     }
     assert "schedule" not in meta
     manifest = study.read_manifest(1)

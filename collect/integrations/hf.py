@@ -30,7 +30,7 @@ import os
 from transformers import TrainerCallback
 
 from ..checkpoints import log_scalars
-from ..recorder import RESERVED, Recorder
+from ..recorder import RESERVED, Recorder, check_metric_variant
 
 
 class LatentCallback(TrainerCallback):
@@ -48,15 +48,22 @@ class LatentCallback(TrainerCallback):
         E.g. ``"eval_accuracy>0.9"`` or ``"eval_loss<2.0"`` (a metric the Trainer logs).
     every : int, optional
         Log every ``every`` optimizer steps instead of at each save.
+    metric_variant : {"reference", "paper"}
+        The definitions of the 14 columns (:func:`collect.metrics.reference_metrics`): the
+        reference code's (the default) or the paper's wording (population variances, pooled
+        singular values). Recorded in ``study.json``; a study keeps the variant it was created
+        with.
     **options
         Passed to :class:`collect.recorder.Recorder` (``include``, ``exclude``, ``overwrite``,
         ``flush_every``, ...).
     """
 
     def __init__(self, store: str | os.PathLike = "data", *, study: str, seed: int | None = None,
-                 convergence: str | None = None, every: int | None = None, **options):
+                 convergence: str | None = None, every: int | None = None, metric_variant: str = "reference",
+                 **options):
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise ValueError(f"every must be a whole number >= 1, got {every!r}")
+        self.metric_variant = check_metric_variant(metric_variant)
         self.store, self.study, self.seed, self.convergence = store, study, seed, convergence
         self.every, self.options = every, options
         self.recorder: Recorder | None = None
@@ -70,7 +77,7 @@ class LatentCallback(TrainerCallback):
             return
         seed = args.seed if self.seed is None else self.seed
         self.recorder = Recorder(self.store, study=self.study, seed=seed, convergence=self.convergence,
-                                 resume=state.global_step > 0, **self.options)
+                                 metric_variant=self.metric_variant, resume=state.global_step > 0, **self.options)
         self._log(state.global_step, model)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):

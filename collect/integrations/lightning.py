@@ -34,7 +34,7 @@ import lightning.pytorch as pl
 
 from latent.errors import UserError
 
-from ..recorder import RESERVED, Recorder
+from ..recorder import RESERVED, Recorder, check_metric_variant
 
 
 def _scalars(metrics) -> dict[str, float]:
@@ -64,14 +64,21 @@ class LatentCallback(pl.Callback):
         E.g. ``"val_acc>0.9"`` (a metric the module logs).
     every : int, optional
         Log every ``every`` optimizer steps instead of at each epoch end.
+    metric_variant : {"reference", "paper"}
+        The definitions of the 14 columns (:func:`collect.metrics.reference_metrics`): the
+        reference code's (the default) or the paper's wording (population variances, pooled
+        singular values). Recorded in ``study.json``; a study keeps the variant it was created
+        with.
     **options
         Passed to :class:`collect.recorder.Recorder` (``include``, ``exclude``, ``overwrite``, ...).
     """
 
     def __init__(self, store: str | os.PathLike = "data", *, study: str, seed: int | None = None,
-                 convergence: str | None = None, every: int | None = None, **options):
+                 convergence: str | None = None, every: int | None = None, metric_variant: str = "reference",
+                 **options):
         if every is not None and (isinstance(every, bool) or not isinstance(every, int) or every < 1):
             raise ValueError(f"every must be a whole number >= 1, got {every!r}")
+        self.metric_variant = check_metric_variant(metric_variant)
         self.store, self.study, self.seed, self.convergence = store, study, seed, convergence
         self.every, self.options = every, options
         self.recorder: Recorder | None = None
@@ -92,7 +99,7 @@ class LatentCallback(pl.Callback):
         if not trainer.is_global_zero:
             return
         self.recorder = Recorder(self.store, study=self.study, seed=self._seed(), convergence=self.convergence,
-                                 resume=trainer.global_step > 0, **self.options)
+                                 metric_variant=self.metric_variant, resume=trainer.global_step > 0, **self.options)
         self._log(trainer, pl_module)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):

@@ -8,8 +8,9 @@ Sources:
   tensorboard  TensorBoard event files: one subdirectory per run (or event files); scalars only,
                each tag a column ("eval/acc" becomes eval_acc). Needs pip install -e ".[tensorboard]".
   checkpoints  saved checkpoints (state_dict .pt/.bin, safetensors, HF trainer folders): the 14
-               weight statistics at every checkpoint, plus the trainer_state.json scalars; join
-               per-step metrics such as val_acc with --metrics-table. Needs torch.
+               weight statistics at every checkpoint (--metric-variant paper: the paper's
+               definitions), plus the trainer_state.json scalars; join per-step metrics such as
+               val_acc with --metrics-table. Needs torch.
 
 Every run gets a seed: numeric run names are the seeds (seed-003 is seed 3), other names are
 numbered in name order and study.json records the names ("runs"). The features are the 14
@@ -33,6 +34,7 @@ import argparse
 import sys
 
 from . import plain
+from .collect import METRIC_VARIANTS
 
 SOURCES = ("table", "tensorboard", "checkpoints")
 
@@ -89,6 +91,10 @@ def add_parser(sub) -> None:
                            help="attention heads of in_proj_weight tensors, to split them per head")
             q.add_argument("--metrics-table", default=None, metavar="FILE",
                            help="CSV/parquet of per-step metrics (e.g. val_acc) joined on run and step")
+            q.add_argument("--metric-variant", choices=METRIC_VARIANTS, default="reference",
+                           help="weight statistics as the reference code computes them (reference, the default) or "
+                                "as the paper words them (paper: population variances, mean and variance of the "
+                                "pooled singular values); recorded in study.json")
         q.set_defaults(run=run)
 
 
@@ -132,9 +138,11 @@ def run(args) -> int:
         source = {"kind": "checkpoints", **{k: v for k, v in info.items() if k not in ("renamed", "step_unit")}}
     if info.get("renamed"):
         source["renamed"] = info["renamed"]
+    # only weight statistics latent computed itself have a metric variant
+    variant = args.metric_variant if args.source == "checkpoints" else None
     prepared = prepare(runs, study=name, convergence=args.convergence, features=features,
                        drop_incomplete=args.drop_incomplete, source=source, step_unit=info.get("step_unit", "step"),
-                       renamed=info.get("renamed"))
+                       renamed=info.get("renamed"), metric_variant=variant)
     for line in notes:
         print(f"latent import: note: {line}", file=sys.stderr)
     for line in prepared.warnings:
@@ -174,7 +182,7 @@ def _read_checkpoints(args, notes):
     extra = {"heads": args.heads} if args.heads is not None else {}
     tables = checkpoint_runs(list(args.paths), step_pattern=args.step_pattern, include=tuple(args.include),
                              exclude=tuple(args.exclude), workers=args.workers, progress=sys.stderr.isatty(),
-                             **extra)
+                             metric_variant=args.metric_variant, **extra)
     where = str(args.paths[0]) if len(args.paths) == 1 else f"the checkpoints under {', '.join(args.paths)}"
     runs = []
     renamed: dict[str, str] = {}

@@ -277,7 +277,8 @@ def check_run(run: Run) -> None:
 
 def prepare(runs: Sequence[Run], *, study: str, convergence: str | Mapping | None,
             features: Sequence[str] | None = None, drop_incomplete: bool = False, source: dict,
-            step_unit: str = "step", renamed: Mapping[str, str] | None = None) -> Prepared:
+            step_unit: str = "step", renamed: Mapping[str, str] | None = None,
+            metric_variant: str | None = None) -> Prepared:
     """Check imported runs together and turn them into a study's tables and ``study.json``.
 
     Parameters
@@ -299,6 +300,9 @@ def prepare(runs: Sequence[Run], *, study: str, convergence: str | Mapping | Non
         What ``step`` counts.
     renamed : mapping, optional
         ``{original name: column}`` for metrics whose names were sanitized.
+    metric_variant : {"reference", "paper"}, optional
+        How latent computed the runs' weight statistics (a checkpoint import), recorded as
+        ``study.json``'s ``metric_variant``; None (tables, TensorBoard) records none.
 
     Returns
     -------
@@ -353,7 +357,7 @@ def prepare(runs: Sequence[Run], *, study: str, convergence: str | Mapping | Non
     try:
         meta = external_meta(study, [seeds[n] for n in order], union, source=source, convergence=conv,
                              step_unit=step_unit, runs={seeds[n]: n for n in order} if named else None,
-                             features=features)
+                             features=features, metric_variant=metric_variant)
     except UserError as exc:
         files = list(dict.fromkeys(by_name[n].file for n in order))
         raise UserError(f"{_listed(files, 3)}: {exc}") from None
