@@ -383,7 +383,7 @@ class StudySummary:
     features: tuple = ()
     warnings: tuple = ()
     stale: str | None = None
-    metric_variant: str = "reference"
+    metric_variant: str | None = "reference"
 
 
 def _opt_float(x) -> float | None:
@@ -519,8 +519,17 @@ def summarize_fit(name: str, meta: dict, model: dict, analysis: dict, *, fit_id:
         features=tuple(model.get("features") or ()),
         warnings=tuple(str(w) for w in analysis.get("warnings") or ()),
         stale=_stale(study, model) if study is not None else None,
-        metric_variant=str(meta.get("metric_variant") or "reference"),
+        metric_variant=_metric_variant(meta),
     )
+
+
+def _metric_variant(meta: dict) -> str | None:
+    """How latent computed the study's weight statistics; None for metrics imported as logged."""
+    if meta.get("metric_variant"):
+        return str(meta["metric_variant"])
+    # a collected study without the key predates variants ("reference"); a table or TensorBoard
+    # import has none: its columns are whatever the user's code logged
+    return None if meta.get("task") == "external" else "reference"
 
 
 # --------------------------------------------------------------------------- tests
@@ -741,8 +750,8 @@ def _notes(summaries: Sequence[StudySummary], pairs: Sequence[PairTest]) -> list
     if excluded:
         notes.append("Runs that never converge are left out (--nonconverged exclude): "
                      + "; ".join(f"{s.name}: {len(s.convergence.excluded)}" for s in excluded) + ".")
-    if len({s.metric_variant for s in summaries}) > 1:
-        text = "; ".join(f"{s.name}: {s.metric_variant}" for s in summaries)
+    if len({s.metric_variant for s in summaries if s.metric_variant}) > 1:
+        text = "; ".join(f"{s.name}: {s.metric_variant}" for s in summaries if s.metric_variant)
         notes.append(f"The weight statistics were collected with different --metric-variant ({text}): "
                      "mean_lambda, variance_lambda, var_w and var_b measure different things across them.")
     if len({s.features for s in summaries}) > 1:

@@ -336,6 +336,18 @@ def test_studies_collected_with_different_metric_variants_get_a_note():
     assert not any("metric-variant" in n for n in same.notes)
     mixed = compare_studies([a, replace(a, name="b", metric_variant="paper")])
     assert any("--metric-variant (a: reference; b: paper)" in n for n in mixed.notes)
+    # metrics imported as logged have no variant: no note beside either kind
+    imported = replace(a, name="c", metric_variant=None)
+    assert not any("metric-variant" in n for n in compare_studies([imported, replace(a, metric_variant="paper")]).notes)
+
+
+def test_metric_variant_of_a_study_from_its_study_json():
+    from latent.compare import _metric_variant
+
+    assert _metric_variant({"task": "modadd"}) == "reference"  # collected before variants existed
+    assert _metric_variant({"task": "modadd", "metric_variant": "paper"}) == "paper"
+    assert _metric_variant({"task": "external", "source": {"kind": "table"}}) is None
+    assert _metric_variant({"task": "external", "metric_variant": "paper"}) == "paper"  # Recorder, checkpoints
 
 
 def test_ls_lists_comparison_pages_after_the_studies(tmp_path, capsys):
