@@ -71,6 +71,16 @@ CANDIDATES: dict[str, tuple[dict, int, int, int | None]] = {
                   init_scaling=2.0), 0, 256, 400),
     # t59g at 12 seeds: 11/12 generalise, median epoch 150 but CV 0.86 (LN: 0.16); shorter, to confirm at 40
     "t59i": (dict(p=59, train_frac=0.5, d_model=64, d_mlp=256, lr=1e-3, weight_decay=2.0, epochs=800), 256, 256, 400),
+    # the paper's base runs take 2 steps per epoch (batch 2048 of 3,830 pairs, reshuffled each
+    # epoch): the same fraction here is batch 931 of 1,740. With weight decay 1 (the paper's) at
+    # full batch, 5 of 12 runs grokked by epoch ~1,100 and 7 had not (t59b): a fork in the making
+    "t59j": (dict(p=59, train_frac=0.5, d_model=64, d_mlp=256, lr=1e-3, weight_decay=1.0, epochs=2000), 931, 256, 400),
+    "t59k": (dict(p=59, train_frac=0.5, d_model=64, d_mlp=256, lr=1e-3, weight_decay=1.0, epochs=3000), 0, 256, 400),
+    # t59j and t59k: R² 0.98 and 0.92 without LN but a linear 3-state chain (one unimodal spread of
+    # plateau lengths). A larger learning rate (1e-2) makes Adam without LN unstable: loss spikes
+    # that throw a run back (slingshots), and at 8 seeds one run in eight lingered memorised 2.5x longer
+    "t59l": (dict(p=59, train_frac=0.5, d_model=64, d_mlp=256, lr=1e-2, weight_decay=1.0, epochs=500), 931, 256, 400),
+    "t59m": (dict(p=59, train_frac=0.5, d_model=64, d_mlp=256, lr=1e-2, weight_decay=0.5, epochs=800), 931, 256, 400),
 }
 
 
