@@ -351,8 +351,13 @@ def _collect_on_dask(client, task: str, task_obj, cfg, study_obj: Study, request
                      data: "_Data", device: str, threads: int | None, overwrite: bool, seed_batch: int,
                      save_every: float, progress: bool, poll: float, retries: int, timings: dict[str, float]):
     """:func:`_collect_seeds` with each batch a Dask task: the bookkeeping stays here, the
-    leases and the training go to the workers (:func:`_dask_batch`)."""
-    trained: list[int] = []
+    leases and the training go to the workers (:func:`_dask_batch`).
+
+    Which seeds this collection trained is read from the store at the end, not from the tasks'
+    results: a task whose worker died after finishing leaves no result, and a task retried
+    beside a frozen (still living) predecessor waits for seeds that are still this collection's.
+    """
+    ours: set[int] = set()  # seeds given to this collection's tasks
     elsewhere: set[int] = set()
     resumed: dict[int, int] = {}
     threads = threads if threads is not None else (task_obj.default_threads or 1)
@@ -361,13 +366,12 @@ def _collect_on_dask(client, task: str, task_obj, cfg, study_obj: Study, request
         with locks.acquire(study_obj.lock_path):
             claim = _claim(study_obj, task_obj, cfg, request, wanted, data, overwrite)
         claim.release()  # each task leases its own seeds on its worker
+        ours |= set(claim.pending)
         batches = _batches(task, claim.pending, seed_batch)
         if batches:
             job = dict(task=task, cfg=cfg, root=str(study_obj.root.resolve()), request=request, device=device,
                        threads=threads, seed_batch=seed_batch, save_every=save_every, poll=poll)
             for res in _run_batches(client, job, batches, claim, task_obj, cfg, progress, retries):
-                trained += res["trained"]
-                elsewhere |= set(res["elsewhere"])
                 resumed.update(res["resumed"])
                 for k, v in res["timings"].items():
                     timings[k] = timings.get(k, 0.0) + v
@@ -377,6 +381,7 @@ def _collect_on_dask(client, task: str, task_obj, cfg, study_obj: Study, request
         elsewhere |= set(claim.held)
         wanted = sorted(claim.held)
         _wait_for(study_obj, wanted, poll)
+    trained = [s for s in sorted(ours) if study_obj.run_status(s, claim.meta).status == "done"]
     return trained, sorted(elsewhere - set(trained)), resumed, claim.meta
 
 
