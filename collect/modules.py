@@ -13,7 +13,9 @@ Rules (reference.md B4, generalised):
   of those per head (``(embed_dim / num_heads) × embed_dim`` apiece), as the reference splits
   its own transformer; ``q/k/v_proj_weight`` (``kdim``/``vdim`` ≠ ``embed_dim``) per head too.
   ``out_proj`` is one matrix. Separate ``query``/``key``/``value`` Linears (BERT) stay whole,
-  as the reference treats HF BERT.
+  as the reference treats HF BERT, and so GPT-2's fused ``c_attn`` (a ``Conv1D``, stored
+  ``in × out``) is cut into its Q, K and V (K and V in cross-attention): whole ``d × d``
+  matrices, as BERT's.
 * **conv kernels** (reference B2: only ``l1``, ``l2``, ``code_sparsity``, as the mean over the
   ``out × in`` kernel slices; ``w_all``): the weight of every ``nn.Conv*``/``nn.ConvTranspose*``
   and any other weight of 3 or more dimensions. A kernel slice is everything after the first
@@ -83,11 +85,15 @@ class Entry:
     shape : tuple of int
         What it is reshaped to: ``(M, m, n)`` for a matrix entry (M pieces: heads, or Q/K/V),
         ``(out, in, a, b)`` for a conv kernel, its own shape otherwise.
+    transposed : bool
+        The tensor is stored ``in × out`` (transformers' ``Conv1D``) and is transposed before
+        the reshape, so that its pieces are cut along the outputs.
     """
 
     name: str
     role: str
     shape: tuple[int, ...]
+    transposed: bool = False
 
 
 @dataclass(frozen=True)
@@ -136,7 +142,7 @@ class Selection:
         for e in self.entries:
             t = tensors[e.name].detach()
             if e.role == MATRIX:
-                pieces = t.reshape(e.shape)
+                pieces = (t.T if e.transposed else t).reshape(e.shape)
                 by_shape.setdefault(tuple(e.shape[1:]), []).append(pieces)
                 groups.weights.append(t[None])
             elif e.role == CONV:
@@ -262,6 +268,11 @@ def _default_state_dict_entry(name: str, shape: tuple[int, ...], heads: int | No
         return Entry(name, MATRIX, _head_split(shape, 3, heads, name))
     if leaf in ("q_proj_weight", "k_proj_weight", "v_proj_weight") and len(shape) == 2:
         return Entry(name, MATRIX, _head_split(shape, 1, heads, name))
+    if leaf == "weight" and owner.rsplit(".", 1)[-1] == "c_attn" and len(shape) == 2 \
+            and shape[1] in (2 * shape[0], 3 * shape[0]):
+        # GPT-2's fused attention input (Conv1D, in × out = d × 3d; d × 2d for cross-attention
+        # K and V): Q, K and V, each whole, as BERT's separate Linears
+        return Entry(name, MATRIX, (shape[1] // shape[0], shape[0], shape[0]), transposed=True)
     return _by_shape(name, shape, forced=False)
 
 
@@ -443,7 +454,8 @@ def state_dict_metrics(state_dict: Mapping[str, torch.Tensor], include=(), exclu
 
 def describe(selection: Selection) -> str:
     """A few lines saying what counts, for docs and debugging: ``matrix  encoder.0.linear1.weight (1, 64, 32)``."""
-    return "\n".join(f"{e.role:<6}  {e.name} {e.shape}" for e in selection.entries)
+    return "\n".join(f"{e.role:<6}  {e.name} {e.shape}{' (transposed)' if e.transposed else ''}"
+                     for e in selection.entries)
 
 
 __all__ = ["Entry", "Selection", "select_module", "select_state_dict", "module_metrics", "state_dict_metrics",

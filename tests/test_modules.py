@@ -339,3 +339,30 @@ def test_hf_bert_follows_reference_b4():
     want = brute_force(matrices, biases=biases)
     assert_columns(module_metrics(bert), want)
     assert_columns(state_dict_metrics(bert.state_dict()), want)
+
+
+def test_gpt2_fused_c_attn_counts_as_whole_q_k_v_as_bert():
+    """GPT-2 stores its attention input as one Conv1D ``d × 3d`` (in × out): the rules cut it into
+    Q, K and V, whole ``d × d`` matrices like BERT's separate Linears, on both paths."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=40, n_positions=8, n_embd=12, n_layer=2, n_head=3,
+                                  n_inner=20)
+    model = transformers.GPT2LMHeadModel(cfg)
+    d = cfg.n_embd
+    matrices, biases = [], []
+    for block in model.transformer.h:
+        w = block.attn.c_attn.weight.detach()  # (d, 3d): x @ w, outputs Q | K | V
+        assert w.shape == (d, 3 * d)
+        matrices += [w[:, :d], w[:, d:2 * d], w[:, 2 * d:]]  # singular values ignore the orientation
+        matrices += [block.attn.c_proj.weight, block.mlp.c_fc.weight, block.mlp.c_proj.weight]
+        biases += [block.attn.c_attn.bias, block.attn.c_proj.bias, block.mlp.c_fc.bias, block.mlp.c_proj.bias]
+    # embeddings (wte, wpe), the LayerNorms and the LM head tied to wte do not count
+    want = brute_force(matrices, biases=biases)
+    assert_columns(module_metrics(model), want)
+    assert_columns(state_dict_metrics(model.state_dict()), want)
+    # one fused matrix would have been another answer: the split is what makes these equal
+    fused = brute_force([m for i, m in enumerate(matrices) if i % 6 >= 3]
+                        + [b.attn.c_attn.weight for b in model.transformer.h], biases=biases)
+    assert module_metrics(model)["spectral"] != pytest.approx(fused["spectral"], rel=1e-6)
+    assert "(transposed)" in describe(select_module(model))
