@@ -81,6 +81,9 @@ CANDIDATES: dict[str, tuple[dict, int, int, int | None]] = {
     # that throw a run back (slingshots), and at 8 seeds one run in eight lingered memorised 2.5x longer
     "t59l": (dict(p=59, train_frac=0.5, d_model=64, d_mlp=256, lr=1e-2, weight_decay=1.0, epochs=500), 931, 256, 400),
     "t59m": (dict(p=59, train_frac=0.5, d_model=64, d_mlp=256, lr=1e-2, weight_decay=0.5, epochs=800), 931, 256, 400),
+    # the paper's runs sit near the critical data fraction (30 % of p = 113 takes 3,500-7,000
+    # epochs to grok); fewer training pairs here too, with the paper's optimiser (t59j's)
+    "t59n": (dict(p=59, train_frac=0.4, d_model=64, d_mlp=256, lr=1e-3, weight_decay=1.0, epochs=3000), 745, 256, 400),
 }
 
 
