@@ -34,13 +34,7 @@ CHANGED = ("mean_lambda", "variance_lambda", "var_w", "var_b")
 SAME = tuple(c for c in REFERENCE_COLUMNS if c not in CHANGED)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread, as the collector runs in these tests (the box has two busy cores)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- brute force

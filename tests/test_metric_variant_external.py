@@ -32,12 +32,7 @@ SAME = tuple(c for c in REFERENCE_COLUMNS if c not in CHANGED)
 LAYERS = ("0", "2", "4")  # the Linear layers of _mlp, by state-dict prefix
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _mlp(seed: int = 0) -> nn.Sequential:

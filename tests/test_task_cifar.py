@@ -21,13 +21,7 @@ from latent.store import Study
 from task_checks import assert_mid_epoch_resume_exact
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread, as the collector runs in these tests (two threads on a busy 2-core box thrash)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # --------------------------------------------------------------------------- a plain single-seed ResNet

@@ -20,13 +20,7 @@ from latent.errors import UserError
 from latent.store import Study
 from task_checks import assert_mid_epoch_resume_exact
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread, as the collector runs in these tests (two threads on a busy 2-core box thrash)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 TINY = dict(vocab_size=30, seq_len=8, d_model=8, n_layers=2, n_heads=2, d_ff=16, batch_size=4, n_val=6,
