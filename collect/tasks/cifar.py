@@ -312,7 +312,12 @@ def forward(P: dict[str, torch.Tensor], stats: dict[str, tuple[torch.Tensor, tor
         return F.batch_norm(h, mean.view(-1), var.view(-1), P[f"{prefix}_w"].reshape(-1), P[f"{prefix}_b"].reshape(-1),
                             training=train, momentum=BN_MOMENTUM, eps=BN_EPS)
 
-    h = x.transpose(0, 1).reshape(B, S * 3, *x.shape[3:])  # seed s owns channels 3s..3s+2
+    # Seed s owns channels 3s..3s+2. The network runs in plain NCHW, whatever strides x has: on CPUs
+    # without AVX-512, oneDNN's 1x1 strided weight-gradient kernel (jit_1x1:avx2) writes past its
+    # buffer on a channels-last source with fewer than 8 input channels (oneDNN #6035: heap
+    # corruption, or a hang with two threads), which the stage-2 downsample conv of one seed at
+    # width <= 7 is. tests/test_cifar_native.py holds the reproducer.
+    h = x.transpose(0, 1).reshape(B, S * 3, *x.shape[3:]).contiguous()
     h = F.relu(bn(conv(h, "stem"), "stem_bn"))
     for i, (cin, cout, stride) in enumerate(block_specs(cfg.width)):
         out = F.relu(bn(conv(h, f"b{i}_conv1", stride), f"b{i}_bn1"))
@@ -383,7 +388,9 @@ class CifarProblem(RowProblem):
             iy = (offsets[..., 0].reshape(-1, 1) + ar)[:, :, None]  # (SB, 32, 1)
             ix = (offsets[..., 1].reshape(-1, 1) + ar)[:, None, :]  # (SB, 1, 32)
             n = rows.reshape(-1)[:, None, None]
-            img = self.x_pad[n, :, iy, ix].permute(0, 3, 1, 2)  # advanced indices first: (SB, 32, 32, 3)
+            # Advanced indices come first: (SB, 32, 32, 3). Copied to NCHW: channels-last crops
+            # reach a faulting oneDNN kernel on AVX2 CPUs (`forward`).
+            img = self.x_pad[n, :, iy, ix].permute(0, 3, 1, 2).contiguous()
         img = img.reshape(S, B, 3, 32, 32)
         if flips is not None:
             img = torch.where(flips[:, :, None, None, None], img.flip(-1), img)
