@@ -317,6 +317,7 @@ def test_paper_layernorm_variant_defaults_to_the_papers_300_epochs(tmp_path, mon
     assert seen["overrides"]["layernorm"] is True and seen["study"] == "modadd-paper-ln"
 
 
+@pytest.mark.cifar
 def test_cifar_variant_flags_name_the_study_and_set_the_threshold(tmp_path, capsys):
     base = ["collect", "--task", "cifar", "--seeds", "1", "--epochs", "1", "--log-every", "1", "--store", str(tmp_path),
             "--quiet", "--threads", "1", "--set", "n_train=32", "--set", "n_val=16", "--set", "batch_size=16"]
@@ -331,6 +332,7 @@ def test_cifar_variant_flags_name_the_study_and_set_the_threshold(tmp_path, caps
     assert "cifar only" in capsys.readouterr().err
 
 
+@pytest.mark.cifar
 def test_task_default_threads_apply_only_without_threads_flag(tmp_path):
     import torch
 

@@ -239,7 +239,7 @@ def _problem(task_name, overrides, seeds):
     return task.build(cfg, runs, torch.device("cpu"), task.load_data(cfg))
 
 
-@pytest.mark.parametrize("case", list(TASKS))
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.cifar) if c == "cifar" else c for c in TASKS])
 def test_training_loop_measures_every_tasks_weights_with_the_variant(case):
     # The trainer is where every task's weights are measured; at step 0 (epochs=0) its checkpoint
     # must hold the brute-force statistics of the task's included weights, in either variant.
