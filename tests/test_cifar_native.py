@@ -53,7 +53,7 @@ CHILD = textwrap.dedent(
     pr = CifarProblem(cfg, [RunSeeds.derive(s, cfg.split_seed) for s in seeds], torch.device("cpu"))
     for _ in range(2):  # the steps the collector takes: augmented crops, forward, backward, AdamW
         pr.train_step()
-    # One more batch, by hand, twice: oneDNN's kernels, then torch's native ones.
+    # One more batch, by hand, twice: in float32 (oneDNN's AVX2 kernels), then in float64.
     S, b = len(seeds), cfg.batch_size
     rows = pr.train_idx[:, :b]
     gen = torch.Generator().manual_seed(7)
@@ -94,7 +94,7 @@ TINY = dict(n_train=32, n_val=16, train_eval_size=16, batch_size=16)
 @pytest.mark.parametrize("threads", [1, 2])
 def test_one_seed_downsample_weight_gradient_on_avx2_kernels(threads):
     # The faulting call: one seed, width 4 (stage 2's downsample conv has 4 input channels),
-    # augmented crops. Before the fix: exit 134/139 with one thread, a hang with two.
+    # augmented crops. Before the fix: exit 134/139 with one thread; with two, a crash or a hang.
     err = run_child([0], dict(TINY, width=4), threads)
     assert set(err) >= {"b2_down", "b4_down", "b6_down", "stem", "fc_w"}
     assert max(err.values()) < 1e-4, err
@@ -102,7 +102,7 @@ def test_one_seed_downsample_weight_gradient_on_avx2_kernels(threads):
 
 @pytest.mark.parametrize("seeds,overrides", [
     ([0, 1], dict(width=4)),                                      # grouped convolutions
-    ([3], dict(width=2, batchnorm=False, residual=False)),       # destabilised, 2 input channels
+    ([3], dict(width=2, batchnorm=False, residual=False)),       # destabilised (no downsample branch)
     ([5], dict(width=6, augment=False)),                          # whole images, 6 input channels
 ])
 def test_resnet_gradients_on_avx2_kernels(seeds, overrides):
