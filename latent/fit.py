@@ -47,6 +47,7 @@ from .detours import (
 )
 from .errors import UserError
 from .features import REFERENCE_FEATURES, SCALINGS, FeatureMatrix, available_features, build_features
+from .family import DEFAULT_FAMILY, FAMILIES, FAMILY_WORDS, get_family
 from .hmm import COVARIANCES, CRITERIA, INITS, SELECTIONS, HMMSelector
 from .importance import transition_importance
 from .store import Study, atomic_write_json, atomic_write_parquet, dumps_json
@@ -88,7 +89,11 @@ class FitConfig:
         One z-scoring pooled over runs (fitted on training runs only during selection), or each
         run z-scored on its own time axis (the reference).
     max_states, restarts, n_iter : int
+    family : {"gaussian", "ar"}
+        The state model (:mod:`latent.family`): a state is a place (the Gaussian HMM, the
+        reference's) or a linear regime of change (:mod:`latent.autoregressive`).
     covariance : {"full", "diag", "spherical", "tied"}
+        Of the emission noise.
     criterion : {"loglik", "bic", "aic"}
         Held-out −2·log-likelihood, or with the BIC/AIC penalty (the reference: BIC).
     selection : {"cv", "split", "reference"}
@@ -129,6 +134,7 @@ class FitConfig:
     max_states: int = 8
     restarts: int = 5
     n_iter: int = 32
+    family: str = DEFAULT_FAMILY
     covariance: str = "full"
     criterion: str = "loglik"
     selection: str = "cv"
@@ -185,7 +191,8 @@ class FitConfig:
                                   ("n_boot", "--n-boot", 0), ("resamples", "--resamples", 0),
                                   ("random_state", "--random-state", 0)):
             integer(getattr(self, name), flag, least)
-        choices = (("scaling", "scaling", SCALINGS), ("covariance", "covariance", COVARIANCES),
+        choices = (("scaling", "scaling", SCALINGS), ("family", "--family", FAMILIES),
+                   ("covariance", "covariance", COVARIANCES),
                    ("criterion", "criterion", CRITERIA), ("selection", "selection", SELECTIONS),
                    ("init", "init", INITS),
                    ("nonconverged", "--nonconverged rule", NONCONVERGED_RULES),
@@ -216,6 +223,10 @@ class FitConfig:
 #: The reference's procedure (:meth:`FitConfig.reference`), named ``reference`` in fit ids.
 _REFERENCE_SETTINGS = {"scaling": "per_run", "selection": "reference", "init": "kmeans", "criterion": "bic",
                        "detour_rule": "paper"}
+
+
+#: settings added after the first fit format, hashed into fit ids only when not at their default
+_LATER_SETTINGS = {"family": DEFAULT_FAMILY}
 
 
 def _id_token(name: str, value) -> str:
@@ -289,7 +300,11 @@ def fit_id(config: FitConfig) -> str:
         The hash is over every resolved setting, so different settings never share an id;
         :func:`fit_options` gives the option tokens.
     """
-    digest = hashlib.sha256(dumps_json(config.to_dict()).encode()).hexdigest()[:8]
+    settings = config.to_dict()
+    for name, default in _LATER_SETTINGS.items():  # so fits made before they existed keep their ids
+        if settings.get(name) == default:
+            del settings[name]
+    digest = hashlib.sha256(dumps_json(settings).encode()).hexdigest()[:8]
     return "-".join([config.covariance, config.criterion, *fit_options(config), digest])
 
 
@@ -470,7 +485,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         max_states=cfg.max_states, restarts=cfg.restarts, n_iter=cfg.n_iter, covariance_type=cfg.covariance,
         criterion=cfg.criterion, selection=cfg.selection, folds=cfg.folds, one_se=cfg.one_se,
         test_fraction=cfg.test_fraction, standardize=cfg.scaling == "global", init=cfg.init,
-        random_state=cfg.random_state,
+        random_state=cfg.random_state, family=cfg.family,
         n_jobs=n_jobs, progress=progress,
     ).fit(fm.X, fm.lengths)
     K = selector.n_states_
@@ -546,6 +561,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
             X_use, len_use, params, cfg.covariance, y_all[keep], converged[keep], flagged,
             rule=cfg.detour_rule, min_runs=cfg.min_runs, alpha=cfg.alpha, resamples=cfg.resamples,
             n_iter=cfg.n_iter, random_state=cfg.random_state, n_jobs=n_jobs, progress=progress,
+            family=cfg.family,
         )
         stability["k_folds"] = {str(k): v for k, v in selector.fold_choice_.items()}
         _warn_stability(stability, K, flagged)
@@ -569,7 +585,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
 
     lap("stability")
     dissim = trajectory_dissimilarity(occupancy, ground_metric(params["means"]))
-    importance = transition_importance(run_z, run_paths, params, fm.features)
+    importance = transition_importance(run_z, run_paths, params, fm.features, cfg.family)
     conv_list = [conv[s] for s in fm.seeds]
     phases = _phases(table, fm, cfg, run_paths, run_z, K, meta)
     G = build_map(run_paths, run_raw, params, fm.features, conv_list, importance, phases=phases["states"])
@@ -613,10 +629,8 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         "criterion": cfg.criterion,
         "features": fm.features,
         "covariance_type": cfg.covariance,
-        "startprob": params["startprob"],
-        "transmat": params["transmat"],
-        "means": params["means"],
-        "covars": params["covars"],
+        "family": cfg.family,
+        **get_family(cfg.family).payload(params),
         "scaling": fm.scaling,
         "selection": selector.selection_,
         "restarts": selector.restarts_,
@@ -755,7 +769,7 @@ def _default_command(study: Study, cfg: FitConfig) -> str:
     d = cfg.to_dict()
     parts = [f"latent fit --study {study.root}"]
     parts.append(f"--features {','.join(d['features'])}")
-    for key in ("first_n", "scaling", "max_states", "restarts", "n_iter", "covariance", "criterion", "selection", "init",
+    for key in ("first_n", "scaling", "max_states", "restarts", "n_iter", "family", "covariance", "criterion", "selection", "init",
                 "folds", "random_state", "test_fraction", "metric", "threshold", "direction", "nonconverged",
                 "detour_rule", "min_runs", "alpha", "n_boot", "resamples"):
         parts.append(f"--{key.replace('_', '-')} {d[key]}")
@@ -789,6 +803,8 @@ def _summary(result: FitResult, visited, reg, tests, detours, never, stability) 
         notes.append(f"{len(sel.train_runs_)} training / {len(sel.test_runs_)} held-out runs")
     if sel.fragile_:
         notes.append(f"fragile: within the restart spread of K = {sel.runner_up_}")
+    if cfg.family != DEFAULT_FAMILY:
+        notes.append(f"state family {cfg.family}: {FAMILY_WORDS[cfg.family]}")
     lines.append("  " + "; ".join(notes))
     failed = [k for k, r in rows.items() if r["score"] is None]
     if failed:

@@ -21,6 +21,8 @@ import numpy as np
 from hmmlearn.base import _AbstractHMM
 from hmmlearn.hmm import GaussianHMM
 
+from .family import StateFamily, covariance_count, expand_covars, reduce_covars
+
 _LOG_2PI = np.log(2 * np.pi)
 
 
@@ -98,3 +100,54 @@ class FastGaussianHMM(GaussianHMM):
         if self._needs_sufficient_statistics_for_covars():
             weighted = posteriors.T[:, :, None] * X[None, :, :]  # (K, T, d)
             stats["obs*obs.T"] += np.matmul(weighted.transpose(0, 2, 1), X)
+
+
+class GaussianFamily(StateFamily):
+    """The Gaussian HMM: a state is a place, ``z_t | s_t = k ~ N(μ_k, Σ_k)`` independently over t.
+
+    The reference's model and the default; its ``means`` are the emission means.
+    """
+
+    name = "gaussian"
+    param_names = ("startprob", "transmat", "means", "covars")
+    emission_codes = "mc"
+    description = "a place: checkpoints scatter independently around the state's mean"
+
+    def new_model(self, k, covariance_type, *, n_iter=10, tol=1e-2, random_state=None, implementation="log"):
+        return FastGaussianHMM(n_components=k, covariance_type=covariance_type, n_iter=n_iter, tol=tol,
+                               random_state=random_state, implementation=implementation, init_params="")
+
+    def start_params(self, X, lengths, labels, k):
+        from .segments import params_from_labels
+
+        return params_from_labels(X, lengths, labels, k)
+
+    def set_params(self, model, params, covariance_type):
+        full = np.asarray(params["covars"], dtype=float)
+        model.n_features = full.shape[1]
+        model.startprob_ = params["startprob"]
+        model.transmat_ = params["transmat"]
+        model.means_ = params["means"]
+        model.covars_ = reduce_covars(full, covariance_type)
+
+    def to_params(self, model):
+        means = np.asarray(model.means_, dtype=float)
+        if model.covariance_type == "spherical":
+            # hmmlearn 0.3.3 keeps spherical variances as a (K, d) array of equal rows and its
+            # ``covars_`` property mis-expands that shape; build the full matrices ourselves
+            covars = expand_covars(model._covars_, "spherical", *means.shape)
+        else:
+            covars = np.asarray(model.covars_, dtype=float)
+        return {
+            "startprob": np.asarray(model.startprob_, dtype=float),
+            "transmat": np.asarray(model.transmat_, dtype=float),
+            "means": means,
+            "covars": covars,
+        }
+
+    def n_parameters(self, k, d, covariance_type):
+        return (k - 1) + k * (k - 1) + k * d + covariance_count(k, d, covariance_type)
+
+    def centers(self, params, z):
+        means = np.asarray(params["means"], dtype=float)
+        return np.broadcast_to(means[None, :, :], (len(z),) + means.shape)

@@ -1,4 +1,4 @@
-"""Gaussian-HMM model selection over the number of states, with reproducible parallel restarts.
+"""HMM model selection over the number of states, with reproducible parallel restarts.
 
 Notation: K states, d features; ``X`` has shape ``(n_samples, d)`` and ``lengths`` gives the
 rows of each of the N runs (see :mod:`latent.features`). A *criterion* is lower-is-better:
@@ -6,8 +6,8 @@ BIC = −2·logL + p·ln n, AIC = −2·logL + 2p, or "loglik" = −2·logL (p f
 scored; hmmlearn 0.3 definitions).
 
 What :class:`HMMSelector` does (reference.md C, with the reference's gaps closed). Three
-selection procedures share one engine (``hmmlearn.hmm.GaussianHMM``, see
-:mod:`latent.gaussian`), every restart seeded from ``random_state`` with
+selection procedures share one engine (hmmlearn; the model family, :mod:`latent.family`, is
+the Gaussian HMM of :mod:`latent.gaussian` by default), every restart seeded from ``random_state`` with
 ``numpy.random.SeedSequence`` and run in parallel over processes:
 
 ``"cv"`` (default)
@@ -41,10 +41,10 @@ import math
 import numpy as np
 
 from .errors import UserError
+from .family import COVAR_FLOOR, COVARIANCES, DEFAULT_FAMILY, FAMILIES, get_family, repair_covars  # noqa: F401
 
 log = logging.getLogger("latent")
 
-COVARIANCES = ("full", "diag", "spherical", "tied")
 CRITERIA = ("bic", "aic", "loglik")
 SELECTIONS = ("cv", "split", "reference")
 INITS = ("segments", "kmeans")
@@ -54,9 +54,6 @@ INITS = ("segments", "kmeans")
 #: restart that underflows is refitted with "log" from the same seed. Decoding always uses "log".
 IMPLEMENTATION = "scaling"
 FALLBACK_IMPLEMENTATION = "log"
-#: smallest eigenvalue a saved covariance may have, relative to its largest (and absolute, in
-#: z units): below it a covariance is numerically singular and Cholesky fails on reload
-COVAR_FLOOR = 1e-6
 
 
 # --------------------------------------------------------------------------- seeds and split
@@ -120,15 +117,9 @@ def _min_runs(test_fraction: float) -> int:
         n += 1
 
 
-def n_parameters(k: int, d: int, covariance_type: str) -> int:
-    """Free parameters of a K-state Gaussian HMM (hmmlearn 0.3's count)."""
-    cov = {
-        "full": k * d * (d + 1) // 2,
-        "diag": k * d,
-        "spherical": k,
-        "tied": d * (d + 1) // 2,
-    }[covariance_type]
-    return (k - 1) + k * (k - 1) + k * d + cov
+def n_parameters(k: int, d: int, covariance_type: str, family: str = DEFAULT_FAMILY) -> int:
+    """Free parameters of a K-state HMM of ``family`` (the Gaussian HMM: hmmlearn 0.3's count)."""
+    return get_family(family).n_parameters(k, d, covariance_type)
 
 
 def criterion_value(criterion: str, loglik: float, p: int, n: int) -> float:
@@ -143,91 +134,26 @@ def criterion_value(criterion: str, loglik: float, p: int, n: int) -> float:
 # --------------------------------------------------------------------------- plain-data models
 
 
-def repair_covars(covars: np.ndarray, floor: float = COVAR_FLOOR) -> np.ndarray:
-    """Symmetric positive-definite copies of ``covars`` (K, d, d).
-
-    Each matrix is symmetrised and its eigenvalues raised to at least ``floor`` times its
-    largest (and at least ``floor``). A matrix that is already well conditioned comes back
-    unchanged (bit for bit), so repairing never moves a healthy fit.
-    """
-    covars = np.array(covars, dtype=float)
-    out = np.empty_like(covars)
-    for k, cv in enumerate(covars):
-        if not np.all(np.isfinite(cv)):
-            raise ValueError("non-finite covariance")
-        sym = (cv + cv.T) / 2
-        w, v = np.linalg.eigh(sym)
-        low = max(floor, floor * float(w.max()) if w.max() > 0 else floor)
-        if np.array_equal(sym, cv) and w.min() >= low:
-            out[k] = cv
-        else:
-            out[k] = (v * np.maximum(w, low)) @ v.T
-            out[k] = (out[k] + out[k].T) / 2
-    return out
+def model_params(model, family: str = DEFAULT_FAMILY) -> dict:
+    """A fitted model of ``family`` as plain arrays; ``covars`` always full ``(K, d, d)``."""
+    return get_family(family).to_params(model)
 
 
-def model_params(model) -> dict:
-    """A fitted GaussianHMM as plain arrays; ``covars`` always as full, repaired ``(K, d, d)``."""
-    means = np.asarray(model.means_, dtype=float)
-    if model.covariance_type == "spherical":
-        # hmmlearn 0.3.3 keeps spherical variances as a (K, d) array of equal rows and its
-        # ``covars_`` property mis-expands that shape; build the full matrices ourselves
-        var = np.asarray(model._covars_, dtype=float).reshape(len(means), -1)[:, 0]
-        covars = np.array([v * np.eye(means.shape[1]) for v in var])
-    else:
-        covars = np.asarray(model.covars_, dtype=float)
-    return {
-        "startprob": np.asarray(model.startprob_, dtype=float),
-        "transmat": np.asarray(model.transmat_, dtype=float),
-        "means": means,
-        "covars": covars,
-    }
-
-
-def build_hmm(params: dict, covariance_type: str, implementation: str = FALLBACK_IMPLEMENTATION):
+def build_hmm(params: dict, covariance_type: str, implementation: str = FALLBACK_IMPLEMENTATION,
+              family: str = DEFAULT_FAMILY):
     """A ready-to-use HMM from :func:`model_params` output (or model.json fields).
 
     Saved parameters are checked and repaired here rather than trusted to hmmlearn's validator:
     probabilities are renormalised and covariances made symmetric positive definite, so a model
     that was fitted always rebuilds. Anything beyond repair (wrong shapes, non-finite values)
-    raises :class:`UserError`.
+    raises :class:`UserError` (:meth:`latent.family.StateFamily.check`).
     """
-    from .gaussian import FastGaussianHMM
-
-    try:
-        means = np.asarray(params["means"], dtype=float)
-        full = np.asarray(params["covars"], dtype=float)
-        start = np.asarray(params["startprob"], dtype=float)
-        trans = np.asarray(params["transmat"], dtype=float)
-        k, d = means.shape
-        ok_shapes = full.shape == (k, d, d) and start.shape == (k,) and trans.shape == (k, k)
-    except (KeyError, TypeError, ValueError):
-        ok_shapes = False
-    if not ok_shapes:
-        raise UserError("saved HMM parameters have inconsistent shapes; refit with `latent fit`")
-    if not all(np.all(np.isfinite(a)) for a in (means, full, start, trans)) or np.any(start < 0) or np.any(trans < 0):
-        raise UserError("saved HMM parameters hold negative or non-finite values; refit with `latent fit`")
-    if start.sum() <= 0 or np.any(trans.sum(axis=1) <= 0):
-        raise UserError("saved HMM parameters hold an all-zero probability row; refit with `latent fit`")
-    if covariance_type not in COVARIANCES:
-        raise UserError(f"unknown covariance type {covariance_type!r}")
-    full = repair_covars(full)
-    model = FastGaussianHMM(n_components=k, covariance_type=covariance_type, init_params="", params="",
-                            implementation=implementation)
-    _set_params(model, {"startprob": start / start.sum(), "transmat": trans / trans.sum(axis=1, keepdims=True),
-                        "means": means, "covars": full}, covariance_type)
-    return model
+    return get_family(family).build(params, covariance_type, implementation)
 
 
-def permute_params(params: dict, order) -> dict:
+def permute_params(params: dict, order, family: str = DEFAULT_FAMILY) -> dict:
     """Reorder states: new state i is old state ``order[i]``."""
-    order = np.asarray(order)
-    return {
-        "startprob": params["startprob"][order],
-        "transmat": params["transmat"][np.ix_(order, order)],
-        "means": params["means"][order],
-        "covars": params["covars"][order],
-    }
+    return get_family(family).permute(params, order)
 
 
 # --------------------------------------------------------------------------- one restart
@@ -255,19 +181,21 @@ def restart_job(data: dict, job: dict) -> dict:
     segments = [data["segments"][i] for i in train] if data.get("segments") is not None else None
     rec = fit_restart(X_tr, len_tr, X_te, len_te, job["k"], job["seed"], job["covariance_type"],
                       job["n_iter"], job["tol"], restart=job["restart"], init=data.get("init", "segments"),
-                      segments=segments)
+                      segments=segments, family=job.get("family", DEFAULT_FAMILY))
     rec["fold"] = job["fold"]
     return rec
 
 
 def fit_restart(X_tr, len_tr, X_te, len_te, k, seed, covariance_type, n_iter, tol, restart=0,
-                init="segments", segments=None) -> dict:
-    """Fit one restart and score it on the held-out runs; never raises for a degenerate fit.
+                init="segments", segments=None, family=DEFAULT_FAMILY) -> dict:
+    """Fit one restart of a ``family`` HMM and score it on the held-out runs; never raises for a
+    degenerate fit.
 
     ``init="segments"`` starts EM from a segmentation of the training runs
     (:mod:`latent.segments`; ``segments`` are the training runs' segments, computed if None);
     ``init="kmeans"`` as hmmlearn 0.3.0 does (KMeans of checkpoints, ``n_init=1``, Dirichlet
-    start and transition rows), the reference's start.
+    start and transition rows), the reference's start; for families other than the Gaussian HMM
+    the KMeans labels are the hard labelling EM starts from.
 
     Returns a dict with ``k, restart, random_state, ok, reason, converged, n_iter,
     train_loglik, loglik (held-out, total), loglik_runs (per held-out run), aic, bic, n_params,
@@ -275,33 +203,36 @@ def fit_restart(X_tr, len_tr, X_te, len_te, k, seed, covariance_type, n_iter, to
     """
     from sklearn.cluster import KMeans
 
-    from .gaussian import FastGaussianHMM
-    from .segments import labels_from_segments, params_from_labels, run_segments
+    from .segments import labels_from_segments, run_segments
 
+    fam = get_family(family)
     d = X_tr.shape[1]
-    p = n_parameters(k, d, covariance_type)
+    p = fam.n_parameters(k, d, covariance_type)
     rec = {"k": k, "restart": restart, "random_state": seed, "ok": False, "reason": None,
            "converged": False, "n_iter": 0, "train_loglik": None, "loglik": None, "loglik_runs": None,
            "aic": None, "bic": None, "n_params": p, "params": None}
     ll = None
     for implementation in (IMPLEMENTATION, FALLBACK_IMPLEMENTATION):
-        model = FastGaussianHMM(n_components=k, covariance_type=covariance_type, n_iter=n_iter, tol=tol,
-                                random_state=seed, implementation=implementation,
-                                init_params="stc" if init == "kmeans" else "")
+        model = fam.new_model(k, covariance_type, n_iter=n_iter, tol=tol, random_state=seed,
+                              implementation=implementation)
         reason = None
         try:
             with np.errstate(all="ignore"):
-                if init == "kmeans":
-                    # as hmmlearn 0.3.0 did (KMeans, n_init=1, the restart's seed); hmmlearn 0.3.3
-                    # would run 10 KMeans inits
+                if init == "kmeans" and fam.name == "gaussian":
+                    # as hmmlearn 0.3.0 did (KMeans, n_init=1, the restart's seed, Dirichlet start
+                    # and transition rows); hmmlearn 0.3.3 would run 10 KMeans inits
+                    model.init_params = "stc"
                     model.means_ = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(X_tr).cluster_centers_
                 else:
-                    if segments is None:
-                        segments = run_segments(X_tr, len_tr)
-                    labels = labels_from_segments(X_tr, len_tr, segments, k, seed, (0.5, 1.0)[restart % 2])
-                    _set_params(model, params_from_labels(X_tr, len_tr, labels, k), covariance_type)
+                    if init == "kmeans":
+                        labels = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(X_tr).labels_
+                    else:
+                        if segments is None:
+                            segments = run_segments(X_tr, len_tr)
+                        labels = labels_from_segments(X_tr, len_tr, segments, k, seed, (0.5, 1.0)[restart % 2])
+                    fam.set_params(model, fam.start_params(X_tr, len_tr, labels, k), covariance_type)
                 model.fit(X_tr, len_tr)
-                params = model_params(model)
+                params = fam.to_params(model)
                 rec["converged"] = bool(model.monitor_.converged)
                 rec["n_iter"] = int(model.monitor_.iter)
                 reason = _degeneracy(params)
@@ -309,7 +240,7 @@ def fit_restart(X_tr, len_tr, X_te, len_te, k, seed, covariance_type, n_iter, to
                     repaired = repair_covars(params["covars"])
                     if not np.array_equal(repaired, params["covars"]):
                         params["covars"] = repaired
-                        model = build_hmm(params, covariance_type, implementation)
+                        model = fam.build(params, covariance_type, implementation)
                     train_ll, post = model.score_samples(X_tr, len_tr)
                     rec["train_loglik"] = float(train_ll)
                     thin = thin_states(post.sum(axis=0), covariance_type, d)
@@ -341,23 +272,6 @@ def fit_restart(X_tr, len_tr, X_te, len_te, k, seed, covariance_type, n_iter, to
     return rec
 
 
-def _set_params(model, params: dict, covariance_type: str) -> None:
-    """Put full-covariance ``params`` into a GaussianHMM of any covariance type."""
-    full = params["covars"]
-    model.n_features = full.shape[1]
-    model.startprob_ = params["startprob"]
-    model.transmat_ = params["transmat"]
-    model.means_ = params["means"]
-    if covariance_type == "full":
-        model.covars_ = full
-    elif covariance_type == "diag":
-        model.covars_ = np.array([np.diag(c) for c in full])
-    elif covariance_type == "spherical":
-        model.covars_ = np.array([np.mean(np.diag(c)) for c in full])
-    else:
-        model.covars_ = full.mean(axis=0)
-
-
 def min_state_rows(covariance_type: str, d: int) -> float:
     """Expected rows a state needs for its own covariance to be estimable (d + 1 for full)."""
     return {"full": d + 1, "diag": 2, "spherical": 2, "tied": 1}[covariance_type]
@@ -386,10 +300,13 @@ def _degeneracy(params: dict) -> str | None:
 
 
 class HMMSelector:
-    """Choose the number of states of a Gaussian HMM on held-out runs, then canonicalise.
+    """Choose the number of states of an HMM on held-out runs, then canonicalise.
 
     Parameters
     ----------
+    family : {"gaussian", "ar"}, default "gaussian"
+        The model family (:mod:`latent.family`): a state is a place (the Gaussian HMM) or a
+        linear regime of change (:mod:`latent.autoregressive`).
     max_states : int, default 8
         Fit K = 1..max_states.
     restarts : int, default 5
@@ -457,7 +374,8 @@ class HMMSelector:
 
     def __init__(self, max_states=8, restarts=5, n_iter=32, covariance_type="full", criterion="loglik",
                  selection="cv", folds=5, one_se=True, test_fraction=0.2, standardize=False, init="segments",
-                 tol=1e-2, random_state=0, n_jobs=None, progress=False):
+                 tol=1e-2, random_state=0, n_jobs=None, progress=False, family=DEFAULT_FAMILY):
+        self.family = family
         self.max_states = max_states
         self.restarts = restarts
         self.n_iter = n_iter
@@ -483,6 +401,8 @@ class HMMSelector:
         positive_int(self.restarts, "--restarts")
         positive_int(self.n_iter, "--n-iter")
         positive_int(self.folds, "--folds", 2)
+        if self.family not in FAMILIES:
+            raise UserError(f"unknown state family {self.family!r}; choose one of {', '.join(FAMILIES)}")
         if self.covariance_type not in COVARIANCES:
             raise UserError(f"unknown covariance {self.covariance_type!r}; choose one of {', '.join(COVARIANCES)}")
         if self.criterion not in CRITERIA:
@@ -511,7 +431,8 @@ class HMMSelector:
         n_runs = len(lengths)
         kmax = int(self.max_states)
         ks = range(kmax, 0, -1)  # largest K first: the longest jobs start first
-        base = {"covariance_type": self.covariance_type, "n_iter": int(self.n_iter), "tol": float(self.tol)}
+        base = {"covariance_type": self.covariance_type, "n_iter": int(self.n_iter), "tol": float(self.tol),
+                "family": self.family}
         if self.selection == "cv":
             groups = fold_runs(n_runs, self.folds, split_seed(self.random_state))
             everyone = np.arange(n_runs)
@@ -699,7 +620,7 @@ class HMMSelector:
     def _canonicalise(self, raw: dict, X, lengths) -> None:
         """Relabel states by mean first-visit checkpoint over all runs' Viterbi paths."""
         off = np.concatenate([[0], np.cumsum(lengths)])
-        model = build_hmm(raw, self.covariance_type)
+        model = build_hmm(raw, self.covariance_type, family=self.family)
         path = model.predict(X, lengths)
         K = self.n_states_
         first = np.full(K, np.inf)
@@ -711,8 +632,8 @@ class HMMSelector:
         order = sorted(range(K), key=lambda k: (first[k], k))
         self.state_order_ = [int(o) for o in order]
         self.first_visit_ = first[order]
-        self.params_ = permute_params(raw, order)
-        self.model_ = build_hmm(self.params_, self.covariance_type)
+        self.params_ = permute_params(raw, order, self.family)
+        self.model_ = build_hmm(self.params_, self.covariance_type, family=self.family)
 
     def _run_jobs(self, jobs, data, desc) -> list[dict]:
         from .parallel import pmap

@@ -32,13 +32,16 @@ def log_emissions(z: np.ndarray, means: np.ndarray, covars: np.ndarray) -> np.nd
     return out
 
 
-def filtered_log_posteriors(z, startprob, transmat, means, covars) -> np.ndarray:
+def filtered_log_posteriors(z, startprob, transmat, means, covars, logb=None) -> np.ndarray:
     """log p(s_t = h | z_1..z_t) for one run, shape (T, K), by a forward pass.
 
-    Each step is normalised (so nothing underflows); a step whose scaled mass vanishes is
-    redone in log space.
+    ``logb`` (T, K) are the emission log-densities when the model is not a Gaussian HMM
+    (:meth:`latent.family.StateFamily.log_density`); else they are computed from ``means`` and
+    ``covars``. Each step is normalised (so nothing underflows); a step whose scaled mass
+    vanishes is redone in log space.
     """
-    logb = log_emissions(z, means, covars)
+    if logb is None:
+        logb = log_emissions(z, means, covars)
     T, K = logb.shape
     b = np.exp(logb - logb.max(axis=1, keepdims=True))
     startprob = np.asarray(startprob, dtype=float)
@@ -71,16 +74,20 @@ def state_gradients(z, filtered, means, covars) -> np.ndarray:
     z : ndarray, shape (T, d)
     filtered : ndarray, shape (T, K)
         Filtered posteriors p_t(h) (probabilities, not logs).
-    means : ndarray, shape (K, d)
+    means : ndarray, shape (K, d) or (T, K, d)
+        Each state's expected z_t: its mean, or per row its prediction from the rows before
+        (:meth:`latent.family.StateFamily.centers`).
     covars : ndarray, shape (K, d, d)
     """
     prec = np.linalg.inv(covars)  # (K, d, d)
-    v = np.einsum("hij,thj->thi", prec, means[None, :, :] - z[:, None, :])  # P_h (μ_h − z_t)
+    centers = means if np.ndim(means) == 3 else means[None, :, :]
+    v = np.einsum("hij,thj->thi", prec, centers - z[:, None, :])  # P_h (μ_h − z_t)
     correction = np.einsum("th,thi->ti", filtered, v)  # Σ_h p_t(h) P_h (μ_h − z_t), a d-vector
     return v - correction[:, None, :]
 
 
-def transition_importance(runs_z, runs_path, params: dict, features: list[str]) -> list[dict]:
+def transition_importance(runs_z, runs_path, params: dict, features: list[str],
+                          family: str = "gaussian") -> list[dict]:
     """Feature importance for every transition j → k (j ≠ k) some Viterbi path takes.
 
     Parameters
@@ -90,8 +97,12 @@ def transition_importance(runs_z, runs_path, params: dict, features: list[str]) 
     runs_path : list of ndarray, each (T_i,)
         Viterbi states per run (canonical labels of ``params``).
     params : dict
-        ``startprob, transmat, means, covars`` (full covariances).
+        The model's parameters (:mod:`latent.family`; full covariances).
     features : list of str
+    family : str
+        The model family. For the Gaussian HMM μ_h is the state's mean; for other families it
+        is the state's prediction of z_t from the rows before it, so the gradient is that of
+        the same filtered posterior under the family's own density.
 
     Returns
     -------
@@ -100,6 +111,9 @@ def transition_importance(runs_z, runs_path, params: dict, features: list[str]) 
         ``features`` lists every feature as ``{"feature", "importance", "change_z"}`` ranked by
         decreasing importance.
     """
+    from .family import get_family
+
+    fam = get_family(family)
     means = np.asarray(params["means"])
     covars = np.asarray(params["covars"])
     sums: dict[tuple[int, int], np.ndarray] = {}
@@ -109,8 +123,12 @@ def transition_importance(runs_z, runs_path, params: dict, features: list[str]) 
         t_idx = np.flatnonzero(path[:-1] != path[1:])
         if t_idx.size == 0:
             continue
-        filt = np.exp(filtered_log_posteriors(z, params["startprob"], params["transmat"], means, covars))
-        grads = state_gradients(z[t_idx], filt[t_idx], means, covars)  # (n, K, d)
+        if fam.name == "gaussian":
+            logb, centers = None, means
+        else:
+            logb, centers = fam.log_density(params, z), fam.centers(params, z)[t_idx]
+        filt = np.exp(filtered_log_posteriors(z, params["startprob"], params["transmat"], means, covars, logb))
+        grads = state_gradients(z[t_idx], filt[t_idx], centers, covars)  # (n, K, d)
         for n, t in enumerate(t_idx):
             j, k = int(path[t]), int(path[t + 1])
             g = np.abs(grads[n, k])

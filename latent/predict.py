@@ -45,6 +45,7 @@ import pandas as pd
 from .detours import convergence_step
 from .errors import UserError
 from .features import zscore
+from .family import DEFAULT_FAMILY, FAMILIES
 from .hmm import build_hmm
 from .store import read_json, read_parquet
 
@@ -111,6 +112,9 @@ class FittedMap:
             self.study = str(model.get("study", fit_dir.parent.parent.name))
             self.features = list(model["features"])
             self.covariance_type = str(model["covariance_type"])
+            self.family = str(model.get("family", DEFAULT_FAMILY))
+            if self.family not in FAMILIES:
+                raise ValueError(f"family {self.family!r}")
             self.scaling = dict(model["scaling"])
             self.first_n = int(model["config"].get("first_n", 1000))
             self.transmat = np.asarray(model["transmat"], dtype=float)
@@ -127,7 +131,7 @@ class FittedMap:
         except (KeyError, TypeError, ValueError) as exc:
             raise UserError(f"fit {fit_dir} is incomplete or corrupt ({exc!r} missing or malformed); "
                             "refit with `latent fit`") from None
-        self.hmm = build_hmm(model, self.covariance_type)
+        self.hmm = build_hmm(model, self.covariance_type, family=self.family)
         self.analogs: dict[int, _Analog] = {}
         for seed, run in paths.sort_values(["seed", "step"], kind="stable").groupby("seed", sort=True):
             c = times.get(int(seed))

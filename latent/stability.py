@@ -18,7 +18,8 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from .detours import OccupancyRegression, detour_tests, paper_detours
-from .hmm import FALLBACK_IMPLEMENTATION, IMPLEMENTATION, build_hmm, model_params, repair_covars, stack_runs
+from .family import DEFAULT_FAMILY, get_family, repair_covars
+from .hmm import FALLBACK_IMPLEMENTATION, IMPLEMENTATION, stack_runs
 from .parallel import pmap
 
 N_PERM = 2000  # permutations per resample's detour tests (p resolution 5e-4)
@@ -31,15 +32,16 @@ def resample_job(data: dict, job: dict) -> dict:
     params = data["params"]
     K = len(params["startprob"])
     out = {"resample": job["resample"], "ok": False, "reason": None}
+    fam = get_family(data.get("family", DEFAULT_FAMILY))
     for implementation in (IMPLEMENTATION, FALLBACK_IMPLEMENTATION):
-        model = build_hmm(params, data["covariance_type"], implementation)  # EM starts at the fit
-        model.params, model.n_iter, model.tol = "stmc", data["n_iter"], data["tol"]
+        model = fam.build(params, data["covariance_type"], implementation)  # EM starts at the fit
+        model.params, model.n_iter, model.tol = "st" + fam.emission_codes, data["n_iter"], data["tol"]
         try:
             with np.errstate(all="ignore"):
                 model.fit(Xb, lb)
-                fitted = model_params(model)
+                fitted = fam.to_params(model)
                 fitted["covars"] = repair_covars(fitted["covars"])
-                path = build_hmm(fitted, data["covariance_type"]).predict(Xb, lb)
+                path = fam.build(fitted, data["covariance_type"]).predict(Xb, lb)
         except Exception as exc:  # a degenerate resample is reported, not fatal
             out["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
             if "underflow" in str(exc) and implementation != FALLBACK_IMPLEMENTATION:
@@ -76,7 +78,7 @@ def match_states(ref_means: np.ndarray, means: np.ndarray) -> np.ndarray:
 def resample_stability(X, lengths, params: dict, covariance_type: str, y, converged, detours: list[int],
                        rule: str = "delay", min_runs: int = 5, alpha: float = 0.05, resamples: int = 20,
                        n_iter: int = 32, tol: float = 1e-2, random_state: int = 0, n_jobs=None,
-                       progress: bool = False) -> dict:
+                       progress: bool = False, family: str = DEFAULT_FAMILY) -> dict:
     """Refit on ``resamples`` bootstrap resamples of runs; how often each state and detour recurs.
 
     Parameters
@@ -95,6 +97,8 @@ def resample_stability(X, lengths, params: dict, covariance_type: str, y, conver
     resamples : int
     n_iter, tol : EM settings of each refit
     random_state : int
+    family : str
+        The fit's model family (:mod:`latent.family`).
 
     Returns
     -------
@@ -115,7 +119,7 @@ def resample_stability(X, lengths, params: dict, covariance_type: str, y, conver
     data = {"X": X, "lengths": np.asarray(lengths), "params": params, "covariance_type": covariance_type,
             "n_iter": int(n_iter), "tol": float(tol), "y": np.asarray(y, dtype=float),
             "converged": np.asarray(converged, dtype=bool), "rule": rule, "min_runs": int(min_runs),
-            "alpha": float(alpha)}
+            "alpha": float(alpha), "family": family}
     results = pmap(resample_job, jobs, data, n_jobs, progress, "stability resamples")
     means = np.asarray(params["means"])
     found = np.zeros(K, dtype=int)

@@ -20,6 +20,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from latent.family import FAMILY_WORDS
 from latent.trainmap import format_metric, format_step, phase_text
 
 from . import figures as F
@@ -350,7 +351,9 @@ def summary_rows(fit: FitArtifacts, report_command: str | None) -> list[tuple[st
             if seeds_info.get("test") else "")
          + (f"; excluded: {_esc(', '.join(f'{k} ({v})' for k, v in excluded.items()))}" if excluded else "")),
         ("Features", _esc(", ".join(fit.features))),
-        ("Fit", f"{_esc(fit.fit_id)}; covariance {_esc(model.get('covariance_type', '?'))}"),
+        ("Fit", f"{_esc(fit.fit_id)}; state family {_esc(str(model.get('family', 'gaussian')))} "
+                f"({_esc(FAMILY_WORDS.get(str(model.get('family', 'gaussian')), '?'))}); "
+                f"covariance {_esc(model.get('covariance_type', '?'))}"),
         ("States", k_txt),
         ("What each state means", "<br>".join(
             f"{_swatch(r['state'])}state {int(r['state'])}: {_esc(phase_text(r, fit.step_unit, top=0))}"

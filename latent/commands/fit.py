@@ -58,7 +58,9 @@ OPTIONS = (
     ("--max-states", "max_states", _int, "fit K = 1..MAX_STATES"),
     ("--restarts", "restarts", _int, "random restarts per K (per fold)"),
     ("--n-iter", "n_iter", _int, "EM iterations per restart"),
-    ("--covariance", "covariance", str, "full, diag, spherical or tied"),
+    ("--family", "family", str, "state model: gaussian (a state is a place) or ar (a regime of change: "
+                                 "z_t = a z_(t-1) + b + noise per state); see docs/fit.md"),
+    ("--covariance", "covariance", str, "full, diag, spherical or tied (of the emission noise)"),
     ("--criterion", "criterion", str, "loglik (-2 held-out log-likelihood), bic or aic (with the penalty)"),
     ("--selection", "selection", str, "cv (k-fold over runs), split (one split, best restart) or reference"),
     ("--folds", "folds", _int, "folds of runs for --selection cv"),
