@@ -16,6 +16,11 @@ A study is drawn from a model that looks like training:
   correlated noise across features, optionally autocorrelated in time (``"autocorrelated"``),
   some features uninformative (the same mean in every state); optionally per-run shifts and
   scales of every feature, as seeds differ (``"shifted"``);
+* or runs that move as real ones do (``"realistic"``, parameters measured on our default
+  studies by bench/measure_dynamics.py): one AR(1) noise process per run running through its
+  states (autocorrelation ``ar``, 0.9-0.999), every run its own offset of every state's mean
+  (``offset`` within-state sds), and transitions that take ``ramp`` checkpoints, the mean moving
+  linearly from one state's to the next (the checkpoints of a ramp belong to the state entered);
 * or, as a negative control, **smooth drift** with no discrete states at all (``"drift"``).
 
 A run converges (its ``val_acc`` column jumps from 0.5 to 0.95) when it enters the final state,
@@ -34,7 +39,7 @@ Hungarian matching, detour precision/recall, and interval coverage of the true d
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +48,7 @@ import pandas as pd
 from .errors import UserError
 from .store import REFERENCE_COLUMNS, atomic_write_json, atomic_write_parquet, run_stem
 
-FAMILIES = ("standard", "semi_markov", "autocorrelated", "shifted", "drift")
+FAMILIES = ("standard", "semi_markov", "autocorrelated", "shifted", "realistic", "drift")
 TRUTH_FORMAT = "latent.truth/1"
 _TRUTH_DRAWS = 200_000  # paths drawn to compute each detour's true delay (Monte Carlo error ~1 %)
 
@@ -54,7 +59,7 @@ class SimConfig:
 
     Parameters
     ----------
-    family : {"standard", "semi_markov", "autocorrelated", "shifted", "drift"}
+    family : {"standard", "semi_markov", "autocorrelated", "shifted", "realistic", "drift"}
     n_main : int
         States on the obligatory chain (at least 2; the last one is "converged").
     detours : int
@@ -73,7 +78,11 @@ class SimConfig:
     correlation : float
         Correlation of the noise between every pair of features.
     ar : float
-        AR(1) coefficient of the noise in time (``"autocorrelated"``; 0 otherwise).
+        AR(1) coefficient of the noise in time (``"autocorrelated"``, ``"realistic"``; 0 otherwise).
+    offset : float
+        ``"realistic"``: sd of each run's offset of each state's mean, in that state's noise sds.
+    ramp : int
+        ``"realistic"``: checkpoints a transition takes.
     shift, scale : float
         Per-run feature shifts (sd, in noise units) and log-scales (sd) (``"shifted"``).
     progress : float
@@ -100,6 +109,8 @@ class SimConfig:
     ar: float = 0.0
     shift: float = 0.0
     scale: float = 0.0
+    offset: float = 0.0
+    ramp: int = 0
     progress: float = 0.45
     step_every: int = 10
     seed: int = 0
@@ -205,6 +216,8 @@ RANDOM_FAMILIES = {
     "autocorrelated": {"ar": 0.5},
     "shifted": {"shift": 1.0, "scale": 0.1},
     "drift": {},
+    # last, so the other families' draws keep their seeds; ar and offset drawn per study
+    "realistic": {"ramp": 5},
 }
 
 
@@ -226,12 +239,16 @@ def random_config(family: str, level: str, i: int, n_checkpoints: int = 300, n_r
         forks = int(rng.integers(0, 2))
         if detours + forks <= n_main - 1 and 2 <= n_main + detours + 2 * forks <= 8:
             break
-    return SimConfig(
+    cfg = SimConfig(
         family="standard" if family == "rare" else family, n_main=n_main, detours=detours, forks=forks,
         p_take=float(rng.uniform(*((0.03, 0.15) if family == "rare" else (0.15, 0.6)))),
         detour_scale=float(rng.uniform(0.5, 1.5)), n_runs=n_runs, n_checkpoints=n_checkpoints,
         separation=LEVELS[level], seed=int(rng.integers(2**31)), **RANDOM_FAMILIES[family],
     )
+    if family == "realistic":  # the ranges bench/measure_dynamics.py measures on real studies
+        cfg = replace(cfg, ar=float(1 - np.exp(rng.uniform(np.log(1e-3), np.log(0.1)))),
+                      offset=float(rng.uniform(0.3, 3.0)))
+    return cfg
 
 
 # --------------------------------------------------------------------------- structure
@@ -378,6 +395,28 @@ def _noise(T: int, chol: np.ndarray, ar: float, rng: np.random.Generator) -> np.
     return e
 
 
+def _realistic_run(path: np.ndarray, means: np.ndarray, chols, cfg: SimConfig, rng: np.random.Generator) -> np.ndarray:
+    """One run of the ``"realistic"`` family: per-run state offsets, linear ramps between states,
+    and one AR(1) noise process through the whole run (each step's innovation in its state's
+    covariance, scaled so the stationary noise has that covariance)."""
+    T, d = len(path), means.shape[1]
+    K = len(means)
+    offsets = np.array([cfg.offset * (chols[k] @ rng.standard_normal(d)) for k in range(K)])
+    level = means[path] + offsets[path]
+    if cfg.ramp > 0:  # a causal moving average turns every jump into a linear ramp of ``ramp`` steps
+        w = cfg.ramp + 1
+        padded = np.vstack([np.repeat(level[:1], w - 1, axis=0), level])
+        c = np.cumsum(np.vstack([np.zeros((1, d)), padded]), axis=0)
+        level = (c[w:] - c[:-w]) / w
+    eta = rng.standard_normal((T, d))
+    noise = np.empty((T, d))
+    noise[0] = chols[path[0]] @ eta[0]
+    c = np.sqrt(1 - cfg.ar**2)
+    for t in range(1, T):
+        noise[t] = cfg.ar * noise[t - 1] + c * (chols[path[t]] @ eta[t])
+    return level + noise
+
+
 # --------------------------------------------------------------------------- simulate
 
 
@@ -401,18 +440,22 @@ def simulate(config: SimConfig) -> tuple[pd.DataFrame, Truth]:
     means = _state_means(st, cfg, cov, rng)
     var_scale = np.exp(rng.uniform(np.log(0.5), np.log(2.0), K))  # states differ in spread
     chols = [np.linalg.cholesky(c * cov) for c in var_scale]
-    ar = cfg.ar if cfg.family == "autocorrelated" else 0.0
+    ar = cfg.ar if cfg.family in ("autocorrelated", "realistic") else 0.0
     shifted = cfg.family == "shifted"
+    realistic = cfg.family == "realistic"
     T, final = cfg.n_checkpoints, st.main[-1]
     frames, paths, conv = [], {}, {}
     for seed in range(cfg.n_runs):
         visits = _sample_visits(st, cfg, rng)
         path = _path(visits, final, T)
-        x = means[path].copy()
-        for k in range(K):
-            rows = np.flatnonzero(path == k)
-            if rows.size:
-                x[rows] += _noise(rows.size, chols[k], ar, rng)
+        if realistic:
+            x = _realistic_run(path, means, chols, cfg, rng)
+        else:
+            x = means[path].copy()
+            for k in range(K):
+                rows = np.flatnonzero(path == k)
+                if rows.size:
+                    x[rows] += _noise(rows.size, chols[k], ar, rng)
         if shifted:
             x = rng.normal(0, cfg.shift, cfg.n_features) + np.exp(rng.normal(0, cfg.scale, cfg.n_features)) * x
         entered = int(np.argmax(path == final)) if np.any(path == final) else None

@@ -122,3 +122,51 @@ def test_truth_round_trips_through_json(tmp_path):
     assert all(np.array_equal(back.paths[s], truth.paths[s]) for s in truth.paths)
     (tmp_path / "s" / "truth.json").write_text("{not json")
     assert truth_from_file(tmp_path / "s" / "truth.json") is None
+
+
+def test_realistic_family_plants_what_it_says():
+    """Offsets, autocorrelation and ramps of the realistic family, measured on its own truth."""
+    cfg = SimConfig(family="realistic", n_main=3, detours=0, forks=0, n_runs=60, n_checkpoints=400,
+                    ar=0.95, offset=2.0, ramp=5, correlation=0.0, n_uninformative=0, seed=5)
+    table, truth = simulate(cfg)
+    feats = [c for c in table.columns if c not in ("seed", "step", "epoch", "val_acc")]
+    runs = {s: g[feats].to_numpy() for s, g in table.groupby("seed")}
+    final = 2
+    # the noise: residuals about each run's own mean in the final state, far from its entry
+    resid, offsets, centred = [], [], []
+    for s, x in runs.items():
+        rows = np.flatnonzero(truth.paths[s] == final)
+        rows = rows[rows >= rows[0] + 3 * cfg.ramp] if rows.size else rows
+        if rows.size >= 150:
+            seg = x[rows]
+            offsets.append(seg.mean(axis=0) - truth.means[final])
+            r = seg - seg.mean(axis=0)
+            centred.append(r)
+            resid.append((r[1:] * r[:-1]).sum(axis=0) / (r * r).sum(axis=0))
+    assert len(offsets) >= 20
+    # lag-1 autocorrelation of an AR(0.95) over ~200+ steps (downward bias of demeaning ~ 0.02)
+    assert 0.9 < np.median(resid) < 0.97
+    # between-run spread of the state's mean: offset sd 2 in units of the state's noise sd,
+    # plus the sampling noise of an AR(0.95) mean (small); noise sds differ by state (0.7-1.4)
+    spread = np.std(offsets, axis=0, ddof=1)
+    noise_sd = np.concatenate(centred).std(axis=0)
+    assert 1.5 < np.median(spread / noise_sd) < 2.8
+    # ramps: entering a state moves the mean over ramp + 1 checkpoints, not in one jump
+    s, x = next((s, x) for s, x in runs.items() if np.any(np.diff(truth.paths[s]) != 0))
+    t0 = int(np.flatnonzero(np.diff(truth.paths[s]) != 0)[0]) + 1
+    steps = np.linalg.norm(np.diff(x[t0 - 1 : t0 + cfg.ramp + 2], axis=0), axis=1)
+    assert steps.max() < 0.6 * np.linalg.norm(x[t0 + cfg.ramp] - x[t0 - 1])
+
+
+def test_cli_simulate_realistic_takes_its_dynamics_and_refuses_them_elsewhere(tmp_path, capsys):
+    from latent.cli import main
+
+    assert main(["simulate", "--store", str(tmp_path), "--family", "realistic", "--runs", "6",
+                 "--checkpoints", "50", "--ar", "0.9"]) == 0
+    import json
+    cfg = json.loads((tmp_path / "simulated" / "truth.json").read_text())["config"]
+    assert (cfg["ar"], cfg["offset"], cfg["ramp"]) == (0.9, 1.0, 5)
+    capsys.readouterr()
+    assert main(["simulate", "--store", str(tmp_path), "--study", "s2", "--offset", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--offset" in err[0] and "realistic" in err[0]
