@@ -32,6 +32,9 @@ PHASE_DEFINITION = {
                     "z value of each feature over the first min(window, stay) checkpoints in the state minus that "
                     "over the last min(window, stay) checkpoints of the stay before it; averaged over entries and "
                     "ranked by absolute value. A run that starts in a state does not enter it",
+    "moving": "how fast each feature moves while runs stay in the state: the mean of z_t - z_(t-1) over every "
+              "pair of consecutive checkpoints both decoded in the state (z units per checkpoint), ranked by "
+              "absolute value; a state is a place where this is near 0 and a regime of change where it is not",
 }
 
 
@@ -133,7 +136,10 @@ def state_phases(
         - ``entry_change``: every feature as ``{"feature", "change_z"}``, ranked by ``|change_z|``
           (ties: feature order), where ``change_z`` is the mean over entries of (mean z over the
           first ``min(window, stay)`` checkpoints in the state) − (mean z over the last
-          ``min(window, stay)`` checkpoints of the stay just before); empty without entries.
+          ``min(window, stay)`` checkpoints of the stay just before); empty without entries;
+        - ``moving``: every feature as ``{"feature", "rate_z"}``, ranked by ``|rate_z|``, the mean of
+          z_t − z_(t−1) over consecutive checkpoints both in the state (z per checkpoint); empty
+          when no run stays in it for two checkpoints.
     """
     features = list(features)
     d = len(features)
@@ -147,8 +153,14 @@ def state_phases(
     sums = np.zeros((K, d))
     entries = np.zeros(K, dtype=int)
     sources: list[dict[int, int]] = [{} for _ in range(K)]
+    inc_sums = np.zeros((K, d))
+    inc_counts = np.zeros(K, dtype=int)
     for path, z in zip(paths, z_runs):
         z = np.asarray(z, dtype=float)
+        if len(path) > 1:
+            same = path[1:] == path[:-1]
+            np.add.at(inc_sums, path[1:][same], (z[1:] - z[:-1])[same])
+            np.add.at(inc_counts, path[1:][same], 1)
         stays = _stays(path)
         for (j, a0, b0), (k, a1, b1) in zip(stays[:-1], stays[1:]):
             before = z[max(b0 - window, a0):b0].mean(axis=0)
@@ -182,6 +194,12 @@ def state_phases(
             row["entry_change"] = [{"feature": features[i], "change_z": float(change[i])} for i in order]
         else:
             row["entry_change"] = []
+        if inc_counts[k]:
+            rate = inc_sums[k] / inc_counts[k]
+            order = sorted(range(d), key=lambda i: (-abs(rate[i]), i))
+            row["moving"] = [{"feature": features[i], "rate_z": float(rate[i])} for i in order]
+        else:
+            row["moving"] = []
         out.append(row)
     return out
 
@@ -353,7 +371,15 @@ def phase_text(row: dict, step_unit: str, top: int = 3) -> str:
             f"{c['feature']} {'↑' if c['change_z'] > 0 else '↓'}{abs(c['change_z']):.2f} z" for c in changes))
     elif st:
         parts.append("never entered (runs start in it)")
+    moving = (row.get("moving") or [])[:min(top, 2)]
+    if moving:
+        parts.append("moving in it: " + ", ".join(
+            f"{m['feature']} {'↑' if m['rate_z'] > 0 else '↓'}{_rate(abs(m['rate_z']))} z/checkpoint" for m in moving))
     return "; ".join(parts)
+
+
+def _rate(value: float) -> str:
+    return f"{value:.2g}" if value < 0.01 else f"{value:.3f}"
 
 
 def phase_lines(phases: dict, step_unit: str) -> list[str]:
@@ -373,7 +399,8 @@ def phase_lines(phases: dict, step_unit: str) -> list[str]:
     lo, hi = STEP_PERCENTILES
     lines = [f"what each state means (means over the checkpoints decoded in it; {_plural(step_unit)}: "
              f"the {lo}th-{hi}th percentile of their steps, then min-max; entering it: the features that move "
-             f"most, mean change over up to {phases.get('window', ENTRY_WINDOW)} checkpoints either side, z units):"]
+             f"most, mean change over up to {phases.get('window', ENTRY_WINDOW)} checkpoints either side, z units; "
+             "moving in it: the fastest mean change per checkpoint while runs stay in it):"]
     for row in phases["states"]:
         lines.append(f"  state {row['state']}: {phase_text(row, step_unit)}")
     return lines

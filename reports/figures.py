@@ -1134,6 +1134,13 @@ def profile_table(fit: FitArtifacts) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("state")
 
 
+def _fmt_rate(value) -> str:
+    if value is None or not math.isfinite(float(value)):
+        return "–"
+    v = float(value)
+    return f"{'↑' if v > 0 else '↓'}{abs(v):.2g}" if abs(v) < 0.01 else f"{'↑' if v > 0 else '↓'}{abs(v):.3f}"
+
+
 def phase_table(fit: FitArtifacts, top: int = 3) -> pd.DataFrame:
     """What each state means, one row per state (:attr:`FitArtifacts.phases`), indexed by state.
 
@@ -1149,8 +1156,9 @@ def phase_table(fit: FitArtifacts, top: int = 3) -> pd.DataFrame:
         Columns: ``runs``, ``checkpoints``, ``step_p10``, ``step_p90``, ``step_min``, ``step_max``
         (steps of the state's checkpoints; percentiles by the nearest-rank rule), one column per
         performance metric of the study (its mean over the state's checkpoints; absent columns
-        are absent), ``entries`` and ``entering`` (the ``top`` features that move most on
-        entering the state, e.g. ``"l2 ↑1.30 z, var_w ↓0.52 z"``).
+        are absent), ``entries``, ``entering`` (the ``top`` features that move most on
+        entering the state, e.g. ``"l2 ↑1.30 z, var_w ↓0.52 z"``) and ``moving`` (the two that
+        move fastest while runs stay in it, z per checkpoint, e.g. ``"l2 ↑0.012"``).
     """
     ph = fit.phases
     metrics = list(ph.get("metrics") or [])
@@ -1166,9 +1174,11 @@ def phase_table(fit: FitArtifacts, top: int = 3) -> pd.DataFrame:
         row["entries"] = r.get("entries")
         row["entering"] = ", ".join(f"{feature_name(c['feature'])} {_fmt_change(c.get('change_z'))} z"
                                     for c in (r.get("entry_change") or [])[:top])
+        row["moving"] = ", ".join(f"{feature_name(m['feature'])} {_fmt_rate(m.get('rate_z'))}"
+                                  for m in (r.get("moving") or [])[:2])
         rows.append(row)
     columns = ["state", "runs", "checkpoints", "step_p10", "step_p90", "step_min", "step_max", *metrics,
-               "entries", "entering"]
+               "entries", "entering", "moving"]
     return pd.DataFrame(rows, columns=columns).set_index("state")
 
 

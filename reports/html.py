@@ -578,7 +578,8 @@ def _phases_html(fit: FitArtifacts) -> str:
             f"<tr class='phase-row' data-state='{s}'><td class=l>{_state_head(fit, s)}</td>"
             f"<td>{_esc(row['runs'])}</td><td>{'–' if o is None else f'{float(o):.1%}'}</td>"
             f"<td>{where}</td><td>{span}</td>{cells}"
-            f"<td class=l>{_esc(row['entering']) or '–'}</td><td class=l>{_esc(came)}</td></tr>")
+            f"<td class=l>{_esc(row['entering']) or '–'}</td><td class=l>{_esc(row['moving']) or '–'}</td>"
+            f"<td class=l>{_esc(came)}</td></tr>")
     heads = "".join(f"<th>{_esc(F.feature_name(m))}</th>" for m in metrics)
     lo, hi = ph.get("percentiles") or [10, 90]
     window = ph.get("window", 5)
@@ -589,12 +590,15 @@ def _phases_html(fit: FitArtifacts) -> str:
             f"min–max: all of them. Entering it: for each time a run moves into the state from another one, the "
             f"mean z value of each feature over the first {window} checkpoints in the state (fewer if it stays "
             f"less) minus that over the last {window} checkpoints before; averaged over entries, the three "
-            f"largest in absolute value. Entered from: the states runs come from, with counts.")
+            f"largest in absolute value. Moving in it: the mean change per checkpoint of each feature while runs stay "
+            f"in the state (z units), the two fastest; near 0 for a place, not for a regime of change. Entered "
+            f"from: the states runs come from, with counts.")
     if ph.get("computed"):
         note += " This fit predates the phases block of analysis.json; the table was computed from its saved paths."
     return (f"<h3 id='phases'>What each state means</h3><table class='num phases'><thead><tr><th>state</th>"
             f"<th>runs</th><th>time share</th><th>{unit} where runs sit<br><span class=dim>p{lo}–p{hi}</span></th>"
             f"<th>min–max</th>{heads}<th>entering it<br><span class=dim>top features, z units</span></th>"
+            f"<th>moving in it<br><span class=dim>z per checkpoint</span></th>"
             f"<th>entered from</th></tr></thead><tbody>{''.join(body)}</tbody></table>"
             f"<p class=dim>{_esc(note)}</p>")
 

@@ -56,6 +56,13 @@ def test_state_phases_on_two_hand_paths():
                                   {"feature": "b", "change_z": pytest.approx(0.0)}]
     assert s2["entry_change"] == [{"feature": "b", "change_z": pytest.approx(1.5)},
                                   {"feature": "a", "change_z": pytest.approx(-1.0)}]
+    # moving: consecutive pairs inside a state. State 0: run 0 t = 0->1, 1->2 (a +1, +1); run 1 none.
+    # State 1: run 0 t = 3->4 (a +1); run 1 t = 1->2, 2->3 (a -2, -2): a (1 - 4) / 3 = -1, b 0.
+    # State 2: run 0 t = 5->6, 6->7 (a +1 twice); run 1 t = 4->5, 5->6, 6->7 (a -2 thrice), b 0:
+    #          a (2 - 6) / 5 = -0.8. State 3: never visited.
+    assert s0["moving"] == [{"feature": "a", "rate_z": pytest.approx(1.0)}, {"feature": "b", "rate_z": 0.0}]
+    assert s1["moving"] == [{"feature": "a", "rate_z": pytest.approx(-1.0)}, {"feature": "b", "rate_z": 0.0}]
+    assert s2["moving"][0] == {"feature": "a", "rate_z": pytest.approx(-0.8)} and s3["moving"] == []
 
 
 def test_nearest_rank_is_a_value_with_enough_below():
