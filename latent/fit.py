@@ -126,6 +126,9 @@ class FitConfig:
         Bootstrap refits measuring how often each state and detour recurs (0: skip).
     allow_partial : bool
         Fit runs that are not finished, or shorter than the others (refused otherwise).
+    audit : bool
+        Run the robustness audit (:mod:`latent.audit`): does each state and detour survive K ± 1,
+        the other families, each feature group dropped, and change points of each run.
     """
 
     features: tuple[str, ...] | None = None
@@ -153,6 +156,7 @@ class FitConfig:
     n_boot: int = 1000
     resamples: int = 20
     allow_partial: bool = False
+    audit: bool = True
 
     @classmethod
     def reference(cls, **overrides) -> "FitConfig":
@@ -226,7 +230,7 @@ _REFERENCE_SETTINGS = {"scaling": "per_run", "selection": "reference", "init": "
 
 
 #: settings added after the first fit format, hashed into fit ids only when not at their default
-_LATER_SETTINGS = {"family": DEFAULT_FAMILY}
+_LATER_SETTINGS = {"family": DEFAULT_FAMILY, "audit": True}
 
 
 def _id_token(name: str, value) -> str:
@@ -234,7 +238,7 @@ def _id_token(name: str, value) -> str:
     if name == "features":
         return f"{len(value)}feat"
     if isinstance(value, bool):
-        return {"one_se": "bestk", "allow_partial": "partial"}[name]
+        return {"one_se": "bestk", "allow_partial": "partial", "audit": "noaudit"}[name]
     if isinstance(value, str):  # "reference" alone is kept for the reference's five settings together
         return {("selection", "reference"): "refselect"}.get((name, value), value.replace("_", ""))
     prefix = {"first_n": "first", "max_states": "max", "restarts": "restarts", "n_iter": "iter", "folds": "folds",
@@ -584,6 +588,16 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         })
 
     lap("stability")
+    audit = None
+    if cfg.audit:
+        from .audit import audit_fit
+
+        audit = audit_fit(fm.X, fm.lengths, path, fm.features, K, cfg.family, cfg.covariance, visited[use], y,
+                          flagged if cfg.detour_rule == "delay" else [], use=np.flatnonzero(use),
+                          min_runs=cfg.min_runs, alpha=cfg.alpha, n_iter=cfg.n_iter,
+                          random_state=cfg.random_state, n_jobs=n_jobs, progress=progress)
+        _warn_audit(audit)
+    lap("audit")
     dissim = trajectory_dissimilarity(occupancy, ground_metric(params["means"]))
     importance = transition_importance(run_z, run_paths, params, fm.features, cfg.family)
     conv_list = [conv[s] for s in fm.seeds]
@@ -613,6 +627,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         "detour_rule": {"rule": cfg.detour_rule, "min_runs": cfg.min_runs, "alpha": cfg.alpha},
         "selection": selection_info,
         "stability": stability,
+        "audit": audit,
         "dissimilarity": {"value": dissim, "ground_metric": GROUND_METRIC},
         "importance": importance,
         "warnings": list(handler.messages),
@@ -777,6 +792,8 @@ def _default_command(study: Study, cfg: FitConfig) -> str:
         parts.append("--no-one-se")
     if cfg.allow_partial:
         parts.append("--allow-partial")
+    if not cfg.audit:
+        parts.append("--no-audit")
     return " ".join(parts)
 
 
@@ -841,7 +858,25 @@ def _summary(result: FitResult, visited, reg, tests, detours, never, stability) 
         lines.append(f"detour states ({cfg.detour_rule} rule): none")
     lines.append(f"convergence regression: R² = {_fmt(reg.r2_)}, p = {_fmt(reg.p_value_)} "
                  f"({reg.n_} runs; {len(never)} never converged, rule: {cfg.nonconverged})")
+    from .audit import audit_lines
+
+    lines += audit_lines(result.analysis.get("audit"))
     return lines
+
+
+def _warn_audit(audit: dict) -> None:
+    """A warning for each detour, and for the fit as a whole, that does not survive a change of method."""
+    for row in audit["detours"]:
+        if not row["robust"]:
+            lost = [name for name, ok in row["survives"].items() if not ok]
+            log.warning("detour state %d does not survive a change of method: it is a detour in only %d of %d "
+                        "alternative fits (not: %s); read it as fragile", row["state"], row["survived"], row["of"],
+                        ", ".join(lost))
+    fragile = [row["state"] for row in audit["states"] if not row["robust"]]
+    if fragile and len(fragile) * 2 >= len(audit["states"]):
+        log.warning("%d of %d states do not survive a change of method (state(s) %s; see the robustness "
+                    "lines): the phases depend on the model as much as on the runs", len(fragile),
+                    len(audit["states"]), ", ".join(map(str, fragile)))
 
 
 def _fmt(x, digits: int = 4) -> str:

@@ -603,6 +603,41 @@ def _phases_html(fit: FitArtifacts) -> str:
             f"<p class=dim>{_esc(note)}</p>")
 
 
+def _robustness_html(fit: FitArtifacts) -> str:
+    """The audit (latent.audit): which states and detours survive a change of method, in words."""
+    audit = fit.analysis.get("audit")
+    if not isinstance(audit, dict) or not audit.get("states"):
+        return ""
+    cps = {int(r["state"]): r for r in (audit.get("changepoints") or {}).get("states", [])}
+    body = []
+    for row in audit["states"]:
+        st = int(row["state"])
+        lost = [name for name, ok in (row.get("survives") or {}).items() if not ok]
+        cp = cps.get(st) or {}
+        verdict = "robust" if row.get("robust") else "<b>not robust</b>"
+        cp_text = f"{cp.get('confirmed')} of {cp.get('entries')}" if cp.get("entries") else "–"
+        body.append(f"<tr><td class=l>{_state_head(fit, st)}</td><td class=l>{verdict}</td>"
+                    f"<td>{_esc(row.get('survived'))} / {_esc(row.get('of'))}</td>"
+                    f"<td class=l>{_esc(', '.join(lost)) or '–'}</td><td>{_esc(cp_text)}</td></tr>")
+    for row in audit.get("detours") or []:
+        lost = [name for name, ok in (row.get("survives") or {}).items() if not ok]
+        verdict = "robust detour" if row.get("robust") else "<b>detour does not survive a change of method</b>"
+        body.append(f"<tr class=detour><td class=l>detour {_esc(row['state'])}</td><td class=l>{verdict}</td>"
+                    f"<td>{_esc(row.get('survived'))} / {_esc(row.get('of'))}</td>"
+                    f"<td class=l>{_esc(', '.join(lost)) or '–'}</td><td>–</td></tr>")
+    alts = ", ".join(a["name"] + ("" if a.get("ok") else " (could not be fitted)") for a in audit.get("alternatives", []))
+    cpm = audit.get("changepoints") or {}
+    note = (f"Each state is compared with the states of {len(audit.get('alternatives', []))} alternative fits of the "
+            f"same runs ({alts}): {audit.get('rule', '')}. Change points: {cpm.get('method', '')}; an entry into a "
+            f"state counts when a change point lies within {cpm.get('tolerance', '?')} checkpoints of it. A state "
+            "that is not robust is one reading of the runs among several; a detour that does not survive should "
+            "not be reported as a finding.")
+    return ("<h3 id='robustness'>Robustness: does each phase survive a change of method?</h3>"
+            "<table class='num'><thead><tr><th>state</th><th>verdict</th><th>survives</th><th>lost in</th>"
+            "<th>entries at a change point</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>"
+            f"<p class=dim>{_esc(note)}</p>")
+
+
 STYLE = """
 body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;color:#222;
  margin:0;background:#fff}
@@ -662,6 +697,8 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
            + "<a href='#summary'>Summary</a>"
            + "".join(f"<a href='#{r.name}'>{_esc(r.title)}</a>"
                      + ("<a href='#phases'>What each state means</a>" if r.name == "training_map" else "")
+                     + ("<a href='#robustness'>Robustness</a>"
+                        if r.name == "training_map" and fit.analysis.get("audit") else "")
                      for r in rendered)
            + ("<a href='#state-tests'>Per-state tests</a>" if any(r.name == "detours" for r in rendered)
               else "<a href='#states'>Per-state tests</a>"))
@@ -669,7 +706,7 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
     for r in rendered:
         data = base64.b64encode(r.png).decode()
         extra = {"state_profiles": f"<h3>In original units</h3>{_table_html(fit)}",
-                 "training_map": _phases_html(fit) + _transitions_html(fit),
+                 "training_map": _phases_html(fit) + _robustness_html(fit) + _transitions_html(fit),
                  "model_selection": _selection_html(fit),
                  "detours": _states_html(fit),
                  "forecasts": _forecasts_html(fit)}.get(r.name, "")

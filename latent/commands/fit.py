@@ -97,6 +97,9 @@ def add_parser(sub) -> None:
                    help="--selection cv: take the best K, not the smallest within one standard error")
     p.add_argument("--allow-partial", dest="allow_partial", action="store_true", default=None,
                    help="fit unfinished runs and runs shorter than the others (refused by default)")
+    p.add_argument("--no-audit", dest="audit", action="store_false", default=None,
+                   help="skip the robustness audit (alternative fits: K-1, K+1, other families, feature groups "
+                        "dropped; change points)")
     p.add_argument("--reference", action="store_true",
                    help="the reference's procedure: per-run scaling, one 80/20 split, mean BIC over 5 restarts, "
                         "the paper's detour rule (other flags still override)")
@@ -115,7 +118,7 @@ def config_from_args(args):
         value = getattr(args, name)
         if value is not None:
             kwargs[name] = value
-    for name in ("one_se", "allow_partial"):
+    for name in ("one_se", "allow_partial", "audit"):
         if getattr(args, name) is not None:
             kwargs[name] = getattr(args, name)
     if "features" in kwargs:
@@ -147,8 +150,10 @@ def run(args) -> int:
     for line in result.summary:
         print(line)
     t = result.timings
+    audit = t.get("audit", 0.0)
     print(f"wrote {out} ({t['total']:.1f} s: model selection {t['selection']:.1f} s, "
-          f"stability {t['stability']:.1f} s, the rest {t['total'] - t['selection'] - t['stability']:.1f} s)")
+          f"stability {t['stability']:.1f} s, audit {audit:.1f} s, "
+          f"the rest {t['total'] - t['selection'] - t['stability'] - audit:.1f} s)")
     print(f"next: {next_command(args, study, result.fit_id)}")
     return 0
 
