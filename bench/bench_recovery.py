@@ -52,6 +52,7 @@ OPTIONS = {
     "kmeans_init": {"init": "kmeans"},
     "split": {"selection": "split", "criterion": "bic"},
     "reference": "reference",
+    "ar": {"family": "ar"},
 }
 #: what the default run measures: (family, level, options, draws, checkpoints, runs)
 PLANS = {
@@ -71,6 +72,14 @@ PLANS = {
         ("autocorrelated", "medium", "default,reference", 20, 300, 40),
         ("shifted", "medium", "default,per_run,reference", 20, 300, 40),
         ("drift", "medium", "default", 20, 100, 20),
+    ],
+    # studies that move as real runs do (bench/measure_dynamics.py), the Gaussian HMM beside the
+    # autoregressive family; the exact Gaussian HMM and pure drift as controls
+    "realistic": [
+        ("realistic", "medium", "default,ar", 20, 300, 40),
+        ("realistic", "easy", "default,ar", 10, 300, 40),
+        ("standard", "medium", "ar", 10, 300, 40),
+        ("drift", "medium", "ar", 10, 300, 40),
     ],
     "quick": [("standard", "easy", "default,reference", 2, 120, 20), ("drift", "medium", "default", 1, 100, 20)],
 }
@@ -322,7 +331,7 @@ def main(argv=None) -> int:
             if (i + 1) % 10 == 0 or i + 1 == len(todo):
                 print(f"  {i + 1}/{len(todo)} fits, {time.time() - t0:.0f} s", flush=True)
     text = table(done, plan)
-    if not args.family:
+    if not args.family and args.plan != "realistic":
         print("interval coverage by group size (true paths, no fitting) ...", flush=True)
         text += ("\n\n**Delay intervals by group size** (why `--min-runs 5`): coverage of the true delay by "
                  "nominal 95 % intervals, on the planted paths (no HMM fitted), 40 runs per study.\n\n"
@@ -330,12 +339,27 @@ def main(argv=None) -> int:
         text += ("\n\n**Stability** (option `stability`: 20 bootstrap refits per fit) and fold agreement "
                  "(`default` rows):\n\n" + stability_table(done, plan))
     print(text)
-    if not args.no_write and not args.family:
+    if not args.no_write and not args.family and args.plan == "realistic":
+        body = (f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python {platform.python_version()}); "
+                "`python bench/bench_recovery.py --plan realistic`; raw results in `bench/results/recovery.jsonl`.\n\n"
+                + EXPLAIN_REALISTIC + "\n\n" + text)
+        write_block("recovery-realistic", body, title="Recovery on studies that move as real runs do "
+                    "(`bench/bench_recovery.py --plan realistic`)")
+    elif not args.no_write and not args.family:
         body = (f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python {platform.python_version()}); "
                 "`python bench/bench_recovery.py`; raw results in `bench/results/recovery.jsonl`.\n\n"
                 + EXPLAIN + "\n\n" + text)
         write_block("recovery", body, title="Recovery of planted states and detours (`bench/bench_recovery.py`)")
     return 0
+
+
+EXPLAIN_REALISTIC = """Columns as in the recovery table above. Family `realistic` (`latent/simulate.py`): the \
+random structures of that table, but runs move as the default studies' runs do (the `dynamics` block): one \
+AR(1) noise process per run through all its states, autocorrelation drawn per study between 0.9 and 0.999 \
+(log-uniform in 1 − ρ), every run its own offset of every state's mean (sd drawn per study, 0.3-3 \
+within-state sds), and transitions that take 5 checkpoints. Option `ar` is `latent fit --family ar` (each \
+state a linear regime); `default` is the Gaussian HMM. `standard` (an exact Gaussian HMM) and `drift` (no \
+states) are the controls for the `ar` family."""
 
 
 EXPLAIN = """Each row: simulated studies with a planted truth (`latent/simulate.py`), fitted with the named \
@@ -360,3 +384,4 @@ where every flagged state is false and K has no right answer."""
 
 if __name__ == "__main__":
     sys.exit(main())
+

@@ -24,3 +24,20 @@ def write_block(name: str, body: str, path: Path = RESULTS, title: str | None = 
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     path.write_text(text)
+
+
+#: every task's default study, as `latent collect --task T --seeds 40` names it (+ the contrast pair)
+DEFAULT_STUDIES = ("modadd", "parity", "mnist", "modadd-contrast", "modadd-contrast-ln")
+
+
+def present_studies(store: str, names: str) -> list[str]:
+    """The comma-separated study ``names`` that are in ``store``, saying on stderr which are skipped."""
+    import sys
+
+    out = []
+    for name in names.split(","):
+        if (Path(store) / name / "study.json").is_file():
+            out.append(name)
+        else:
+            print(f"skip {name}: not in {store}", file=sys.stderr)
+    return out
