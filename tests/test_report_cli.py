@@ -433,7 +433,8 @@ def test_phase_table_recomputed_by_hand(store):
             mean = sum(vals) / len(vals)
             assert cells[5 + i] == (f"{mean:.2f}" if col.endswith("acc") else f"{mean:.3g}"), (k, col)
     # state 0 is where every run starts: never entered; state 2 is entered from 1 by seeds 3, 4, 5
-    assert _phase_cells(page, 0)[-1] == "– (runs start in it)" and _phase_cells(page, 0)[-2] == "–"
+    # (columns end: entering it, moving in it, entered from)
+    assert _phase_cells(page, 0)[-1] == "– (runs start in it)" and _phase_cells(page, 0)[-3] == "–"
     assert _phase_cells(page, 2)[-1] == "1 (3)"
     # the summary row says it in one line per state, e.g. "state 1: ..., val_acc 0.05; epochs 80–140 ..."
     summary = page[page.index("<th>What each state means</th>"):]

@@ -25,7 +25,7 @@ DESCRIPTION = (
 
 def add_parser(sub) -> None:
     from ..fit import FitConfig
-    from .fit import OPTIONS, _int
+    from .fit import _int, add_fit_options
 
     defaults = FitConfig()
     p = sub.add_parser("compare", help="compare studies side by side (fits what is not fitted yet)",
@@ -39,14 +39,7 @@ def add_parser(sub) -> None:
                    help="never fit: a study without a fit for these settings is an error")
     p.add_argument("--open", action="store_true", help="open the page in the default browser, if there is one")
     fit_group = p.add_argument_group("fit settings (as for latent fit; they choose which fit is used)")
-    for flag, name, kind, text in OPTIONS:
-        default = getattr(defaults, name)
-        shown = f" (default {default})" if default is not None and name != "features" else ""
-        fit_group.add_argument(flag, dest=name, type=kind, default=None, help=text + shown)
-    fit_group.add_argument("--no-one-se", dest="one_se", action="store_false", default=None,
-                           help="--selection cv: take the best K, not the smallest within one standard error")
-    fit_group.add_argument("--allow-partial", dest="allow_partial", action="store_true", default=None,
-                           help="fit unfinished runs and runs shorter than the others (refused by default)")
+    add_fit_options(fit_group, defaults)
     fit_group.add_argument("--reference", action="store_true",
                            help="the reference's procedure (per-run scaling, one 80/20 split, mean BIC over "
                                 "restarts, the paper's detour rule)")

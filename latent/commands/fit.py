@@ -89,17 +89,7 @@ def add_parser(sub) -> None:
                        description=DESCRIPTION)
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--study", default=None, help="study name in the store, or a path (default: most recent)")
-    for flag, name, kind, text in OPTIONS:
-        default = getattr(defaults, name)
-        shown = f" (default {default})" if default is not None and name != "features" else ""
-        p.add_argument(flag, dest=name, type=kind, default=None, help=text + shown)
-    p.add_argument("--no-one-se", dest="one_se", action="store_false", default=None,
-                   help="--selection cv: take the best K, not the smallest within one standard error")
-    p.add_argument("--allow-partial", dest="allow_partial", action="store_true", default=None,
-                   help="fit unfinished runs and runs shorter than the others (refused by default)")
-    p.add_argument("--no-audit", dest="audit", action="store_false", default=None,
-                   help="skip the robustness audit (alternative fits: K-1, K+1, other families, feature groups "
-                        "dropped; change points)")
+    add_fit_options(p, defaults)
     p.add_argument("--reference", action="store_true",
                    help="the reference's procedure: per-run scaling, one 80/20 split, mean BIC over 5 restarts, "
                         "the paper's detour rule (other flags still override)")
@@ -108,6 +98,21 @@ def add_parser(sub) -> None:
     add_dask_options(p, "run the restarts and resamples on this Dask scheduler (tcp://host:8786) instead of "
                         "--jobs local processes; same results (docs/cluster.md)", "fit")
     p.set_defaults(run=run)
+
+
+def add_fit_options(group, defaults) -> None:
+    """The FitConfig flags that `fit` and `compare` share (compare uses them to pick its fits)."""
+    for flag, name, kind, text in OPTIONS:
+        default = getattr(defaults, name)
+        shown = f" (default {default})" if default is not None and name != "features" else ""
+        group.add_argument(flag, dest=name, type=kind, default=None, help=text + shown)
+    group.add_argument("--no-one-se", dest="one_se", action="store_false", default=None,
+                       help="--selection cv: take the best K, not the smallest within one standard error")
+    group.add_argument("--allow-partial", dest="allow_partial", action="store_true", default=None,
+                       help="fit unfinished runs and runs shorter than the others (refused by default)")
+    group.add_argument("--no-audit", dest="audit", action="store_false", default=None,
+                       help="skip the robustness audit (alternative fits: K-1, K+1, other families, feature "
+                            "groups dropped; change points)")
 
 
 def config_from_args(args):
