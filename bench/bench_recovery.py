@@ -77,6 +77,7 @@ PLANS = {
     # autoregressive family; the exact Gaussian HMM and pure drift as controls
     "realistic": [
         ("realistic", "medium", "default,ar", 20, 300, 40),
+        ("realistic", "medium", "no_one_se", 10, 300, 40),
         ("realistic", "easy", "default,ar", 10, 300, 40),
         ("standard", "medium", "ar", 10, 300, 40),
         ("drift", "medium", "ar", 10, 300, 40),
@@ -138,7 +139,7 @@ def tasks_for(plan) -> list[tuple]:
 def oracle(key) -> tuple[int, int]:
     """(found, testable) planted detours for the delay test run on the *true* paths: what a fit
     that recovered every state exactly would find (the power the planted effects allow)."""
-    from latent.detours import detour_tests, restricted_times
+    from latent.detours import detour_tests, entry_steps, restricted_times
 
     family, level, _, i, T, n = key
     cfg = draw_config(family, level, i, T, n)
@@ -147,8 +148,9 @@ def oracle(key) -> tuple[int, int]:
         return 0, 0
     seeds = sorted(truth.paths)
     y, _ = restricted_times([truth.convergence[s] for s in seeds], [(T - 1) * cfg.step_every] * len(seeds))
-    visited = np.array([[bool(np.any(truth.paths[s] == k)) for k in range(truth.n_states)] for s in seeds])
-    rows = detour_tests(visited, y, n_perm=2000, random_state=i)
+    steps = np.arange(T) * cfg.step_every
+    entry = entry_steps([truth.paths[s] for s in seeds], [steps] * len(seeds), y, truth.n_states)
+    rows = detour_tests(entry, y, n_perm=2000, random_state=i)
     testable = [k for k in truth.detours if rows[k]["status"] == "tested"]
     return sum(rows[k]["detour"] for k in testable), len(testable)
 
@@ -358,7 +360,8 @@ random structures of that table, but runs move as the default studies' runs do (
 AR(1) noise process per run through all its states, autocorrelation drawn per study between 0.9 and 0.999 \
 (log-uniform in 1 − ρ), every run its own offset of every state's mean (sd drawn per study, 0.3-3 \
 within-state sds), and transitions that take 5 checkpoints. Option `ar` is `latent fit --family ar` (each \
-state a linear regime); `default` is the Gaussian HMM. `standard` (an exact Gaussian HMM) and `drift` (no \
+state a linear regime); `default` is the Gaussian HMM; `no_one_se` the Gaussian HMM with the best held-out K \
+instead of the smallest within one standard error. `standard` (an exact Gaussian HMM) and `drift` (no \
 states) are the controls for the `ar` family."""
 
 

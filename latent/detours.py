@@ -7,18 +7,23 @@ run reaches: y_i = min(convergence step, τ), so a run that never converges coun
 (reference.md E1/E2; the restricted mean is the honest mean of a time that is censored at τ).
 
 **Detours** (:func:`detour_tests`). A state is a detour when visiting it delays convergence.
-For every *optional* state (some runs visit it, some skip it) the delay is
+Only entries *before* a run converges count (:func:`entry_steps`): a state reached after
+convergence (a place where slow runs end up, say) cannot have delayed anything. For every
+*optional* state (some runs enter it before converging, some do not) the delay is
 
     Δ_k = mean(y | runs visiting k) − mean(y | runs skipping k),
 
 tested one-sided (H1: Δ_k > 0) with the Welch t statistic by permuting convergence times over
 runs (exact under "visiting k does not change convergence"), adjusted over the states tested by
-the Westfall–Young step-down maxT procedure, with a Welch t interval. A state visited or skipped by fewer than ``min_runs`` runs is reported as not
-estimable, never as significant. A state visited by every run is obligatory, never a detour.
-This asks the paper's question (do runs that take this state converge later?) without the
-paper's rule's flaw: in the occupancy regression every pre-convergence state gets a positive
-coefficient (its checkpoints *are* time before convergence), so "optional and positive
-coefficient" flags both branches of a symmetric fork.
+the Westfall–Young step-down maxT procedure, with a Welch t interval. A state visited or skipped
+by fewer than ``min_runs`` runs is reported as not estimable, never as significant, and so is a
+state that few skippers are still unconverged to see when the visitors enter it: runs that reach
+a state only because they have not converged yet are slow for another reason (immortal-time
+bias). A state visited by every run is obligatory, never a detour. This asks the paper's question
+(do runs that take this state converge later?) without the paper's rule's flaw: in the occupancy
+regression every pre-convergence state gets a positive coefficient (its checkpoints *are* time
+before convergence), so "optional and positive coefficient" flags both branches of a symmetric
+fork.
 
 **Regression** (:class:`OccupancyRegression`, the paper's Table 1). OLS of y on the occupancy
 fractions, without an intercept on the visited states (the same column space as an intercept
@@ -79,6 +84,26 @@ def occupancy_fractions(path: np.ndarray, k: int) -> np.ndarray:
 # --------------------------------------------------------------------------- detour tests
 
 
+def entry_steps(run_paths, run_steps, y, k: int) -> np.ndarray:
+    """When each run first enters each state *before it converges*: shape (N, K), NaN where it
+    does not.
+
+    ``run_paths``/``run_steps``: each run's states and steps; ``y``: its restricted convergence
+    step. A checkpoint counts when its step is below ``y_i`` (a run that never converges: every
+    checkpoint up to τ). A state a run reaches only after converging cannot have delayed it.
+    """
+    y = np.asarray(y, dtype=float)
+    out = np.full((len(run_paths), k), np.nan)
+    for i, (path, steps) in enumerate(zip(run_paths, run_steps)):
+        path, steps = np.asarray(path), np.asarray(steps, dtype=float)
+        before = steps < y[i]
+        if not before.any():
+            before[:1] = True  # converged at its first checkpoint: it was in its first state
+        for s in np.unique(path[before]):
+            out[i, int(s)] = steps[before][np.argmax(path[before] == s)]
+    return out
+
+
 def welch_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[float, float]:
     """Welch t interval for mean(a) − mean(b)."""
     va, vb = a.var(ddof=1) / len(a), b.var(ddof=1) / len(b)
@@ -120,9 +145,9 @@ def _less_a_hair(t: np.ndarray) -> np.ndarray:
     return t - 1e-9 * np.abs(np.where(np.isfinite(t), t, 0.0))
 
 
-def detour_tests(visited, y, min_runs: int = MIN_RUNS, alpha: float = 0.05, n_perm: int = 10_000,
-                 random_state: int = 0) -> list[dict]:
-    """Test every state for a convergence delay among the runs that visit it.
+def detour_tests(entry, y, min_runs: int = MIN_RUNS, alpha: float = 0.05, n_perm: int = 10_000,
+                 random_state: int = 0, visited_any=None) -> list[dict]:
+    """Test every state for a convergence delay among the runs that enter it before converging.
 
     Each tested state's statistic is the Welch t of visitors against skippers. Its p-value is
     one-sided (a delay) by permutation of ``y`` over runs, and its adjusted p-value is the
@@ -130,9 +155,18 @@ def detour_tests(visited, y, min_runs: int = MIN_RUNS, alpha: float = 0.05, n_pe
     ``alpha`` and, unlike Holm, gains from the dependence between tests (the two branches of a
     fork are one comparison seen from both sides).
 
+    A run *visits* a state when it enters it before converging (:func:`entry_steps`). A state is
+    tested only when, besides ``min_runs`` visitors and skippers, at least ``min_runs`` skippers
+    are still unconverged at the visitors' median entry (``runs_at_risk``): a state that runs
+    reach only once the others have converged (a late stretch of a long plateau that only slow
+    runs live to see) would otherwise look like a delay although entering it changes nothing
+    (immortal-time bias).
+
     Parameters
     ----------
-    visited : bool array (N, K)
+    entry : float array (N, K)
+        Entry steps before convergence (:func:`entry_steps`; NaN: not entered). A boolean
+        (N, K) array of visits is accepted too (every entry then counts as step 0).
     y : array (N,)
         Restricted convergence steps (:func:`restricted_times`).
     min_runs : int
@@ -142,31 +176,47 @@ def detour_tests(visited, y, min_runs: int = MIN_RUNS, alpha: float = 0.05, n_pe
     n_perm : int
         Permutations of ``y`` (one shared set for every state; seeded).
     random_state : int
+    visited_any : bool array (N, K), optional
+        Whether each run visits each state at all; a state visited only after convergence gets
+        status ``"after_convergence"`` instead of ``"unvisited"``.
 
     Returns
     -------
     list of dict, one per state
-        ``state, runs_visiting, runs_skipping, status`` (``"obligatory"``, ``"unvisited"``,
-        ``"not_estimable"``, ``"tested"``), ``delay`` (Δ_k, None if a group is empty),
+        ``state, runs_visiting, runs_skipping, runs_at_risk, status`` (``"obligatory"``,
+        ``"unvisited"``, ``"after_convergence"``, ``"not_estimable"``, ``"tested"``), ``entry_median``,
+        ``delay`` (Δ_k, None if a group is empty),
         ``ci_low, ci_high`` (Welch 95 %), ``t`` (Welch), ``p_value`` (one-sided permutation),
         ``p_adjusted`` (step-down maxT), ``detour`` (tested, Δ_k > 0 and ``p_adjusted < alpha``).
     """
-    visited = np.asarray(visited, dtype=bool)
+    entry = np.asarray(entry)
+    entry = np.where(entry, 0.0, np.nan) if entry.dtype == bool else entry.astype(float)
+    visited = np.isfinite(entry)
     y = np.asarray(y, dtype=float)
     n, K = visited.shape
+    least = max(int(min_runs), 2)
     rows, tested = [], []
     for k in range(K):
         nv = int(visited[:, k].sum())
-        row = {"state": k, "runs_visiting": nv, "runs_skipping": n - nv, "delay": None, "ci_low": None,
-               "ci_high": None, "t": None, "p_value": None, "p_adjusted": None, "detour": False}
+        row = {"state": k, "runs_visiting": nv, "runs_skipping": n - nv, "runs_at_risk": None, "entry_median": None,
+               "delay": None, "ci_low": None, "ci_high": None, "t": None, "p_value": None, "p_adjusted": None,
+               "detour": False, "reason": None}
         if nv == n:
             row["status"] = "obligatory"
         elif nv == 0:
-            row["status"] = "unvisited"
+            row["status"] = ("after_convergence" if visited_any is not None and np.asarray(visited_any)[:, k].any()
+                             else "unvisited")
         else:
             row["delay"] = float(y[visited[:, k]].mean() - y[~visited[:, k]].mean())
-            if min(nv, n - nv) < max(int(min_runs), 2):
+            row["entry_median"] = float(np.median(entry[visited[:, k], k]))
+            row["runs_at_risk"] = int((y[~visited[:, k]] > row["entry_median"]).sum())
+            if min(nv, n - nv) < least:
                 row["status"] = "not_estimable"
+                row["reason"] = f"{min(nv, n - nv)} run(s) {'enter' if nv < n - nv else 'skip'} it"
+            elif row["runs_at_risk"] < least:
+                row["status"] = "not_estimable"
+                row["reason"] = (f"only {row['runs_at_risk']} of the {n - nv} runs that skip it are still unconverged "
+                                 "when the others enter it: runs reach it because they are slow, not the reverse")
             else:
                 row["status"] = "tested"
                 row["ci_low"], row["ci_high"] = welch_interval(y[visited[:, k]], y[~visited[:, k]])

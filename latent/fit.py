@@ -39,6 +39,7 @@ from .detours import (
     OccupancyRegression,
     convergence_step,
     detour_tests,
+    entry_steps,
     ground_metric,
     occupancy_fractions,
     paper_detours,
@@ -521,7 +522,10 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
                 "a run that never converges counts as tau, and means are restricted means")
     y = y_all[use]
 
-    tests = detour_tests(visited[use], y, cfg.min_runs, cfg.alpha, random_state=cfg.random_state)
+    run_steps = fm.split(fm.steps)
+    entry = entry_steps(run_paths, run_steps, y_all, K)  # entries before each run converges
+    tests = detour_tests(entry[use], y, cfg.min_runs, cfg.alpha, random_state=cfg.random_state,
+                         visited_any=visited[use])
     reg = OccupancyRegression(n_boot=cfg.n_boot, min_runs=cfg.min_runs, random_state=cfg.random_state).fit(
         occupancy[use], y)
     paper = paper_detours(reg.coef_, visited[use], converged[use])
@@ -533,9 +537,10 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
     flagged = [r["state"] for r in tests if r["detour"]] if cfg.detour_rule == "delay" else paper
     for row in tests:
         if row["status"] == "not_estimable" and row["delay"] is not None and row["delay"] > 0:
-            log.warning("state %d: visited by %d and skipped by %d run(s), too few (--min-runs %d) to test "
-                        "whether it delays convergence (observed delay %+.4g)", row["state"],
-                        row["runs_visiting"], row["runs_skipping"], cfg.min_runs, row["delay"])
+            log.warning("state %d: entered before converging by %d and skipped by %d run(s); whether it delays "
+                        "convergence cannot be tested (%s; observed delay %+.4g)", row["state"],
+                        row["runs_visiting"], row["runs_skipping"], row.get("reason") or
+                        f"--min-runs {cfg.min_runs}", row["delay"])
 
     regression = {
         "target": f"convergence step ({meta.get('step_unit', 'step')}) of {cfg.metric} "
@@ -563,6 +568,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         X_use, len_use = fm.subset(keep)
         stability = resample_stability(
             X_use, len_use, params, cfg.covariance, y_all[keep], converged[keep], flagged,
+            steps=np.concatenate([run_steps[i] for i in keep]),
             rule=cfg.detour_rule, min_runs=cfg.min_runs, alpha=cfg.alpha, resamples=cfg.resamples,
             n_iter=cfg.n_iter, random_state=cfg.random_state, n_jobs=n_jobs, progress=progress,
             family=cfg.family,
@@ -592,7 +598,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
     if cfg.audit:
         from .audit import audit_fit
 
-        audit = audit_fit(fm.X, fm.lengths, path, fm.features, K, cfg.family, cfg.covariance, visited[use], y,
+        audit = audit_fit(fm.X, fm.lengths, path, fm.features, K, cfg.family, cfg.covariance, fm.steps, y,
                           flagged if cfg.detour_rule == "delay" else [], use=np.flatnonzero(use),
                           min_runs=cfg.min_runs, alpha=cfg.alpha, n_iter=cfg.n_iter,
                           random_state=cfg.random_state, n_jobs=n_jobs, progress=progress)
@@ -836,7 +842,9 @@ def _summary(result: FitResult, visited, reg, tests, detours, never, stability) 
             extra = (f", delay {t['delay']:+.4g} [{_fmt(t['ci_low'])}, {_fmt(t['ci_high'])}], "
                      f"adjusted p {_fmt(t['p_adjusted'], 2)}")
         elif t["status"] == "not_estimable":
-            extra = f", delay not estimable (< {cfg.min_runs} runs on one side)"
+            extra = f", delay not estimable ({t.get('reason') or f'< {cfg.min_runs} runs on one side'})"
+        elif t["status"] == "after_convergence":
+            extra = ", entered only after converging (cannot delay it)"
         if stability is not None and stability["used"]:
             extra += f", reappears in {stability['state_found'][k]}/{stability['used']} resamples"
         lines.append(f"  state {k}: occupancy {counts[k] / total:6.1%}, visited by "

@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .detours import OccupancyRegression, detour_tests, paper_detours
+from .detours import OccupancyRegression, detour_tests, entry_steps, paper_detours
 from .family import DEFAULT_FAMILY, get_family, repair_covars
 from .hmm import FALLBACK_IMPLEMENTATION, IMPLEMENTATION, stack_runs
 from .parallel import pmap
@@ -56,11 +56,14 @@ def resample_job(data: dict, job: dict) -> dict:
         visited[i] = counts > 0
         occupancy[i] = counts / counts.sum()
     y = data["y"][idx]
+    run_off = np.concatenate([[0], np.cumsum(data["lengths"])])
+    run_steps = [data["steps"][run_off[i]:run_off[i + 1]] for i in idx]
     if data["rule"] == "paper":
         reg = OccupancyRegression(n_boot=0, min_runs=data["min_runs"]).fit(occupancy, y)
         detours = paper_detours(reg.coef_, visited, data["converged"][idx])
     else:
-        rows = detour_tests(visited, y, data["min_runs"], data["alpha"], N_PERM, job["seed"])
+        entry = entry_steps([path[off[i]:off[i + 1]] for i in range(len(idx))], run_steps, y, K)
+        rows = detour_tests(entry, y, data["min_runs"], data["alpha"], N_PERM, job["seed"])
         detours = [r["state"] for r in rows if r["detour"]]
     out.update(ok=True, means=fitted["means"], used=visited.any(axis=0), detours=detours)
     return out
@@ -76,7 +79,7 @@ def match_states(ref_means: np.ndarray, means: np.ndarray) -> np.ndarray:
 
 
 def resample_stability(X, lengths, params: dict, covariance_type: str, y, converged, detours: list[int],
-                       rule: str = "delay", min_runs: int = 5, alpha: float = 0.05, resamples: int = 20,
+                       steps=None, rule: str = "delay", min_runs: int = 5, alpha: float = 0.05, resamples: int = 20,
                        n_iter: int = 32, tol: float = 1e-2, random_state: int = 0, n_jobs=None,
                        progress: bool = False, family: str = DEFAULT_FAMILY) -> dict:
     """Refit on ``resamples`` bootstrap resamples of runs; how often each state and detour recurs.
@@ -92,6 +95,9 @@ def resample_stability(X, lengths, params: dict, covariance_type: str, y, conver
     converged : bool array (N,)
     detours : list of int
         The fit's detour states.
+    steps : array (n_samples,), optional
+        The step of every row (default: its checkpoint index); detour tests count only the
+        states a run enters before its convergence step.
     rule : {"delay", "paper"}
     min_runs, alpha : the detour rule's settings
     resamples : int
@@ -119,7 +125,9 @@ def resample_stability(X, lengths, params: dict, covariance_type: str, y, conver
     data = {"X": X, "lengths": np.asarray(lengths), "params": params, "covariance_type": covariance_type,
             "n_iter": int(n_iter), "tol": float(tol), "y": np.asarray(y, dtype=float),
             "converged": np.asarray(converged, dtype=bool), "rule": rule, "min_runs": int(min_runs),
-            "alpha": float(alpha), "family": family}
+            "alpha": float(alpha), "family": family,
+            "steps": (np.concatenate([np.arange(m) for m in np.asarray(lengths)]) if steps is None
+                      else np.asarray(steps, dtype=float))}
     results = pmap(resample_job, jobs, data, n_jobs, progress, "stability resamples")
     means = np.asarray(params["means"])
     found = np.zeros(K, dtype=int)

@@ -35,7 +35,7 @@ FIT_FORMAT = "latent.fit/1"
 ANALYSIS_FORMAT = "latent.analysis/1"
 _MODEL_KEYS = ("n_states", "features", "means", "transmat", "selection", "criterion")
 _ANALYSIS_KEYS = ("convergence", "occupancy", "map", "regression", "detours", "importance")
-STATUSES = ("obligatory", "unvisited", "not_estimable", "tested")
+STATUSES = ("obligatory", "unvisited", "after_convergence", "not_estimable", "tested")
 SELECTION_COLUMNS = ("k", "n_params", "loglik", "loglik_mean", "loglik_std", "aic", "bic", "score", "se", "spread",
                      "n_converged", "n_failed", "gap_to_runner_up")
 CRITERION_NAMES = {"bic": "BIC", "aic": "AIC", "loglik": "−2 log-likelihood"}

@@ -740,6 +740,7 @@ def plot_occupancy(ax, fit: FitArtifacts) -> dict:
 STATUS_TEXT = {
     "obligatory": "obligatory (all {n} runs visit it)",
     "unvisited": "not visited",
+    "after_convergence": "visited only after converging",
     "not_estimable": "not estimable (< {m} runs)",
     "tested": "tested",
 }
@@ -749,6 +750,8 @@ NO_TEST = "#EEEEEE"  # background of states without a delay test
 def status_text(fit: FitArtifacts, row: dict) -> str:
     """``"not estimable (< 5 runs)"`` etc. for a row of ``fit.state_tests``."""
     status = row.get("status") or "?"
+    if status == "not_estimable" and row.get("reason"):
+        return f"not estimable: {row['reason']}"
     n = int(row.get("runs_visiting") or 0) + int(row.get("runs_skipping") or 0)
     m = fit.min_runs if fit.min_runs is not None else "min_runs"
     return STATUS_TEXT.get(status, status).format(n=n, m=m)

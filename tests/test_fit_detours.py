@@ -11,6 +11,7 @@ from latent.detours import (
     OccupancyRegression,
     convergence_step,
     detour_tests,
+    entry_steps,
     paper_detours,
     restricted_times,
     trajectory_dissimilarity,
@@ -142,6 +143,74 @@ def test_symmetric_fork_is_not_a_detour_over_many_draws():
         y = 500 + rng.exponential(150, 40)
         hits += any(r["detour"] for r in detour_tests(visited, y, n_perm=400, random_state=int(rng.integers(1e6))))
     assert hits / 300 <= 0.07
+
+
+def test_entry_steps_count_only_what_happens_before_convergence():
+    steps = np.arange(6) * 10.0
+    paths = [np.array([0, 0, 1, 1, 2, 2]), np.array([0, 2, 2, 1, 1, 1]), np.array([0, 0, 0, 0, 0, 0])]
+    y = np.array([35.0, 20.0, 50.0])  # run 0 converges at 35, run 1 at 20, run 2 at tau = 50
+    entry = entry_steps(paths, [steps] * 3, y, 3)
+    # run 0: 0 at 0, 1 at 20, state 2 (entered at 40) only after converging
+    np.testing.assert_array_equal(entry[0], [0.0, 20.0, np.nan])
+    # run 1: state 2 entered at 10 (before 20), state 1 at 30 only after
+    np.testing.assert_array_equal(entry[1], [0.0, np.nan, 10.0])
+    np.testing.assert_array_equal(entry[2], [0.0, np.nan, np.nan])
+
+
+def test_a_state_reached_only_after_convergence_is_never_a_detour():
+    # the slow half of the runs ends up in a place of its own *after* converging (a seed offset
+    # of the converged weights): the old test, counting any visit, called it a detour
+    rng = np.random.default_rng(11)
+    n, T = 40, 100
+    y = np.where(np.arange(n) < 20, rng.integers(30, 40, n), rng.integers(50, 60, n)) * 10.0
+    steps = np.arange(T) * 10.0
+    paths = []
+    for i in range(n):
+        p = np.zeros(T, dtype=int)
+        p[steps >= y[i]] = 1
+        if i >= 20:
+            p[steps >= y[i] + 100] = 2
+        paths.append(p)
+    entry = entry_steps(paths, [steps] * n, y, 3)
+    visited_any = np.array([[np.any(p == k) for k in range(3)] for p in paths])
+    rows = detour_tests(entry, y, visited_any=visited_any, n_perm=2000)
+    assert rows[2]["status"] == "after_convergence" and not rows[2]["detour"]
+    assert np.isnan(entry[:, 2]).all()
+    # counting every visit, as before, would have called it one (visitors are exactly the slow runs)
+    assert detour_tests(visited_any, y, n_perm=2000)[2]["detour"]
+
+
+def test_a_state_only_slow_runs_live_to_reach_is_not_testable():
+    # immortal-time bias: every run still unconverged at step 600 drifts into state 1; entering it
+    # changes nothing, but its visitors are exactly the slow runs. Over 100 draws it is never called
+    # a detour, while a test that ignores when runs enter it calls it one every time.
+    rng = np.random.default_rng(12)
+    called_now = called_naive = 0
+    for _ in range(100):
+        y = rng.uniform(300, 1000, 40)
+        entry = np.full((40, 2), np.nan)
+        entry[:, 0] = 0.0
+        late = y > 620
+        entry[late, 1] = 600.0 + rng.integers(0, 3, late.sum()) * 10
+        rows = detour_tests(entry, y, n_perm=400, random_state=int(rng.integers(1e6)))
+        called_now += rows[1]["detour"]
+        assert rows[1]["status"] == "not_estimable" and rows[1]["runs_at_risk"] < 5
+        called_naive += detour_tests(np.isfinite(entry), y, n_perm=400, random_state=0)[1]["detour"]
+    assert called_now == 0 and called_naive >= 95
+
+
+def test_a_detour_entered_mid_run_is_still_found():
+    # a real detour entered at 200-400 by 16 of 40 runs, adding 300 steps: most skippers are still
+    # unconverged when visitors enter it, so the state is tested, and found
+    rng = np.random.default_rng(13)
+    n = 40
+    take = np.arange(n) < 16
+    start = rng.uniform(200, 400, n)
+    y = start + rng.uniform(300, 600, n) + np.where(take, 300, 0)
+    entry = np.column_stack([np.zeros(n), np.where(take, start, np.nan)])
+    row = detour_tests(entry, y, n_perm=4000)[1]
+    assert row["status"] == "tested" and row["runs_at_risk"] >= 20 and row["detour"]
+    assert row["ci_low"] < 300 < row["ci_high"]
 
 
 def test_regression_matches_intercept_parametrisation():
