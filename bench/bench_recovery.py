@@ -139,7 +139,7 @@ def tasks_for(plan) -> list[tuple]:
 def oracle(key) -> tuple[int, int]:
     """(found, testable) planted detours for the delay test run on the *true* paths: what a fit
     that recovered every state exactly would find (the power the planted effects allow)."""
-    from latent.detours import detour_tests, entry_steps, restricted_times
+    from latent.detours import converging_states, detour_tests, entry_steps, restricted_times
 
     family, level, _, i, T, n = key
     cfg = draw_config(family, level, i, T, n)
@@ -149,8 +149,11 @@ def oracle(key) -> tuple[int, int]:
     seeds = sorted(truth.paths)
     y, _ = restricted_times([truth.convergence[s] for s in seeds], [(T - 1) * cfg.step_every] * len(seeds))
     steps = np.arange(T) * cfg.step_every
-    entry = entry_steps([truth.paths[s] for s in seeds], [steps] * len(seeds), y, truth.n_states)
-    rows = detour_tests(entry, y, n_perm=2000, random_state=i)
+    conv = np.array([truth.convergence[s] is not None for s in seeds])
+    paths = [truth.paths[s] for s in seeds]
+    entry = entry_steps(paths, [steps] * len(seeds), y, truth.n_states, conv)
+    rows = detour_tests(entry, y, n_perm=2000, random_state=i,
+                        converging_in=converging_states(paths, [steps] * len(seeds), y, conv))
     testable = [k for k in truth.detours if rows[k]["status"] == "tested"]
     return sum(rows[k]["detour"] for k in testable), len(testable)
 

@@ -29,7 +29,7 @@ import logging
 
 import numpy as np
 
-from .detours import detour_tests, entry_steps
+from .detours import converging_states, detour_tests, entry_steps
 from .family import FAMILIES, get_family
 from .parallel import pmap
 
@@ -135,7 +135,7 @@ def changepoint_entries(runs_z, runs_path, k: int, tolerance: int = TOLERANCE) -
     return [{"state": s, "entries": int(entries[s]), "confirmed": int(confirmed[s])} for s in range(k)]
 
 
-def audit_fit(X, lengths, path, features, k, family, covariance_type, steps, y, detours, *, use=None,
+def audit_fit(X, lengths, path, features, k, family, covariance_type, steps, y, detours, *, converged=None, use=None,
               min_runs=5, alpha=0.05, n_iter=32, tol=1e-2, restarts=2, random_state=0, n_jobs=None,
               progress=False) -> dict:
     """The audit of one fit (module docstring); the ``audit`` block of ``analysis.json``.
@@ -148,7 +148,8 @@ def audit_fit(X, lengths, path, features, k, family, covariance_type, steps, y, 
     steps : array (n_samples,)
         The step of every row.
     y : array
-        Restricted convergence steps of the runs the detour tests use; ``use`` their positions
+        Restricted convergence steps of the runs the detour tests use; ``use`` their positions;
+        ``converged`` which of them converged
     detours : list of int
         The fit's detour states.
 
@@ -186,9 +187,12 @@ def audit_fit(X, lengths, path, features, k, family, covariance_type, steps, y, 
             states[s]["jaccard"][alt["name"]] = float(J[s, partner[s]])
             states[s]["survives"][alt["name"]] = bool(J[s, partner[s]] >= JACCARD)
         if detours:
-            entry = entry_steps([other[off[i]:off[i + 1]] for i in use], [steps[off[i]:off[i + 1]] for i in use],
-                                y, alt["k"])
-            rows = detour_tests(entry, y, min_runs, alpha, n_perm=2000, random_state=int(random_state))
+            alt_paths = [other[off[i]:off[i + 1]] for i in use]
+            alt_steps = [steps[off[i]:off[i + 1]] for i in use]
+            conv = np.ones(len(use), dtype=bool) if converged is None else np.asarray(converged, dtype=bool)
+            entry = entry_steps(alt_paths, alt_steps, y, alt["k"], conv)
+            rows = detour_tests(entry, y, min_runs, alpha, n_perm=2000, random_state=int(random_state),
+                                converging_in=converging_states(alt_paths, alt_steps, y, conv))
             flagged = {r["state"] for r in rows if r["detour"]}
             for d in detours:
                 det_rows[d]["survives"][alt["name"]] = bool(states[d]["survives"][alt["name"]]

@@ -7,7 +7,7 @@ run reaches: y_i = min(convergence step, τ), so a run that never converges coun
 (reference.md E1/E2; the restricted mean is the honest mean of a time that is censored at τ).
 
 **Detours** (:func:`detour_tests`). A state is a detour when visiting it delays convergence.
-Only entries *before* a run converges count (:func:`entry_steps`): a state reached after
+Only states a run enters *before* it converges count (:func:`entry_steps`): a state reached after
 convergence (a place where slow runs end up, say) cannot have delayed anything. For every
 *optional* state (some runs enter it before converging, some do not) the delay is
 
@@ -19,7 +19,8 @@ the Westfall–Young step-down maxT procedure, with a Welch t interval. A state 
 by fewer than ``min_runs`` runs is reported as not estimable, never as significant, and so is a
 state that few skippers are still unconverged to see when the visitors enter it: runs that reach
 a state only because they have not converged yet are slow for another reason (immortal-time
-bias). A state visited by every run is obligatory, never a detour. This asks the paper's question
+bias). A state most of its visitors converge in is where runs converge, not a detour taken on the
+way (status ``"converging"``). A state visited by every run is obligatory, never a detour. This asks the paper's question
 (do runs that take this state converge later?) without the paper's rule's flaw: in the occupancy
 regression every pre-convergence state gets a positive coefficient (its checkpoints *are* time
 before convergence), so "optional and positive coefficient" flags both branches of a symmetric
@@ -84,21 +85,22 @@ def occupancy_fractions(path: np.ndarray, k: int) -> np.ndarray:
 # --------------------------------------------------------------------------- detour tests
 
 
-def entry_steps(run_paths, run_steps, y, k: int) -> np.ndarray:
-    """When each run first enters each state *before it converges*: shape (N, K), NaN where it
-    does not.
+def entry_steps(run_paths, run_steps, y, k: int, converged=None) -> np.ndarray:
+    """When each run first enters each state before it converges: shape (N, K), NaN where it does not.
 
     ``run_paths``/``run_steps``: each run's states and steps; ``y``: its restricted convergence
-    step. A checkpoint counts when its step is below ``y_i`` (a run that never converges: every
-    checkpoint up to τ). A state a run reaches only after converging cannot have delayed it.
+    step; ``converged``: which runs converged (default: all). A state counts for a converged run
+    when the run enters it before ``y_i``: a state reached only after convergence cannot have
+    delayed it. For a run that never converges every state entered up to τ counts. Whether a
+    run later *leaves* the state is not asked: that would select on the future (runs that
+    converge early never get to leave), the immortal-time bias this function exists to avoid.
     """
     y = np.asarray(y, dtype=float)
+    converged = np.ones(len(y), dtype=bool) if converged is None else np.asarray(converged, dtype=bool)
     out = np.full((len(run_paths), k), np.nan)
     for i, (path, steps) in enumerate(zip(run_paths, run_steps)):
         path, steps = np.asarray(path), np.asarray(steps, dtype=float)
-        before = steps < y[i]
-        if not before.any():
-            before[:1] = True  # converged at its first checkpoint: it was in its first state
+        before = steps < y[i] if converged[i] else steps <= y[i]
         for s in np.unique(path[before]):
             out[i, int(s)] = steps[before][np.argmax(path[before] == s)]
     return out
@@ -145,8 +147,19 @@ def _less_a_hair(t: np.ndarray) -> np.ndarray:
     return t - 1e-9 * np.abs(np.where(np.isfinite(t), t, 0.0))
 
 
+def converging_states(run_paths, run_steps, y, converged) -> np.ndarray:
+    """The state each run is in at its convergence step (its first checkpoint at or after ``y_i``);
+    −1 for runs that never converge."""
+    out = np.full(len(run_paths), -1)
+    for i, (path, steps) in enumerate(zip(run_paths, run_steps)):
+        at = np.flatnonzero(np.asarray(steps, dtype=float) >= y[i])
+        if converged[i] and at.size:
+            out[i] = int(np.asarray(path)[at[0]])
+    return out
+
+
 def detour_tests(entry, y, min_runs: int = MIN_RUNS, alpha: float = 0.05, n_perm: int = 10_000,
-                 random_state: int = 0, visited_any=None) -> list[dict]:
+                 random_state: int = 0, visited_any=None, converging_in=None) -> list[dict]:
     """Test every state for a convergence delay among the runs that enter it before converging.
 
     Each tested state's statistic is the Welch t of visitors against skippers. Its p-value is
@@ -179,12 +192,18 @@ def detour_tests(entry, y, min_runs: int = MIN_RUNS, alpha: float = 0.05, n_perm
     visited_any : bool array (N, K), optional
         Whether each run visits each state at all; a state visited only after convergence gets
         status ``"after_convergence"`` instead of ``"unvisited"``.
+    converging_in : int array (N,), optional
+        The state each run converges in (:func:`converging_states`). A state that at least half of
+        its visitors converge in gets status ``"converging"``: it is where runs converge, not a
+        detour they take and leave on the way (whether a run enters it just before or just after
+        the threshold is crossed says how the threshold falls, not that the state slowed it).
 
     Returns
     -------
     list of dict, one per state
-        ``state, runs_visiting, runs_skipping, runs_at_risk, status`` (``"obligatory"``,
-        ``"unvisited"``, ``"after_convergence"``, ``"not_estimable"``, ``"tested"``), ``entry_median``,
+        ``state, runs_visiting, runs_skipping, runs_at_risk, runs_converging_in, status``
+        (``"obligatory"``, ``"unvisited"``, ``"after_convergence"``, ``"converging"``,
+        ``"not_estimable"``, ``"tested"``), ``entry_median``,
         ``delay`` (Δ_k, None if a group is empty),
         ``ci_low, ci_high`` (Welch 95 %), ``t`` (Welch), ``p_value`` (one-sided permutation),
         ``p_adjusted`` (step-down maxT), ``detour`` (tested, Δ_k > 0 and ``p_adjusted < alpha``).
@@ -198,7 +217,9 @@ def detour_tests(entry, y, min_runs: int = MIN_RUNS, alpha: float = 0.05, n_perm
     rows, tested = [], []
     for k in range(K):
         nv = int(visited[:, k].sum())
-        row = {"state": k, "runs_visiting": nv, "runs_skipping": n - nv, "runs_at_risk": None, "entry_median": None,
+        n_in = None if converging_in is None else int((np.asarray(converging_in)[visited[:, k]] == k).sum())
+        row = {"state": k, "runs_visiting": nv, "runs_skipping": n - nv, "runs_at_risk": None,
+               "runs_converging_in": n_in, "entry_median": None,
                "delay": None, "ci_low": None, "ci_high": None, "t": None, "p_value": None, "p_adjusted": None,
                "detour": False, "reason": None}
         if nv == n:
@@ -210,7 +231,10 @@ def detour_tests(entry, y, min_runs: int = MIN_RUNS, alpha: float = 0.05, n_perm
             row["delay"] = float(y[visited[:, k]].mean() - y[~visited[:, k]].mean())
             row["entry_median"] = float(np.median(entry[visited[:, k], k]))
             row["runs_at_risk"] = int((y[~visited[:, k]] > row["entry_median"]).sum())
-            if min(nv, n - nv) < least:
+            if n_in is not None and n_in * 2 >= nv:
+                row["status"] = "converging"
+                row["reason"] = f"{n_in} of its {nv} visitors converge in it: it is where runs converge"
+            elif min(nv, n - nv) < least:
                 row["status"] = "not_estimable"
                 row["reason"] = f"{min(nv, n - nv)} run(s) {'enter' if nv < n - nv else 'skip'} it"
             elif row["runs_at_risk"] < least:

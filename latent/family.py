@@ -40,10 +40,12 @@ COVAR_FLOOR = 1e-6
 FAMILY_MODULES = {
     "gaussian": "latent.gaussian:GaussianFamily",
     "ar": "latent.autoregressive:ARFamily",
+    "hamilton": "latent.switching:SwitchingFamily",
 }
 FAMILIES = tuple(FAMILY_MODULES)
 #: what a state is in each family, in a few words (reports, summaries)
-FAMILY_WORDS = {"gaussian": "a state is a place", "ar": "a state is a regime of change"}
+FAMILY_WORDS = {"gaussian": "a state is a place", "ar": "a state is a regime of change",
+                "hamilton": "a state is a place the run wanders near"}
 DEFAULT_FAMILY = "gaussian"
 
 

@@ -32,12 +32,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .boundaries import boundary_sharpness
+from .boundaries import verdict as boundary_verdict
 from .detours import (
     DETOUR_RULES,
     MIN_RUNS,
     NONCONVERGED_RULES,
     OccupancyRegression,
     convergence_step,
+    converging_states,
     detour_tests,
     entry_steps,
     ground_metric,
@@ -523,9 +526,10 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
     y = y_all[use]
 
     run_steps = fm.split(fm.steps)
-    entry = entry_steps(run_paths, run_steps, y_all, K)  # entries before each run converges
+    entry = entry_steps(run_paths, run_steps, y_all, K, converged)  # states entered before converging
+    conv_in = converging_states(run_paths, run_steps, y_all, converged)
     tests = detour_tests(entry[use], y, cfg.min_runs, cfg.alpha, random_state=cfg.random_state,
-                         visited_any=visited[use])
+                         visited_any=visited[use], converging_in=conv_in[use])
     reg = OccupancyRegression(n_boot=cfg.n_boot, min_runs=cfg.min_runs, random_state=cfg.random_state).fit(
         occupancy[use], y)
     paper = paper_detours(reg.coef_, visited[use], converged[use])
@@ -599,7 +603,8 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         from .audit import audit_fit
 
         audit = audit_fit(fm.X, fm.lengths, path, fm.features, K, cfg.family, cfg.covariance, fm.steps, y,
-                          flagged if cfg.detour_rule == "delay" else [], use=np.flatnonzero(use),
+                          flagged if cfg.detour_rule == "delay" else [], converged=converged[use],
+                          use=np.flatnonzero(use),
                           min_runs=cfg.min_runs, alpha=cfg.alpha, n_iter=cfg.n_iter,
                           random_state=cfg.random_state, n_jobs=n_jobs, progress=progress)
         _warn_audit(audit)
@@ -608,7 +613,15 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
     importance = transition_importance(run_z, run_paths, params, fm.features, cfg.family)
     conv_list = [conv[s] for s in fm.seeds]
     phases = _phases(table, fm, cfg, run_paths, run_z, K, meta)
-    G = build_map(run_paths, run_raw, params, fm.features, conv_list, importance, phases=phases["states"])
+    boundaries = boundary_sharpness(run_z, run_paths, params["means"], params["covars"])
+    boundaries["verdict"] = boundary_verdict(boundaries)
+    if boundaries["judged_transitions"] and not boundaries["discrete_transitions"]:
+        log.warning("no discrete transitions: at every boundary the runs move no more abruptly than they do "
+                    "inside the states (%d transitions judged); the %d states cut continuous change into "
+                    "stretches, so read them as a discretisation, not as phases (docs/fit.md, 'Discrete "
+                    "transitions')", boundaries["judged_transitions"], K)
+    G = build_map(run_paths, run_raw, params, fm.features, conv_list, importance, phases=phases["states"],
+                  boundaries=boundaries["transitions"])
 
     selection_info = {
         "procedure": cfg.selection, "criterion": cfg.criterion, "one_se": cfg.one_se,
@@ -634,6 +647,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         "selection": selection_info,
         "stability": stability,
         "audit": audit,
+        "boundaries": boundaries,
         "dissimilarity": {"value": dissim, "ground_metric": GROUND_METRIC},
         "importance": importance,
         "warnings": list(handler.messages),
@@ -845,11 +859,17 @@ def _summary(result: FitResult, visited, reg, tests, detours, never, stability) 
             extra = f", delay not estimable ({t.get('reason') or f'< {cfg.min_runs} runs on one side'})"
         elif t["status"] == "after_convergence":
             extra = ", entered only after converging (cannot delay it)"
+        elif t["status"] == "converging":
+            extra = f", where runs converge ({t['runs_converging_in']} of its {t['runs_visiting']} visitors)"
         if stability is not None and stability["used"]:
             extra += f", reappears in {stability['state_found'][k]}/{stability['used']} resamples"
         lines.append(f"  state {k}: occupancy {counts[k] / total:6.1%}, visited by "
                      f"{int(visited[:, k].sum())}/{n_runs} runs{extra}")
     lines += phase_lines(result.analysis["phases"], result.analysis["convergence"]["step_unit"])
+    b = result.analysis.get("boundaries")
+    if b:
+        lines.append(f"transitions (a boundary is a jump when the runs move more abruptly there than at 95% of the "
+                     f"checkpoints inside states): {b['verdict']}")
     if detours:
         parts = []
         for d in detours:
@@ -860,6 +880,9 @@ def _summary(result: FitResult, visited, reg, tests, detours, never, stability) 
                 text += f"; paper rule: coef {_fmt(d['coef'])}"
             if d["stability"] is not None and stability and stability["used"]:
                 text += f"; a detour again in {d['stability']['detour_found']}/{stability['used']} resamples"
+            entry = next((r for r in (b or {}).get("states", []) if r["state"] == d["state"]), None)
+            if entry is not None and entry["discrete"] is False:
+                text += "; NOT a discrete phase: runs drift into it, no jump at its entries"
             parts.append(text + ")")
         lines.append(f"detour states ({cfg.detour_rule} rule): " + ", ".join(parts))
     else:

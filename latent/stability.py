@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from .detours import OccupancyRegression, detour_tests, entry_steps, paper_detours
+from .detours import OccupancyRegression, converging_states, detour_tests, entry_steps, paper_detours
 from .family import DEFAULT_FAMILY, get_family, repair_covars
 from .hmm import FALLBACK_IMPLEMENTATION, IMPLEMENTATION, stack_runs
 from .parallel import pmap
@@ -62,8 +62,10 @@ def resample_job(data: dict, job: dict) -> dict:
         reg = OccupancyRegression(n_boot=0, min_runs=data["min_runs"]).fit(occupancy, y)
         detours = paper_detours(reg.coef_, visited, data["converged"][idx])
     else:
-        entry = entry_steps([path[off[i]:off[i + 1]] for i in range(len(idx))], run_steps, y, K)
-        rows = detour_tests(entry, y, data["min_runs"], data["alpha"], N_PERM, job["seed"])
+        run_paths = [path[off[i]:off[i + 1]] for i in range(len(idx))]
+        entry = entry_steps(run_paths, run_steps, y, K, data["converged"][idx])
+        conv_in = converging_states(run_paths, run_steps, y, data["converged"][idx])
+        rows = detour_tests(entry, y, data["min_runs"], data["alpha"], N_PERM, job["seed"], converging_in=conv_in)
         detours = [r["state"] for r in rows if r["detour"]]
     out.update(ok=True, means=fitted["means"], used=visited.any(axis=0), detours=detours)
     return out

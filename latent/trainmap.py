@@ -223,6 +223,7 @@ def build_map(
     importance: list[dict] | None = None,
     top: int = 3,
     phases: list[dict] | None = None,
+    boundaries: list[dict] | None = None,
 ) -> nx.DiGraph:
     """Build the training map.
 
@@ -244,6 +245,10 @@ def build_map(
     phases : list of dict, optional
         Output of :func:`state_phases`; gives each node ``metrics``, ``steps``, ``entries`` and
         ``entry_change`` (its first ``top`` features).
+    boundaries : list of dict, optional
+        ``transitions`` of :func:`latent.boundaries.boundary_sharpness`; gives each edge
+        ``discrete`` (True: most of its boundaries are jumps; False: cuts through continuous
+        change; None: too few to judge) and ``jumps``/``boundaries``.
     """
     transmat = np.asarray(params["transmat"])
     means_z = np.asarray(params["means"])
@@ -253,6 +258,7 @@ def build_map(
     n_total = len(all_states)
     trans = observed_transitions(paths)
     imp = {(e["source"], e["target"]): e for e in (importance or [])}
+    sharp = {(b["source"], b["target"]): b for b in (boundaries or [])}
     G = nx.DiGraph()
     for k in range(K):
         mask = all_states == k
@@ -284,6 +290,9 @@ def build_map(
             convergence_mean=float(np.mean(conv)) if conv else None,
             convergence_std=float(np.std(conv)) if conv else None,
             top_features=e["features"][:top] if e else [],
+            discrete=sharp[(j, k)]["discrete"] if (j, k) in sharp else None,
+            jumps=sharp[(j, k)]["jumps"] if (j, k) in sharp else None,
+            boundaries=sharp[(j, k)]["boundaries"] if (j, k) in sharp else None,
         )
     return G
 

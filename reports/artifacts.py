@@ -35,7 +35,7 @@ FIT_FORMAT = "latent.fit/1"
 ANALYSIS_FORMAT = "latent.analysis/1"
 _MODEL_KEYS = ("n_states", "features", "means", "transmat", "selection", "criterion")
 _ANALYSIS_KEYS = ("convergence", "occupancy", "map", "regression", "detours", "importance")
-STATUSES = ("obligatory", "unvisited", "after_convergence", "not_estimable", "tested")
+STATUSES = ("obligatory", "unvisited", "after_convergence", "converging", "not_estimable", "tested")
 SELECTION_COLUMNS = ("k", "n_params", "loglik", "loglik_mean", "loglik_std", "aic", "bic", "score", "se", "spread",
                      "n_converged", "n_failed", "gap_to_runner_up")
 CRITERION_NAMES = {"bic": "BIC", "aic": "AIC", "loglik": "−2 log-likelihood"}
@@ -396,7 +396,7 @@ def _check_optional(analysis: dict, k: int, path: Path) -> None:
                 raise bad(f"state {r['state']} has unknown status {r['status']!r}")
         if sorted(seen) != list(range(k)):
             raise bad(f"states lists {sorted(seen)}, expected 0..{k - 1}")
-    for key in ("selection", "detour_rule", "stability"):
+    for key in ("selection", "detour_rule", "stability", "boundaries"):
         if analysis.get(key) is not None and not isinstance(analysis[key], dict):
             raise bad(f"{key} is not an object")
     if analysis.get("warnings") is not None and not isinstance(analysis["warnings"], list):

@@ -521,6 +521,7 @@ def plot_training_map(ax, fit: FitArtifacts, max_size: float = 2600.0, min_size:
                         zorder=6, bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.75))
 
     edges, widths, labels, arrows, peaks = [], {}, {}, [], []
+    n_smooth = 0
     max_runs = max([d.get("runs") or 0 for _, _, d in g.edges(data=True)] + [1])
     width_scale = 1.0 if d_max >= 30 else 0.5
     for a, b, d in sorted(g.edges(data=True)):
@@ -538,8 +539,11 @@ def plot_training_map(ax, fit: FitArtifacts, max_size: float = 2600.0, min_size:
             # arc3 puts the control point at mid + rad * (dy, -dx): rad > 0 bends a left-to-right arc down
             up = lane_of[a] <= 0  # texts sit below the backbone and lower lanes, above upper lanes
             rad = 0.3 * (-1 if up else 1) * (1 if x2 > x1 else -1)
+        smooth = d.get("discrete") is False  # a cut through continuous change, not a jump
+        n_smooth += smooth
         arrow = FancyArrowPatch((x1, y1), (x2, y2), arrowstyle="-|>", mutation_scale=(12 + 2 * width) * width_scale,
-                                lw=width, color="#444444", alpha=0.85,
+                                lw=width, color="#999999" if smooth else "#444444", alpha=0.85,
+                                linestyle=(0, (1.5, 1.5)) if smooth else "-",
                                 connectionstyle=f"arc3,rad={rad}",
                                 shrinkA=math.sqrt(sizes[a]) / 2 + 2, shrinkB=math.sqrt(sizes[b]) / 2 + 2,
                                 zorder=1)
@@ -578,6 +582,9 @@ def plot_training_map(ax, fit: FitArtifacts, max_size: float = 2600.0, min_size:
         handles.append(Line2D([], [], marker="o", ms=9, mfc="none", mec=MARK, mew=1.5, ls="none",
                               label="detour state (dashed ring)"))
     handles.append(Line2D([], [], color="#444444", lw=3, label="arrow width ∝ runs taking it"))
+    if n_smooth:
+        handles.append(Line2D([], [], color="#999999", lw=2, ls=(0, (1.5, 1.5)),
+                              label="dotted: no jump (a cut through continuous change)"))
     if h_pt >= 120:
         ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, 0.0), ncol=len(handles),
                   fontsize=7.5 if w_pt >= 300 else 6.5, frameon=False)
@@ -741,6 +748,7 @@ STATUS_TEXT = {
     "obligatory": "obligatory (all {n} runs visit it)",
     "unvisited": "not visited",
     "after_convergence": "visited only after converging",
+    "converging": "where runs converge",
     "not_estimable": "not estimable (< {m} runs)",
     "tested": "tested",
 }

@@ -603,6 +603,36 @@ def _phases_html(fit: FitArtifacts) -> str:
             f"<p class=dim>{_esc(note)}</p>")
 
 
+def _boundaries_html(fit: FitArtifacts) -> str:
+    """Which transitions are jumps and which cut through continuous change (latent.boundaries)."""
+    b = fit.analysis.get("boundaries")
+    if not isinstance(b, dict) or not b.get("transitions"):
+        return ""
+    body = []
+    for r in b["transitions"]:
+        if r.get("discrete") is None:
+            verdict = f"too few boundaries to judge (fewer than {_esc(b.get('min_count', 5))})"
+        elif r["discrete"]:
+            verdict = "<b>discrete</b>: most boundaries jump"
+        else:
+            verdict = "continuous: the runs drift across it"
+        share = "–" if r.get("share") is None else f"{float(r['share']):.0%}"
+        body.append(f"<tr><td class=l>{_esc(r['source'])} → {_esc(r['target'])}</td><td>{_esc(r['boundaries'])}</td>"
+                    f"<td>{_esc(r['jumps'])}</td><td>{share}</td><td class=l>{verdict}</td></tr>")
+    note = (f"At each boundary the runs are projected on the direction the model says they move (from one state's "
+            f"mean to the other's) and a step at the boundary is compared with a smooth curve (a quadratic in time) "
+            f"over {2 * int(b.get('window', 8))} checkpoints; the boundary is a jump when that step explains more "
+            f"than at {float(b.get('quantile', 0.95)):.0%} of the checkpoints inside the two states (same direction, "
+            f"no boundary nearby). A transition is discrete when at least {float(b.get('share', 0.5)):.0%} of its "
+            f"boundaries jump. States joined only by continuous transitions are stretches of one steady change, "
+            f"not separate phases; dotted arrows on the map.")
+    return ("<h3 id='transitions'>Discrete transitions or continuous change?</h3>"
+            f"<p>{_esc(b.get('verdict', ''))}.</p>"
+            "<table class='num'><thead><tr><th>transition</th><th>boundaries judged</th><th>jumps</th><th>share</th>"
+            "<th>verdict</th></tr></thead><tbody>" + "".join(body) + "</tbody></table>"
+            f"<p class=dim>{_esc(note)}</p>")
+
+
 def _robustness_html(fit: FitArtifacts) -> str:
     """The audit (latent.audit): which states and detours survive a change of method, in words."""
     audit = fit.analysis.get("audit")
@@ -706,7 +736,7 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
     for r in rendered:
         data = base64.b64encode(r.png).decode()
         extra = {"state_profiles": f"<h3>In original units</h3>{_table_html(fit)}",
-                 "training_map": _phases_html(fit) + _robustness_html(fit) + _transitions_html(fit),
+                 "training_map": _phases_html(fit) + _boundaries_html(fit) + _robustness_html(fit) + _transitions_html(fit),
                  "model_selection": _selection_html(fit),
                  "detours": _states_html(fit),
                  "forecasts": _forecasts_html(fit)}.get(r.name, "")

@@ -29,9 +29,10 @@ def test_alternatives_and_feature_groups():
     assert groups == {"norms": [0, 1], "spectra and sparsity": [2], "weight distribution": [3],
                       "losses and accuracies": [4], "other features": [5]}
     names = [a["name"] for a in alternatives(feats, 4, "gaussian")]
-    assert names[:3] == ["K-1 (3 states)", "K+1 (5 states)", "family ar"]
+    assert names[:4] == ["K-1 (3 states)", "K+1 (5 states)", "family ar", "family hamilton"]
     assert sum(n.startswith("without ") for n in names) == 5
-    assert [a["name"] for a in alternatives(["f0", "f1"], 1, "ar")] == ["K+1 (2 states)", "family gaussian"]
+    assert [a["name"] for a in alternatives(["f0", "f1"], 1, "ar")] == ["K+1 (2 states)", "family gaussian",
+                                                                       "family hamilton"]
 
 
 def test_change_points_confirm_steps_and_not_a_boundary_inside_a_ramp():
@@ -58,9 +59,11 @@ def test_audit_of_a_planted_study(tmp_path, capsys):
     K = len(analysis["states"])
     assert K == 4
     names = [a["name"] for a in audit["alternatives"]]
-    assert names == ["K-1 (3 states)", "K+1 (5 states)", "family ar"] and all(a["ok"] for a in audit["alternatives"])
-    # on independent draws the ar family nests the Gaussian HMM (a = 0): every state survives it
-    assert all(row["survives"]["family ar"] for row in audit["states"])
+    assert names == ["K-1 (3 states)", "K+1 (5 states)", "family ar", "family hamilton"]
+    assert all(a["ok"] for a in audit["alternatives"])
+    # on independent draws the ar and hamilton families nest the Gaussian HMM (a = 0, φ = 0): every
+    # state survives both
+    assert all(row["survives"]["family ar"] and row["survives"]["family hamilton"] for row in audit["states"])
     # states 6 noise sds apart enter with a jump: change points confirm (almost) every entry
     cps = audit["changepoints"]["states"]
     assert sum(r["entries"] for r in cps) >= 2 * 24
@@ -68,7 +71,7 @@ def test_audit_of_a_planted_study(tmp_path, capsys):
     # the planted detour (truth state 1) is found and is a detour in the ar fit too
     assert [d["state"] for d in analysis["detours"]] == [1]
     assert audit["detours"][0]["survives"]["family ar"]
-    assert "robustness (each state against 3 alternative fits" in out and "  detour 1: " in out
+    assert "robustness (each state against 4 alternative fits" in out and "  detour 1: " in out
     # --no-audit: no block, and its own fit id
     assert main(["fit", "--store", str(store), *FAST, "--no-audit"]) == 0
     other = [p for p in (store / "toy" / "fits").iterdir() if p != fit_dir]

@@ -135,7 +135,7 @@ def test_damaged_ar_parameters_are_refused_in_words():
     del params["coef"]
     with pytest.raises(UserError, match="missing or have inconsistent shapes"):
         get_family("ar").build(params, "full")
-    with pytest.raises(UserError, match="unknown state family 'arx'; choose one of gaussian, ar"):
+    with pytest.raises(UserError, match="unknown state family 'arx'; choose one of gaussian, ar, hamilton"):
         get_family("arx")
 
 
@@ -196,4 +196,104 @@ def test_fit_with_the_ar_family_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["fit", "--store", str(store), "--family", "arx", *fast]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--family" in err[0] and "gaussian, ar" in err[0]
+    assert len(err) == 1 and "--family" in err[0] and "gaussian, ar, hamilton" in err[0]
+
+
+# --------------------------------------------------------------------------- Hamilton's switching mean
+
+HK, HD = 3, 4
+H_MEANS = np.array([[0.0, 0.0, 0.0, 0.0], [3.0, -2.0, 1.0, 0.0], [5.0, 1.0, -2.0, 1.0]])
+H_PHI = np.array([0.95, 0.9, 0.8, 0.97])
+H_SD = 0.3
+H_TRANS = np.array([[0.97, 0.03, 0.0], [0.0, 0.97, 0.03], [0.0, 0.0, 1.0]])
+
+
+def planted_switching_runs(n_runs=20, T=150, seed=0, offset=0.0):
+    """Runs of Hamilton's model sampled here: the deviation from the current state's mean is one
+    AR(1) process through the run (each run starts at a deviation of ``offset`` stationary sds)."""
+    rng = np.random.default_rng(seed)
+    runs, paths = [], []
+    stat_sd = H_SD / np.sqrt(1 - H_PHI**2)
+    for _ in range(n_runs):
+        s = np.zeros(T, dtype=int)
+        for t in range(1, T):
+            s[t] = rng.choice(HK, p=H_TRANS[s[t - 1]])
+        dev = rng.normal(0, 0.2, HD) + offset * stat_sd * rng.choice([-1, 1], HD)
+        z = np.zeros((T, HD))
+        for t in range(T):
+            if t:
+                dev = H_PHI * dev + rng.normal(0, H_SD, HD)
+            z[t] = H_MEANS[s[t]] + dev
+        runs.append(z)
+        paths.append(s)
+    return runs, paths
+
+
+def hamilton_params():
+    return get_family("hamilton").check({
+        "startprob": np.array([0.98, 0.01, 0.01]), "transmat": H_TRANS + 1e-12, "means": H_MEANS,
+        "covars": np.array([np.eye(HD) * H_SD**2] * HK), "phi": H_PHI, "start_var": np.full(HD, 0.04)}, "full")
+
+
+def test_hamilton_likelihood_is_the_forward_algorithm_over_pairs_by_brute_force():
+    """log p(z) by summing over every state path of a short run, with the model's own densities
+    written out from its definition (scipy's normal)."""
+    from itertools import product
+
+    runs, _ = planted_switching_runs(n_runs=1, T=6, seed=3)
+    z = runs[0]
+    p = hamilton_params()
+    total = -np.inf
+    for path in product(range(HK), repeat=len(z)):
+        lp = np.log(p["startprob"][path[0]]) + multivariate_normal(p["means"][path[0]], np.diag(p["start_var"])
+                                                                   ).logpdf(z[0])
+        for t in range(1, len(z)):
+            j, k = path[t - 1], path[t]
+            if p["transmat"][j, k] <= 0:
+                lp = -np.inf
+                break
+            centre = p["means"][k] + p["phi"] * (z[t - 1] - p["means"][j])
+            lp += np.log(p["transmat"][j, k]) + multivariate_normal(centre, p["covars"][k]).logpdf(z[t])
+        total = np.logaddexp(total, lp)
+    fam = get_family("hamilton")
+    assert fam.build(p, "full").score(z) == pytest.approx(total, rel=1e-9)
+    # log_density is the one-step predictive density per state: the K-state forward filter over
+    # it gives the same likelihood (what importance and predict rely on)
+    lb = fam.log_density(p, z)
+    a = np.log(p["startprob"]) + lb[0]
+    with np.errstate(divide="ignore"):
+        logA = np.log(p["transmat"])
+    for t in range(1, len(z)):
+        a = np.logaddexp.reduce(a[:, None] + logA, axis=0) + lb[t]
+    assert np.logaddexp.reduce(a) == pytest.approx(total, rel=1e-9)
+
+
+def test_hamilton_em_recovers_a_planted_switching_model_with_run_offsets():
+    """Runs that sit 2 stationary sds off the state means for their whole length: the Gaussian
+    HMM needs states for the offsets, Hamilton's model carries them in the AR deviation."""
+    runs, paths = planted_switching_runs(n_runs=20, T=150, seed=0, offset=2.0)
+    X, lengths = np.concatenate(runs), np.array([len(r) for r in runs])
+    truth = np.concatenate(paths)
+    fam = get_family("hamilton")
+    start = fam.start_params(X, lengths, truth, HK)
+    model = fam.new_model(HK, "full", n_iter=60, tol=1e-6)
+    fam.set_params(model, start, "full")
+    model.fit(X, lengths)
+    history = np.array(model.monitor_.history)
+    assert np.all(np.diff(history) > -1e-7 * np.abs(history).max())  # EM climbs (ECM: every block exact)
+    fitted = fam.to_params(model)
+    np.testing.assert_allclose(fitted["phi"], H_PHI, atol=0.03)
+    order = np.argsort(fitted["means"][:, 0])
+    np.testing.assert_allclose(fitted["means"][order], H_MEANS, atol=0.6)
+    assert adjusted_rand_score(truth, model.predict(X, lengths)) > 0.95
+    sel = HMMSelector(max_states=5, restarts=2, family="hamilton", n_jobs=1, random_state=0).fit(X, lengths)
+    assert sel.n_states_ == HK
+    gauss = HMMSelector(max_states=5, restarts=2, n_jobs=1, random_state=0).fit(X, lengths)
+    assert gauss.n_states_ > HK  # the offsets cost the place model extra states
+
+
+def test_damaged_hamilton_parameters_are_refused_in_words():
+    params = {k: np.asarray(v).tolist() for k, v in hamilton_params().items()}
+    params["phi"][0] = 1.2
+    with pytest.raises(UserError, match="AR coefficient outside"):
+        get_family("hamilton").build(params, "full")

@@ -147,14 +147,19 @@ def test_symmetric_fork_is_not_a_detour_over_many_draws():
 
 def test_entry_steps_count_only_what_happens_before_convergence():
     steps = np.arange(6) * 10.0
-    paths = [np.array([0, 0, 1, 1, 2, 2]), np.array([0, 2, 2, 1, 1, 1]), np.array([0, 0, 0, 0, 0, 0])]
-    y = np.array([35.0, 20.0, 50.0])  # run 0 converges at 35, run 1 at 20, run 2 at tau = 50
-    entry = entry_steps(paths, [steps] * 3, y, 3)
-    # run 0: 0 at 0, 1 at 20, state 2 (entered at 40) only after converging
+    paths = [np.array([0, 0, 1, 1, 2, 2]), np.array([0, 2, 2, 1, 1, 1]), np.array([0, 1, 1, 2, 2, 2]),
+             np.array([0, 0, 1, 1, 1, 1])]
+    # run 0 converges at 35, run 1 at 20, run 2 at 15; run 3 never (restricted at tau = 50)
+    y = np.array([35.0, 20.0, 15.0, 50.0])
+    entry = entry_steps(paths, [steps] * 4, y, 3, converged=[True, True, True, False])
+    # run 0: 0 at 0, 1 at 20; state 2 is entered at 40, after converging
     np.testing.assert_array_equal(entry[0], [0.0, 20.0, np.nan])
     # run 1: state 2 entered at 10 (before 20), state 1 at 30 only after
     np.testing.assert_array_equal(entry[1], [0.0, np.nan, 10.0])
-    np.testing.assert_array_equal(entry[2], [0.0, np.nan, np.nan])
+    # run 2: converges at 15 while in state 1, entered at 10: it entered it before converging
+    np.testing.assert_array_equal(entry[2], [0.0, 10.0, np.nan])
+    # run 3 never converges: every state it enters up to tau counts
+    np.testing.assert_array_equal(entry[3], [0.0, 20.0, np.nan])
 
 
 def test_a_state_reached_only_after_convergence_is_never_a_detour():

@@ -229,9 +229,11 @@ def test_phases_reach_the_map_nodes_and_the_summary(fitted):
             assert f"entering it: {top['feature']} {arrow}{abs(top['change_z']):.2f} z" in line
         else:
             assert "never entered (runs start in it)" in line
-    # the summary's phase lines come right after the per-state lines, before the detours
+    # the summary's phase lines come right after the per-state lines, then the transitions verdict,
+    # then the detours
     i = next(i for i, ln in enumerate(result.summary) if ln.startswith("what each state means"))
-    assert result.summary[i - 1].startswith("  state ") and result.summary[i + 4].startswith("detour states")
+    assert result.summary[i - 1].startswith("  state ") and result.summary[i + 4].startswith("transitions (")
+    assert result.summary[i + 5].startswith("detour states")
 
 
 def test_phases_survive_the_json_round_trip(fitted, tmp_path):
