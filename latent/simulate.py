@@ -633,3 +633,167 @@ def score(truth: Truth, paths: pd.DataFrame, analysis: dict, min_runs: int = 5) 
     out["false_detours"] = len([j for j in flagged if j not in matched_detours])
     out["true_flagged"] = [j for j in flagged if j in matched_detours]
     return out
+
+
+# --------------------------------------------------------------------------- regimes planted into real runs
+
+#: what a planted regime does (:func:`plant_regime`)
+PLANT_KINDS = ("displaced", "pause", "slow")
+
+
+@dataclass(frozen=True)
+class PlantConfig:
+    """A regime planted into some runs of a real study (:func:`plant_regime`).
+
+    Parameters
+    ----------
+    kind : {"displaced", "pause", "slow"}
+        ``"displaced"``: the run leaves its path for a place ``size`` across-run sds off it and
+        wanders there (AR(1) 0.9 noise of the run's own checkpoint-to-checkpoint scale), then
+        returns; ``"pause"``: the run stops moving (the features held where it was, plus that
+        noise); ``"slow"``: the run moves off its path steadily (``size`` sds in total, linearly),
+        the paper's "slow road", then returns.
+    fraction : float
+        Share of runs that get the regime (1.0: every run, a control whose state is obligatory).
+    length : int
+        Checkpoints of the regime.
+    size : float
+        How far off the run's path, in across-run sds of each feature at the insertion point.
+    delay : bool
+        True: the regime is inserted and the rest of the run comes after it (its convergence moves
+        ``length`` checkpoints later, the run is cut at its old length); False: the regime replaces
+        ``length`` checkpoints before convergence (a control: a state some runs visit that does
+        not delay them).
+    window : tuple of float
+        Where it starts, as a fraction of the run's checkpoints before convergence.
+    seed : int
+    """
+
+    kind: str = "displaced"
+    fraction: float = 0.5
+    length: int = 20
+    size: float = 2.0
+    delay: bool = True
+    window: tuple = (0.3, 0.7)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.kind not in PLANT_KINDS:
+            raise UserError(f"unknown plant kind {self.kind!r}; choose one of {', '.join(PLANT_KINDS)}")
+        if not 0 < self.fraction <= 1:
+            raise UserError(f"plant fraction must be in (0, 1], got {self.fraction}")
+        if self.length < 1:
+            raise UserError(f"plant length must be at least 1, got {self.length}")
+
+
+@dataclass
+class PlantTruth:
+    """What :func:`plant_regime` did: ``runs`` ``{seed: (first row, rows)}`` of the regime in the
+    new table, the ``delay`` it adds to those runs' convergence (steps; 0 without delay) and the
+    config."""
+
+    config: PlantConfig
+    runs: dict
+    delay: float
+    features: list
+
+
+def plant_regime(table: pd.DataFrame, features, metric: str, threshold: float, config: PlantConfig,
+                 direction: str = "above") -> tuple[pd.DataFrame, PlantTruth]:
+    """Plant a regime into some runs of a real trajectory table (module docstring of
+    :class:`PlantConfig`), keeping every run's length and step grid.
+
+    The chosen runs (a seeded ``fraction`` of those that converge at least ``length + 5``
+    checkpoints before their end) get the regime at a checkpoint drawn in ``window`` of their
+    time before convergence. Feature columns move as the kind says; every other column (losses,
+    accuracies) is held at its value where the regime starts, so convergence is delayed exactly by
+    ``length`` checkpoints when ``delay`` is True and unchanged otherwise.
+    """
+    cfg = config
+    rng = np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(11,)))
+    features = list(features)
+    table = table.sort_values(["seed", "step"], kind="stable").reset_index(drop=True)
+    runs = {int(s): g.reset_index(drop=True) for s, g in table.groupby("seed", sort=True)}
+    T = min(len(g) for g in runs.values())
+    stack = np.stack([g[features].to_numpy(float)[:T] for g in runs.values()])  # (N, T, d)
+    spread = stack.std(axis=0)  # across-run sd per checkpoint and feature
+    spread = np.where(spread > 0, spread, stack.std(axis=(0, 1)))
+
+    def conv_index(g):
+        v = g[metric].to_numpy(float)
+        hit = np.flatnonzero(v > threshold if direction == "above" else v < threshold)
+        return int(hit[0]) if hit.size else None
+
+    eligible = [s for s, g in runs.items() if (c := conv_index(g)) is not None and c + cfg.length + 5 < len(g)
+                and c > cfg.length + 5]
+    n = int(round(cfg.fraction * len(runs)))
+    if len(eligible) < n:
+        raise UserError(f"only {len(eligible)} runs converge early enough to plant a regime of {cfg.length} "
+                        f"checkpoints into {n}")
+    chosen = sorted(rng.choice(eligible, size=n, replace=False).tolist())
+    d = len(features)
+    direction_vec = rng.choice([-1.0, 1.0], size=d) * (rng.random(d) < 0.5)
+    if not direction_vec.any():
+        direction_vec[int(rng.integers(d))] = 1.0
+    frames, planted = [], {}
+    for s, g in runs.items():
+        if s not in chosen:
+            frames.append(g)
+            continue
+        c = conv_index(g)
+        hi = c - (0 if cfg.delay else cfg.length) - 1
+        t0 = int(np.clip(round(rng.uniform(*cfg.window) * c), 1, max(hi, 1)))
+        x = g[features].to_numpy(float)
+        step_noise = np.median(np.abs(np.diff(x[max(t0 - 20, 0): t0 + 1], axis=0)), axis=0) + 1e-12
+        L = cfg.length
+        noise = np.zeros((L, d))
+        for t in range(L):
+            noise[t] = (0.9 * noise[t - 1] if t else 0) + step_noise * rng.standard_normal(d)
+        off = cfg.size * spread[min(t0, T - 1)] * direction_vec
+        if cfg.kind == "displaced":
+            block = x[t0] + off + noise
+        elif cfg.kind == "pause":
+            block = x[t0] + noise
+        else:
+            block = x[t0] + np.linspace(1 / L, 1, L)[:, None] * off + noise
+        regime = g.iloc[[t0] * L].reset_index(drop=True)  # the row where it starts, dtypes kept
+        regime[features] = block
+        rest = g.iloc[t0:len(g) - L] if cfg.delay else g.iloc[t0 + L:]
+        new = pd.concat([g.iloc[:t0], regime, rest], ignore_index=True)
+        for col in ("step", "epoch"):
+            if col in g.columns:
+                new[col] = g[col].to_numpy()[: len(new)]
+        frames.append(new)
+        planted[s] = (t0, L)
+    steps = table.groupby("seed")["step"].apply(lambda v: float(np.median(np.diff(np.sort(v))))).median()
+    truth = PlantTruth(config=cfg, runs=planted, delay=float(cfg.length * steps) if cfg.delay else 0.0,
+                       features=features)
+    return pd.concat(frames, ignore_index=True), truth
+
+
+def score_plant(truth: PlantTruth, paths: pd.DataFrame, analysis: dict) -> dict:
+    """Did a fit find the planted regime, and call it a detour?
+
+    The regime's *state* is the fitted state holding most of the planted checkpoints; it is
+    recovered when the Jaccard index of its checkpoints and the planted ones is at least 0.5.
+    ``found``: it is recovered and flagged a detour; ``false``: flagged states other than it.
+    """
+    paths = paths.sort_values(["seed", "step"])
+    planted_rows, all_rows = set(), {}
+    for s, g in paths.groupby("seed", sort=True):
+        states = g["state"].to_numpy()
+        for t, k in enumerate(states):
+            all_rows.setdefault(int(k), set()).add((int(s), t))
+        if int(s) in truth.runs:
+            t0, L = truth.runs[int(s)]
+            planted_rows |= {(int(s), t) for t in range(t0, t0 + L)}
+    flagged = sorted(int(d["state"]) for d in analysis["detours"])
+    best, best_j = None, 0.0
+    for k, rows in all_rows.items():
+        j = len(rows & planted_rows) / len(rows | planted_rows)
+        if j > best_j:
+            best, best_j = k, j
+    recovered = best_j >= 0.5
+    return {"k_fit": len(all_rows), "state": best, "jaccard": best_j, "recovered": recovered,
+            "found": recovered and best in flagged, "flagged": flagged,
+            "false": [k for k in flagged if not (recovered and k == best)]}

@@ -1,6 +1,7 @@
 """The simulator behind the recovery benchmark: structure, planted delays, scoring."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from latent.errors import UserError
@@ -170,3 +171,63 @@ def test_cli_simulate_realistic_takes_its_dynamics_and_refuses_them_elsewhere(tm
     assert main(["simulate", "--store", str(tmp_path), "--study", "s2", "--offset", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--offset" in err[0] and "realistic" in err[0]
+
+
+# --------------------------------------------------------------------------- regimes planted into real runs
+
+
+def _real_like_table(n=12, T=60, seed=0):
+    """Runs that memorise, plateau and converge (val_acc jumps) at run-specific times."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for s in range(n):
+        conv = int(rng.integers(30, 45))
+        t = np.arange(T)
+        frames.append(pd.DataFrame({"seed": s, "step": t * 10, "epoch": t * 10.0,
+                                    "a": np.log1p(t) + rng.normal(0, 0.01, T), "b": 0.02 * t + rng.normal(0, 0.01, T),
+                                    "val_acc": np.where(t >= conv, 0.95, 0.1)}))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.parametrize("delay", [True, False])
+def test_planted_regime_moves_convergence_by_exactly_its_length(delay):
+    from latent.simulate import PlantConfig, plant_regime
+
+    table = _real_like_table()
+    new, truth = plant_regime(table, ["a", "b"], "val_acc", 0.9, PlantConfig(length=8, delay=delay, seed=3))
+    assert len(truth.runs) == 6 and truth.delay == (80.0 if delay else 0.0)
+    for s, g in table.groupby("seed"):
+        h = new[new.seed == s].reset_index(drop=True)
+        g = g.reset_index(drop=True)
+        assert len(h) == len(g) and (h.step.to_numpy() == g.step.to_numpy()).all()  # same grid, same length
+        conv_old = int(np.argmax(g.val_acc > 0.9))
+        conv_new = int(np.argmax(h.val_acc > 0.9))
+        if s not in truth.runs:
+            pd.testing.assert_frame_equal(h, g)
+            continue
+        t0, L = truth.runs[s]
+        assert conv_new == conv_old + (L if delay else 0)
+        # before the regime the run is untouched; in it the features left the path
+        pd.testing.assert_frame_equal(h.iloc[:t0], g.iloc[:t0])
+        assert (h.val_acc.iloc[t0:t0 + L] == g.val_acc.iloc[t0]).all()
+        if delay:  # the rest of the run comes after the regime, shifted by its length
+            np.testing.assert_array_equal(h[["a", "b"]].to_numpy()[t0 + L:], g[["a", "b"]].to_numpy()[t0:len(g) - L])
+
+
+def test_plant_score_finds_the_planted_state():
+    from latent.simulate import PlantConfig, plant_regime, score_plant
+
+    table = _real_like_table()
+    new, truth = plant_regime(table, ["a", "b"], "val_acc", 0.9, PlantConfig(length=8, seed=3))
+    rows = []
+    for s, g in new.groupby("seed", sort=True):
+        state = np.zeros(len(g), dtype=int)
+        if s in truth.runs:
+            t0, L = truth.runs[s]
+            state[t0:t0 + L] = 1
+        rows.append(pd.DataFrame({"seed": s, "step": g.step.to_numpy(), "state": state}))
+    paths = pd.concat(rows)
+    hit = score_plant(truth, paths, {"detours": [{"state": 1}]})
+    assert hit["recovered"] and hit["found"] and hit["jaccard"] == 1.0 and hit["false"] == []
+    miss = score_plant(truth, paths, {"detours": [{"state": 0}]})
+    assert miss["recovered"] and not miss["found"] and miss["false"] == [0]
