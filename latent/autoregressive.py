@@ -257,6 +257,16 @@ class ARFamily(StateFamily):
         out[0] = z[0]  # row 0 is given: no density, no gradient
         return out
 
+    def emit(self, params, prev_state, state, prev_row, noise, rng, first_rows=None):
+        if prev_row is None:  # the likelihood is conditional on the first row: start from real ones
+            if first_rows is None:
+                return np.asarray(params["means"], dtype=float)[state] + noise
+            first_rows = np.asarray(first_rows, dtype=float)
+            return first_rows[rng.integers(0, len(first_rows), len(state))]
+        coef = np.asarray(params["coef"], dtype=float)
+        intercept = np.asarray(params["intercept"], dtype=float)
+        return coef[state] * prev_row + intercept[state] + noise
+
     def scored_rows(self, z):
         rows = np.ones(len(z), dtype=bool)
         rows[:1] = False

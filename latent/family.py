@@ -244,3 +244,37 @@ class StateFamily:
     def payload(self, params: dict) -> dict:
         """The family's entries of ``model.json`` (every parameter, by name)."""
         return {name: params[name] for name in self.param_names}
+
+    # -- simulation --------------------------------------------------------------------------
+
+    def sample(self, params: dict, lengths, rng: np.random.Generator, first_rows=None) -> tuple[list, list]:
+        """Runs drawn from the model: ``(runs_z, runs_path)``, one (T_i, d) array and one (T_i,)
+        state path per entry of ``lengths``.
+
+        The state paths follow ``startprob`` and ``transmat``; rows follow :meth:`emit`, run by
+        run in lockstep. ``first_rows`` (N, d): rows to start from for families whose likelihood
+        is conditional on a run's first row (``ar``); others draw their own.
+        """
+        lengths = np.asarray(lengths, dtype=int)
+        N, T = len(lengths), int(lengths.max()) if len(lengths) else 0
+        start = np.asarray(params["startprob"], dtype=float)
+        trans = np.asarray(params["transmat"], dtype=float)
+        K, d = np.shape(params["means"])
+        cum = np.cumsum(trans, axis=1)
+        paths = np.zeros((N, T), dtype=int)
+        paths[:, 0] = rng.choice(K, size=N, p=start / start.sum())
+        for t in range(1, T):
+            u = rng.random(N)
+            paths[:, t] = np.minimum((u[:, None] > cum[paths[:, t - 1]]).sum(axis=1), K - 1)
+        chol = np.linalg.cholesky(np.asarray(params["covars"], dtype=float))
+        z = np.zeros((N, T, d))
+        for t in range(T):
+            noise = np.einsum("nij,nj->ni", chol[paths[:, t]], rng.standard_normal((N, d)))
+            z[:, t] = self.emit(params, paths[:, t - 1] if t else None, paths[:, t],
+                                z[:, t - 1] if t else None, noise, rng, first_rows)
+        return [z[i, :n] for i, n in enumerate(lengths)], [paths[i, :n] for i, n in enumerate(lengths)]
+
+    def emit(self, params: dict, prev_state, state, prev_row, noise, rng, first_rows=None) -> np.ndarray:
+        """Rows (N, d) at one step for N runs in ``state`` (``prev_*`` None at t = 0); ``noise`` is
+        drawn from each run's state covariance. The Gaussian HMM's: mean + noise."""
+        return np.asarray(params["means"], dtype=float)[state] + noise

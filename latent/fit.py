@@ -33,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from .boundaries import boundary_sharpness
+from .ppc import posterior_predictive, ppc_lines
 from .boundaries import verdict as boundary_verdict
 from .detours import (
     DETOUR_RULES,
@@ -622,6 +623,15 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
                     "transitions')", boundaries["judged_transitions"], K)
     G = build_map(run_paths, run_raw, params, fm.features, conv_list, importance, phases=phases["states"],
                   boundaries=boundaries["transitions"])
+    ppc = posterior_predictive(params, cfg.family, cfg.covariance, run_z, run_paths, random_state=cfg.random_state)
+    if ppc["outside_names"]:
+        words = {r["name"]: r for r in ppc["statistics"]}
+        log.warning("posterior predictive check: the fitted %s model does not produce runs like these (%s); its "
+                    "states and detours rest on a model the data contradict there (docs/fit.md, 'Posterior "
+                    "predictive checks'; try another --family)", cfg.family,
+                    "; ".join(f"{words[n]['description'].split(' (')[0]}: data {words[n]['data']:.3g}, model "
+                              f"{words[n]['low']:.3g} to {words[n]['high']:.3g}" for n in ppc["outside_names"]))
+    lap("checks")
 
     selection_info = {
         "procedure": cfg.selection, "criterion": cfg.criterion, "one_se": cfg.one_se,
@@ -648,6 +658,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         "stability": stability,
         "audit": audit,
         "boundaries": boundaries,
+        "ppc": ppc,
         "dissimilarity": {"value": dissim, "ground_metric": GROUND_METRIC},
         "importance": importance,
         "warnings": list(handler.messages),
@@ -892,6 +903,7 @@ def _summary(result: FitResult, visited, reg, tests, detours, never, stability) 
     from .audit import audit_lines
 
     lines += audit_lines(result.analysis.get("audit"))
+    lines += ppc_lines(result.analysis.get("ppc"))
     return lines
 
 

@@ -460,6 +460,12 @@ class SwitchingFamily(StateFamily):
     def n_parameters(self, k, d, covariance_type):
         return (k - 1) + k * (k - 1) + k * d + 2 * d + covariance_count(k, d, covariance_type)
 
+    def emit(self, params, prev_state, state, prev_row, noise, rng, first_rows=None):
+        mu = np.asarray(params["means"], dtype=float)
+        if prev_row is None:
+            return mu[state] + np.sqrt(np.asarray(params["start_var"], dtype=float)) * rng.standard_normal(noise.shape)
+        return mu[state] + np.asarray(params["phi"], dtype=float) * (prev_row - mu[prev_state]) + noise
+
     def _previous_weights(self, params, z):
         """w[t, j, k] = p(s_{t−1} = j | s_t = k, z_{<t}) and the pair log-densities [t, j, k]."""
         model = self.build(params, "full")

@@ -396,7 +396,7 @@ def _check_optional(analysis: dict, k: int, path: Path) -> None:
                 raise bad(f"state {r['state']} has unknown status {r['status']!r}")
         if sorted(seen) != list(range(k)):
             raise bad(f"states lists {sorted(seen)}, expected 0..{k - 1}")
-    for key in ("selection", "detour_rule", "stability", "boundaries"):
+    for key in ("selection", "detour_rule", "stability", "boundaries", "ppc"):
         if analysis.get(key) is not None and not isinstance(analysis[key], dict):
             raise bad(f"{key} is not an object")
     if analysis.get("warnings") is not None and not isinstance(analysis["warnings"], list):

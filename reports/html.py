@@ -633,6 +633,28 @@ def _boundaries_html(fit: FitArtifacts) -> str:
             f"<p class=dim>{_esc(note)}</p>")
 
 
+def _ppc_html(fit: FitArtifacts) -> str:
+    """The posterior predictive checks (latent.ppc): does the fitted model produce runs like these?"""
+    ppc = fit.analysis.get("ppc")
+    if not isinstance(ppc, dict) or not ppc.get("statistics"):
+        return ""
+    body = []
+    for r in ppc["statistics"]:
+        if r.get("data") is None or r.get("low") is None:
+            cells, verdict = "<td>–</td><td>–</td>", "not defined here"
+        else:
+            cells = f"<td>{float(r['data']):.3g}</td><td>{float(r['low']):.3g} to {float(r['high']):.3g}</td>"
+            verdict = "<b>outside: the model does not produce this</b>" if r.get("outside") else "inside"
+        body.append(f"<tr><td class=l>{_esc(r.get('description', r.get('name')))}</td>{cells}"
+                    f"<td class=l>{verdict}</td></tr>")
+    note = (f"{_esc(ppc.get('n_sims'))} studies of the same shape were drawn from the fitted model and decoded with "
+            "it, like the data. Where the data fall outside the range those studies span, the model misdescribes "
+            "how the runs move, and the states and detours built on it should be read with that in mind.")
+    return ("<h3 id='ppc'>Posterior predictive checks: does the model produce runs like these?</h3>"
+            "<table class='num'><thead><tr><th>statistic</th><th>data</th><th>model</th><th>verdict</th></tr></thead>"
+            "<tbody>" + "".join(body) + f"</tbody></table><p class=dim>{note}</p>")
+
+
 def _robustness_html(fit: FitArtifacts) -> str:
     """The audit (latent.audit): which states and detours survive a change of method, in words."""
     audit = fit.analysis.get("audit")
@@ -736,7 +758,8 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
     for r in rendered:
         data = base64.b64encode(r.png).decode()
         extra = {"state_profiles": f"<h3>In original units</h3>{_table_html(fit)}",
-                 "training_map": _phases_html(fit) + _boundaries_html(fit) + _robustness_html(fit) + _transitions_html(fit),
+                 "training_map": (_phases_html(fit) + _boundaries_html(fit) + _robustness_html(fit) + _ppc_html(fit)
+                                  + _transitions_html(fit)),
                  "model_selection": _selection_html(fit),
                  "detours": _states_html(fit),
                  "forecasts": _forecasts_html(fit)}.get(r.name, "")
