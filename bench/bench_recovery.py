@@ -53,7 +53,12 @@ OPTIONS = {
     "split": {"selection": "split", "criterion": "bic"},
     "reference": "reference",
     "ar": {"family": "ar"},
+    "hamilton": {"family": "hamilton"},
 }
+#: what a record was computed with: records of other versions are ignored (rerun them). 2: detours
+#: count only entries before convergence (immortal-time gate, converging states); boundaries and
+#: posterior predictive checks recorded
+VERSION = 2
 #: what the default run measures: (family, level, options, draws, checkpoints, runs)
 PLANS = {
     "full": [
@@ -76,11 +81,10 @@ PLANS = {
     # studies that move as real runs do (bench/measure_dynamics.py), the Gaussian HMM beside the
     # autoregressive family; the exact Gaussian HMM and pure drift as controls
     "realistic": [
-        ("realistic", "medium", "default,ar", 20, 300, 40),
-        ("realistic", "medium", "no_one_se", 10, 300, 40),
-        ("realistic", "easy", "default,ar", 10, 300, 40),
-        ("standard", "medium", "ar", 10, 300, 40),
-        ("drift", "medium", "ar", 10, 300, 40),
+        ("realistic", "medium", "default,ar,hamilton", 10, 300, 40),
+        ("realistic", "easy", "default,ar,hamilton", 10, 300, 40),
+        ("standard", "medium", "ar,hamilton", 10, 300, 40),
+        ("drift", "medium", "default,ar,hamilton", 10, 300, 40),
     ],
     "quick": [("standard", "easy", "default,reference", 2, 120, 20), ("drift", "medium", "default", 1, 100, 20)],
 }
@@ -103,7 +107,7 @@ def run_one(task: tuple) -> dict:
         try:
             result = fit_study(Study(root), fit_config(option), n_jobs=1)
         except Exception as exc:  # a failed fit is a result too
-            return {"key": list(task), "error": f"{type(exc).__name__}: {exc}"}
+            return {"key": list(task), "error": f"{type(exc).__name__}: {exc}", "version": VERSION}
         seconds = time.perf_counter() - t0
     s = score(truth, result.paths, result.analysis)
     states = result.analysis["states"]
@@ -113,7 +117,10 @@ def run_one(task: tuple) -> dict:
         k: sp[k] for k in ("detours_found", "false_detours", "rare_flagged", "flagged")},
         "truth": {"n_states": truth.n_states, "detours": truth.detours, "kinds": truth.kinds,
                   "delay": {str(k): v for k, v in truth.delay.items()}},
-        "warnings": result.warnings,
+        "warnings": result.warnings, "version": VERSION,
+        "boundaries": {"discrete": result.analysis["boundaries"]["discrete_transitions"],
+                       "judged": result.analysis["boundaries"]["judged_transitions"]},
+        "ppc_outside": result.analysis["ppc"]["outside_names"],
         "selection": {"fold_choice": result.analysis["selection"]["fold_choice"],
                       "fragile": result.analysis["selection"]["fragile"]},
         "stability": [{"true": j in s["true_flagged"], **(states[j]["stability"] or {})} for j in s["flagged"]]}
@@ -124,7 +131,8 @@ def load_raw() -> dict:
     if RAW.exists():
         for line in RAW.read_text().splitlines():
             rec = json.loads(line)
-            done[tuple(rec["key"])] = rec
+            if rec.get("version") == VERSION:
+                done[tuple(rec["key"])] = rec
     return done
 
 
@@ -193,6 +201,9 @@ def summarise(records: list[dict]) -> dict:
         "paper_clean_nodetour": sum(1 for r, p in zip(ok, paper) if not r["truth"]["detours"] and not p["flagged"])
         / len(nodet) if nodet else float("nan"),
         "seconds": float(np.median([r["seconds"] for r in ok])) if ok else float("nan"),
+        "continuous": float(np.mean([r["boundaries"]["judged"] > 0 and r["boundaries"]["discrete"] == 0
+                                     for r in ok])) if ok else float("nan"),
+        "ppc_fail": float(np.mean([bool(r["ppc_outside"]) for r in ok])) if ok else float("nan"),
     }
 
 
@@ -217,7 +228,8 @@ def _pct(x) -> str:
 def table(done: dict, plan) -> str:
     head = ("| family | level | checkpoints × runs | options | draws | K right | K too big | checkpoints labelled right "
             "| detour recall (oracle) | detour precision | no-detour draws clean | effect sign | 95 % CI coverage "
-            "| paper rule: recall / precision / clean | median s/fit |")
+            "| paper rule: recall / precision / clean | said 'no discrete transitions' | a posterior predictive "
+            "check failed | median s/fit |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for family, level, options, draws, T, n in plan:
         for option in options.split(","):
@@ -236,7 +248,7 @@ def table(done: dict, plan) -> str:
                 f"{_pct(m['clean_nodetour'])} ({m['n_nodetour']}) | {_pct(m['sign'])} | "
                 f"{_pct(m['coverage'])} ({m['n_cov']}) | "
                 f"{_pct(m['paper_recall'])} / {_pct(m['paper_precision'])} / {_pct(m['paper_clean_nodetour'])} | "
-                f"{m['seconds']:.1f} |")
+                f"{_pct(m['continuous'])} | {_pct(m['ppc_fail'])} | {m['seconds']:.1f} |")
     return "\n".join(lines)
 
 

@@ -874,6 +874,10 @@ def _summary(result: FitResult, visited, reg, tests, detours, never, stability) 
             extra = f", where runs converge ({t['runs_converging_in']} of its {t['runs_visiting']} visitors)"
         if stability is not None and stability["used"]:
             extra += f", reappears in {stability['state_found'][k]}/{stability['used']} resamples"
+            iv = (stability.get("entry_interval") or [None] * K)[k]
+            if iv is not None and k > 0:
+                unit = result.analysis["convergence"]["step_unit"]
+                extra += f", entered at {unit} {iv['low']:.4g}–{iv['high']:.4g} (median over runs, 95% of resamples)"
         lines.append(f"  state {k}: occupancy {counts[k] / total:6.1%}, visited by "
                      f"{int(visited[:, k].sum())}/{n_runs} runs{extra}")
     lines += phase_lines(result.analysis["phases"], result.analysis["convergence"]["step_unit"])

@@ -67,7 +67,14 @@ def resample_job(data: dict, job: dict) -> dict:
         conv_in = converging_states(run_paths, run_steps, y, data["converged"][idx])
         rows = detour_tests(entry, y, data["min_runs"], data["alpha"], N_PERM, job["seed"], converging_in=conv_in)
         detours = [r["state"] for r in rows if r["detour"]]
-    out.update(ok=True, means=fitted["means"], used=visited.any(axis=0), detours=detours)
+    # where each state begins: the median step at which the resampled runs first enter it
+    first = [[] for _ in range(K)]
+    for i in range(len(idx)):
+        p = path[off[i]:off[i + 1]]
+        for s_ in np.unique(p):
+            first[int(s_)].append(float(run_steps[i][np.argmax(p == s_)]))
+    entry = [float(np.median(v)) if v else None for v in first]
+    out.update(ok=True, means=fitted["means"], used=visited.any(axis=0), detours=detours, entry=entry)
     return out
 
 
@@ -114,7 +121,10 @@ def resample_stability(X, lengths, params: dict, covariance_type: str, y, conver
         ``resamples`` (asked), ``used`` (refits that succeeded), ``failures``, ``state_found``
         (per state: resamples in which it reappears), ``detour_found`` ({state: resamples in
         which it is again a detour}), ``new_detours`` ({state: resamples in which a non-detour
-        state becomes one}), ``seed``.
+        state becomes one}), ``entry_interval`` (per state: the 2.5-97.5 % range, over the
+        resamples where it reappears, of the median step at which the resampled runs first enter
+        it: where the boundary into it lies, with its uncertainty; None when it reappears in fewer
+        than 2), ``seed``.
     """
     n = len(lengths)
     K = len(params["startprob"])
@@ -137,6 +147,7 @@ def resample_stability(X, lengths, params: dict, covariance_type: str, y, conver
     new = {}
     failures = []
     used = 0
+    entries: list[list[float]] = [[] for _ in range(K)]
     for res in results:
         if not res["ok"]:
             failures.append(f"resample {res['resample']}: {res['reason']}")
@@ -148,11 +159,16 @@ def resample_stability(X, lengths, params: dict, covariance_type: str, y, conver
             j = partner[k]
             if res["used"][j] and np.argmin(d_to_ref[j]) == k:
                 found[k] += 1
+                if res["entry"][j] is not None:
+                    entries[k].append(res["entry"][j])
                 if j in res["detours"]:
                     if k in det_found:
                         det_found[k] += 1
                     else:
                         new[k] = new.get(k, 0) + 1
+    entry_interval = [{"low": float(np.percentile(v, 2.5)), "high": float(np.percentile(v, 97.5)), "n": len(v)}
+                      if len(v) >= 2 else None for v in entries]
     return {"resamples": int(resamples), "used": used, "failures": failures, "state_found": found.tolist(),
+            "entry_interval": entry_interval,
             "detour_found": {int(k): v for k, v in det_found.items()},
             "new_detours": {int(k): v for k, v in sorted(new.items())}, "seed": int(random_state)}

@@ -48,3 +48,28 @@ def test_match_states_is_a_permutation_by_nearest_means():
     ref = np.array([[0.0, 0], [5, 0], [0, 5]])
     moved = ref[[2, 0, 1]] + 0.1
     assert match_states(ref, moved).tolist() == [1, 2, 0]
+
+
+def test_each_state_entry_gets_an_interval_that_covers_where_the_truth_enters_it(fitted):
+    """The median entry step of each planted state over all runs lies inside the interval the
+    resamples give the fitted state matched to it (and the intervals are ordered like the chain)."""
+    from scipy.optimize import linear_sum_assignment
+
+    result, truth = fitted
+    stab = result.analysis["stability"]
+    paths = result.paths.sort_values(["seed", "step"])
+    fit_states = paths["state"].to_numpy()
+    true_states = np.concatenate([truth.paths[s][:int((paths["seed"] == s).sum())] for s in sorted(truth.paths)])
+    K = truth.n_states
+    conf = np.zeros((K, K))
+    np.add.at(conf, (true_states, fit_states), 1)
+    rows, cols = linear_sum_assignment(-conf)
+    step = truth.config.step_every
+    covered = 0
+    for t, f in zip(rows, cols):
+        entries = [np.argmax(truth.paths[s] == t) * step for s in truth.paths if np.any(truth.paths[s] == t)]
+        iv = stab["entry_interval"][f]
+        if t == 0 or iv is None:
+            continue
+        covered += iv["low"] - step <= np.median(entries) <= iv["high"] + step
+    assert covered >= K - 2  # all but the start state, one miss allowed
