@@ -191,6 +191,7 @@ def collect_study(
     cluster: str | None = None,
     retries: int | None = None,
     metric_variant: str = "reference",
+    metric_groups=None,
 ) -> CollectResult:
     """Train ``seeds`` of ``task`` into a study, resuming or extending it if it exists.
 
@@ -239,6 +240,13 @@ def collect_study(
         the reference code's, or the paper's wording (population variances, pooled singular
         values). Recorded in ``study.json``; a study is resumed and extended only with its own
         variant (unless ``overwrite``). A study that records none is ``"reference"``.
+    metric_groups : str or sequence of str, optional
+        The optional metric groups to record besides the weight statistics and losses
+        (``Task.metric_groups``: ``progress`` for modular arithmetic, ``function`` for every
+        task), as names or one comma-separated string; ``"all"`` or ``"none"``. None: the groups
+        an existing study records (none for a study collected before groups existed), every group
+        the task has for a new one. Recorded in ``study.json`` (``metric_groups``, and each group's
+        columns under ``groups``); a study is resumed and extended only with its own groups.
 
     Returns
     -------
@@ -258,6 +266,7 @@ def collect_study(
     cfg = resolve_config(task_obj.config_class, task_obj.presets, preset, overrides)
     if metric_variant not in METRIC_VARIANTS:
         raise UserError(f"--metric-variant must be one of {', '.join(METRIC_VARIANTS)}, got {metric_variant!r}")
+    groups = _parse_groups(metric_groups, task_obj.metric_groups(cfg))
     seed_list = parse_seeds(seeds)
     name = check_study_name(study or (task if preset == "default" else f"{task}-{preset}"))
     on_dask = scheduler is not None or cluster is not None
@@ -281,7 +290,8 @@ def collect_study(
 
     study_obj = Study(store / name)
     request = dict(name=name, task=task, preset=preset, config=config_to_dict(cfg),
-                   convergence=task_obj.convergence(cfg), command=command, metric_variant=metric_variant)
+                   convergence=task_obj.convergence(cfg), command=command, metric_variant=metric_variant,
+                   metric_groups=groups, group_columns=task_obj.metric_groups(cfg))
     data = _Data(task_obj, cfg)
     timings: dict[str, float] = {}
     if not on_dask:
@@ -324,7 +334,7 @@ def _collect_seeds(task: str, task_obj, cfg, study_obj: Study, request: dict, se
                 plans = [claim.pending[s] for s in group]
                 _train_batch(task_obj, cfg, study_obj, claim.schedule, plans, start, dev, data.value,
                              request["config"].get("split_seed"), request["convergence"], save_every, progress,
-                             label, timings, report, request["metric_variant"])
+                             label, timings, report, request["metric_variant"], request["metric_groups"])
                 claim.release(group)
                 trained += group
         finally:
@@ -488,7 +498,10 @@ def _claim(study_obj: Study, task_obj, cfg, request: dict, seeds: list[int], dat
     for tmp in study_obj.root.glob(f".{study_obj.study_file.name}.*.tmp"):  # the study lock is ours
         tmp.unlink(missing_ok=True)
     meta = study_obj.read_meta() if study_obj.exists() else None
+    _resolve_groups(meta, request, name, study_obj, overwrite)
     variant, wanted = study_variant(meta), request["metric_variant"]
+    if meta is not None and meta.get("task") == request["task"]:
+        meta = _with_new_fields(meta, config, task_obj)
     if meta is not None and (meta.get("task") != request["task"] or meta.get("config") != config
                              or variant != wanted):
         if not overwrite:
@@ -519,7 +532,8 @@ def _claim(study_obj: Study, task_obj, cfg, request: dict, seeds: list[int], dat
 
     claim = _Claim(meta={}, schedule=schedule, pending={}, leases={}, held=[])
     try:
-        metrics = list(REFERENCE_COLUMNS) + list(LOSS_COLUMNS)
+        metrics = list(REFERENCE_COLUMNS) + list(LOSS_COLUMNS) + [
+            c for g in request["metric_groups"] for c in request["group_columns"][g]]
         for s in seeds:
             lease = locks.try_acquire(study_obj.run_lease_path(s))
             if lease is None:
@@ -548,6 +562,19 @@ def _claim(study_obj: Study, task_obj, cfg, request: dict, seeds: list[int], dat
         claim.release()
         raise
     return claim
+
+
+def _with_new_fields(meta: dict, config: dict, task_obj) -> dict:
+    """``meta`` with config fields that a newer latent added (and this study predates) set to the
+    value they had implicitly: a field missing from the recorded config counts as its default,
+    so a study collected before the field existed resumes and extends as before. Only the copy in
+    memory changes; ``study.json`` is rewritten only when it changes for another reason."""
+    recorded = meta.get("config")
+    if not isinstance(recorded, dict):
+        return meta
+    defaults = config_to_dict(task_obj.config_class())
+    missing = {k: defaults[k] for k in config if k not in recorded and k in defaults}
+    return {**meta, "config": {**recorded, **missing}} if missing else meta
 
 
 def _remove_temporaries(study_obj: Study, seed: int) -> None:
@@ -596,7 +623,11 @@ def _updated_meta(meta: dict | None, request: dict, seeds: list[int], task_obj, 
             "schedule": schedule,
             "convergence": request["convergence"].as_dict(),
             "features": list(REFERENCE_COLUMNS),
-            "metrics": list(REFERENCE_COLUMNS) + list(LOSS_COLUMNS),
+            "metrics": list(REFERENCE_COLUMNS) + list(LOSS_COLUMNS) + [
+                c for g in request["metric_groups"] for c in request["group_columns"][g]],
+            "metric_groups": list(request["metric_groups"]),
+            "groups": {"weights": list(REFERENCE_COLUMNS), "losses": list(LOSS_COLUMNS),
+                       **{g: feature_columns(g, request["group_columns"][g]) for g in request["metric_groups"]}},
             "split": {"mode": "per_run"} if split_seed is None else {"mode": "shared", "seed": split_seed},
             "data": info,
             "versions": _versions(),
@@ -617,7 +648,51 @@ def _updated_meta(meta: dict | None, request: dict, seeds: list[int], task_obj, 
         # A study from before variants is "reference" (the only kind there was); record that
         # when the file is rewritten anyway, and never rewrite it for this alone.
         new["metric_variant"] = study_variant(meta)
+    if new != meta and "metric_groups" not in meta:
+        new["metric_groups"] = list(request["metric_groups"])  # none: what a study before groups recorded
     return new
+
+
+def _parse_groups(value, available: Mapping[str, list[str]]):
+    """``--metric-groups``: None (decided per study), or a sorted list of group names."""
+    if value is None:
+        return None
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
+    if names == ["all"]:
+        return sorted(available)
+    if names == ["none"] or not names:
+        return []
+    unknown = [n for n in names if n not in available]
+    if unknown:
+        raise UserError(f"--metric-groups: unknown group(s) {', '.join(unknown)}; this task records "
+                        f"{', '.join(sorted(available)) or 'no optional group'} (or all, none)")
+    return sorted(set(names))
+
+
+def _resolve_groups(meta, request: dict, name: str, study_obj: Study, overwrite: bool) -> None:
+    """Set ``request["metric_groups"]``: what the study records (none before groups existed), or
+    every group for a new study when none is asked; an explicit request must match the study."""
+    available = request["group_columns"]
+    recorded = None if meta is None else sorted(meta.get("metric_groups", []))
+    wanted = request["metric_groups"]
+    if wanted is None:
+        request["metric_groups"] = recorded if recorded is not None else sorted(available)
+        return
+    if recorded is not None and recorded != wanted and not overwrite:
+        had = ",".join(recorded) or "none"
+        raise UserError(f"study {name!r} in {study_obj.root.parent} records metric groups {had}, not "
+                        f"{','.join(wanted) or 'none'}; pass --metric-groups {had} (or leave it out) to resume or "
+                        "extend it, pick another name with --study NAME, or replace it with --overwrite")
+
+
+def feature_columns(group: str, columns: list[str]) -> list[str]:
+    """The columns of a metric group that are HMM features (the progress group's key frequencies
+    and spectrum are recorded but are not features)."""
+    if group == "progress":
+        from .progress import PROGRESS_FEATURES
+
+        return [c for c in columns if c in PROGRESS_FEATURES]
+    return list(columns)
 
 
 def study_variant(meta: Mapping[str, Any] | None) -> str:
@@ -695,7 +770,8 @@ def seed_label(seeds: list[int]) -> str:
 
 def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[RunStart], start: int, dev, data,
                  split_seed, convergence, save_every: float, progress: bool, label: str,
-                 timings: dict[str, float], report=None, metric_variant: str = "reference") -> None:
+                 timings: dict[str, float], report=None, metric_variant: str = "reference",
+                 metric_groups=()) -> None:
     from tqdm import tqdm
 
     seeds = [p.seed for p in plans]
@@ -746,7 +822,8 @@ def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[Ru
 
     try:
         train(problem, start_step=start, epochs=cfg.epochs, log_every=cfg.log_every, unit=unit,
-              on_checkpoint=on_checkpoint, on_step=on_step, timings=timings, metric_variant=metric_variant)
+              on_checkpoint=on_checkpoint, on_step=on_step, timings=timings, metric_variant=metric_variant,
+              groups=tuple(metric_groups))
     finally:
         bar.close()
     writer.save(total, None, done=True, info={k: round(v, 3) for k, v in timings.items()})

@@ -68,6 +68,7 @@ def train(
     on_step: Callable[[int], None] | None = None,
     timings: dict[str, float] | None = None,
     metric_variant: str = "reference",
+    groups: tuple[str, ...] = (),
 ) -> None:
     """Train ``problem`` from ``start_step`` to ``epochs`` epochs, emitting every checkpoint on the way.
 
@@ -94,6 +95,9 @@ def train(
         Accumulates seconds spent in ``train``, ``eval`` and ``metrics``.
     metric_variant : {"reference", "paper"}
         The weight statistics' definitions (:func:`collect.metrics.reference_metrics`).
+    groups : tuple of str
+        Optional metric groups to record too: ``"progress"`` (:meth:`BatchedProblem.progress_metrics`)
+        and ``"function"`` (:func:`collect.function_space.function_metrics` of the problem's probe).
     """
     import time
 
@@ -101,12 +105,23 @@ def train(
     total = epochs * spe
     marks = set(checkpoint_steps(epochs, log_every, spe, unit))
     clock = timings if timings is not None else {}
-    for key in ("train", "eval", "metrics"):
+    for key in ("train", "eval", "metrics", *groups):
         clock.setdefault(key, 0.0)
 
     def measure() -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
         values = {k: _to_numpy(v) for k, v in reference_metrics(problem.weight_groups(), metric_variant).items()}
+        for group in groups:
+            tg = time.perf_counter()
+            if group == "progress":
+                extra = problem.progress_metrics()
+            else:
+                from .function_space import function_metrics
+
+                extra = function_metrics(problem.probe())
+            values.update({k: _to_numpy(v) for k, v in extra.items()})
+            clock[group] += time.perf_counter() - tg
+            t0 += time.perf_counter() - tg  # the groups have their own clocks
         t1 = time.perf_counter()
         val_loss, val_acc = problem.evaluate("val")
         values["val_loss"], values["val_acc"] = _to_numpy(val_loss), _to_numpy(val_acc)

@@ -117,6 +117,48 @@ def zscore(values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
     return z, m * scale, np.where(constant, 1.0, s * scale), constant
 
 
+#: named feature groups ``latent fit --features`` understands (docs/fit.md); ``all`` is every
+#: recorded group but the losses and accuracies
+GROUP_NAMES = ("weights", "progress", "function", "losses")
+LOSS_FEATURES = ("train_loss", "val_loss", "train_acc", "val_acc")
+
+
+def study_groups(meta: dict) -> dict[str, list[str]]:
+    """The feature groups a study records (``study.json`` ``groups``); a study from before groups
+    has ``weights`` (its ``features``) and ``losses`` (those of its metrics that are losses)."""
+    groups = {k: list(v) for k, v in (meta.get("groups") or {}).items() if isinstance(v, (list, tuple))}
+    groups.setdefault("weights", list(meta.get("features") or REFERENCE_FEATURES))
+    metrics = meta.get("metrics")
+    groups.setdefault("losses", [c for c in LOSS_FEATURES if metrics is None or c in metrics])
+    return groups
+
+
+def expand_feature_names(names, meta: dict) -> tuple[str, ...]:
+    """``--features`` as columns: group names (:data:`GROUP_NAMES`, ``all``) become their columns,
+    anything else is a column; duplicates are dropped, order kept.
+
+    Raises
+    ------
+    UserError
+        A group name the study does not record.
+    """
+    groups = study_groups(meta)
+    out: list[str] = []
+    for name in names:
+        if name == "all":
+            order = [g for g in GROUP_NAMES if g in groups] + sorted(g for g in groups if g not in GROUP_NAMES)
+            cols = [c for g in order if g != "losses" for c in groups[g]]
+        elif name in groups:
+            cols = groups[name]
+        elif name in GROUP_NAMES:
+            raise UserError(f"--features {name}: this study records no {name} group (it has "
+                            f"{', '.join(sorted(groups))}); collect with --metric-groups {name}, or name columns")
+        else:
+            cols = [name]
+        out += [c for c in cols if c not in out]
+    return tuple(out)
+
+
 def available_features(table: pd.DataFrame) -> list[str]:
     """Numeric columns of a trajectory table that can be used as features."""
     return [

@@ -51,7 +51,8 @@ from .detours import (
     trajectory_dissimilarity,
 )
 from .errors import UserError
-from .features import REFERENCE_FEATURES, SCALINGS, FeatureMatrix, available_features, build_features
+from .features import (REFERENCE_FEATURES, SCALINGS, FeatureMatrix, available_features, build_features,
+                       expand_feature_names)
 from .family import DEFAULT_FAMILY, FAMILIES, FAMILY_WORDS, get_family
 from .hmm import COVARIANCES, CRITERIA, INITS, SELECTIONS, HMMSelector
 from .importance import transition_importance
@@ -87,7 +88,9 @@ class FitConfig:
     Parameters
     ----------
     features : tuple of str, optional
-        Feature columns (default: the study's ``features``, else the 14 reference columns).
+        Feature columns, or named groups the study records (``weights``, ``progress``,
+        ``function``, ``losses``; ``all`` is every group but the losses), expanded to their columns
+        (default: the study's ``features``, else the 14 reference columns).
     first_n : int
         Checkpoints per run used (the first ones by step).
     scaling : {"global", "per_run"}
@@ -179,6 +182,7 @@ class FitConfig:
         features = self.features
         if features is None:
             features = tuple(meta.get("features") or REFERENCE_FEATURES)
+        features = expand_feature_names(features, meta)
         cfg = replace(
             self,
             features=tuple(features),

@@ -1120,6 +1120,14 @@ def plot_state_profiles(ax, fit: FitArtifacts, annotate: bool | None = None) -> 
                        fontsize=float(np.clip(cell_h * 0.8, 6.0, 9.0)))
     for s in range(k):  # a swatch of the state colour left of each row
         ax.add_patch(Rectangle((-0.5 - 0.25, s - 0.5), 0.25, 1.0, color=state_color(s), clip_on=False))
+    groups = feature_groups_of(fit)
+    spans = _runs_of(groups)
+    if len(spans) > 1:  # features from several groups: a line between groups, their names on top
+        for name, lo, hi in spans:
+            if lo > 0:
+                ax.axvline(lo - 0.5, color="black", lw=1.2)
+            ax.text((lo + hi - 1) / 2, -0.5, name, ha="center", va="bottom", fontsize=8, fontweight="bold",
+                    transform=ax.transData, clip_on=False)
     ax.set_xlim(-0.75, d - 0.5)
     ax.set_xlabel("feature")
     ax.set_ylabel(wrap_text("state (★ = detour)", 0.75 * h_pt, 9))
@@ -1127,7 +1135,31 @@ def plot_state_profiles(ax, fit: FitArtifacts, annotate: bool | None = None) -> 
     cbar = ax.figure.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     cbar.set_label("state mean (z units)", fontsize=9 if h_pt >= 150 else 7)
     cbar.ax.tick_params(labelsize=8 if h_pt >= 150 else 6.5)
-    return {"matrix": m, "features": fit.features, "states": list(range(k)), "image": im, "annotated": bool(annotate)}
+    return {"matrix": m, "features": fit.features, "states": list(range(k)), "image": im, "annotated": bool(annotate),
+            "groups": spans}
+
+
+def feature_groups_of(fit: FitArtifacts) -> list[str]:
+    """The group of each of the fit's features (``study.json`` ``groups``; ``other`` for a column
+    in none)."""
+    from latent.features import study_groups
+
+    owner = {}
+    for name, cols in study_groups(fit.meta or {}).items():
+        for c in cols:
+            owner.setdefault(c, name)
+    return [owner.get(f, "other") for f in fit.features]
+
+
+def _runs_of(labels: list[str]) -> list[tuple[str, int, int]]:
+    """``(label, start, stop)`` of each run of equal consecutive labels."""
+    out: list[tuple[str, int, int]] = []
+    for i, lab in enumerate(labels):
+        if out and out[-1][0] == lab:
+            out[-1] = (lab, out[-1][1], i + 1)
+        else:
+            out.append((lab, i, i + 1))
+    return out
 
 
 def profile_table(fit: FitArtifacts) -> pd.DataFrame:

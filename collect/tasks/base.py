@@ -82,6 +82,17 @@ class BatchedProblem:
         """The matrices, weights and biases that the reference's statistics include."""
         raise NotImplementedError
 
+    # -- optional metric groups (collect.progress, collect.function_space) -------------------
+
+    def progress_metrics(self) -> dict[str, torch.Tensor]:
+        """The ``progress`` group (per-seed values, shape (S,)); only tasks that define it."""
+        raise NotImplementedError
+
+    def probe(self):
+        """The outputs on the probe set (:class:`collect.function_space.Probe`), for the
+        ``function`` group."""
+        raise NotImplementedError
+
     # -- per-seed state (for resume), as plain numpy arrays --------------------------------
 
     def seed_state(self, i: int) -> dict[str, np.ndarray]:
@@ -232,6 +243,13 @@ class Task:
 
     def convergence(self, cfg) -> Convergence:
         return Convergence(self.convergence_metric, cfg.threshold, self.convergence_direction)
+
+    def metric_groups(self, cfg) -> dict[str, list[str]]:
+        """The optional metric groups this task records, name -> columns (``latent collect
+        --metric-groups``); the weight statistics and losses are always recorded."""
+        from ..function_space import FUNCTION_COLUMNS
+
+        return {"function": list(FUNCTION_COLUMNS)}
 
     def load_data(self, cfg) -> Any:
         """The study's data set for ``cfg`` (None for tasks whose problem generates its own).

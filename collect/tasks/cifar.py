@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from latent.errors import UserError
 
 from ..fingerprint import fingerprint
+from ..function_space import Probe, probe_rows
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
 from .base import RowProblem, Task, cross_entropy_sums, stack_params
@@ -293,8 +294,9 @@ def bn_names(cfg: CifarConfig) -> list[str]:
 
 
 def forward(P: dict[str, torch.Tensor], stats: dict[str, tuple[torch.Tensor, torch.Tensor]], x: torch.Tensor,
-            cfg: CifarConfig, train: bool) -> torch.Tensor:
-    """Logits ``(S, B, classes)`` of S seeds for images ``x (S, B, 3, 32, 32)`` (seed s sees ``x[s]``).
+            cfg: CifarConfig, train: bool, penultimate: bool = False):
+    """Logits ``(S, B, classes)`` of S seeds for images ``x (S, B, 3, 32, 32)`` (seed s sees ``x[s]``),
+    and the pooled features ``(S, B, 8w)`` when ``penultimate``.
 
     ``stats`` maps each BN prefix to its running ``(mean, var)`` of shape ``(S, C)``; in training
     mode they are updated in place (momentum 0.1) and the batch statistics are used.
@@ -327,7 +329,8 @@ def forward(P: dict[str, torch.Tensor], stats: dict[str, tuple[torch.Tensor, tor
             out = out + skip
         h = F.relu(out)
     feats = h.mean((2, 3)).view(B, S, -1).transpose(0, 1)  # (S, B, 8w)
-    return torch.baddbmm(P["fc_b"][:, None, :], feats, P["fc_w"].transpose(1, 2))
+    logits = torch.baddbmm(P["fc_b"][:, None, :], feats, P["fc_w"].transpose(1, 2))
+    return (logits, feats) if penultimate else logits
 
 
 # --------------------------------------------------------------------------- problem
@@ -412,6 +415,19 @@ class CifarProblem(RowProblem):
             offsets = torch.stack([d[0] for d in draws]).to(self.device)
             flips = torch.stack([d[1] for d in draws]).to(self.device)
         return cross_entropy_sums(self._logits(self.images(rows, offsets, flips), train=train), self.y[rows])
+
+    #: probe images per seed for the function group (the ResNet forward is the cost)
+    PROBE = 128
+
+    @torch.no_grad()
+    def probe(self) -> Probe:
+        """The function group's inputs on each seed's probe images (evaluation mode, no augmentation)."""
+        rows = probe_rows(self.val_idx, self.PROBE)
+        P = {k: v.detach() for k, v in self.params.items()}
+        logits, feats = forward(P, self.bn_stats, self.images(rows), self.cfg, False, penultimate=True)
+        S, n, c = logits.shape
+        losses = F.cross_entropy(logits.reshape(S * n, c), self.y[rows].reshape(-1), reduction="none").view(S, n)
+        return Probe(logits, feats, losses)
 
     def extra_state(self, i: int) -> dict[str, np.ndarray]:
         out = super().extra_state(i)

@@ -48,6 +48,7 @@ from latent.errors import UserError
 
 from ..data.text import CLS, MASK, SEP, SPECIALS, WordTokenizer, pydoc_topics, read_text_dir, split_words
 from ..fingerprint import fingerprint
+from ..function_space import Probe
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
 from .base import BatchedProblem, Task, stack_params
@@ -445,6 +446,26 @@ class MlmProblem(BatchedProblem):
             total += int(n[0])
         total = max(total, 1)
         return loss / total, correct / total
+
+    #: validation sequences in the function group's probe (every seed sees the same, fixed-masked)
+    PROBE_SEQUENCES = 64
+
+    @torch.no_grad()
+    def probe(self) -> Probe:
+        """The function group's inputs at the masked positions of the first validation sequences:
+        the logits over the vocabulary, the head's output, the per-token cross-entropy."""
+        inputs, ids, select = (t[: self.PROBE_SEQUENCES] for t in self.eval_sets["val"])
+        S = self.n_seeds
+        P = {k: v.detach() for k, v in self.params.items()}
+        ex = lambda t: t[None].expand(S, *t.shape)  # noqa: E731  (every seed sees the same set)
+        x = encode(P, ex(inputs), self.cfg)  # (S, N, d)
+        pos = torch.nonzero(select.reshape(-1), as_tuple=False)[:, 0]  # the same positions for every seed
+        t = _ln(P, "head_ln", F.gelu(_linear(P, "head", x[:, pos])))
+        logits = torch.baddbmm(P["dec_b"], t, P["tok_emb"].transpose(1, 2))
+        y = ids.reshape(-1)[pos]
+        n = len(pos)
+        losses = F.cross_entropy(logits.reshape(S * n, -1), y.repeat(S), reduction="none").view(S, n)
+        return Probe(logits, t, losses)
 
     def weight_groups(self) -> WeightGroups:
         # reference.md B4 (HF BERT): per layer K, Q, V (whole, not split per head), the attention

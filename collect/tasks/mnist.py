@@ -27,10 +27,12 @@ from typing import Any, Optional
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from latent.errors import UserError
 
 from ..fingerprint import fingerprint
+from ..function_space import Probe, probe_rows
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
 from .base import RowProblem, Task, cross_entropy_sums, stack_params
@@ -230,15 +232,19 @@ def init_params(cfg: MnistConfig, n_in: int, gen: torch.Generator) -> dict[str, 
     return params
 
 
-def forward(P: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """Batched logits ``(S, N, 10)`` for inputs ``x (S, N, D)``."""
+def forward(P: dict[str, torch.Tensor], x: torch.Tensor, penultimate: bool = False):
+    """Batched logits ``(S, N, 10)`` for inputs ``x (S, N, D)`` (and the last hidden layer's
+    activations, when ``penultimate``)."""
     n_layers = len(P) // 2
     h = x
+    last = x
     for i in range(n_layers):
+        if i == n_layers - 1:
+            last = h
         h = torch.baddbmm(P[f"b{i}"], h, P[f"W{i}"].transpose(1, 2))
         if i < n_layers - 1:
             h = torch.relu(h)
-    return h
+    return (h, last) if penultimate else h
 
 
 # --------------------------------------------------------------------------- problem
@@ -275,6 +281,16 @@ class MnistProblem(RowProblem):
 
     def _loss_acc(self, rows: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return cross_entropy_sums(forward(self.params, self.x[rows]), self.y[rows])
+
+    @torch.no_grad()
+    def probe(self) -> Probe:
+        """The function group's inputs on each seed's probe rows (up to ``PROBE_SIZE`` validation digits)."""
+        rows = probe_rows(self.val_idx)
+        P = {k: v.detach() for k, v in self.params.items()}
+        logits, last = forward(P, self.x[rows], penultimate=True)
+        S, n, c = logits.shape
+        losses = F.cross_entropy(logits.reshape(S * n, c), self.y[rows].reshape(-1), reduction="none").view(S, n)
+        return Probe(logits, last, losses)
 
     def weight_groups(self) -> WeightGroups:
         # reference.md B4: every Linear weight is a matrix; all weights and all biases.

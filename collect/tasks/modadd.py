@@ -27,7 +27,9 @@ import torch.nn.functional as F
 from latent.errors import UserError
 
 from ..fingerprint import fingerprint
+from ..function_space import Probe, probe_rows
 from ..metrics import WeightGroups
+from ..progress import frequency_energy, gini, progress_columns, restricted_excluded, sum_sq, top_share
 from ..seeds import RunSeeds
 from .base import RowProblem, Task, cross_entropy_sums, normal_, stack_params
 
@@ -61,6 +63,9 @@ class ModAddConfig:
         shared by the whole study.
     threshold : float
         Convergence: the first checkpoint with ``val_acc`` > threshold (reference.md E1: 0.9).
+    key_freqs : int
+        Key frequencies of the Fourier progress measures (restricted and excluded loss;
+        :mod:`collect.progress`); at most (p − 1) / 2 are used.
     """
 
     model: str = "mlp"
@@ -83,6 +88,7 @@ class ModAddConfig:
     log_every: int = 10
     split_seed: Optional[int] = None
     threshold: float = 0.9
+    key_freqs: int = 5
 
     def validate(self) -> None:
         if self.model not in ("mlp", "transformer"):
@@ -101,6 +107,8 @@ class ModAddConfig:
             raise UserError(f"batch_size must be >= 0 (0 = full batch), got {self.batch_size}")
         if self.lr <= 0:
             raise UserError(f"lr must be positive, got {self.lr}")
+        if self.key_freqs < 1:
+            raise UserError(f"key_freqs must be at least 1, got {self.key_freqs}")
 
     @property
     def n_train(self) -> int:
@@ -198,12 +206,7 @@ def init_mlp(cfg: ModAddConfig, gen: torch.Generator) -> dict[str, torch.Tensor]
 
 def mlp_logits(P: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor:
     """Batched MLP logits ``(S, N, p)`` for operand indices ``a, b`` of shape ``(S, N)``."""
-    E, W1 = P["E"], P["W1"]
-    # First layer applied to the p-row embedding table once, then gathered per example.
-    ta = torch.bmm(E, W1[:, :, :d].transpose(1, 2))  # (S, p, H)
-    tb = torch.bmm(E, W1[:, :, d:].transpose(1, 2))
-    h = torch.relu(_gather_rows(ta, a) + _gather_rows(tb, b) + P["b1"])
-    return torch.baddbmm(P["b2"], h, P["W2"].transpose(1, 2))
+    return torch.baddbmm(P["b2"], mlp_hidden(P, a, b, d), P["W2"].transpose(1, 2))
 
 
 def init_transformer(cfg: ModAddConfig, gen: torch.Generator) -> dict[str, torch.Tensor]:
@@ -231,8 +234,9 @@ def init_transformer(cfg: ModAddConfig, gen: torch.Generator) -> dict[str, torch
     return {k: v * cfg.init_scaling for k, v in params.items()}
 
 
-def transformer_logits(P: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, cfg: ModAddConfig) -> torch.Tensor:
-    """Batched transformer logits ``(S, N, p + 1)`` at the last position of ``[a, b, =]``."""
+def transformer_parts(P: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, cfg: ModAddConfig):
+    """The residual stream after attention (and its LayerNorm) and the MLP's post-ReLU activations
+    at the last position of ``[a, b, =]``: ``(resid (S, N, d), hidden (S, N, d_mlp))``."""
     p, H = cfg.p, cfg.n_heads
     WE, pos = P["W_E"], P["W_pos"]
     S, d = WE.shape[0], WE.shape[-1]
@@ -257,10 +261,31 @@ def transformer_logits(P: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Ten
     if cfg.layernorm:
         resid = _layer_norm(resid, P["ln1_w"], P["ln1_b"])
     hidden = torch.relu(torch.baddbmm(P["b_in"], resid, P["W_in"].transpose(1, 2)))
-    resid = resid + torch.baddbmm(P["b_out"], hidden, P["W_out"].transpose(1, 2))
+    return resid, hidden
+
+
+def transformer_readout(P: dict[str, torch.Tensor], resid: torch.Tensor, hidden: torch.Tensor,
+                        cfg: ModAddConfig) -> torch.Tensor:
+    """Logits ``(S, N, p + 1)`` from the post-attention residual and the MLP's activations."""
+    out = resid + torch.baddbmm(P["b_out"], hidden, P["W_out"].transpose(1, 2))
     if cfg.layernorm:
-        resid = _layer_norm(resid, P["ln2_w"], P["ln2_b"])
-    return torch.bmm(resid, P["W_U"])
+        out = _layer_norm(out, P["ln2_w"], P["ln2_b"])
+    return torch.bmm(out, P["W_U"])
+
+
+def transformer_logits(P: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, cfg: ModAddConfig) -> torch.Tensor:
+    """Batched transformer logits ``(S, N, p + 1)`` at the last position of ``[a, b, =]``."""
+    resid, hidden = transformer_parts(P, a, b, cfg)
+    return transformer_readout(P, resid, hidden, cfg)
+
+
+def mlp_hidden(P: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor, d: int) -> torch.Tensor:
+    """The MLP's post-ReLU activations ``(S, N, H)`` for operand indices ``a, b`` ``(S, N)``."""
+    E, W1 = P["E"], P["W1"]
+    # First layer applied to the p-row embedding table once, then gathered per example.
+    ta = torch.bmm(E, W1[:, :, :d].transpose(1, 2))  # (S, p, H)
+    tb = torch.bmm(E, W1[:, :, d:].transpose(1, 2))
+    return torch.relu(_gather_rows(ta, a) + _gather_rows(tb, b) + P["b1"])
 
 
 # --------------------------------------------------------------------------- problem
@@ -299,6 +324,76 @@ class ModAddProblem(RowProblem):
             return mlp_logits(self.params, a, b, self.cfg.d_embed)
         return transformer_logits(self.params, a, b, self.cfg)
 
+    def _hidden_and_readout(self, P: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor):
+        """The activations feeding the logits for operands ``a, b`` (S, N), and the map
+        ``readout(h, rows)`` from activations at rows ``rows`` (S, n) of those to the logits there
+        (the rest of the network as it is)."""
+        cfg = self.cfg
+        if cfg.model == "mlp":
+            return mlp_hidden(P, a, b, cfg.d_embed), lambda h, rows: torch.baddbmm(P["b2"], h, P["W2"].transpose(1, 2))
+        resid, hidden = transformer_parts(P, a, b, cfg)
+
+        def readout(h, rows):
+            return transformer_readout(P, torch.gather(resid, 1, rows[:, :, None].expand(-1, -1, resid.shape[-1])), h,
+                                       cfg)
+
+        return hidden, readout
+
+    @torch.no_grad()
+    def progress_metrics(self) -> dict[str, torch.Tensor]:
+        """The Fourier progress measures of every seed (:mod:`collect.progress`)."""
+        cfg, p = self.cfg, self.cfg.p
+        P = {k: v.detach() for k, v in self.params.items()}
+        S = self.n_seeds
+        if cfg.model == "mlp":
+            embed, unembed, width = P["E"], P["W2"], cfg.d_hidden
+        else:
+            embed, unembed, width = P["W_E"][:, :p], P["W_U"][:, :, :p].transpose(1, 2), cfg.d_mlp
+        e_en, u_en = frequency_energy(embed.double(), p), frequency_energy(unembed.double(), p)
+        out = {"embed_gini": gini(e_en.sqrt()), "unembed_gini": gini(u_en.sqrt()),
+               "embed_top_share": top_share(e_en, cfg.key_freqs), "unembed_top_share": top_share(u_en, cfg.key_freqs)}
+        restricted, excluded, keys = [], [], []
+        chunk = max(1, (1 << 24) // (p * p * width))  # seeds per pass: activations of all p² pairs, ≤ 64 MB
+        for lo in range(0, S, chunk):
+            Pc = {k: v[lo:lo + chunk] for k, v in P.items()}
+            n = next(iter(Pc.values())).shape[0]
+            acts, readout = self._hidden_and_readout(Pc, self._a.expand(n, -1), self._b.expand(n, -1))
+            r, e, k = restricted_excluded(acts, readout, self._y, self.train_idx[lo:lo + chunk], p, cfg.key_freqs)
+            restricted.append(r)
+            excluded.append(e)
+            keys.append(k)
+        out["restricted_loss"], out["excluded_loss"] = torch.cat(restricted), torch.cat(excluded)
+        out["sum_sq_weights"] = sum_sq(P)
+        keys = torch.cat(keys)
+        for i in range(keys.shape[1]):
+            out[f"key_freq_{i + 1}"] = keys[:, i].double()
+        share = e_en / e_en.sum(-1, keepdim=True).clamp_min(1e-300)
+        for k in range(share.shape[1]):
+            out[f"embed_f{k + 1:02d}"] = share[:, k]
+        return out
+
+    @torch.no_grad()
+    def probe(self) -> Probe:
+        """Outputs on each seed's probe rows (:func:`collect.function_space.probe_rows`)."""
+        if not hasattr(self, "_probe"):
+            self._probe = probe_rows(self.val_idx)
+        rows = self._probe
+        P = {k: v.detach() for k, v in self.params.items()}
+        a, b = self._a[rows], self._b[rows]
+        if self.cfg.model == "mlp":
+            hidden = mlp_hidden(P, a, b, self.cfg.d_embed)
+            logits, penultimate = torch.baddbmm(P["b2"], hidden, P["W2"].transpose(1, 2)), hidden
+        else:
+            resid, hidden = transformer_parts(P, a, b, self.cfg)
+            penultimate = resid + torch.baddbmm(P["b_out"], hidden, P["W_out"].transpose(1, 2))
+            if self.cfg.layernorm:
+                penultimate = _layer_norm(penultimate, P["ln2_w"], P["ln2_b"])
+            logits = torch.bmm(penultimate, P["W_U"])
+        y = self._y[rows]
+        S, n, c = logits.shape
+        losses = F.cross_entropy(logits.reshape(S * n, c), y.reshape(-1), reduction="none").view(S, n)
+        return Probe(logits, penultimate, losses)
+
     def _loss_acc(self, rows: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return cross_entropy_sums(self._logits(rows), self._y[rows])
 
@@ -326,6 +421,9 @@ class ModAddTask(Task):
     presets = PRESETS
     problem_class = ModAddProblem
     step_unit = "epoch"
+
+    def metric_groups(self, cfg: ModAddConfig) -> dict[str, list[str]]:
+        return {"progress": progress_columns(cfg.p, cfg.key_freqs), **super().metric_groups(cfg)}
 
     def describe_data(self, cfg: ModAddConfig, data: Any = None) -> dict[str, Any]:
         a, b, y = pair_table(cfg.p)

@@ -26,6 +26,7 @@ import torch
 from latent.errors import UserError
 
 from ..fingerprint import fingerprint
+from ..function_space import Probe, probe_rows
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
 from .base import RowProblem, Task, stack_params
@@ -131,10 +132,14 @@ def init_params(cfg: ParityConfig, gen: torch.Generator) -> dict[str, torch.Tens
     return {k: v * cfg.init_scaling for k, v in params.items()}
 
 
+def hidden(P: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """The hidden layer's activations ``(S, N, hidden)`` for inputs ``x (S, N, n_bits)``."""
+    return torch.relu(torch.baddbmm(P["b1"], x, P["W1"].transpose(1, 2)))
+
+
 def forward(P: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
     """Batched outputs f(x) of shape ``(S, N)`` for inputs ``x (S, N, n_bits)``."""
-    h = torch.relu(torch.baddbmm(P["b1"], x, P["W1"].transpose(1, 2)))
-    return torch.baddbmm(P["b2"], h, P["W2"].transpose(1, 2)).squeeze(-1)
+    return torch.baddbmm(P["b2"], hidden(P, x), P["W2"].transpose(1, 2)).squeeze(-1)
 
 
 def hinge_loss_acc(f: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -194,6 +199,18 @@ class ParityProblem(RowProblem):
     def _loss_acc(self, rows: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.x.gather(1, rows[..., None].expand(-1, -1, self.cfg.n_bits))
         return hinge_loss_acc(forward(self.params, x), self.y.gather(1, rows))
+
+    @torch.no_grad()
+    def probe(self) -> Probe:
+        """The function group's inputs on each seed's validation examples (up to ``PROBE_SIZE``):
+        the score f read as the logits (0, f), the hidden layer, the per-example hinge loss."""
+        rows = probe_rows(self.val_idx)
+        P = {k: v.detach() for k, v in self.params.items()}
+        x = self.x.gather(1, rows[..., None].expand(-1, -1, self.cfg.n_bits))
+        h = hidden(P, x)
+        f = torch.baddbmm(P["b2"], h, P["W2"].transpose(1, 2)).squeeze(-1)
+        y = self.y.gather(1, rows)
+        return Probe(torch.stack([torch.zeros_like(f), f], dim=-1), h, torch.clamp(1 - y * f, min=0))
 
     def weight_groups(self) -> WeightGroups:
         # reference.md B4: every Linear weight is a matrix (hidden×n and 1×hidden; the latter's

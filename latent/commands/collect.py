@@ -60,7 +60,12 @@ def add_parser(sub) -> None:
                    help="weight statistics as the reference code computes them (reference, the default) or as the "
                         "paper words them (paper: population variances, mean and variance of the pooled singular "
                         "values); recorded in study.json, and a study resumes only with its own")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing study of the same name whose config or metric variant differs")
+    p.add_argument("--metric-groups", default=None, metavar="GROUPS",
+                   help="optional metric groups to record besides the 14 weight statistics and losses: progress "
+                        "(Fourier progress measures, modadd), function (prediction entropy, logit scale, effective "
+                        "dimension, loss quantiles on a probe set), comma-separated, or all / none (default: all for "
+                        "a new study, what an existing study records when resuming it; docs/collect.md)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing study of the same name whose config, metric variant or metric groups differ")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dask_options(p, "train the seed batches (--seed-batch seeds each) as tasks on this Dask scheduler "
                         "(tcp://host:8786); the store must be on a file system every worker sees (docs/cluster.md)",
@@ -141,7 +146,7 @@ def run(args) -> int:
             command=args.command_line,
             scheduler=args.scheduler,
             cluster=args.cluster,
-            metric_variant=args.metric_variant,
+            metric_variant=args.metric_variant, metric_groups=args.metric_groups,
         )
     except StoreError as exc:
         raise UserError(f"{exc}; every run keeps its last save point, so rerun the same command to resume "

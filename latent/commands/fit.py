@@ -52,7 +52,10 @@ def _float(text: str) -> float:
 
 #: (flag, FitConfig field, type, help); every default comes from FitConfig, shown in --help
 OPTIONS = (
-    ("--features", "features", str, "comma-separated feature columns (default: the study's, i.e. the 14 reference columns)"),
+    ("--features", "features", str, "comma-separated feature columns or groups: weights (the 14 reference "
+                                     "statistics), progress (Fourier progress measures), function (function-space "
+                                     "observables), losses, all (every group but losses) (default: the study's, "
+                                     "i.e. the 14 reference columns)"),
     ("--first-n", "first_n", _int, "checkpoints per run used"),
     ("--scaling", "scaling", str, "global (one z-scoring, from training runs only) or per_run (the reference)"),
     ("--max-states", "max_states", _int, "fit K = 1..MAX_STATES"),

@@ -1,0 +1,149 @@
+"""Fourier progress measures for modular arithmetic (Nanda et al. 2023), batched over seeds.
+
+Notation: S seeds, p the modulus, inputs (a, b) for all p² pairs; N the neuron activations
+(S, p², H) of the layer whose output feeds the logits through W_logit (S, H, C); frequencies
+k = 1 .. (p−1)/2 with w_k = 2πk/p.
+
+A network that has learnt modular addition the way Nanda et al. describe embeds each operand on
+a few circles (cos w_k x, sin w_k x), so its embedding is *sparse in the Fourier basis*, and its
+neurons compute cos(w_k (a+b)) and sin(w_k (a+b)) for a few *key frequencies*, from which the
+unembedding reads the answer. The measures, per seed, at one checkpoint:
+
+* ``embed_gini``, ``unembed_gini``: the Gini coefficient of the per-frequency norms of the
+  embedding (rows x = 0..p−1) and of the unembedding (output classes c = 0..p−1): 0 when every
+  frequency carries the same weight, near 1 when a few carry all of it;
+* ``embed_top_share``, ``unembed_top_share``: the share of the non-constant Fourier energy in
+  the ``key_freqs`` largest frequencies;
+* ``restricted_loss``: the training loss of the logits when the neuron activations keep only
+  their mean over inputs and their components along cos(w_k(a+b)) and sin(w_k(a+b)) for the
+  key frequencies; ``excluded_loss``: the training loss when exactly those key-frequency
+  components are removed. Writing N = N̄ + P(N) + R (mean over inputs, key-frequency part,
+  rest), the restricted logits are the network's output when these neurons carry N̄ + P(N), the
+  excluded logits its output when they carry N − P(N); everything else the network adds (the
+  attention path, biases, a LayerNorm after the MLP) is computed as it is, which is what Nanda
+  et al.'s bias correction approximates. Where the logits are linear in N (no LayerNorm after
+  it) restricted + excluded = the model's logits + the logits of the mean activation, exactly;
+  when the activations are a function of a + b, keeping every frequency reproduces the model's
+  loss exactly;
+* ``sum_sq_weights``: the sum of the squares of every parameter;
+* ``key_freq_1`` .. ``key_freq_n``: the key frequencies (k, by decreasing energy), and
+  ``embed_f01`` .. the share of the embedding's non-constant Fourier energy in each frequency
+  (the full spectrum: cheap, (p−1)/2 columns).
+
+**Key frequencies, how chosen.** Nanda et al. take them once, from the fully trained model; a
+measure recorded while training cannot know that model, so at each checkpoint and for each seed
+the key frequencies are the ``key_freqs`` (default 5, ``--set key_freqs=N``) frequencies whose
+cos/sin(w_k(a+b)) components carry the most energy of the neuron activations at that checkpoint.
+Restricted loss then asks "do a few frequencies already carry the computation?", excluded loss
+"does the network still work without them?".
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+#: the progress group's feature columns (the key frequencies and the spectrum are recorded but
+#: are not features: the first are labels, the second many near-collinear shares)
+PROGRESS_FEATURES = ("embed_gini", "unembed_gini", "embed_top_share", "unembed_top_share", "restricted_loss",
+                     "excluded_loss", "sum_sq_weights")
+
+
+def progress_columns(p: int, key_freqs: int) -> list[str]:
+    """Every column the progress group writes, in order."""
+    return (list(PROGRESS_FEATURES) + [f"key_freq_{i + 1}" for i in range(min(key_freqs, (p - 1) // 2))]
+            + [f"embed_f{k:02d}" for k in range(1, (p - 1) // 2 + 1)])
+
+
+def fourier_basis(p: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orthonormal cos and sin vectors over Z_p for k = 1..(p−1)/2: two (K, p) tensors."""
+    x = torch.arange(p, device=device, dtype=torch.float64)
+    k = torch.arange(1, (p - 1) // 2 + 1, device=device, dtype=torch.float64)
+    ang = 2 * math.pi * k[:, None] * x[None, :] / p
+    scale = math.sqrt(2.0 / p)
+    return (torch.cos(ang) * scale).to(dtype), (torch.sin(ang) * scale).to(dtype)
+
+
+def frequency_energy(W: torch.Tensor, p: int) -> torch.Tensor:
+    """Energy of each frequency of ``W`` (S, p, d) along its second axis: (S, K), the sum over
+    columns of the squared cos and sin coefficients (the constant term left out)."""
+    cos, sin = fourier_basis(p, W.device, W.dtype)
+    c = torch.einsum("kx,sxd->skd", cos, W)
+    s = torch.einsum("kx,sxd->skd", sin, W)
+    return (c * c).sum(-1) + (s * s).sum(-1)
+
+
+def gini(x: torch.Tensor) -> torch.Tensor:
+    """Gini coefficient of each row of the non-negative ``x`` (S, K): Σ_ij |x_i − x_j| / (2K Σ x)."""
+    xs, _ = torch.sort(x, dim=-1)
+    K = x.shape[-1]
+    i = torch.arange(1, K + 1, device=x.device, dtype=x.dtype)
+    total = xs.sum(-1)
+    # the sorted-order form of the mean absolute difference: Σ (2i − K − 1) x_(i) / (K Σ x)
+    g = ((2 * i - K - 1) * xs).sum(-1) / (K * total.clamp_min(torch.finfo(x.dtype).tiny))
+    return torch.where(total > 0, g, torch.zeros_like(g))
+
+
+def top_share(energy: torch.Tensor, n: int) -> torch.Tensor:
+    """Share of each row's total in its ``n`` largest entries."""
+    top = torch.topk(energy, min(n, energy.shape[-1]), dim=-1).values.sum(-1)
+    return top / energy.sum(-1).clamp_min(torch.finfo(energy.dtype).tiny)
+
+
+def sum_frequency_basis(p: int, device=None, dtype=torch.float32) -> torch.Tensor:
+    """Orthonormal cos(w_k(a+b)) and sin(w_k(a+b)) over all p² pairs (row-major a, b), k = 1..(p−1)/2:
+    shape (2K, p²), cos rows first."""
+    cos, sin = fourier_basis(p, device, torch.float64)
+    idx = (torch.arange(p, device=device)[:, None] + torch.arange(p, device=device)[None, :]).reshape(-1) % p
+    # cos_k(a+b) over p² entries has norm sqrt(p) times that over p entries
+    return (torch.cat([cos[:, idx], sin[:, idx]]) / math.sqrt(p)).to(dtype)
+
+
+def restricted_excluded(acts: torch.Tensor, readout, labels: torch.Tensor, train_rows: torch.Tensor, p: int,
+                        key_freqs: int):
+    """Restricted and excluded training losses and the key frequencies (module docstring).
+
+    Parameters
+    ----------
+    acts : (S, p², H) neuron activations for every pair (row-major a, b)
+    readout : callable
+        ``readout(h, rows)``: activations ``h`` (S, n, H) at pairs ``rows`` (S, n) -> the logits
+        there (S, n, C), the rest of the network as it is (the model's own logits at the
+        training rows are ``readout(acts at those rows, train_rows)``).
+    labels : (p²,) the answer of every pair
+    train_rows : (S, n) each seed's training rows
+    p, key_freqs : int
+
+    Returns
+    -------
+    restricted, excluded : (S,) float64, mean cross-entropy over each seed's training rows
+    keys : (S, key_freqs) long, the key frequencies k (1-based), by decreasing energy
+    """
+    S, P2, H = acts.shape
+    K = (p - 1) // 2
+    n_key = min(int(key_freqs), K)
+    basis = sum_frequency_basis(p, acts.device, acts.dtype)  # (2K, p²)
+    coef = torch.einsum("fx,sxh->sfh", basis, acts)  # (S, 2K, H)
+    energy = (coef[:, :K] ** 2).sum(-1) + (coef[:, K:] ** 2).sum(-1)  # (S, K)
+    keys = torch.topk(energy, n_key, dim=-1).indices  # (S, n_key): frequency k − 1
+    rows = torch.cat([keys, keys + K], dim=1)  # their cos and sin rows of the basis
+    kc = torch.gather(coef, 1, rows[:, :, None].expand(-1, -1, H))  # (S, 2n, H)
+    # only the training rows are read out: P(N) there, from the key rows of the basis there
+    kb = torch.gather(basis[rows], 2, train_rows[:, None, :].expand(-1, rows.shape[1], -1))  # (S, 2n, n_train)
+    key_part = torch.einsum("sfx,sfh->sxh", kb, kc)  # P(N) at the training rows
+    at_rows = torch.gather(acts, 1, train_rows[:, :, None].expand(-1, -1, H))
+    y = labels[train_rows]  # (S, n)
+
+    def loss(z):
+        return F.cross_entropy(z.reshape(-1, z.shape[-1]).double(), y.reshape(-1), reduction="none").view(S, -1).mean(1)
+
+    restricted = loss(readout(acts.mean(dim=1, keepdim=True) + key_part, train_rows))
+    excluded = loss(readout(at_rows - key_part, train_rows))
+    return restricted, excluded, keys + 1
+
+
+def sum_sq(params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Σ of squared parameters per seed (every tensor's leading axis is the seed)."""
+    return sum((v.detach().double() ** 2).flatten(1).sum(1) for v in params.values())

@@ -1,0 +1,119 @@
+"""Fourier progress measures (collect.progress) and the modadd problem's progress group.
+
+Expectations are independent of the code under test: embeddings and activations planted with
+known frequencies, the Gini coefficient by its pairwise definition, numpy's FFT, and the same
+seeds computed alone.
+"""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from collect.progress import (fourier_basis, frequency_energy, gini, restricted_excluded, sum_frequency_basis,
+                              top_share)
+from collect.seeds import RunSeeds
+from collect.tasks.modadd import ModAddConfig, ModAddTask
+
+P = 23
+
+
+def test_fourier_basis_is_orthonormal_and_matches_numpys_fft():
+    cos, sin = fourier_basis(P, dtype=torch.float64)
+    B = torch.cat([torch.full((1, P), 1 / math.sqrt(P), dtype=torch.float64), cos, sin])
+    np.testing.assert_allclose((B @ B.T).numpy(), np.eye(P), atol=1e-12)
+    # the energy of frequency k of a vector is 2 |FFT_k|² / p
+    rng = np.random.default_rng(0)
+    v = rng.normal(size=(1, P, 1))
+    energy = frequency_energy(torch.from_numpy(v), P)[0].numpy()
+    fft = np.fft.fft(v[0, :, 0])
+    np.testing.assert_allclose(energy, 2 * np.abs(fft[1:(P - 1) // 2 + 1]) ** 2 / P, rtol=1e-10)
+
+
+def test_planted_frequencies_are_found_and_gini_is_the_pairwise_definition():
+    x = np.arange(P)
+    w = 2 * np.pi / P
+    emb = np.stack([np.cos(3 * w * x), np.sin(3 * w * x), 0.5 * np.cos(7 * w * x), np.zeros(P)], axis=1)
+    energy = frequency_energy(torch.from_numpy(emb[None]), P)[0].numpy()
+    assert set(np.flatnonzero(energy > 1e-9) + 1) == {3, 7}
+    assert energy[2] == pytest.approx(P / 2 * 2) and energy[6] == pytest.approx(0.25 * P / 2)
+    assert float(top_share(torch.from_numpy(energy[None]), 2)[0]) == pytest.approx(1.0)
+    rng = np.random.default_rng(1)
+    for vals in (rng.random(11), np.r_[np.zeros(10), 1.0], np.ones(11)):
+        brute = np.abs(vals[:, None] - vals[None, :]).sum() / (2 * len(vals) * vals.sum())
+        assert float(gini(torch.from_numpy(vals[None]))[0]) == pytest.approx(brute, abs=1e-12)
+
+
+def _linear_readout(w, bias):
+    return lambda h, rows: h @ w + bias
+
+
+def test_restricted_and_excluded_loss_on_activations_made_of_key_frequencies():
+    """Activations that are a + b functions of frequencies 2 and 5 only: keeping those two
+    frequencies is the model itself (restricted loss = its loss), removing them leaves only the
+    mean activation (excluded loss = the loss of the mean logits)."""
+    torch.manual_seed(0)
+    S, H, C = 2, 6, P
+    a = torch.arange(P).repeat_interleave(P)
+    b = torch.arange(P).repeat(P)
+    s = (a + b).double()
+    w = 2 * math.pi / P
+    feats = torch.stack([torch.cos(2 * w * s), torch.sin(2 * w * s), torch.cos(5 * w * s), torch.sin(5 * w * s)], 1)
+    acts = torch.stack([0.3 + feats @ torch.randn(4, H, dtype=torch.float64) for _ in range(S)])
+    W, bias = torch.randn(S, H, C, dtype=torch.float64), torch.randn(S, 1, C, dtype=torch.float64)
+    labels = (a + b) % P
+    rows = torch.stack([torch.randperm(P * P)[:200] for _ in range(S)])
+    readout = _linear_readout(W, bias)
+    restricted, excluded, keys = restricted_excluded(acts, readout, labels, rows, P, key_freqs=2)
+    at = torch.gather(acts, 1, rows[:, :, None].expand(-1, -1, H))
+    full = F.cross_entropy((at @ W + bias).reshape(-1, C), labels[rows].reshape(-1), reduction="none").view(S, -1)
+    np.testing.assert_allclose(restricted.numpy(), full.mean(1).numpy(), rtol=1e-10)
+    mean_logits = (acts.mean(1, keepdim=True) @ W + bias).expand(-1, rows.shape[1], -1)
+    only_mean = F.cross_entropy(mean_logits.reshape(-1, C), labels[rows].reshape(-1), reduction="none").view(S, -1)
+    np.testing.assert_allclose(excluded.numpy(), only_mean.mean(1).numpy(), rtol=1e-10)
+    assert sorted(keys[0].tolist()) == [2, 5] and sorted(keys[1].tolist()) == [2, 5]
+    # restricting to every frequency keeps every a + b function: still the model itself
+    every, _, _ = restricted_excluded(acts, readout, labels, rows, P, key_freqs=(P - 1) // 2)
+    np.testing.assert_allclose(every.numpy(), full.mean(1).numpy(), rtol=1e-10)
+
+
+def test_restricted_plus_excluded_logits_are_the_model_plus_its_mean():
+    """For any activations and a linear readout: restricted + excluded logits = the model's
+    logits + the logits of the mean activation (checked through the losses' inputs)."""
+    torch.manual_seed(1)
+    S, H, C = 1, 5, P
+    acts = torch.randn(S, P * P, H, dtype=torch.float64).relu()
+    W, bias = torch.randn(S, H, C, dtype=torch.float64), torch.randn(S, 1, C, dtype=torch.float64)
+    rows = torch.arange(P * P)[None]
+    seen = []
+
+    def readout(h, r):
+        seen.append(h @ W + bias)
+        return seen[-1]
+
+    restricted_excluded(acts, readout, (torch.arange(P * P) // P) % P, rows, P, key_freqs=3)
+    model = acts @ W + bias
+    mean = acts.mean(1, keepdim=True) @ W + bias
+    np.testing.assert_allclose((seen[0] + seen[1]).numpy(), (model + mean).numpy(), atol=1e-9)
+    # and P(N) is the projection on the a + b frequency vectors: orthonormal rows
+    B = sum_frequency_basis(P, dtype=torch.float64)
+    np.testing.assert_allclose((B @ B.T).numpy(), np.eye(P - 1), atol=1e-12)
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_progress_of_a_seed_in_a_batch_equals_it_alone(model):
+    cfg = ModAddConfig(model=model, p=P, d_model=16, n_heads=2, d_mlp=32, d_embed=8, d_hidden=16, key_freqs=3)
+    task = ModAddTask()
+    seeds = [RunSeeds.derive(s, None) for s in range(3)]
+    batch = task.build(cfg, seeds, torch.device("cpu"))
+    for _ in range(5):
+        batch.train_step()
+    alone = task.build(cfg, seeds[1:2], torch.device("cpu"))
+    for _ in range(5):
+        alone.train_step()
+    got, ref = batch.progress_metrics(), alone.progress_metrics()
+    assert set(got) == set(task.metric_groups(cfg)["progress"])
+    for k in ref:
+        np.testing.assert_allclose(got[k][1].item(), ref[k][0].item(), rtol=2e-4, atol=1e-6, err_msg=k)
