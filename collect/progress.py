@@ -51,10 +51,68 @@ PROGRESS_FEATURES = ("embed_gini", "unembed_gini", "embed_top_share", "unembed_t
                      "excluded_loss", "sum_sq_weights")
 
 
-def progress_columns(p: int, key_freqs: int) -> list[str]:
-    """Every column the progress group writes, in order."""
-    return (list(PROGRESS_FEATURES) + [f"key_freq_{i + 1}" for i in range(min(key_freqs, (p - 1) // 2))]
-            + [f"embed_f{k:02d}" for k in range(1, (p - 1) // 2 + 1)])
+def progress_columns(p: int, key_freqs: int, ops=("add",)) -> list[str]:
+    """Every column the progress group writes, in order (see :func:`op_group`)."""
+    ops = tuple(ops)
+    cols = list(PROGRESS_FEATURES)
+    if len(ops) == 1:
+        cols += [f"key_freq_{i + 1}" for i in range(min(key_freqs, (op_group(p, ops[0])[1] - 1) // 2))]
+    else:
+        for o in ops:
+            n = op_group(p, o)[1]
+            cols += [f"restricted_loss_{o}", f"excluded_loss_{o}"]
+            cols += [f"key_freq_{o}_{i + 1}" for i in range(min(key_freqs, (n - 1) // 2))]
+    if {"mul", "div"} & set(ops):
+        cols.append("embed_gini_mul")
+    return cols + [f"embed_f{k:02d}" for k in range(1, (p - 1) // 2 + 1)]
+
+
+def primitive_root(p: int) -> int:
+    """The smallest generator of the multiplicative group of Z_p (p prime)."""
+    n = p - 1
+    factors = {q for q in range(2, n + 1) if n % q == 0 and all(q % r for r in range(2, int(q**0.5) + 1))}
+    return next(g for g in range(2, p) if all(pow(g, n // q, p) != 1 for q in factors)) if p > 2 else 1
+
+
+def discrete_log(p: int) -> torch.Tensor:
+    """``log[x]`` with g^log[x] = x mod p for x = 1..p−1 (log[0] = −1), g the primitive root."""
+    g = primitive_root(p)
+    out = torch.full((p,), -1, dtype=torch.long)
+    x = 1
+    for i in range(p - 1):
+        out[x] = i
+        x = x * g % p
+    return out
+
+
+def op_group(p: int, op: str) -> tuple[str, int]:
+    """The cyclic group an operation's answer lives in, as the Fourier analysis sees it:
+    ``("additive", p)`` for add and sub (the answer is a ± b in Z_p), ``("multiplicative", p − 1)``
+    for mul and div (through discrete logarithms, a·b and a/b are log a ± log b in Z_{p−1})."""
+    return ("multiplicative", p - 1) if op in ("mul", "div") else ("additive", p)
+
+
+def op_combination(a: torch.Tensor, b: torch.Tensor, p: int, op: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each pair's element of its operation's cyclic group (:func:`op_group`) and whether it has one
+    (a product with a zero factor is in no multiplicative group)."""
+    if op in ("add", "sub"):
+        return ((a + b) if op == "add" else (a - b)) % p, torch.ones_like(a, dtype=torch.bool)
+    log = discrete_log(p).to(a.device)
+    valid = (a != 0) & (b != 0)
+    la, lb = log[a].clamp_min(0), log[b].clamp_min(0)
+    return ((la + lb) if op == "mul" else (la - lb)) % (p - 1), valid
+
+
+def cyclic_basis(index: torch.Tensor, n: int, valid: torch.Tensor | None = None, dtype=torch.float32) -> torch.Tensor:
+    """Orthonormal cos(2πk·i/n) and sin(2πk·i/n) over the rows (``index`` i per row), k = 1..(n−1)/2
+    (an even n's Nyquist frequency left out); rows not ``valid`` get 0. Shape (2K, rows), cos first."""
+    K = (n - 1) // 2
+    k = torch.arange(1, K + 1, dtype=torch.float64, device=index.device)
+    ang = 2 * math.pi * k[:, None] * index.to(torch.float64)[None, :] / n
+    B = torch.cat([torch.cos(ang), torch.sin(ang)])
+    if valid is not None:
+        B = B * valid.to(torch.float64)[None, :]
+    return (B / B.norm(dim=1, keepdim=True).clamp_min(1e-300)).to(dtype)
 
 
 def fourier_basis(p: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,14 +153,12 @@ def top_share(energy: torch.Tensor, n: int) -> torch.Tensor:
 def sum_frequency_basis(p: int, device=None, dtype=torch.float32) -> torch.Tensor:
     """Orthonormal cos(w_k(a+b)) and sin(w_k(a+b)) over all p² pairs (row-major a, b), k = 1..(p−1)/2:
     shape (2K, p²), cos rows first."""
-    cos, sin = fourier_basis(p, device, torch.float64)
     idx = (torch.arange(p, device=device)[:, None] + torch.arange(p, device=device)[None, :]).reshape(-1) % p
-    # cos_k(a+b) over p² entries has norm sqrt(p) times that over p entries
-    return (torch.cat([cos[:, idx], sin[:, idx]]) / math.sqrt(p)).to(dtype)
+    return cyclic_basis(idx, p, dtype=dtype)
 
 
 def restricted_excluded(acts: torch.Tensor, readout, labels: torch.Tensor, train_rows: torch.Tensor, p: int,
-                        key_freqs: int):
+                        key_freqs: int, basis: torch.Tensor | None = None):
     """Restricted and excluded training losses and the key frequencies (module docstring).
 
     Parameters
@@ -115,6 +171,9 @@ def restricted_excluded(acts: torch.Tensor, readout, labels: torch.Tensor, train
     labels : (p²,) the answer of every pair
     train_rows : (S, n) each seed's training rows
     p, key_freqs : int
+    basis : (2K, rows), optional
+        The frequencies' cos and sin vectors over the rows (:func:`cyclic_basis`); default: those
+        of a + b over the p² pairs (:func:`sum_frequency_basis`).
 
     Returns
     -------
@@ -122,9 +181,9 @@ def restricted_excluded(acts: torch.Tensor, readout, labels: torch.Tensor, train
     keys : (S, key_freqs) long, the key frequencies k (1-based), by decreasing energy
     """
     S, P2, H = acts.shape
-    K = (p - 1) // 2
+    basis = sum_frequency_basis(p, acts.device, acts.dtype) if basis is None else basis.to(acts)  # (2K, rows)
+    K = basis.shape[0] // 2
     n_key = min(int(key_freqs), K)
-    basis = sum_frequency_basis(p, acts.device, acts.dtype)  # (2K, p²)
     coef = torch.einsum("fx,sxh->sfh", basis, acts)  # (S, 2K, H)
     energy = (coef[:, :K] ** 2).sum(-1) + (coef[:, K:] ** 2).sum(-1)  # (S, K)
     keys = torch.topk(energy, n_key, dim=-1).indices  # (S, n_key): frequency k − 1

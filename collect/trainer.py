@@ -115,6 +115,8 @@ def train(
             tg = time.perf_counter()
             if group == "progress":
                 extra = problem.progress_metrics()
+            elif group == "ops":
+                extra = problem.op_metrics()
             else:
                 from .function_space import function_metrics
 

@@ -38,13 +38,19 @@ PHASE_DEFINITION = {
 }
 
 
+#: Fourier progress measures (collect/progress.py) that say what a state *is* in the mechanistic
+#: story (memorisation, circuit formation, cleanup); shown after the performance columns
+PROGRESS_PHASE_COLUMNS = ("restricted_loss", "excluded_loss", "embed_gini", "sum_sq_weights")
+
+
 def performance_columns(columns, convergence_metric: str | None = None) -> list[str]:
     """The columns of a run table that say how well the network does, in a fixed order.
 
     ``train_loss, val_loss, train_acc, val_acc`` (what ``latent collect`` writes) where present,
     then any other column named ``<train|val|valid|validation|test|eval>_<loss|acc|accuracy|error|err|ppl|perplexity>``
-    (sorted), then the convergence metric if it is none of these. Columns that are absent are
-    never invented.
+    (sorted), then the convergence metric if it is none of these, then the Fourier progress
+    measures :data:`PROGRESS_PHASE_COLUMNS` where the study recorded them. Columns that are absent
+    are never invented.
 
     Parameters
     ----------
@@ -59,6 +65,7 @@ def performance_columns(columns, convergence_metric: str | None = None) -> list[
     out += sorted(c for c in present if c not in out and _PERFORMANCE_RE.match(c))
     if convergence_metric and convergence_metric in present and convergence_metric not in out:
         out.append(convergence_metric)
+    out += [c for c in PROGRESS_PHASE_COLUMNS if c in present and c not in out]
     return out
 
 

@@ -22,6 +22,7 @@ Example (in a notebook)::
 from __future__ import annotations
 
 import math
+import re
 from collections import Counter
 
 import numpy as np
@@ -1137,6 +1138,40 @@ def plot_state_profiles(ax, fit: FitArtifacts, annotate: bool | None = None) -> 
     cbar.ax.tick_params(labelsize=8 if h_pt >= 150 else 6.5)
     return {"matrix": m, "features": fit.features, "states": list(range(k)), "image": im, "annotated": bool(annotate),
             "groups": spans}
+
+
+#: the progress measures the report draws, when the run tables have them (collect/progress.py)
+PROGRESS_PANELS = ("restricted_loss", "excluded_loss", "embed_gini", "sum_sq_weights")
+
+
+def progress_panels(fit: FitArtifacts) -> list[str]:
+    """The progress measures of :data:`PROGRESS_PANELS` that the study recorded."""
+    return [m for m in PROGRESS_PANELS if m in fit.runs.columns]
+
+
+def plot_fourier_spectrum(ax, fit: FitArtifacts) -> dict:
+    """The embedding's Fourier spectrum over training: for each checkpoint step (x) and frequency
+    k (y), the share of the embedding's energy in k, averaged over runs (``embed_fNN`` columns).
+
+    A network that learns modular arithmetic the way Nanda et al. describe concentrates its
+    embedding on a few key frequencies: bright horizontal bands appear and the rest fades."""
+    cols = sorted(c for c in fit.runs.columns if re.fullmatch(r"embed_f\d+", c))
+    if not cols:
+        ax.set_axis_off()
+        return {"frequencies": [], "steps": []}
+    table = fit.runs.groupby("step")[cols].mean()
+    img = table.to_numpy().T  # (K, steps)
+    steps = table.index.to_numpy(dtype=float)
+    im = ax.imshow(img, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
+                   extent=(steps[0], steps[-1], 0.5, len(cols) + 0.5))
+    ax.set_xlabel(fit.step_unit)
+    ax.set_ylabel("frequency k")
+    _title(ax, "Embedding's Fourier spectrum (share of energy per frequency, mean over runs)", 10)
+    cbar = ax.figure.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
+    cbar.set_label("share of energy", fontsize=8)
+    top = table.iloc[-1].sort_values(ascending=False).index[:5]
+    return {"frequencies": [int(c[len("embed_f"):]) for c in cols], "steps": steps.tolist(), "image": im,
+            "top_at_end": [int(c[len("embed_f"):]) for c in top]}
 
 
 def feature_groups_of(fit: FitArtifacts) -> list[str]:

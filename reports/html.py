@@ -102,6 +102,29 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
                     + (f"The last panel is the most important feature overall ({chosen[-1]})."
                        if chosen[-1] not in metrics else ""), fig, infos))
 
+    panels = F.progress_panels(fit)
+    if panels:
+        fig = _new_figure(11, 9.2)
+        grid = fig.add_gridspec(3, 2)
+        infos = {}
+        for i, m in enumerate(panels):
+            ax = fig.add_subplot(grid[i // 2, i % 2])
+            infos[m] = F.plot_trajectories(ax, fit, m)
+            if m in ("restricted_loss", "excluded_loss") and (fit.runs[m] > 0).all():
+                ax.set_yscale("log")
+        infos["spectrum"] = F.plot_fourier_spectrum(fig.add_subplot(grid[2, :]), fit)
+        out.append(("progress", "Progress measures (Nanda et al.)",
+                    "Fourier progress measures of modular arithmetic, each run coloured by its decoded state "
+                    "(collect/progress.py, docs/collect.md). Restricted loss: the training loss when the MLP's "
+                    "neurons keep only their mean and their components along the key frequencies' "
+                    "cos/sin(w(a+b)); it falls as the generalising circuit forms. Excluded loss: the training loss "
+                    "with exactly those components removed; it rises while the circuit forms, because the network "
+                    "comes to rely on it, before the validation accuracy jumps. Gini of the embedding's frequency "
+                    "norms: how few frequencies carry it. Sum of squared weights: it falls in the cleanup phase, "
+                    "as weight decay removes the memorising solution. Bottom: the embedding's spectrum."
+                    + (f" Largest frequencies at the end: {', '.join(map(str, infos['spectrum']['top_at_end']))}."
+                       if infos["spectrum"].get("top_at_end") else ""), fig, infos))
+
     n = len(fit.seeds)
     fig = _new_figure(11, 1.2 + 0.22 * n)
     info = F.plot_occupancy(fig.add_subplot(), fit)

@@ -10,16 +10,18 @@ import torch
 import torch.nn.functional as F
 
 
-def mlp_forward(P, a, b, d):
-    """P: one seed's params (E, W1, b1, W2, b2); a, b: (N,)."""
-    x = torch.cat([P["E"][a], P["E"][b]], dim=-1)  # (N, 2d)
+def mlp_forward(P, a, b, d, op=None):
+    """P: one seed's params (E, W1, b1, W2, b2, and O with several operations); a, b, op: (N,)."""
+    x = torch.cat([P["E"][a], P["E"][b]] + ([P["O"][op]] if "O" in P else []), dim=-1)  # (N, 2d or 3d)
     h = torch.relu(x @ P["W1"].T + P["b1"][0])
     return h @ P["W2"].T + P["b2"][0]
 
 
-def transformer_forward(P, a, b, p, n_heads, layernorm):
-    """Full 3-token transformer with a causal mask; returns logits at the last position."""
-    tokens = torch.stack([a, b, torch.full_like(a, p)], dim=1)  # (N, 3)
+def transformer_forward(P, a, b, p, n_heads, layernorm, op=None):
+    """Full 3-token transformer with a causal mask; returns logits at the last position. With
+    operations ``op``, the last token is operation op's "=" (token p + op)."""
+    eq = torch.full_like(a, p) if op is None else p + op
+    tokens = torch.stack([a, b, eq], dim=1)  # (N, 3)
     x = P["W_E"][tokens] + P["W_pos"][None]  # (N, 3, d)
     n, t, d = x.shape
     dh = d // n_heads

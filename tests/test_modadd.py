@@ -92,3 +92,76 @@ def test_seed_streams_are_fixed_and_distinct():
     assert (shared.init, shared.order, shared.split) == (5225985557982005424, 9220343133073777804,
                                                          RunSeeds.derive(7).split)
     assert rs.init == int(np.random.SeedSequence(5, spawn_key=(0,)).generate_state(1, dtype=np.uint64)[0] & np.uint64(2**63 - 1))
+
+
+# --------------------------------------------------------------------------- the operation family
+
+
+def test_every_operations_answers_by_hand():
+    from collect.tasks.modadd import op_table
+
+    p = 7
+    for op, f in (("add", lambda a, b: (a + b) % p), ("sub", lambda a, b: (a - b) % p), ("mul", lambda a, b: a * b % p)):
+        a, b, y = pair_table(p, op)
+        assert len(a) == p * p and all(int(y[i]) == f(int(a[i]), int(b[i])) for i in range(len(a)))
+    a, b, y = pair_table(p, "div")
+    assert len(a) == p * (p - 1) and (b != 0).all()
+    assert all((int(y[i]) * int(b[i])) % p == int(a[i]) for i in range(len(a)))  # y·b = a
+    a, b, op, y = op_table(p, ("add", "mul"))
+    assert len(a) == 2 * p * p and (op[: p * p] == 0).all() and (op[p * p:] == 1).all()
+
+
+def test_each_operation_is_split_on_its_own_and_add_alone_splits_as_before():
+    from collect.tasks.modadd import split_ops
+
+    cfg = ModAddConfig(p=11, op="add,sub,div", train_frac=0.3)
+    train, val = split_ops(cfg, RunSeeds.derive(2).split)
+    sizes = [121, 121, 110]
+    starts = np.cumsum([0] + sizes)
+    for i, n in enumerate(sizes):
+        t = train[(train >= starts[i]) & (train < starts[i + 1])]
+        v = val[(val >= starts[i]) & (val < starts[i + 1])]
+        assert len(t) == int(0.3 * n) and len(t) + len(v) == n and set(t).isdisjoint(v)
+    assert cfg.n_train == len(train) and cfg.n_rows == sum(sizes)
+    single = ModAddConfig(p=11, train_frac=0.3)
+    np.testing.assert_array_equal(split_ops(single, 5)[0], split_indices(11, single.n_train, 5)[0])
+
+
+@pytest.mark.parametrize("model", ["mlp", "transformer"])
+def test_several_operations_match_the_plain_modules(model):
+    from collect.tasks.modadd import op_table
+
+    cfg = ModAddConfig(model=model, p=11, op="add,sub,mul", d_embed=6, d_hidden=16, d_model=16, n_heads=4, d_mlp=32)
+    pr = _problem(cfg, [0, 1])
+    rows = pr.val_idx
+    batched = pr._logits(rows).detach()
+    a, b, op, _ = op_table(cfg.p, cfg.ops)
+    assert batched.shape[-1] == (11 if model == "mlp" else 11 + 3)
+    for i in range(2):
+        if model == "mlp":
+            ref = mlp_forward(_one_seed(pr, i), a[rows[i]], b[rows[i]], cfg.d_embed, op[rows[i]])
+        else:
+            ref = transformer_forward(_one_seed(pr, i), a[rows[i]], b[rows[i]], cfg.p, cfg.n_heads, False, op[rows[i]])
+        torch.testing.assert_close(batched[i], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_per_operation_metrics_are_each_operations_own_loss_and_accuracy():
+    import torch.nn.functional as F
+
+    from collect.tasks.modadd import op_table
+
+    cfg = ModAddConfig(p=11, op="add,mul", d_embed=6, d_hidden=16)
+    pr = _problem(cfg, [0])
+    for _ in range(20):
+        pr.train_step()
+    got = pr.op_metrics()
+    a, b, op, y = op_table(cfg.p, cfg.ops)
+    P = _one_seed(pr, 0)
+    for split, idx in (("train", pr.train_idx[0]), ("val", pr.val_idx[0])):
+        for i, name in enumerate(cfg.ops):
+            rows = idx[op[idx] == i]
+            logits = mlp_forward(P, a[rows], b[rows], cfg.d_embed, op[rows])
+            assert got[f"{split}_loss_{name}"][0].item() == pytest.approx(F.cross_entropy(logits, y[rows]).item(), rel=1e-5)
+            assert got[f"{split}_acc_{name}"][0].item() == pytest.approx((logits.argmax(1) == y[rows]).float().mean().item())
+    with pytest.raises(Exception, match="prime"):
+        ModAddConfig(p=12, op="mul").validate()

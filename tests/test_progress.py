@@ -117,3 +117,40 @@ def test_progress_of_a_seed_in_a_batch_equals_it_alone(model):
     assert set(got) == set(task.metric_groups(cfg)["progress"])
     for k in ref:
         np.testing.assert_allclose(got[k][1].item(), ref[k][0].item(), rtol=2e-4, atol=1e-6, err_msg=k)
+
+
+def test_discrete_logs_and_the_multiplicative_circle():
+    from collect.progress import discrete_log, op_combination, primitive_root
+
+    for p in (5, 7, 11, 23, 59):
+        g, log = primitive_root(p), discrete_log(p)
+        assert sorted(log[1:].tolist()) == list(range(p - 1))
+        assert all(pow(g, int(log[x]), p) == x for x in range(1, p))
+    a = torch.arange(1, 11).repeat_interleave(10)
+    b = torch.arange(1, 11).repeat(10)
+    combo, valid = op_combination(a, b, 11, "mul")
+    log = discrete_log(11)
+    assert valid.all() and all(int(combo[i]) == int(log[(int(a[i]) * int(b[i])) % 11]) for i in range(len(a)))
+    combo, _ = op_combination(a, b, 11, "div")
+    assert all(pow(primitive_root(11), int(combo[i]), 11) * int(b[i]) % 11 == int(a[i]) for i in range(len(a)))
+
+
+def test_restricted_loss_of_a_multiplication_circuit():
+    """Activations that are cos/sin of frequency 3 of log(a·b) on the multiplicative circle: the
+    multiplicative basis finds frequency 3 and restricting to it is the model itself."""
+    from collect.progress import cyclic_basis, op_combination
+
+    p = 13
+    a = torch.arange(p).repeat_interleave(p)
+    b = torch.arange(p).repeat(p)
+    combo, valid = op_combination(a, b, p, "mul")
+    ang = 2 * math.pi * 3 * combo.double() / (p - 1)
+    feats = torch.stack([torch.cos(ang), torch.sin(ang)], 1) * valid[:, None]
+    acts = (0.2 + feats @ torch.randn(2, 4, dtype=torch.float64))[None]
+    W = torch.randn(1, 4, p, dtype=torch.float64)
+    rows = torch.nonzero(valid)[:, 0][None]
+    basis = cyclic_basis(combo, p - 1, valid, dtype=torch.float64)
+    restricted, _, keys = restricted_excluded(acts, lambda h, r: h @ W, (a * b) % p, rows, p, 1, basis)
+    at = acts[:, rows[0]]
+    full = F.cross_entropy((at @ W)[0], ((a * b) % p)[rows[0]])
+    assert keys.tolist() == [[3]] and float(restricted[0]) == pytest.approx(float(full), rel=1e-10)
