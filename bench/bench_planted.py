@@ -68,8 +68,13 @@ def run_one(study, family: str, label: str, fields: dict, seed: int, table, meta
         keep = ["seed", "step", "epoch", *feats, conv["metric"]]
         write_study(root, new[[c for c in keep if c in new.columns]], None, threshold=conv["threshold"])
         t0 = time.time()
-        res = fit_study(resolve_study(tmp, "planted"), FitConfig(family=family, resamples=0, audit=False),
-                        progress=False)
+        try:
+            res = fit_study(resolve_study(tmp, "planted"), FitConfig(family=family, resamples=0, audit=False),
+                            progress=False)
+        except Exception as exc:  # a failed fit is a result too
+            return {"study": study, "family": family, "cell": label, "seed": seed,
+                    "control": fields.get("fraction", 0.5) == 1.0 or not fields.get("delay", True),
+                    "error": f"{type(exc).__name__}: {exc}"[:300]}
         seconds = time.time() - t0
     sc = score_plant(truth, res.paths, res.analysis)
     control = fields.get("fraction", 0.5) == 1.0 or not fields.get("delay", True)
@@ -84,7 +89,8 @@ def table(records: list[dict], families: list[str]) -> str:
              "draws with a false detour | clean (nothing flagged) | median s/fit |", "|---|---|---|---|---|---|---|---|---|"]
     for label, fields in CELLS:
         for fam in families:
-            rs = [r for r in records if r["cell"] == label and r["family"] == fam]
+            rs = [r for r in records if r["cell"] == label and r["family"] == fam and "error" not in r]
+            failed = sum(1 for r in records if r["cell"] == label and r["family"] == fam and "error" in r)
             if not rs:
                 continue
             control = rs[0]["control"]
@@ -92,7 +98,7 @@ def table(records: list[dict], families: list[str]) -> str:
             edge = sum(r["k"] == r["max_states"] for r in rs)
             found = "–" if control else f"{sum(r['found'] for r in rs)}/{len(rs)}"
             lines.append(
-                f"| {label} | {fam} | {len(rs)} | {min(ks)}–{max(ks)}" + (f" ({edge} at the edge)" if edge else "")
+                f"| {label} | {fam} | {len(rs)}" + (f" ({failed} failed)" if failed else "") + f" | {min(ks)}–{max(ks)}" + (f" ({edge} at the edge)" if edge else "")
                 + f" | {sum(r['recovered'] for r in rs)}/{len(rs)} | {found} | {sum(r['false'] > 0 for r in rs)}/{len(rs)}"
                 f" | {sum(not r['flagged'] for r in rs)}/{len(rs)} | {np.median([r['seconds'] for r in rs]):.0f} |")
     return "\n".join(lines)

@@ -472,12 +472,12 @@ class HMMSelector:
                 "no HMM restart succeeded for any K; try --covariance diag, fewer --features, or more runs"
             )
         self.n_states_ = self._choose(ok_rows)
-        self._mark_fragile()
         self.final_restarts_ = []
         if self.selection == "cv":
-            raw = self._refit_all(X, lengths, base, segments)
+            raw = self._refit_all(X, lengths, base, segments)  # may step down from a K it cannot refit
         else:
             raw = chosen_params[self.n_states_]
+        self._mark_fragile()
         self._canonicalise(raw, X, lengths)
         return self
 
@@ -602,20 +602,31 @@ class HMMSelector:
         return table, {}
 
     def _refit_all(self, X, lengths, base, segments) -> dict:
-        k = self.n_states_
+        """Refit the chosen K on all runs. When every restart of it is degenerate there (a state
+        that held enough rows in each fold's training runs collapses on all of them), the next
+        smaller scored K is refitted instead, with a warning; only when none can be refitted is it
+        an error."""
         everyone = np.arange(len(lengths))
-        jobs = [dict(base, k=k, restart=r, fold=None, seed=restart_seed(self.random_state, k, r),
-                     train=everyone, test=np.array([], dtype=int)) for r in range(int(self.restarts))]
         data = {"X": X, "lengths": lengths, "standardize": False, "init": self.init, "segments": segments}
-        results = sorted(self._run_jobs(jobs, data, f"refit K={k}"), key=lambda r: r["restart"])
-        self.final_restarts_ = [{key: v for key, v in rec.items() if key not in ("params", "loglik_runs")}
-                                for rec in results]
-        ok = [r for r in results if r["ok"]]
-        if not ok:
-            reasons = "; ".join(r["reason"] for r in results)
-            raise UserError(f"every refit of the chosen K = {k} on all runs failed ({reasons}); "
-                            "try --covariance diag or fewer --features")
-        return max(ok, key=lambda r: (r["train_loglik"], -r["restart"]))["params"]
+        chosen = self.n_states_
+        scored = sorted((r["k"] for r in self.selection_ if r["score"] is not None and r["k"] <= chosen), reverse=True)
+        failures = []
+        for k in scored:
+            jobs = [dict(base, k=k, restart=r, fold=None, seed=restart_seed(self.random_state, k, r),
+                         train=everyone, test=np.array([], dtype=int)) for r in range(int(self.restarts))]
+            results = sorted(self._run_jobs(jobs, data, f"refit K={k}"), key=lambda r: r["restart"])
+            self.final_restarts_ = [{key: v for key, v in rec.items() if key not in ("params", "loglik_runs")}
+                                    for rec in results]
+            ok = [r for r in results if r["ok"]]
+            if ok:
+                if k != chosen:
+                    log.warning("every refit of the chosen K = %d on all runs was degenerate (%s); K = %d, the next "
+                                "smaller one scored, is used instead", chosen, failures[0], k)
+                    self.n_states_ = k
+                return max(ok, key=lambda r: (r["train_loglik"], -r["restart"]))["params"]
+            failures.append(results[0]["reason"])
+        raise UserError(f"every refit of K = {', '.join(map(str, scored))} on all runs failed (e.g. {failures[0]}); "
+                        "try --covariance diag or fewer --features")
 
     def _canonicalise(self, raw: dict, X, lengths) -> None:
         """Relabel states by mean first-visit checkpoint over all runs' Viterbi paths."""

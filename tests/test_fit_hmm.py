@@ -226,3 +226,32 @@ def test_underflowing_restart_is_refitted_in_log_space():
     assert rec["loglik"] < -1e4  # the held-out rows really are that improbable
     rec_in = fit_restart(X_tr, [100, 100], X_tr[:50], [50], 2, 7, "full", 10, 1e-2)
     assert rec_in["ok"] and rec_in["implementation"] == "scaling"
+
+
+def test_a_chosen_k_that_cannot_be_refitted_on_all_runs_steps_down_with_a_warning(planted, caplog):
+    """Every refit of the chosen K degenerate on all runs (forced here): the next smaller scored K
+    is refitted and used, and the fit says so; with no K left it is one clear error."""
+    fm, truth = planted
+    X, lengths = fm.X, fm.lengths
+
+    class Flaky(HMMSelector):
+        broken = ()
+
+        def _run_jobs(self, jobs, data, desc):
+            out = super()._run_jobs(jobs, data, desc)
+            if any(desc == f"refit K={k}" for k in self.broken):
+                for rec in out:
+                    rec.update(ok=False, reason="forced degenerate")
+            return out
+
+    sel = Flaky(standardize=True, **dict(FAST, n_jobs=1))
+    sel.broken = (truth.n_states,)
+    with caplog.at_level(logging.WARNING, logger="latent"):
+        sel.fit(X, lengths)
+    assert sel.n_states_ == truth.n_states - 1 and len(sel.params_["startprob"]) == truth.n_states - 1
+    assert any(f"K = {truth.n_states - 1}, the next smaller one scored, is used instead" in r.getMessage()
+               for r in caplog.records)
+    sel = Flaky(standardize=True, **dict(FAST, n_jobs=1))
+    sel.broken = tuple(range(1, truth.n_states + 1))
+    with pytest.raises(UserError, match="every refit of K = "):
+        sel.fit(X, lengths)
