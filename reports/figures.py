@@ -1149,29 +1149,70 @@ def progress_panels(fit: FitArtifacts) -> list[str]:
     return [m for m in PROGRESS_PANELS if m in fit.runs.columns]
 
 
-def plot_fourier_spectrum(ax, fit: FitArtifacts) -> dict:
-    """The embedding's Fourier spectrum over training: for each checkpoint step (x) and frequency
-    k (y), the share of the embedding's energy in k, averaged over runs (``embed_fNN`` columns).
+def _spectrum_columns(fit: FitArtifacts) -> list[str]:
+    return sorted(c for c in fit.runs.columns if re.fullmatch(r"embed_f\d+", c))
 
-    A network that learns modular arithmetic the way Nanda et al. describe concentrates its
-    embedding on a few key frequencies: bright horizontal bands appear and the rest fades."""
-    cols = sorted(c for c in fit.runs.columns if re.fullmatch(r"embed_f\d+", c))
+
+def plot_fourier_concentration(ax, fit: FitArtifacts, top: int = 5) -> dict:
+    """One line per run: the share of its embedding's Fourier energy in the ``top`` frequencies
+    that carry the most at its last checkpoint, over training, each segment coloured by the
+    decoded state. It rises as the run's embedding settles on its key frequencies (the circles
+    of Nanda et al.); each run has its own."""
+    from matplotlib.collections import LineCollection
+
+    cols = _spectrum_columns(fit)
     if not cols:
         ax.set_axis_off()
-        return {"frequencies": [], "steps": []}
-    table = fit.runs.groupby("step")[cols].mean()
-    img = table.to_numpy().T  # (K, steps)
-    steps = table.index.to_numpy(dtype=float)
+        return {"seeds": []}
+    rgba = state_rgba(fit.n_states)
+    tops = {}
+    for seed, g in fit.runs.groupby("seed", sort=True):
+        g = g.sort_values("step")
+        last = g[cols].iloc[-1].to_numpy()
+        keep = np.argsort(-last)[:top]
+        tops[int(seed)] = [int(cols[i][len("embed_f"):]) for i in keep]
+        y = g[cols].to_numpy()[:, keep].sum(axis=1)
+        x = g["step"].to_numpy(dtype=float)
+        st = g["state"].to_numpy()
+        pts = np.column_stack([x, y])
+        coll = LineCollection(np.stack([pts[:-1], pts[1:]], axis=1), colors=rgba[np.clip(st[:-1], 0, None)],
+                              linewidths=1.0, alpha=0.85)
+        coll.set_rasterized(True)
+        ax.add_collection(coll)
+    ax.autoscale()
+    ax.set_ylim(0, 1)
+    ax.set_xlabel(fit.step_unit)
+    ax.set_ylabel(f"share in its {top} final top frequencies")
+    _title(ax, f"Embedding settling on its key frequencies (each run's own {top}), coloured by state", 10)
+    ax.grid(alpha=0.3)
+    return {"seeds": sorted(tops), "top_frequencies": tops}
+
+
+def plot_fourier_spectrum(ax, fit: FitArtifacts, seed: int | None = None) -> dict:
+    """One run's embedding spectrum over training: for each checkpoint step (x) and frequency k
+    (y), the share of the embedding's energy in k (``embed_fNN`` columns). ``seed`` None: the run
+    that converges at the median time. Bright bands are its key frequencies forming."""
+    cols = _spectrum_columns(fit)
+    if not cols:
+        ax.set_axis_off()
+        return {"frequencies": [], "steps": [], "seed": None}
+    if seed is None:
+        conv = {s: t for s, t in fit.convergence_times.items() if t is not None}
+        ranked = sorted(conv, key=lambda s: (conv[s], s)) or sorted(fit.seeds)
+        seed = ranked[len(ranked) // 2]
+    run = fit.runs[fit.runs["seed"] == seed].sort_values("step")
+    img = run[cols].to_numpy().T  # (K, steps)
+    steps = run["step"].to_numpy(dtype=float)
     im = ax.imshow(img, aspect="auto", origin="lower", cmap="magma", interpolation="nearest",
                    extent=(steps[0], steps[-1], 0.5, len(cols) + 0.5))
     ax.set_xlabel(fit.step_unit)
     ax.set_ylabel("frequency k")
-    _title(ax, "Embedding's Fourier spectrum (share of energy per frequency, mean over runs)", 10)
+    _title(ax, f"Run {seed} (median convergence): its embedding's Fourier spectrum", 10)
     cbar = ax.figure.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
     cbar.set_label("share of energy", fontsize=8)
-    top = table.iloc[-1].sort_values(ascending=False).index[:5]
+    top = run[cols].iloc[-1].sort_values(ascending=False).index[:5]
     return {"frequencies": [int(c[len("embed_f"):]) for c in cols], "steps": steps.tolist(), "image": im,
-            "top_at_end": [int(c[len("embed_f"):]) for c in top]}
+            "seed": int(seed), "top_at_end": [int(c[len("embed_f"):]) for c in top]}
 
 
 def feature_groups_of(fit: FitArtifacts) -> list[str]:

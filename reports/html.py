@@ -20,6 +20,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from latent.family import FAMILY_WORDS
 from latent.trainmap import format_metric, format_step, phase_text
 
@@ -110,9 +112,13 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
         for i, m in enumerate(panels):
             ax = fig.add_subplot(grid[i // 2, i % 2])
             infos[m] = F.plot_trajectories(ax, fit, m)
-            if m in ("restricted_loss", "excluded_loss") and (fit.runs[m] > 0).all():
-                ax.set_yscale("log")
-        infos["spectrum"] = F.plot_fourier_spectrum(fig.add_subplot(grid[2, :]), fit)
+            values = fit.runs[m].to_numpy(dtype=float)
+            values = values[np.isfinite(values)]
+            if m in ("restricted_loss", "excluded_loss") and values.size and (values > 0).all():
+                ax.set_yscale("log")  # losses fall over orders of magnitude
+                ax.set_ylim(values.min() / 1.3, values.max() * 1.3)
+        infos["concentration"] = F.plot_fourier_concentration(fig.add_subplot(grid[2, 0]), fit)
+        infos["spectrum"] = F.plot_fourier_spectrum(fig.add_subplot(grid[2, 1]), fit)
         out.append(("progress", "Progress measures (Nanda et al.)",
                     "Fourier progress measures of modular arithmetic, each run coloured by its decoded state "
                     "(collect/progress.py, docs/collect.md). Restricted loss: the training loss when the MLP's "
@@ -121,9 +127,12 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
                     "with exactly those components removed; it rises while the circuit forms, because the network "
                     "comes to rely on it, before the validation accuracy jumps. Gini of the embedding's frequency "
                     "norms: how few frequencies carry it. Sum of squared weights: it falls in the cleanup phase, "
-                    "as weight decay removes the memorising solution. Bottom: the embedding's spectrum."
-                    + (f" Largest frequencies at the end: {', '.join(map(str, infos['spectrum']['top_at_end']))}."
-                       if infos["spectrum"].get("top_at_end") else ""), fig, infos))
+                    "as weight decay removes the memorising solution. Bottom left: each run's embedding settling on "
+                    "its own key frequencies (the share of its energy in the five frequencies that carry most at its "
+                    "end); bottom right: the spectrum of the run that converges at the median time"
+                    + (f" (run {infos['spectrum']['seed']}; its largest frequencies at the end: "
+                       f"{', '.join(map(str, infos['spectrum']['top_at_end']))})"
+                       if infos["spectrum"].get("top_at_end") else "") + ".", fig, infos))
 
     n = len(fit.seeds)
     fig = _new_figure(11, 1.2 + 0.22 * n)

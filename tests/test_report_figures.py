@@ -16,6 +16,7 @@ from matplotlib.colors import to_hex, to_rgba
 from matplotlib.figure import Figure
 
 from report_fixtures import (
+    TOY_NAME,
     TOY_CI_HALF,
     TOY_COEF,
     TOY_CONVERGENCE,
@@ -434,3 +435,40 @@ def test_report_figures_keep_the_requested_trajectory_metrics(fit):
     assert list(figs["trajectories"]) == ["l2", "train_acc", "val_acc", TOY_TOP_FEATURE]
     figs = {name: info for name, _, _, _, info in build_figures(fit, ("val_loss",))}
     assert list(figs["trajectories"]) == ["val_loss", TOY_TOP_FEATURE]
+
+
+def test_progress_figure_only_with_progress_measures_and_the_median_runs_spectrum(tmp_path):
+    """A study without progress columns gets no progress figure; with them, the spectrum panel is
+    the run converging at the median time, and each run's line ends at its own top-5 share."""
+    import pandas as pd
+
+    from latent.store import Study
+    from reports.html import build_figures
+
+    store = tmp_path / "store"
+    make_toy_fit(store)
+    names = [f[0] for f in build_figures(load_fit(store))]
+    assert "progress" not in names
+    study = Study(store / TOY_NAME)
+    rng = np.random.default_rng(0)
+    for seed in TOY_SEGMENTS:
+        frame = study.read_run(seed)
+        T = len(frame)
+        frame["restricted_loss"] = np.linspace(4, 0.01, T)
+        frame["excluded_loss"] = np.linspace(4, 6, T)
+        frame["embed_gini"] = np.linspace(0.05, 0.4, T)
+        frame["sum_sq_weights"] = np.linspace(900, 700, T)
+        shares = rng.dirichlet(np.ones(6), T)
+        shares[-1] = [0.5, 0.2, 0.1, 0.1, 0.05, 0.05][:: 1 if seed % 2 else -1]  # the last row: known top frequencies
+        for k in range(6):
+            frame[f"embed_f{k + 1:02d}"] = shares[:, k]
+        frame.to_parquet(study.run_table_path(seed))
+    figs = {f[0]: f for f in build_figures(load_fit(store))}
+    info = figs["progress"][4]
+    conv = {s: t for s, t in TOY_CONVERGENCE.items() if t is not None}
+    ranked = sorted(conv, key=lambda s: (conv[s], s))
+    assert info["spectrum"]["seed"] == ranked[len(ranked) // 2]
+    assert info["spectrum"]["top_at_end"][0] == (1 if info["spectrum"]["seed"] % 2 else 6)
+    assert info["concentration"]["seeds"] == sorted(TOY_SEGMENTS)
+    assert set(info) >= {"restricted_loss", "excluded_loss", "embed_gini", "sum_sq_weights"}
+    assert "restricted loss" in figs["progress"][2].lower()
