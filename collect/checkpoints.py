@@ -335,9 +335,12 @@ def _compute(job: _Job):
         return None, None, str(exc)
 
 
-def _worker_init() -> None:
+def _worker_init(parent: int | None = None) -> None:
     import torch
 
+    from latent.parallel import die_with_parent
+
+    die_with_parent(parent)  # a killed import leaves no worker behind
     torch.set_num_threads(1)  # one process per core: threads inside would only contend
 
 
@@ -469,7 +472,7 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list:
             methods = multiprocessing.get_all_start_methods()
             ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
             with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
-                                     initializer=_worker_init) as pool:
+                                     initializer=_worker_init, initargs=(os.getpid(),)) as pool:
                 for result in pool.map(_compute, jobs):  # map keeps the order of jobs
                     out.append(result)
                     if bar is not None:

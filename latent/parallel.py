@@ -46,9 +46,33 @@ def _load_native_libraries() -> None:
     import sklearn.cluster  # noqa: F401
 
 
-def _init_worker(data) -> None:
-    """Process-pool initializer: hold the data and pin BLAS/OpenMP to one thread."""
+def die_with_parent(parent: int | None = None) -> None:
+    """Ask the kernel to kill this process when its parent dies (Linux ``PR_SET_PDEATHSIG``).
+
+    A pool worker otherwise outlives a ``kill -9``, an OOM kill or a scheduler's hard kill of the
+    command that started it, re-parented to init and holding its memory. ``parent``: the pid that
+    started this worker; if it is already gone when the request is made, exit now. Elsewhere a
+    no-op.
+    """
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))  # 1 = PR_SET_PDEATHSIG
+    except OSError:
+        return
+    if parent is not None and os.getppid() != parent:  # it died before the request took effect
+        os._exit(1)
+
+
+def _init_worker(data, parent: int | None = None) -> None:
+    """Process-pool initializer: die with the parent, hold the data, pin BLAS/OpenMP to one thread."""
     global _DATA
+    die_with_parent(parent)
     _DATA = data
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
@@ -121,7 +145,7 @@ def pmap(func, jobs: list, data, n_jobs: int | None = None, progress: bool = Fal
         else:
             ctx = mp.get_context("fork") if "fork" in mp.get_all_start_methods() else None
             with ProcessPoolExecutor(max_workers=n, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(data,)) as pool:
+                                     initargs=(data, os.getpid())) as pool:
                 for rec in pool.map(_call, [(func, job) for job in jobs], chunksize=1):
                     out.append(rec)
                     bar.update(1)

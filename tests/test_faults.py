@@ -568,3 +568,51 @@ def test_store_reads_parquet_without_arrow_threads(tmp_path, monkeypatch):
     frame = store.read_parquet(path, "run table")
     assert frame["x"].tolist() == [0.5, 1.5]
     assert calls == [{"use_threads": False}]
+
+
+def _children(pid: int) -> list[int]:
+    """Pids whose parent is ``pid`` (from /proc)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(entry.name))
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_sigkill_of_latent_fit_leaves_no_worker_behind(tmp_path):
+    """A kill -9 of `latent fit` (an OOM kill, a batch scheduler's hard kill) takes its pool workers
+    with it; before, they ran on, re-parented to init."""
+    from latent.simulate import SimConfig, simulate, write_study
+
+    table, truth = simulate(SimConfig(n_main=4, detours=1, n_runs=30, n_checkpoints=300, seed=3))
+    write_study(tmp_path / "sim", table, truth)
+    proc = subprocess.Popen([sys.executable, "-m", "latent", "fit", "--store", str(tmp_path), "--study", "sim",
+                             "--jobs", "2", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    workers: list[int] = []
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None and len(workers) < 2:
+        workers = _children(proc.pid)
+        time.sleep(0.05)
+    assert len(workers) >= 2, "the fit never started its pool"
+    time.sleep(0.5)  # the workers are in their jobs now
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(w) for w in workers):
+        time.sleep(0.1)
+    assert not any(_alive(w) for w in workers), f"workers {[w for w in workers if _alive(w)]} outlived their parent"
