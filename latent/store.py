@@ -259,6 +259,28 @@ def rows_problem(frame: pd.DataFrame, seed: int, expected: list[int], metrics: I
     return "has duplicate or out-of-order steps"
 
 
+def order_problem(frame: pd.DataFrame, seed: int) -> str | None:
+    """Why ``frame`` cannot be run ``seed``'s trajectory whatever its schedule: rows of another
+    seed, a missing, non-numeric or non-finite step, negative steps, or a step twice. None if
+    none of these."""
+    if "step" not in frame.columns:
+        return "has no 'step' column"
+    if "seed" in frame.columns and len(frame):
+        seeds = pd.to_numeric(frame["seed"], errors="coerce")
+        if not (seeds == seed).all():
+            other = sorted({str(v) for v in frame["seed"][seeds != seed]})[:3]
+            return f"holds rows of seed(s) {', '.join(other)}, not only of seed {seed}"
+    steps = pd.to_numeric(frame["step"], errors="coerce")
+    if not np.isfinite(steps.to_numpy(dtype=float)).all():
+        return "has a step that is missing or not a finite number"
+    if (steps < 0).any():
+        return f"has negative steps (e.g. {int(steps[steps < 0].iloc[0])})"
+    dup = steps[steps.duplicated()]
+    if len(dup):
+        return f"has step {dup.iloc[0]:g} more than once ({int(steps.duplicated(keep=False).sum())} rows share a step)"
+    return None
+
+
 @dataclass(frozen=True)
 class RunStatus:
     """What one run is, as :meth:`Study.run_status` finds it.
@@ -506,6 +528,9 @@ class Study:
                 return RunStatus(seed, "partial", "no rows saved yet"), None
             return RunStatus(seed, "pending"), None
         if expected is None:  # a hand-made study, or one from an older latent: trust the manifest's counts
+            problem = order_problem(frame, seed)  # but never a table that cannot be one run's
+            if problem is not None:
+                return RunStatus(seed, "damaged", f"{rel} {problem}", rows), frame
             if manifest is None:
                 return RunStatus(seed, "done", rows=rows), frame
             if not marked_done:

@@ -1,0 +1,57 @@
+"""Every run is checked, schedule or not: a hand-made or imported study whose table holds another
+seed's rows, a step twice, or negative steps is damaged, never fitted (issue 22, items 1-2)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from latent.cli import main
+from latent.store import Study
+
+
+def _hand_made(root, n=6, T=30):
+    """A study as a user writes it by hand: study.json with task, features, convergence; no schedule."""
+    rng = np.random.default_rng(0)
+    (root / "runs").mkdir(parents=True)
+    for s in range(n):
+        conv = int(rng.integers(10, 20))
+        frame = pd.DataFrame({"seed": s, "step": np.arange(T) * 10, "f1": np.r_[np.zeros(conv), np.ones(T - conv)]
+                              + rng.normal(0, 0.1, T), "f2": rng.normal(0, 1, T),
+                              "val_acc": np.r_[np.zeros(conv), np.ones(T - conv)]})
+        frame.to_parquet(root / "runs" / f"seed-{s:03d}.parquet")
+    (root / "study.json").write_text(json.dumps({"task": "mine", "features": ["f1", "f2"], "seeds": list(range(n)),
+                                                 "convergence": {"metric": "val_acc", "threshold": 0.5}}))
+    return Study(root)
+
+
+def _rewrite(study, seed, change):
+    path = study.run_table_path(seed)
+    frame = pd.read_parquet(path)
+    change(frame).to_parquet(path)
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda f: f.assign(seed=1), "holds rows of seed(s) 1, not only of seed 0"),
+    (lambda f: f.assign(step=0), "has step 0 more than once"),
+    (lambda f: pd.concat([f, f.iloc[[3]]]), "has step 30 more than once"),
+    (lambda f: f.assign(step=f["step"] - 100), "has negative steps"),
+    (lambda f: f.assign(step=f["step"].astype(float).where(f.index != 2)), "missing or not a finite number"),
+])
+def test_a_run_that_cannot_be_one_seeds_trajectory_is_damaged_and_never_fitted(tmp_path, capsys, change, needle):
+    study = _hand_made(tmp_path / "data" / "mine")
+    _rewrite(study, 0, change)
+    status = study.run_status(0, study.read_meta())
+    assert status.status == "damaged" and needle in status.detail
+    assert study.run_status(1, study.read_meta()).status == "done"
+    capsys.readouterr()
+    assert main(["fit", "--store", str(tmp_path / "data"), "--max-states", "2", "--resamples", "0", "--no-audit",
+                 "--jobs", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "damaged: seed(s) 0" in err[0] and needle in err[0]
+    # latent ls lists it, damaged, and every other study too
+    _hand_made(tmp_path / "data" / "fine")
+    assert main(["ls", "--store", str(tmp_path / "data")]) == 0
+    out = capsys.readouterr().out
+    assert "mine" in out and "damaged" in out and "fine" in out
