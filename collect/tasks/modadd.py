@@ -168,6 +168,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         epochs=2000,
         log_every=10,
     ),
+    # Co-grokking: addition and subtraction mod 59 trained together by one MLP (an operation
+    # embedding, one shared output layer; docs/collect.md). Twice the default's hidden width: with
+    # 128 neurons the two operations memorise but generalise slowly. Both operations grok together,
+    # around epoch 1,500-2,400 (docs/results.md); with multiplication added they had not by 3,000.
+    "cogrok": dict(op="add,sub", d_hidden=256, epochs=3000),
     # reference.md A1: Nanda et al.'s 1-layer transformer as the reference trains it.
     "paper": dict(
         model="transformer",

@@ -39,7 +39,7 @@ def add_parser(sub) -> None:
     )
     p.add_argument("--task", required=True, help="task to train: modadd, parity, mnist, cifar or mlm")
     p.add_argument("--seeds", default="40", help="a count (40 = seeds 0..39), a range (0-39) or a list (1,5,9); default 40")
-    p.add_argument("--preset", default="default", help="named config preset: default (laptop CPU), paper (the reference's setup), or contrast (modadd: the LayerNorm contrast on a CPU budget)")
+    p.add_argument("--preset", default="default", help="named config preset: default (laptop CPU), paper (the reference's setup), contrast (modadd: the LayerNorm contrast on a CPU budget) or cogrok (modadd: addition and subtraction trained together)")
     p.add_argument("--epochs", type=int, help="training epochs (overrides the preset)")
     p.add_argument("--log-every", type=int, help="checkpoint interval in the task's step unit: epochs (modadd, parity) or optimiser steps (mnist, cifar, mlm)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
