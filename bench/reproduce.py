@@ -79,7 +79,10 @@ def run_row(name: str, store: Path) -> dict:
     model = json.loads((fdir / "model.json").read_text())
     conv = a["convergence"]
     reg = a.get("regression") or {}
+    bounds = a.get("boundaries") or {}
     return {
+        "discrete": bounds.get("discrete_transitions"), "judged": bounds.get("judged_transitions"),
+        "ppc_outside": (a.get("ppc") or {}).get("outside_names"),
         "row": name, "collect": f"latent collect {args}", "fit": "latent fit", "collect_s": t_collect, "fit_s": t_fit,
         "K": model["n_states"], "K_at_top": model["n_states"] == model["config"]["max_states"],
         "detours": [{"state": d["state"], "delay": d["delay"], "p": d["p_adjusted"],
@@ -122,6 +125,54 @@ def table(done: dict) -> str:
     return "\n".join(lines)
 
 
+README = ROOT / "README.md"
+#: what the quick start's fit is compared on (tests/test_quickstart.py reads these from the README)
+QUICKSTART_KEYS = ("K", "K_at_top", "detours", "discrete", "judged", "r2", "converged", "median")
+
+
+def quickstart_values(r: dict) -> dict:
+    """The numbers of the README's quick-start paragraph, from the reproduce row ``modadd``."""
+    c = r["conv"]
+    return {"K": r["K"], "K_at_top": r["K_at_top"], "detours": [d["state"] for d in r["detours"]],
+            "discrete": r.get("discrete"), "judged": r.get("judged"),
+            "r2": None if r["r2"] is None else round(r["r2"], 2), "converged": c["n"] - r["never"],
+            "median": c["median"], "ppc_outside": r.get("ppc_outside")}
+
+
+def write_quickstart(r: dict) -> None:
+    """The README's ``quickstart`` block: what `latent collect --task modadd --seeds 40` and
+    `latent fit` find, in words, and the same numbers as a comment the test compares with."""
+    v = quickstart_values(r)
+    words = {"autocorrelation": "within-state autocorrelation", "run_spread": "run-to-run spread of state means",
+             "dwell": "dwell times", "visits": "visits per run"}
+    ppc = ", ".join(words.get(x, x) for x in (v["ppc_outside"] or [])) or "none"
+    detours = ", ".join(map(str, v["detours"])) or "no detour"
+    trans = (f"none of the {v['judged']} transitions it can judge is a discrete jump" if not v["discrete"] else
+             f"{v['discrete']} of the {v['judged']} transitions it can judge are discrete jumps")
+    body = (f"What the quick start finds (`python bench/reproduce.py --only modadd` regenerates this paragraph; "
+            f"`tests/test_quickstart.py` reruns the two commands and fails if it drifts): {v['converged']} of 40 runs "
+            f"grok, at a median epoch {v['median']:.0f}. `latent fit` chooses **K = {v['K']}**"
+            + (" (the top of the range searched)" if v["K_at_top"] else "")
+            + f", finds **{detours}**, and R² {v['r2']:.2f} for the occupancy regression. It also says what K is worth "
+            f"here: {trans}"
+            + (": the 14 weight statistics of the default MLP change smoothly, and the states cut that change into "
+               "stretches" if not v["discrete"] else "")
+            + f". The posterior predictive checks the Gaussian HMM fails: {ppc}. The phases of grokking are in the "
+            f"progress measures (`latent fit --features progress`), not in the weight statistics: "
+            f"[docs/results.md](docs/results.md#the-phases-of-grokking-from-the-progress-measures)."
+            f"\n\n<!-- quickstart-values: {json.dumps({k: v[k] for k in QUICKSTART_KEYS})} -->")
+    text = README.read_text()
+    begin, end = "<!-- quickstart:begin -->", "<!-- quickstart:end -->"
+    block = f"{begin}\n{body}\n{end}"
+    if begin in text:
+        head, rest = text.split(begin, 1)
+        text = head + block + rest.split(end, 1)[1]
+    else:
+        anchor = "## Test\n"
+        text = text.replace(anchor, block + "\n\n" + anchor, 1)
+    README.write_text(text)
+
+
 def load_raw() -> dict:
     done = {}
     if RAW.exists():
@@ -161,6 +212,8 @@ def main(argv=None) -> int:
               f"{r['collect_s']:.0f} + {r['fit_s']:.0f} s", flush=True)
     text = table(done)
     print(text)
+    if "modadd" in done:
+        write_quickstart(done["modadd"])
     write_block("reproduce", "Rows run by `python bench/reproduce.py` on this machine (2 CPU cores, shared with other "
                 "work while measured: wall times are upper bounds); raw rows with load averages in "
                 "`bench/results/reproduce.jsonl`.\n\n" + text, path=DOC, title="Reproduction table")

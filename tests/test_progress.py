@@ -154,3 +154,29 @@ def test_restricted_loss_of_a_multiplication_circuit():
     at = acts[:, rows[0]]
     full = F.cross_entropy((at @ W)[0], ((a * b) % p)[rows[0]])
     assert keys.tolist() == [[3]] and float(restricted[0]) == pytest.approx(float(full), rel=1e-10)
+
+
+@pytest.mark.slow
+def test_a_trained_transformer_has_the_fourier_structure_nanda_et_al_describe(tmp_path):
+    """Two seeds of the contrast transformer trained to the end (they grok): the embedding settles
+    on a few key frequencies, restricted loss falls far below excluded loss, the key frequencies
+    stop changing, and the sum of squared weights falls from its peak (cleanup)."""
+    from collect.study import collect_study
+    from latent.store import Study
+
+    collect_study("modadd", 2, preset="contrast", store=tmp_path, threads=2, progress=False)
+    study = Study(tmp_path / "modadd-contrast")
+    for seed in (0, 1):
+        run = study.read_run(seed)
+        first, last = run.iloc[0], run.iloc[-1]
+        assert last["val_acc"] > 0.95  # grokked
+        assert first["embed_gini"] < 0.1 < 0.3 < last["embed_gini"]
+        assert last["embed_top_share"] > 0.7  # five frequencies carry most of the embedding
+        assert last["restricted_loss"] < 0.01 < 1.0 < last["excluded_loss"]
+        keys = run[[f"key_freq_{i}" for i in range(1, 4)]].to_numpy()
+        # the last 500 epochs: the same three leading key frequencies (a fifth may trade places with a near tie)
+        assert (np.sort(keys[-50:], axis=1) == np.sort(keys[-1])).all()
+        assert run["sum_sq_weights"].max() > 1.3 * last["sum_sq_weights"]
+        # circuit formation before the jump: excluded loss has risen well before validation accuracy passes 0.9
+        jump = int(np.argmax(run["val_acc"].to_numpy() > 0.9))
+        assert run["excluded_loss"].iloc[:jump].max() > 1.2 * first["excluded_loss"]
