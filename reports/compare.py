@@ -216,7 +216,9 @@ def render_figures(comparison: Comparison, fits: list[FitArtifacts]) -> list[dic
     import matplotlib
 
     out = []
-    with matplotlib.rc_context({"svg.hashsalt": "latent", "font.size": 9}):
+    # text.parse_math off: every name a user gave (studies, features, metrics) is drawn as written,
+    # never as TeX ("$x$" stays "$x$", and an odd "$" cannot crash the drawing)
+    with matplotlib.rc_context({"svg.hashsalt": "latent", "font.size": 9, "text.parse_math": False}):
         for name, title, caption, fig, info in build_figures(comparison, fits):
             out.append({"name": name, "title": title, "caption": caption, "png": _save(fig, "png"),
                         "svg": _save(fig, "svg"), "info": info})

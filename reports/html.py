@@ -198,7 +198,9 @@ def render_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[Rendere
     import matplotlib
 
     rendered = []
-    with matplotlib.rc_context({"svg.hashsalt": "latent", "font.size": 9}):
+    # text.parse_math off: every name a user gave (studies, features, metrics) is drawn as written,
+    # never as TeX ("$x$" stays "$x$", and an odd "$" cannot crash the drawing)
+    with matplotlib.rc_context({"svg.hashsalt": "latent", "font.size": 9, "text.parse_math": False}):
         for name, title, caption, fig, info in build_figures(fit, metrics):
             rendered.append(RenderedFigure(name, title, caption, _save(fig, "png"), _save(fig, "svg"), info))
     return rendered

@@ -55,3 +55,21 @@ def test_a_run_that_cannot_be_one_seeds_trajectory_is_damaged_and_never_fitted(t
     assert main(["ls", "--store", str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
     assert "mine" in out and "damaged" in out and "fine" in out
+
+
+def test_names_with_dollars_are_drawn_as_written(tmp_path, capsys):
+    """Feature and study names are text: `$\\nope$` is neither TeX nor a crash (matplotlib's mathtext)."""
+    root = tmp_path / "data" / "odd$name"
+    study = _hand_made(root)
+    odd = {"f1": "$\\nope{$ loss", "f2": "cost $5"}
+    for s in range(6):
+        _rewrite(study, s, lambda f: f.rename(columns=odd))
+    meta = json.loads((root / "study.json").read_text())
+    meta["features"] = list(odd.values())
+    (root / "study.json").write_text(json.dumps(meta))
+    assert main(["fit", "--store", str(tmp_path / "data"), "--max-states", "2", "--resamples", "0", "--no-audit",
+                 "--jobs", "1", "-q"]) == 0
+    capsys.readouterr()
+    assert main(["report", "--store", str(tmp_path / "data")]) == 0, capsys.readouterr().err
+    svg = next(root.glob("reports/*/state_profiles.svg")).read_text()
+    assert "nope" in svg  # the literal name, not a rendered (or failed) formula
