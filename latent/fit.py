@@ -468,6 +468,27 @@ def _read_runs(study: Study, cfg: FitConfig) -> pd.DataFrame:
     return table
 
 
+def _check_size(fm: FeatureMatrix, cfg: FitConfig) -> None:
+    """Refuse, before any fitting, a study whose training runs cannot estimate even one state's
+    noise: with ``--covariance full`` a state needs d + 1 rows, and each cross-validation fit sees
+    only the other folds' runs."""
+    from .hmm import min_state_rows
+
+    d = len(fm.features)
+    rows = int(fm.lengths.sum())
+    share = 1 - 1 / cfg.folds if cfg.selection == "cv" else 1 - cfg.test_fraction
+    usable = int(rows * share)
+    need = min_state_rows(cfg.covariance, d)
+    if usable < need:
+        raise UserError(f"{d} features with --covariance {cfg.covariance} need at least {need:g} checkpoints in the "
+                        f"runs each fit trains on, and these have {usable} ({rows} in all, {share:.0%} used per fit); "
+                        "pass --covariance diag, fewer --features, or more runs")
+    if cfg.covariance == "full" and d > 200:
+        log.warning("%d features with full covariances: each state has %d noise parameters, and EM inverts %d x %d "
+                    "matrices at every step, so this fit will be slow; --covariance diag is the usual choice here",
+                    d, d * (d + 1) // 2, d, d)
+
+
 def _fmt_seeds(seeds) -> str:
     seeds = list(seeds)
     return ", ".join(map(str, seeds[:12])) + (f" and {len(seeds) - 12} more" if len(seeds) > 12 else "")
@@ -489,6 +510,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
             f"(columns: {', '.join(c for c in table.columns if c not in ('seed', 'step', 'epoch'))})"
         )
     fm = build_features(table, cfg.features, cfg.first_n, cfg.scaling)
+    _check_size(fm, cfg)
 
     conv, last_step = _convergence(table, fm, cfg)
     never = [s for s in fm.seeds if conv[s] is None]

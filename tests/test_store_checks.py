@@ -73,3 +73,27 @@ def test_names_with_dollars_are_drawn_as_written(tmp_path, capsys):
     assert main(["report", "--store", str(tmp_path / "data")]) == 0, capsys.readouterr().err
     svg = next(root.glob("reports/*/state_profiles.svg")).read_text()
     assert "nope" in svg  # the literal name, not a rendered (or failed) formula
+
+
+def test_more_features_than_the_runs_can_carry_is_refused_at_once(tmp_path, capsys):
+    """1,000 features over 6 runs of 30 checkpoints: a full covariance needs 1,001 rows per state and
+    each fold trains on 144; refused in one line before any fit (it used to run for minutes)."""
+    import time
+
+    root = tmp_path / "data" / "wide"
+    study = _hand_made(root)
+    rng = np.random.default_rng(1)
+    cols = [f"w{i}" for i in range(1000)]
+    for s in range(6):
+        _rewrite(study, s, lambda f: pd.concat([f, pd.DataFrame(rng.normal(size=(len(f), 1000)), columns=cols)],
+                                               axis=1))
+    meta = json.loads((root / "study.json").read_text())
+    meta["features"] = cols
+    (root / "study.json").write_text(json.dumps(meta))
+    capsys.readouterr()
+    t0 = time.perf_counter()
+    assert main(["fit", "--store", str(tmp_path / "data"), "--jobs", "1"]) == 2
+    assert time.perf_counter() - t0 < 20
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "1000 features with --covariance full need at least 1001 checkpoints" in err[0]
+    assert "--covariance diag" in err[0]
