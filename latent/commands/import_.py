@@ -265,7 +265,9 @@ def _summary(study, prepared, args) -> None:
     if meta.get("runs"):
         pairs = [f"{s}={prepared.names[s]}" for s in seeds]
         print(f"seeds: {', '.join(pairs[:8])}{', …' if len(pairs) > 8 else ''} (recorded in study.json 'runs')")
-    print(f"features ({len(meta['features'])}): {', '.join(meta['features'])}")
+    feats = meta["features"]
+    shown = ", ".join(feats[:20]) + (f", … ({len(feats) - 20} more, listed in study.json)" if len(feats) > 20 else "")
+    print(f"features ({len(feats)}): {shown}")
     conv = meta.get("convergence")
     if conv:
         op = ">" if conv["direction"] == "above" else "<"
