@@ -40,6 +40,7 @@ columns of its row. Values logged at other steps are dropped.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from concurrent.futures import ProcessPoolExecutor
@@ -51,6 +52,8 @@ import pandas as pd
 
 from latent.errors import UserError, describe_os_error
 from latent.store import REFERENCE_COLUMNS
+
+log = logging.getLogger("latent")
 
 MODEL_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 #: model files of a Hugging Face folder, in order of preference
@@ -229,11 +232,18 @@ def find_checkpoints(run: Path, step_pattern=None) -> list[Checkpoint]:
 # --------------------------------------------------------------------------- trainer_state.json
 
 
-def log_scalars(entry: Mapping) -> dict[str, float]:
-    """The numeric measurements of one Hugging Face log entry (no timings, counters or ``step``)."""
+def log_scalars(entry: Mapping, skipped: list | None = None) -> dict[str, float]:
+    """The numeric measurements of one Hugging Face log entry (no timings, counters or ``step``).
+
+    A measurement logged as something other than a number (text, a list) is left out, and its
+    key is appended to ``skipped`` so the caller can say so."""
     out = {}
     for key, value in entry.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or _NOT_SCALARS.search(key):
+        if _NOT_SCALARS.search(str(key)):
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if skipped is not None and value is not None:
+                skipped.append(str(key))
             continue
         out[str(key)] = float(value)
     return out
@@ -248,11 +258,16 @@ def trainer_scalars(run: Path, checkpoints: Iterable[Checkpoint]) -> dict[int, d
             continue
         try:
             history = json.loads(path.read_text()).get("log_history", [])
-        except (OSError, ValueError, AttributeError) as exc:
+        except (OSError, ValueError, AttributeError, RecursionError) as exc:  # RecursionError: absurdly deep JSON
             raise UserError(f"cannot read {path} ({type(exc).__name__}); restore or delete it") from None
+        skipped: list[str] = []
         for entry in history if isinstance(history, list) else []:
             if isinstance(entry, dict) and isinstance(entry.get("step"), int):
-                by_step.setdefault(entry["step"], {}).update(log_scalars(entry))
+                by_step.setdefault(entry["step"], {}).update(log_scalars(entry, skipped))
+        if skipped:
+            keys = sorted(set(skipped))
+            log.warning("%s: %d logged value(s) of %s are not numbers; left out (those checkpoints lack them)",
+                        path, len(skipped), ", ".join(keys[:5]) + (" …" if len(keys) > 5 else ""))
     return by_step
 
 

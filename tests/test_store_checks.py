@@ -97,3 +97,22 @@ def test_more_features_than_the_runs_can_carry_is_refused_at_once(tmp_path, caps
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "1000 features with --covariance full need at least 1001 checkpoints" in err[0]
     assert "--covariance diag" in err[0]
+
+
+def test_trainer_state_that_is_absurdly_deep_or_holds_text_is_said_so(tmp_path, caplog):
+    import logging
+
+    from collect.checkpoints import trainer_scalars
+    from latent.errors import UserError
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "trainer_state.json").write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(UserError, match="cannot read .*trainer_state.json .*RecursionError"):
+        trainer_scalars(run, [])
+    (run / "trainer_state.json").write_text(json.dumps({"log_history": [
+        {"step": 10, "loss": 1.5, "eval_loss": "0.9"}, {"step": 20, "loss": 1.2, "eval_loss": 0.8}]}))
+    with caplog.at_level(logging.WARNING, logger="latent"):
+        got = trainer_scalars(run, [])
+    assert got == {10: {"loss": 1.5}, 20: {"loss": 1.2, "eval_loss": 0.8}}
+    assert any("1 logged value(s) of eval_loss are not numbers" in r.getMessage() for r in caplog.records)
