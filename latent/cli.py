@@ -40,12 +40,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread so every command cleans up as it does for Ctrl-C
+    (temporary files removed, a replaced artifact restored) before it exits."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``latent`` console script; returns the exit status."""
+    import signal
+    import threading
+
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.command_line = "latent " + shlex.join(argv)  # recorded in the artifacts
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.run(args) or 0)
     except BrokenPipeError:
@@ -61,9 +76,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latent {args.command}: error: {describe_os_error(exc)}{where}; fix that and rerun the command",
               file=sys.stderr)
         return 2
+    except Terminated:
+        print(f"latent {args.command}: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"latent {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def _one_line(text: str) -> str:

@@ -476,6 +476,8 @@ def _check_size(fm: FeatureMatrix, cfg: FitConfig) -> None:
 
     d = len(fm.features)
     rows = int(fm.lengths.sum())
+    if len(fm.lengths) < 3:
+        return  # too few runs to split at all: model selection says so, in its words
     share = 1 - 1 / cfg.folds if cfg.selection == "cv" else 1 - cfg.test_fraction
     usable = int(rows * share)
     need = min_state_rows(cfg.covariance, d)
@@ -960,8 +962,18 @@ def _fmt(x, digits: int = 4) -> str:
 
 def write_fit(study: Study, result: FitResult) -> Path:
     """Write ``fits/<fit-id>/`` atomically: build it in a temporary directory, then rename over."""
+    from . import locks
+    from .store import replace_lock_path, tidy_replaced
+
     fits = study.fits_dir
     fits.mkdir(parents=True, exist_ok=True)
+    with locks.acquire(replace_lock_path(fits, result.fit_id)):
+        for line in tidy_replaced(fits, result.fit_id, f".tmp-{result.fit_id}-*", f".old-{result.fit_id}-*", "fit"):
+            log.info("fits of %s: %s (left by a killed fit)", study.name, line)
+        return _install_fit(fits, result)
+
+
+def _install_fit(fits: Path, result: FitResult) -> Path:
     final = fits / result.fit_id
     tmp = Path(tempfile.mkdtemp(dir=fits, prefix=f".tmp-{result.fit_id}-"))
     old = None

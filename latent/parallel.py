@@ -58,6 +58,7 @@ def die_with_parent(parent: int | None = None) -> None:
     import signal
     import sys
 
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # not the command's SIGTERM-as-interrupt (latent.cli)
     if not sys.platform.startswith("linux"):
         return
     try:

@@ -281,6 +281,41 @@ def order_problem(frame: pd.DataFrame, seed: int) -> str | None:
     return None
 
 
+def replace_lock_path(parent: Path, name: str) -> Path:
+    """The lock a writer holds while it builds ``parent/name`` in a temporary sibling and renames it
+    in (fits, reports): while it is held, that name's temporaries are live; once free, stranded.
+    Inside a study (``<study>/fits``, ``<study>/reports``) it is ``<study>/locks/<fits|reports>-<name>.lock``;
+    elsewhere (``latent report --out DIR``) a hidden ``.<name>.lock`` beside it."""
+    parent = Path(parent)
+    if parent.name in ("fits", "reports") and (parent.parent / "study.json").is_file():
+        return parent.parent / "locks" / f"{parent.name}-{name}.lock"
+    return parent / f".{name}.lock"
+
+
+def tidy_replaced(parent: Path, name: str, tmp_glob: str, old_glob: str, old_inner: str | None = None) -> list[str]:
+    """Clean up after writers of ``parent/name`` that were killed (call it holding
+    :func:`replace_lock_path`): temporary directories (``tmp_glob``) are removed, and a previous
+    version stranded between the two renames of a replace (``old_glob``; its content in
+    ``old_inner`` when not None) is renamed back if ``name`` is missing, else removed. Returns a
+    phrase per thing done."""
+    import shutil
+
+    done = []
+    final = parent / name
+    for old in sorted(parent.glob(old_glob)):
+        content = old / old_inner if old_inner else old
+        if content.is_dir() and not final.exists():
+            os.rename(content, final)  # killed between its two renames: the previous version comes back
+            done.append(f"restored {final.name} from {old.name}")
+        else:
+            done.append(f"removed {old.name}")
+        shutil.rmtree(old, ignore_errors=True)
+    for tmp in sorted(parent.glob(tmp_glob)):
+        shutil.rmtree(tmp, ignore_errors=True)
+        done.append(f"removed {tmp.name}")
+    return done
+
+
 @dataclass(frozen=True)
 class RunStatus:
     """What one run is, as :meth:`Study.run_status` finds it.
@@ -351,6 +386,35 @@ class Study:
     @property
     def reports_dir(self) -> Path:
         return self.root / "reports"
+
+    def tidy(self) -> list[str]:
+        """Clean up what killed ``latent fit`` and ``latent report`` runs left in this study: every
+        stranded temporary or set-aside directory whose writer's lock is free (a live writer's are
+        left alone). Returns a phrase per thing done."""
+        from . import locks
+
+        done = []
+        for parent, pattern, kind in ((self.fits_dir, re.compile(r"^\.(tmp|old)-(.+)-[^-]+$"), "fit"),
+                                      (self.reports_dir, re.compile(r"^\.(.+)\.(tmp|old)-[^.]+$"), "report")):
+            if not parent.is_dir():
+                continue
+            names = set()
+            for entry in parent.iterdir():
+                m = pattern.match(entry.name)
+                if m:
+                    names.add(m.group(2) if kind == "fit" else m.group(1))
+            for name in sorted(names):
+                lock = locks.acquire(replace_lock_path(parent, name), blocking=False)
+                if lock is None:
+                    continue  # being written right now
+                try:
+                    if kind == "fit":
+                        done += tidy_replaced(parent, name, f".tmp-{name}-*", f".old-{name}-*", "fit")
+                    else:
+                        done += tidy_replaced(parent, name, f".{name}.tmp-*", f".{name}.old-*")
+                finally:
+                    lock.release()
+        return done
 
     @property
     def lock_path(self) -> Path:

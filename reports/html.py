@@ -831,8 +831,17 @@ def write_report(fit: FitArtifacts, out_dir: str | Path | None = None, report_co
     Everything is written into a temporary sibling directory first and renamed into place at
     the end; an existing report is replaced only once the new one is complete.
     """
+    from latent import locks
+    from latent.store import replace_lock_path, tidy_replaced
+
     out_dir = Path(out_dir) if out_dir is not None else fit.report_dir
     out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with locks.acquire(replace_lock_path(out_dir.parent, out_dir.name)):
+        tidy_replaced(out_dir.parent, out_dir.name, f".{out_dir.name}.tmp-*", f".{out_dir.name}.old-*")
+        return _render_into(fit, out_dir, report_command, metrics)
+
+
+def _render_into(fit: FitArtifacts, out_dir: Path, report_command: str | None, metrics) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     umask = os.umask(0)
     os.umask(umask)

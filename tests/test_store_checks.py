@@ -116,3 +116,55 @@ def test_trainer_state_that_is_absurdly_deep_or_holds_text_is_said_so(tmp_path, 
         got = trainer_scalars(run, [])
     assert got == {10: {"loss": 1.5}, 20: {"loss": 1.2, "eval_loss": 0.8}}
     assert any("1 logged value(s) of eval_loss are not numbers" in r.getMessage() for r in caplog.records)
+
+
+def test_what_killed_fits_and_reports_left_is_cleaned_and_a_stranded_fit_restored(tmp_path, capsys):
+    from latent import locks
+    from latent.store import replace_lock_path
+
+    study = _hand_made(tmp_path / "data" / "mine")
+    fits, reports = study.fits_dir, study.reports_dir
+    # killed between the two renames of a refit: the previous fit is set aside, the new one not in yet
+    (fits / ".old-abc-1x2y" / "fit").mkdir(parents=True)
+    (fits / ".old-abc-1x2y" / "fit" / "model.json").write_text("{}")
+    (fits / ".tmp-abc-9z8w").mkdir()
+    (fits / ".old-def-0000" / "fit").mkdir(parents=True)  # set aside, and the new one did land
+    (fits / "def").mkdir()
+    (fits / "def" / "model.json").write_text("{}")
+    (reports / ".def.tmp-q1w2").mkdir(parents=True)
+    # a live writer of "ghi": its temporary directory is left alone
+    (fits / ".tmp-ghi-live").mkdir()
+    held = locks.acquire(replace_lock_path(fits, "ghi"))
+    try:
+        capsys.readouterr()
+        assert main(["ls", "--store", str(tmp_path / "data")]) == 0
+        out = capsys.readouterr().out
+    finally:
+        held.release()
+    assert (fits / "abc" / "model.json").is_file() and "restored abc" in out
+    left = sorted(p.name for p in fits.iterdir() if p.name != ".locks")
+    assert left == [".tmp-ghi-live", "abc", "def"]
+    assert not any(reports.glob(".def.tmp-*"))
+    assert sorted(study.fit_ids()) == ["abc", "def"]
+
+
+@pytest.mark.skipif(not hasattr(__import__("signal"), "SIGTERM"), reason="needs SIGTERM")
+def test_sigterm_during_a_fit_cleans_up_like_ctrl_c(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from latent.simulate import SimConfig, simulate, write_study
+
+    table, truth = simulate(SimConfig(n_main=4, detours=1, n_runs=30, n_checkpoints=300, seed=3))
+    write_study(tmp_path / "sim", table, truth)
+    proc = subprocess.Popen([sys.executable, "-m", "latent", "fit", "--store", str(tmp_path), "--study", "sim",
+                             "--jobs", "2", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(8)  # inside model selection
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "latent fit: terminated (SIGTERM); rerun the same command to resume"
+    fits = tmp_path / "sim" / "fits"
+    assert not fits.exists() or not any(p.name.startswith((".tmp-", ".old-")) for p in fits.iterdir())

@@ -56,6 +56,7 @@ def run(args) -> int:
             rows.append((study.name, "?", "?", "?", "damaged: study.json", "-"))
             notes.append(f"  {study.name}: {exc}")
             continue
+        notes += [f"  {study.name}: {line} (left by a killed fit or report)" for line in study.tidy()]
         fits = study.fit_ids()
         rows.append(
             (
