@@ -246,7 +246,13 @@ def test_seed_trained_alone_equals_seed_in_batch(tmp_path, variant):
     # ran on channels-last crops, other kernels, it drifted to 1e-2 by step 6.)
     early = batched["step"] <= 4
     np.testing.assert_allclose(alone[early].to_numpy(float), batched[early].to_numpy(float), rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(alone.to_numpy(float), batched.to_numpy(float), rtol=1e-4, atol=1e-6)
+    # the function group's effective dimension is a ratio of eigenvalue sums of a nearly rank-one
+    # covariance (the destabilised ResNet's pooled features, ~1.2 dimensions): it turns that rounding
+    # into ~5e-4 by step 6 on oneDNN's AVX2 kernels, so it is held to 1e-3 there, every other column to 1e-4
+    loose = ["effective_dim"]
+    rest = [c for c in batched.columns if c not in loose]
+    np.testing.assert_allclose(alone[rest].to_numpy(float), batched[rest].to_numpy(float), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(alone[loose].to_numpy(float), batched[loose].to_numpy(float), rtol=1e-3, atol=1e-6)
     assert not np.allclose(Study(tmp_path / "batch" / "cifar").read_run(0)["l2"], batched["l2"])
 
 
