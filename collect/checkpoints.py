@@ -51,6 +51,7 @@ from typing import Iterable, Mapping, Sequence
 import pandas as pd
 
 from latent.errors import UserError, describe_os_error
+from latent.schemas import check_artifact
 from latent.store import REFERENCE_COLUMNS
 
 log = logging.getLogger("latent")
@@ -257,12 +258,13 @@ def trainer_scalars(run: Path, checkpoints: Iterable[Checkpoint]) -> dict[int, d
         if not path.is_file():
             continue
         try:
-            history = json.loads(path.read_text()).get("log_history", [])
-        except (OSError, ValueError, AttributeError, RecursionError) as exc:  # RecursionError: absurdly deep JSON
+            state = json.loads(path.read_text())
+        except (OSError, ValueError, RecursionError) as exc:  # RecursionError: absurdly deep JSON
             raise UserError(f"cannot read {path} ({type(exc).__name__}); restore or delete it") from None
+        history = check_artifact("trainer_state", state, path, hint="restore or delete it").get("log_history", [])
         skipped: list[str] = []
-        for entry in history if isinstance(history, list) else []:
-            if isinstance(entry, dict) and isinstance(entry.get("step"), int):
+        for entry in history:
+            if entry.get("step") is not None:  # the schema holds it to a non-negative integer
                 by_step.setdefault(entry["step"], {}).update(log_scalars(entry, skipped))
         if skipped:
             keys = sorted(set(skipped))

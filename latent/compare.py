@@ -52,7 +52,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import UserError
-from .fit import FitConfig, fit_id, json_safe
+from .fit import FitConfig, fit_id, json_safe, read_fit  # noqa: F401 - read_fit: the documented reader
 
 COMPARE_FORMAT = "latent.compare/1"
 CORRECTION = "holm"
@@ -192,14 +192,6 @@ def ensure_fits(plans: Sequence[FitPlan], allow_fit: bool = True, n_jobs: int | 
             f"{result.timings.get('total', float('nan')):.1f} s)")
         out.append(FitPlan(p.study, p.config, p.fit_id, written, True, fitted_now=True))
     return out
-
-
-def read_fit(fit_dir) -> tuple[dict, dict]:
-    """``(model, analysis)`` of a fit directory: its ``model.json`` and ``analysis.json`` (no pickle)."""
-    from .store import read_json
-
-    fit_dir = Path(fit_dir)
-    return read_json(fit_dir / "model.json", "fit model"), read_json(fit_dir / "analysis.json", "fit analysis")
 
 
 # --------------------------------------------------------------------------- convergence

@@ -56,6 +56,7 @@ from .features import (REFERENCE_FEATURES, SCALINGS, FeatureMatrix, available_fe
 from .family import DEFAULT_FAMILY, FAMILIES, FAMILY_WORDS, get_family
 from .hmm import COVARIANCES, CRITERIA, INITS, SELECTIONS, HMMSelector
 from .importance import transition_importance
+from .schemas import ANALYSIS_FORMAT, MODEL_FORMAT
 from .store import Study, atomic_write_json, atomic_write_parquet, dumps_json
 from .trainmap import (
     ENTRY_WINDOW,
@@ -70,8 +71,6 @@ from .trainmap import (
 
 log = logging.getLogger("latent")
 
-MODEL_FORMAT = "latent.fit/1"
-ANALYSIS_FORMAT = "latent.analysis/1"
 GROUND_METRIC = (
     "Euclidean distance between the HMM state means in z units (exact earth mover's distance "
     "by linear programming); invariant to state relabelling"
@@ -749,10 +748,14 @@ def _phases(table: pd.DataFrame, fm: FeatureMatrix, cfg: FitConfig, run_paths, r
 
 def _truth_line(study: Study, result: FitResult) -> str | None:
     """For a study written by ``latent simulate``: what the fit found against the planted truth."""
-    from .simulate import score, truth_from_file
+    from .simulate import score, truth_from_file, truth_mismatch
 
     truth = truth_from_file(study.root / "truth.json")
     if truth is None:
+        return None
+    problem = truth_mismatch(truth, result.paths)
+    if problem is not None:
+        log.warning("truth file %s does not describe the fitted runs (%s); ignored", study.root / "truth.json", problem)
         return None
     s = score(truth, result.paths, result.analysis, result.config.min_runs)
     if truth.n_states is None:
@@ -1000,9 +1003,27 @@ def _install_fit(fits: Path, result: FitResult) -> Path:
 
 
 def load_fit(fit_dir: str | os.PathLike) -> tuple[dict, pd.DataFrame, dict]:
-    """Read ``model.json``, ``paths.parquet`` and ``analysis.json`` of a fit (no pickle)."""
-    from .store import read_json, read_parquet
+    """``model.json``, ``paths.parquet`` and ``analysis.json`` of a fit, each checked against its
+    schema and against each other (latent.schemas; no pickle)."""
+    from .schemas import check_fit
+    from .store import read_parquet
 
     fit_dir = Path(fit_dir)
-    return (read_json(fit_dir / "model.json", "fit model"), read_parquet(fit_dir / "paths.parquet", "fit paths"),
-            read_json(fit_dir / "analysis.json", "fit analysis"))
+    model, analysis = read_fit(fit_dir)
+    paths = read_parquet(fit_dir / "paths.parquet", "fit paths", hint="rerun `latent fit`")
+    check_fit(model, analysis, paths, where=fit_dir)
+    return model, paths, analysis
+
+
+def read_fit(fit_dir: str | os.PathLike) -> tuple[dict, dict]:
+    """``(model, analysis)`` of a fit directory, each checked against its schema and the two
+    against each other (no pickle)."""
+    from .schemas import check_fit, read_artifact
+
+    fit_dir = Path(fit_dir)
+    if not (fit_dir / "model.json").is_file():
+        raise UserError(f"no fit at {fit_dir} (no model.json); `latent ls` lists the fits")
+    model = read_artifact("model", fit_dir / "model.json", hint="rerun `latent fit`")
+    analysis = read_artifact("analysis", fit_dir / "analysis.json", hint="rerun `latent fit`")
+    check_fit(model, analysis, where=fit_dir)
+    return model, analysis

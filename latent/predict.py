@@ -47,7 +47,8 @@ from .errors import UserError
 from .features import zscore
 from .family import DEFAULT_FAMILY, FAMILIES
 from .hmm import build_hmm
-from .store import read_json, read_parquet
+from .schemas import read_artifact
+from .store import read_parquet
 
 
 @dataclass(frozen=True)
@@ -100,12 +101,10 @@ class FittedMap:
     """
 
     def __init__(self, fit_dir: str | os.PathLike):
+        from .fit import load_fit
+
         fit_dir = Path(fit_dir)
-        if not (fit_dir / "model.json").is_file():
-            raise UserError(f"no fit at {fit_dir} (no model.json); `latent ls` lists the fits")
-        model = read_json(fit_dir / "model.json", "fit model")
-        analysis = read_json(fit_dir / "analysis.json", "fit analysis")
-        paths = read_parquet(fit_dir / "paths.parquet", "fit paths")
+        model, paths, analysis = load_fit(fit_dir)  # each file checked against its schema (latent.schemas)
         try:
             self.fit_dir = fit_dir
             self.fit_id = str(model["fit_id"])
@@ -147,7 +146,7 @@ class FittedMap:
     def study_meta(self) -> dict | None:
         """``study.json`` of the study the fit was made on, if it is still beside the fit."""
         path = self.fit_dir.parent.parent / "study.json"
-        return read_json(path, "study file") if path.is_file() else None
+        return read_artifact("study", path, hint="fix it or delete the study") if path.is_file() else None
 
     # -- decoding ---------------------------------------------------------------------------
 

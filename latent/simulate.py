@@ -46,10 +46,10 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError
+from .schemas import TRUTH_FORMAT
 from .store import REFERENCE_COLUMNS, atomic_write_json, atomic_write_parquet, run_stem
 
 FAMILIES = ("standard", "semi_markov", "autocorrelated", "shifted", "realistic", "drift")
-TRUTH_FORMAT = "latent.truth/1"
 _TRUTH_DRAWS = 200_000  # paths drawn to compute each detour's true delay (Monte Carlo error ~1 %)
 
 
@@ -184,20 +184,51 @@ class Truth:
 
 
 def truth_from_file(path) -> "Truth | None":
-    """The truth written beside a simulated study, or None when there is none (or it is unreadable)."""
-    import json
+    """The truth written beside a simulated study, or None when there is none.
 
+    A truth file that fails its schema (latent.schemas) is reported in one warning and ignored:
+    it only ever adds a comparison line to ``latent fit``'s summary.
+    """
+    import logging
+
+    from .schemas import read_artifact
+
+    path = Path(path)
+    if not path.is_file():
+        return None
     try:
-        d = json.loads(Path(path).read_text())
-        if d.get("format") != TRUTH_FORMAT:
-            return None
+        d = read_artifact("truth", path, hint="ignored (it only adds the planted-truth comparison)")
         return Truth(config=SimConfig(**d["config"]), n_states=d["n_states"], kinds=d["kinds"],
                      detours=d["detours"], optional=d["optional"],
                      delay={int(k): v for k, v in d["delay"].items()},
                      convergence={int(k): v for k, v in d["convergence"].items()},
                      paths={int(k): np.asarray(v, dtype=int) for k, v in d["paths"].items()})
-    except (OSError, ValueError, KeyError, TypeError):
+    except UserError as exc:
+        logging.getLogger("latent").warning("%s", exc)
+    except (ValueError, TypeError) as exc:  # a config SimConfig does not know
+        logging.getLogger("latent").warning("truth file %s is invalid (%s); ignored", path, exc)
+    return None
+
+
+def truth_mismatch(truth: "Truth", paths: pd.DataFrame) -> str | None:
+    """Why ``truth`` cannot be scored against a fit's decoded ``paths`` (None when it can).
+
+    Every fitted run needs a planted path at least as long as its decoded one, with labels in
+    ``0..n_states-1`` (a study extended or edited after ``latent simulate`` wrote its truth).
+    """
+    if truth.n_states is None:
         return None
+    lengths = paths.groupby("seed").size()
+    for seed, n in lengths.items():
+        planted = truth.paths.get(int(seed))
+        if planted is None:
+            return f"no planted path for run {int(seed)}"
+        if len(planted) < n:
+            return f"run {int(seed)}: {len(planted)} planted checkpoints, {int(n)} fitted"
+        head = planted[:n]
+        if head.size and (head.min() < 0 or head.max() >= truth.n_states):
+            return f"run {int(seed)}: a planted state outside 0..{truth.n_states - 1}"
+    return None
 
 
 def feature_names(d: int) -> list[str]:

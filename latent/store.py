@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import UserError, store_error
+from .schemas import RUN_FORMAT, STUDY_FORMAT, read_artifact  # noqa: F401 - the formats are re-exported
 
 #: The 14 weight-statistic columns of a trajectory table, in the reference's order
 #: (reference.md B5); the HMM's default features.
@@ -51,8 +52,6 @@ REFERENCE_COLUMNS = (
 )
 
 STUDY_FILE = "study.json"
-STUDY_FORMAT = "latent.study/1"
-RUN_FORMAT = "latent.run/1"
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 #: names of store-level directories that are not studies
 RESERVED_NAMES = frozenset({"comparisons"})
@@ -450,10 +449,7 @@ class Study:
 
     def read_meta(self) -> dict:
         """The parsed ``study.json``."""
-        meta = read_json(self.study_file, "study file")
-        if not isinstance(meta, dict) or "task" not in meta:
-            raise UserError(f"study file {self.study_file} is corrupt (no 'task'); restore or delete it")
-        return meta
+        return read_artifact("study", self.study_file, hint="fix it or delete the study")
 
     def write_meta(self, meta: dict) -> None:
         atomic_write_json(self.study_file, meta)
@@ -490,9 +486,9 @@ class Study:
         path = self.run_manifest_path(seed)
         if not path.exists():
             return None
-        manifest = read_json(path, "run manifest", hint=self.remove_hint(seed))
-        if not isinstance(manifest, dict):
-            raise UserError(f"run manifest {path} is corrupt (not a JSON object); {self.remove_hint(seed)}")
+        manifest = read_artifact("manifest", path, hint=self.remove_hint(seed))
+        if manifest.get("seed") is not None and manifest["seed"] != seed:
+            raise UserError(f"run manifest {path} records seed {manifest['seed']}, not {seed}; {self.remove_hint(seed)}")
         return manifest
 
     def read_run(self, seed: int) -> pd.DataFrame:

@@ -29,13 +29,12 @@ import numpy as np
 import pandas as pd
 
 from latent.errors import UserError
-from latent.store import Study, read_json, read_parquet, resolve_study
+from latent.fit import load_fit as load_fit_files
+from latent.schemas import STATE_STATUSES
+from latent.store import Study, resolve_study
 
-FIT_FORMAT = "latent.fit/1"
-ANALYSIS_FORMAT = "latent.analysis/1"
-_MODEL_KEYS = ("n_states", "features", "means", "transmat", "selection", "criterion")
-_ANALYSIS_KEYS = ("convergence", "occupancy", "map", "regression", "detours", "importance")
-STATUSES = ("obligatory", "unvisited", "after_convergence", "converging", "not_estimable", "tested")
+#: what a state's detour test concluded (one list, in the schema of analysis.json)
+STATUSES = STATE_STATUSES
 SELECTION_COLUMNS = ("k", "n_params", "loglik", "loglik_mean", "loglik_std", "aic", "bic", "score", "se", "spread",
                      "n_converged", "n_failed", "gap_to_runner_up")
 CRITERION_NAMES = {"bic": "BIC", "aic": "AIC", "loglik": "−2 log-likelihood"}
@@ -366,54 +365,6 @@ def choose_fit(study: Study, fit: str | None = None) -> str:
     return fits[-1]
 
 
-def _require(obj: Any, keys: tuple[str, ...], path: Path, what: str) -> None:
-    if not isinstance(obj, dict):
-        raise UserError(f"{what} {path} is corrupt (not a JSON object); rerun `latent fit`")
-    missing = [k for k in keys if k not in obj]
-    if missing:
-        raise UserError(f"{what} {path} is corrupt (missing {', '.join(missing)}); rerun `latent fit`")
-
-
-def _check_optional(analysis: dict, k: int, path: Path) -> None:
-    """The newer, optional parts of ``analysis.json``: absent is fine, malformed is not."""
-    def bad(what: str):
-        return UserError(f"fit analysis {path} is corrupt ({what}); rerun `latent fit`")
-
-    if not isinstance(analysis["detours"], list) or any(
-            not isinstance(d, dict) or "state" not in d for d in analysis["detours"]):
-        raise bad("detours is not a list of objects with a state")
-    states = analysis.get("states")
-    if states is not None:
-        if not isinstance(states, list) or any(not isinstance(r, dict) for r in states):
-            raise bad("states is not a list of objects")
-        seen = []
-        for r in states:
-            try:
-                seen.append(int(r["state"]))
-            except (KeyError, TypeError, ValueError):
-                raise bad("a row of states has no state number") from None
-            if r.get("status") is not None and r["status"] not in STATUSES:
-                raise bad(f"state {r['state']} has unknown status {r['status']!r}")
-        if sorted(seen) != list(range(k)):
-            raise bad(f"states lists {sorted(seen)}, expected 0..{k - 1}")
-    for key in ("selection", "detour_rule", "stability", "boundaries", "ppc"):
-        if analysis.get(key) is not None and not isinstance(analysis[key], dict):
-            raise bad(f"{key} is not an object")
-    if analysis.get("warnings") is not None and not isinstance(analysis["warnings"], list):
-        raise bad("warnings is not a list")
-    phases = analysis.get("phases")
-    if phases is not None:
-        rows = phases.get("states") if isinstance(phases, dict) else None
-        if not isinstance(rows, list) or any(not isinstance(r, dict) for r in rows):
-            raise bad("phases has no list of states")
-        try:
-            seen = sorted(int(r["state"]) for r in rows)
-        except (KeyError, TypeError, ValueError):
-            raise bad("a row of phases has no state number") from None
-        if seen != list(range(k)):
-            raise bad(f"phases lists states {seen}, expected 0..{k - 1}")
-
-
 def load_fit(store: str | os.PathLike = "data", study: str | os.PathLike | None = None,
              fit: str | None = None) -> FitArtifacts:
     """Load a fit and the runs it decoded.
@@ -437,43 +388,8 @@ def load_fit(store: str | os.PathLike = "data", study: str | os.PathLike | None 
     fit_id = choose_fit(st, fit)
     fit_dir = st.fits_dir / fit_id
 
-    model_path = fit_dir / "model.json"
-    model = read_json(model_path, "fit model")
-    _require(model, _MODEL_KEYS, model_path, "fit model")
-    if model.get("format", FIT_FORMAT) != FIT_FORMAT:
-        raise UserError(f"fit model {model_path} has format {model.get('format')!r}, expected {FIT_FORMAT!r}; "
-                        "rerun `latent fit` with this version of latent")
-    try:
-        k = int(model["n_states"])
-        means = np.asarray(model["means"], dtype=float)
-        transmat = np.asarray(model["transmat"], dtype=float)
-    except (TypeError, ValueError) as exc:
-        raise UserError(f"fit model {model_path} is corrupt ({exc}); rerun `latent fit`") from None
-    d = len(model["features"])
-    if k < 1 or means.shape != (k, d) or transmat.shape != (k, k):
-        raise UserError(
-            f"fit model {model_path} is corrupt (n_states={k}, {d} features, but means {means.shape} "
-            f"and transmat {transmat.shape}); rerun `latent fit`"
-        )
-
+    model, paths, analysis = load_fit_files(fit_dir)  # each file checked against its schema (latent.schemas)
     analysis_path = fit_dir / "analysis.json"
-    analysis = read_json(analysis_path, "fit analysis")
-    _require(analysis, _ANALYSIS_KEYS, analysis_path, "fit analysis")
-    _require(analysis["convergence"], ("times",), analysis_path, "fit analysis (convergence)")
-    _require(analysis["regression"], ("coef", "ci_low", "ci_high"), analysis_path, "fit analysis (regression)")
-    _require(analysis["map"], ("nodes",), analysis_path, "fit analysis (map)")
-    _check_optional(analysis, k, analysis_path)
-
-    paths_path = fit_dir / "paths.parquet"
-    paths = read_parquet(paths_path, "fit paths")
-    missing = [c for c in ("seed", "step", "state") if c not in paths.columns]
-    if missing:
-        raise UserError(f"fit paths {paths_path} is corrupt (no column {', '.join(missing)}); rerun `latent fit`")
-    if paths.empty:
-        raise UserError(f"fit paths {paths_path} has no rows; rerun `latent fit`")
-    states = paths["state"].to_numpy()
-    if np.any(states < 0) or np.any(states >= k):
-        raise UserError(f"fit paths {paths_path} is corrupt (states outside 0..{k - 1}); rerun `latent fit`")
     paths = paths.sort_values(["seed", "step"], kind="stable").reset_index(drop=True)
 
     seeds = sorted(int(s) for s in paths["seed"].unique())

@@ -385,5 +385,5 @@ def test_cli_choices_match_the_metrics_module_and_bad_values_are_one_line(tmp_pa
     capsys.readouterr()
     assert _cli(tmp_path, 1) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown metric_variant 'odd'" in err[0]
+    assert len(err) == 1 and "'metric_variant' must be 'reference' or 'paper' (got 'odd')" in err[0]
     json.loads(study.study_file.read_text())  # untouched and readable

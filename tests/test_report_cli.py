@@ -267,16 +267,16 @@ def test_no_study_at_all(tmp_path, capsys):
         (lambda d: (d / "analysis.json").write_text("[]"), ["analysis.json", "corrupt"]),
         (lambda d: (d / "paths.parquet").unlink(), ["paths.parquet", "not found"]),
         (lambda d: (d / "paths.parquet").write_bytes(b"PAR1 garbage"), ["paths.parquet", "corrupt"]),
-        (lambda d: _drop_key(d / "analysis.json", "regression"), ["analysis.json", "missing regression"]),
-        (lambda d: _drop_key(d / "model.json", "means"), ["model.json", "missing means"]),
+        (lambda d: _drop_key(d / "analysis.json", "regression"), ["analysis.json", "'regression' is missing"]),
+        (lambda d: _drop_key(d / "model.json", "means"), ["model.json", "'means' is missing"]),
         (lambda d: _set_key(d / "model.json", "n_states", 7), ["model.json", "n_states=7"]),
         (lambda d: _set_key(d / "analysis.json", "map", {"nodes": [{"x": 1}], "edges": [{"a": 0}]}),
          ["analysis.json", "map"]),
         (lambda d: (d.parent.parent / "runs" / "seed-003.parquet").unlink(), ["seed-003.parquet", "not found"]),
-        (lambda d: _set_key(d / "analysis.json", "states", [{"state": 0}]), ["analysis.json", "states lists [0]"]),
+        (lambda d: _set_key(d / "analysis.json", "states", [{"state": 0}]), ["analysis.json", "lists states [0], model.json has 4"]),
         (lambda d: _set_key(d / "analysis.json", "states", [{"state": k, "status": "maybe"} for k in range(4)]),
-         ["analysis.json", "unknown status 'maybe'"]),
-        (lambda d: _set_key(d / "analysis.json", "warnings", "oops"), ["analysis.json", "warnings is not a list"]),
+         ["analysis.json", "'states[0].status' must be", "(got 'maybe')"]),
+        (lambda d: _set_key(d / "analysis.json", "warnings", "oops"), ["analysis.json", "'warnings' must be a list (got 'oops')"]),
     ],
     ids=["model-truncated", "analysis-missing", "analysis-not-object", "paths-missing", "paths-corrupt",
          "analysis-key", "model-key", "model-shape", "map-corrupt", "run-missing", "states-short",
@@ -457,7 +457,7 @@ def test_saved_phases_block_is_what_the_page_shows(store):
     assert "state 1: val_acc 1.12; epochs 240–920 (min–max 0–1000)" in row
     # a phases block that does not list every state is a corrupt fit
     _set_key(path, "phases", {"states": rows[:2]})
-    with pytest.raises(Exception, match="phases lists states"):
+    with pytest.raises(Exception, match="phases list states"):
         load_fit(store)
 
 

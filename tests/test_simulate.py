@@ -1,5 +1,7 @@
 """The simulator behind the recovery benchmark: structure, planted delays, scoring."""
 
+from dataclasses import replace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -123,6 +125,22 @@ def test_truth_round_trips_through_json(tmp_path):
     assert all(np.array_equal(back.paths[s], truth.paths[s]) for s in truth.paths)
     (tmp_path / "s" / "truth.json").write_text("{not json")
     assert truth_from_file(tmp_path / "s" / "truth.json") is None
+
+
+def test_a_truth_that_does_not_cover_the_fitted_runs_is_named_and_not_scored():
+    import pandas as pd
+
+    from latent.simulate import truth_mismatch
+
+    table, truth = simulate(SimConfig(n_main=3, detours=0, forks=0, n_runs=4, n_checkpoints=20, seed=2))
+    paths = pd.DataFrame({"seed": np.repeat([0, 1, 2, 3], 20), "step": np.tile(np.arange(20), 4), "state": 0})
+    assert truth_mismatch(truth, paths) is None
+    short = {**truth.paths, 1: truth.paths[1][:19]}
+    assert truth_mismatch(replace(truth, paths=short), paths) == "run 1: 19 planted checkpoints, 20 fitted"
+    missing = {s: p for s, p in truth.paths.items() if s != 2}
+    assert truth_mismatch(replace(truth, paths=missing), paths) == "no planted path for run 2"
+    wrong = {**truth.paths, 0: truth.paths[0] + truth.n_states}
+    assert truth_mismatch(replace(truth, paths=wrong), paths) == "run 0: a planted state outside 0..2"
 
 
 def test_realistic_family_plants_what_it_says():

@@ -73,8 +73,8 @@ def run(args) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1])
     if notes:
-        print("damaged runs (`latent collect` trains a run marked done with a missing or short table again; "
-              "unreadable files must be removed as said):")
+        print("damaged studies and runs (`latent collect` trains a run marked done with a missing or short "
+              "table again; files that fail their checks must be fixed or removed as said):")
         for line in notes:
             print(line)
     if pages:
