@@ -76,6 +76,16 @@ def main(argv: list[str] | None = None) -> int:
         print(f"latent {args.command}: error: {describe_os_error(exc)}{where}; fix that and rerun the command",
               file=sys.stderr)
         return 2
+    except MemoryError:
+        # every store write is atomic, so what the store held is intact; one line, not a traceback
+        from .memory import available_bytes, gib
+
+        free = available_bytes()
+        have = f" (about {gib(free)} free now)" if free else ""
+        print(f"latent {args.command}: error: ran out of memory{have}; give it less data at once (fewer runs, "
+              "features or checkpoints) or run it on a machine with more memory; the store is as it was",
+              file=sys.stderr)
+        return 2
     except Terminated:
         print(f"latent {args.command}: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
         return 143

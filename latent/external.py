@@ -245,22 +245,28 @@ def _check_tables(tables: Mapping[int, pd.DataFrame], meta: dict) -> dict[int, p
         missing = [m for m in meta.get("metrics", []) if m not in frame.columns]
         if missing:
             raise UserError(f"run {seed} lacks the column(s) {_listed(missing)}")
-        steps = pd.to_numeric(frame["step"], errors="raise")
-        if not np.all(np.isfinite(steps.to_numpy(dtype=float))) or not np.all(steps == np.round(steps)):
-            raise UserError(f"run {seed} has steps that are not whole numbers")
+        steps = frame["step"]
+        if not pd.api.types.is_integer_dtype(steps.dtype):
+            steps = pd.to_numeric(steps, errors="raise")
+            if not np.all(np.isfinite(steps.to_numpy(dtype=float))) or not np.all(steps == np.round(steps)):
+                raise UserError(f"run {seed} has steps that are not whole numbers")
+        values = steps.to_numpy(dtype=np.int64)
         frame = frame.drop(columns=[c for c in ("seed",) if c in frame.columns])
-        frame = frame.assign(step=steps.astype(np.int64))
-        frame = frame.sort_values("step", kind="stable").reset_index(drop=True)
-        if frame["step"].duplicated().any():
-            dup = int(frame["step"][frame["step"].duplicated()].iloc[0])
-            raise UserError(f"run {seed} has two rows at step {dup}")
+        if len(values) > 1 and not np.all(np.diff(values) > 0):  # already sorted and unique: no copy
+            order = np.argsort(values, kind="stable")
+            values = values[order]
+            frame = frame.iloc[order]
+            if np.any(np.diff(values) == 0):
+                dup = int(values[np.flatnonzero(np.diff(values) == 0)[0]])
+                raise UserError(f"run {seed} has two rows at step {dup}")
+        frame = frame.assign(step=values).reset_index(drop=True)
         frame.insert(0, "seed", np.full(len(frame), seed, dtype=np.int64))
         out[seed] = frame[["seed", "step"] + [c for c in frame.columns if c not in ("seed", "step")]]
     return out
 
 
 def write_external_study(store: str | os.PathLike, name: str, tables: Mapping[int, pd.DataFrame], meta: dict,
-                         overwrite: bool = False) -> Study:
+                         overwrite: bool = False, progress: bool = False) -> Study:
     """Write an external study (run tables, run manifests, ``study.json``) into ``store``, whole or not at all.
 
     Parameters
@@ -277,6 +283,8 @@ def write_external_study(store: str | os.PathLike, name: str, tables: Mapping[in
     overwrite : bool
         Replace a study of that name. Refused while a ``latent collect`` collects it. Without
         it, an existing study (or any other file or directory of that name) is refused.
+    progress : bool
+        Show a progress bar (on stderr) while the runs are written.
 
     Returns
     -------
@@ -310,7 +318,7 @@ def write_external_study(store: str | os.PathLike, name: str, tables: Mapping[in
         staging = store / f"{staging_prefix(name)}{os.getpid()}"
         built = staging / name
         try:
-            _build(built, written, meta)
+            _build(built, written, meta, progress)
             if exists:
                 _replace(study, built, staging / "replaced")
             else:
@@ -329,19 +337,33 @@ def write_external_study(store: str | os.PathLike, name: str, tables: Mapping[in
     return study
 
 
-def _build(root: Path, tables: dict[int, pd.DataFrame], meta: dict) -> None:
-    """Write the whole study into ``root`` (a fresh staging directory): runs first, ``study.json`` last."""
+def _build(root: Path, tables: dict[int, pd.DataFrame], meta: dict, progress: bool = False) -> None:
+    """Write the whole study into ``root`` (a fresh staging directory): runs first, ``study.json`` last.
+
+    Nothing outside sees ``root`` until it is renamed into place, so its files are written without
+    one fsync each (two per file made a 100,000-run import take an hour) and the file system is
+    synced once, before the rename.
+    """
+    from tqdm import tqdm
+
     try:
         root.mkdir(parents=True)
     except OSError as exc:
         raise store_error(exc, "create", root) from None
     study = Study(root)
-    for seed, frame in tables.items():
-        atomic_write_parquet(study.run_table_path(seed), frame)
-        atomic_write_json(study.run_manifest_path(seed),
-                          {"format": RUN_FORMAT, "seed": int(seed), "status": "done",
-                           "last_step": int(frame["step"].iloc[-1]), "rows": int(len(frame))})
-    atomic_write_json(study.study_file, meta)
+    bar = tqdm(total=len(tables), desc="writing runs", unit="run", disable=not progress, dynamic_ncols=True,
+               leave=False, mininterval=0.5)
+    try:
+        for seed, frame in tables.items():
+            atomic_write_parquet(study.run_table_path(seed), frame, sync=False)
+            atomic_write_json(study.run_manifest_path(seed),
+                              {"format": RUN_FORMAT, "seed": int(seed), "status": "done",
+                               "last_step": int(frame["step"].iloc[-1]), "rows": int(len(frame))}, sync=False)
+            bar.update()
+    finally:
+        bar.close()
+    atomic_write_json(study.study_file, meta, sync=False)
+    os.sync()  # Linux's sync(2) returns once every dirty page is on the disk
 
 
 def _replace(study: Study, built: Path, aside: Path) -> None:

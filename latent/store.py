@@ -73,16 +73,20 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def _write_synced(fd: int, data: bytes) -> None:
-    """Write all of ``data`` to the open file ``fd``, flush it to the disk, and close it."""
+def _write_synced(fd: int, data: bytes, sync: bool = True) -> None:
+    """Write all of ``data`` to the open file ``fd``, flush it to the disk (if ``sync``), and close it."""
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
         fh.flush()
-        os.fsync(fh.fileno())
+        if sync:
+            os.fsync(fh.fileno())
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, sync: bool = True) -> None:
     """Write ``data`` to ``path`` atomically (temp file in the same dir, fsync, rename).
+
+    ``sync=False`` leaves out both fsyncs (file and directory): for files written into a private
+    staging directory that is synced once, as a whole, before it is renamed into place.
 
     Raises
     ------
@@ -95,10 +99,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        _write_synced(fd, data)
+        _write_synced(fd, data, sync)
         os.replace(tmp, path)
         tmp = None
-        _fsync_dir(path.parent)
+        if sync:
+            _fsync_dir(path.parent)
     except OSError as exc:
         raise store_error(exc, "write", path) from None
     finally:
@@ -126,16 +131,16 @@ def dumps_json(obj: Any) -> str:
     return json.dumps(obj, indent=2, sort_keys=True, default=_json_default, allow_nan=True) + "\n"
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write ``obj`` as deterministic JSON, atomically."""
-    atomic_write_bytes(path, dumps_json(obj).encode())
+def atomic_write_json(path: str | os.PathLike, obj: Any, sync: bool = True) -> None:
+    """Write ``obj`` as deterministic JSON, atomically (``sync``: :func:`atomic_write_bytes`)."""
+    atomic_write_bytes(path, dumps_json(obj).encode(), sync)
 
 
-def atomic_write_parquet(path: str | os.PathLike, frame: pd.DataFrame) -> None:
-    """Write a DataFrame as parquet, atomically."""
+def atomic_write_parquet(path: str | os.PathLike, frame: pd.DataFrame, sync: bool = True) -> None:
+    """Write a DataFrame as parquet, atomically (``sync``: :func:`atomic_write_bytes`)."""
     buf = io.BytesIO()
     frame.to_parquet(buf, index=False)
-    atomic_write_bytes(path, buf.getvalue())
+    atomic_write_bytes(path, buf.getvalue(), sync)
 
 
 def read_json(path: str | os.PathLike, what: str = "file", hint: str = "restore or delete it") -> Any:

@@ -285,8 +285,8 @@ from pathlib import Path
 import latent.store as store
 from latent.cli import main
 gate, real = Path(sys.argv[1]), store.atomic_write_bytes
-def hooked(path, data):
-    real(path, data)
+def hooked(path, data, *args):
+    real(path, data, *args)
     while Path(path).suffix == ".npz" and not gate.exists():
         time.sleep(0.02)
 store.atomic_write_bytes = hooked

@@ -159,8 +159,8 @@ def test_the_staging_directory_is_invisible_to_list_studies(tmp_path, monkeypatc
     seen = []
     real = external.atomic_write_json
 
-    def spy(path, obj):
-        real(path, obj)
+    def spy(path, obj, **kwargs):
+        real(path, obj, **kwargs)
         if Path(path).name == "study.json":  # the staged study is complete now, before its rename
             seen.append((list_studies(store), sorted(p.name for p in store.iterdir())))
 
@@ -183,11 +183,11 @@ def test_a_failure_mid_write_leaves_nothing_and_the_old_study_untouched(tmp_path
     calls = []
     real = external.atomic_write_parquet
 
-    def dies_on_the_second_run(path, frame):
+    def dies_on_the_second_run(path, frame, **kwargs):
         calls.append(path)
         if len(calls) == 2:
             raise failure(28, "No space left on device") if failure is OSError else failure()
-        real(path, frame)
+        real(path, frame, **kwargs)
 
     monkeypatch.setattr(external, "atomic_write_parquet", dies_on_the_second_run)
     new = _tables(n_runs=3, shift=5.0)

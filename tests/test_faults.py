@@ -95,8 +95,8 @@ def _kill_after(monkeypatch, predicate):
     real = store.atomic_write_bytes
     count = [0]
 
-    def hooked(path, data):
-        real(path, data)
+    def hooked(path, data, *args):
+        real(path, data, *args)
         count[0] += 1
         if predicate(Path(path), count[0]):
             raise Killed(str(path))
@@ -128,8 +128,8 @@ import latent.store as store
 from latent.cli import main
 suffix, occurrence = sys.argv[1], int(sys.argv[2])
 real, seen = store.atomic_write_bytes, [0]
-def hooked(path, data):
-    real(path, data)
+def hooked(path, data, *args):
+    real(path, data, *args)
     if Path(path).suffix == suffix and Path(path).parent.name in ("runs", "state"):
         seen[0] += 1
         if seen[0] == occurrence:
@@ -163,13 +163,13 @@ def _fail_write(monkeypatch, at, err=errno.ENOSPC):
     real = store._write_synced
     count = [0]
 
-    def failing(fd, data):
+    def failing(fd, data, *args):
         count[0] += 1
         if count[0] == at:
             os.write(fd, data[: len(data) // 2])
             os.close(fd)
             raise OSError(err, os.strerror(err))
-        real(fd, data)
+        real(fd, data, *args)
 
     monkeypatch.setattr(store, "_write_synced", failing)
 
@@ -482,8 +482,8 @@ from pathlib import Path
 import latent.store as store
 from latent.cli import main
 gate, real = Path(sys.argv[1]), store.atomic_write_bytes
-def hooked(path, data):
-    real(path, data)
+def hooked(path, data, *args):
+    real(path, data, *args)
     while Path(path).suffix == ".npz" and not gate.exists():  # hold the first save point until the test says
         time.sleep(0.02)
 store.atomic_write_bytes = hooked

@@ -419,10 +419,10 @@ def test_a_kill_during_the_write_leaves_nothing_and_keeps_the_old_study(original
     store = tmp_path / "store"
     real = external.atomic_write_json
 
-    def killed_at_study_json(path, obj):
+    def killed_at_study_json(path, obj, **kwargs):
         if Path(path).name == "study.json":
             raise KeyboardInterrupt  # Ctrl-C after every run is staged, before the study is complete
-        real(path, obj)
+        real(path, obj, **kwargs)
 
     monkeypatch.setattr(external, "atomic_write_json", killed_at_study_json)
     assert _import(store, "table", *paths, "--study", "imp") == 130
@@ -534,3 +534,98 @@ def test_fit_of_an_import_with_a_short_run_says_re_import_not_collect(tmp_path, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
     assert "re-import" in err and "latent collect" not in err and "--allow-partial" in err
+
+
+# --------------------------------------------------------------------------- size
+
+
+def test_table_shape_counts_parquet_exactly_and_estimates_csv_rows(tmp_path):
+    from latent.importers.tables import table_shape
+
+    rng = np.random.default_rng(0)
+    # lines of very different lengths, so a head that is not representative would show
+    frame = pd.DataFrame({"run": np.repeat(["a", "bb"], 6000), "step": np.tile(np.arange(6000), 2),
+                          "x": rng.normal(size=12000) * 10.0 ** rng.integers(-3, 6, 12000)})
+    frame.to_parquet(tmp_path / "t.parquet")
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    frame.head(3).to_csv(tmp_path / "small.tsv", sep="\t", index=False)
+    assert table_shape(tmp_path / "t.parquet") == (12000, 3)
+    rows, cols = table_shape(tmp_path / "t.csv")
+    assert cols == 3 and abs(rows - 12000) < 0.1 * 12000
+    assert table_shape(tmp_path / "small.tsv") == (3, 3)  # whole file read: exact
+
+
+def test_tables_too_big_for_free_memory_are_refused_before_reading(original, tmp_path, capsys, monkeypatch):
+    import latent.memory
+    from latent.importers import tables
+
+    study, table = original
+    paths = _write("parquet-one", table, tmp_path / "in")
+    values = len(table) * table.shape[1]
+    read = []
+    monkeypatch.setattr(tables, "read_frame", lambda p: read.append(p))  # must not be reached
+    monkeypatch.setattr(latent.memory, "available_bytes", lambda: values * tables.PEAK_BYTES_PER_VALUE // 2)
+    store = tmp_path / "store"
+    assert _import(store, "table", *paths, "--study", "imp") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "importing needs about" in err[0] and "free" in err[0], err
+    assert f"{len(table):,} rows × {table.shape[1]} columns" in err[0]
+    assert read == [] and _store_names(store) == []
+
+
+def test_running_out_of_memory_is_one_line_and_leaves_the_store_as_it_was(original, tmp_path, capsys, monkeypatch):
+    study, table = original
+    paths = _write("csv-wide", table, tmp_path / "in")
+    store = tmp_path / "store"
+    assert _import(store, "table", *paths, "--study", "imp") == 0
+    before = {p: p.read_bytes() for p in (store / "imp").rglob("*") if p.is_file()}
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(external, "_build", no_memory)
+    capsys.readouterr()
+    assert _import(store, "table", *paths, "--study", "imp", "--overwrite") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("latent import: error: ran out of memory"), err
+    assert {p: p.read_bytes() for p in (store / "imp").rglob("*") if p.is_file()} == before
+    assert _store_names(store) == [".imp.lock", "imp"]
+
+
+def test_many_runs_in_one_table_split_exactly(tmp_path):
+    """The one-pass split keeps every run's rows, in step order, whatever order the rows come in."""
+    rng = np.random.default_rng(1)
+    runs, steps = 300, 7
+    frame = pd.DataFrame({"run": np.repeat([f"r{i}" for i in range(runs)], steps),
+                          "step": np.tile(np.arange(steps) * 5, runs), "x": rng.normal(size=runs * steps),
+                          "val_acc": rng.uniform(size=runs * steps)})
+    shuffled = frame.sample(frac=1.0, random_state=2)
+    shuffled.to_csv(tmp_path / "runs.csv", index=False)
+    assert _import(tmp_path / "store", "table", tmp_path / "runs.csv", "--study", "imp",
+                   "--convergence", "val_acc>0.5") == 0
+    got = _imported(tmp_path / "store")
+    meta = json.loads((tmp_path / "store" / "imp" / "study.json").read_text())
+    names = {int(s): n for s, n in meta["runs"].items()}
+    assert len(names) == runs
+    for seed, part in got.groupby("seed"):
+        want = frame[frame["run"] == names[seed]].sort_values("step")
+        np.testing.assert_array_equal(part["step"].to_numpy(), want["step"].to_numpy())
+        np.testing.assert_array_equal(part["x"].to_numpy(), want["x"].to_numpy())
+
+
+@pytest.mark.parametrize("column,value,needle", [("step", -5, "step -5 is negative"),
+                                                  ("step", 1e19, "step 1e+19 is too large"),
+                                                  ("seed", -1, "seed -1 is negative")])
+def test_negative_or_huge_steps_and_seeds_are_refused_in_one_line(original, tmp_path, capsys, column, value, needle):
+    """A run manifest holds its last step as a count: an import must not write one its reader refuses."""
+    study, table = original
+    bad = table.copy()
+    bad[column] = bad[column].astype(float)
+    bad.loc[7, column] = value
+    bad.to_csv(tmp_path / "runs.csv", index=False)
+    store = tmp_path / "store"
+    argv = ["--seed-col", "seed"] if column == "seed" else []
+    assert _import(store, "table", tmp_path / "runs.csv", "--study", "imp", *argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and needle in err[0] and "data row 8" in err[0], err
+    assert _store_names(store) == []

@@ -269,8 +269,8 @@ def test_changed_files_under_data_dir_are_refused_on_extend_and_resume(tmp_path,
 
     real = store.atomic_write_bytes
 
-    def kill_at_first_state(path, data):
-        real(path, data)
+    def kill_at_first_state(path, data, *args):
+        real(path, data, *args)
         if str(path).endswith(".npz"):
             raise Killed
 

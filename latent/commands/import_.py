@@ -130,7 +130,7 @@ def run(args) -> int:
     elif args.source == "tensorboard":
         from ..importers.tensorboard import read_tensorboard
 
-        runs, info = read_tensorboard(args.paths, tags=args.tags)
+        runs, info = read_tensorboard(args.paths, tags=args.tags, progress=sys.stderr.isatty())
         info["step_unit"] = "step"
         source = {"kind": "tensorboard", "paths": info["paths"], "runs": info["runs"], "tags": info["tags"]}
     else:
@@ -147,7 +147,8 @@ def run(args) -> int:
         print(f"latent import: note: {line}", file=sys.stderr)
     for line in prepared.warnings:
         print(f"latent import: warning: {line}", file=sys.stderr)
-    study = write_external_study(store, name, prepared.tables, prepared.meta, overwrite=args.overwrite)
+    study = write_external_study(store, name, prepared.tables, prepared.meta, overwrite=args.overwrite,
+                                 progress=sys.stderr.isatty())
     _summary(study, prepared, args)
     return 0
 

@@ -198,6 +198,13 @@ def whole_steps(values: pd.Series, where: str, describe, what: str = "step", fla
         i = int(frac[0])
         raise UserError(f"{where}: {describe(i)}: {what} {arr[i]:g} is not a whole number; name a column of "
                         f"whole numbers with {flag}")
+    # a step counts training progress from 0 (run manifests hold it as a count); int64 must hold it
+    out = np.flatnonzero((arr < 0) | (arr > 2.0 ** 62))
+    if out.size:
+        i = int(out[0])
+        why = "is negative" if arr[i] < 0 else "is too large (above 2^62)"
+        raise UserError(f"{where}: {describe(i)}: {what} {arr[i]:g} {why}; {what}s are whole numbers from 0 "
+                        f"(name another column with {flag}, or shift the values)")
     return pd.Series(arr.astype(np.int64), index=values.index, name="step")
 
 
@@ -331,8 +338,10 @@ def prepare(runs: Sequence[Run], *, study: str, convergence: str | Mapping | Non
     seeds, named = assign_seeds(by_name)
     order = sorted(by_name, key=lambda n: seeds[n])
     # which columns each run has values in; every run needs the same set
-    have = {n: [c for c in by_name[n].frame.columns if c != "step" and by_name[n].frame[c].notna().any()]
-            for n in order}
+    have = {}
+    for n in order:
+        filled = by_name[n].frame.notna().any()  # one call per run, not one per column
+        have[n] = [c for c, v in filled.items() if c != "step" and v]
     union: list[str] = list(dict.fromkeys(c for n in order for c in have[n]))
     conv = _convergence(convergence, union, renamed)
     if features is not None:

@@ -123,8 +123,8 @@ def _is_scalar(value) -> bool:
     return arr.ndim == 0 and arr.dtype.kind in "biuf"
 
 
-def read_tensorboard(paths: Iterable[str | os.PathLike], *,
-                     tags: Sequence[str] | None = None) -> tuple[list[Run], dict]:
+def read_tensorboard(paths: Iterable[str | os.PathLike], *, tags: Sequence[str] | None = None,
+                     progress: bool = False) -> tuple[list[Run], dict]:
     """Read the scalars of TensorBoard runs.
 
     Parameters
@@ -134,6 +134,8 @@ def read_tensorboard(paths: Iterable[str | os.PathLike], *,
     tags : sequence of str, optional
         Tags to import (names or shell patterns, matched against a tag or its column name);
         default every scalar tag.
+    progress : bool
+        Show a progress bar (on stderr) while the event files are read.
 
     Returns
     -------
@@ -149,9 +151,12 @@ def read_tensorboard(paths: Iterable[str | os.PathLike], *,
         ``--tags`` pattern that matches no tag, or a tag with two values at one step.
     """
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    from tqdm import tqdm
+
     found = find_runs(paths)
     tables = {}
-    for name, sources in found:
+    for name, sources in tqdm(found, desc="reading runs", unit="run", disable=not progress, dynamic_ncols=True,
+                              leave=False, mininterval=0.5):
         path = sources[0] if len(sources) == 1 else sources[0].parent
         long = pd.concat([_scalars(p) for p in sources], ignore_index=True)
         if not len(long):
