@@ -39,7 +39,7 @@ import pandas as pd
 from . import locks
 from .errors import UserError, store_error
 from .store import (REFERENCE_COLUMNS, RUN_FORMAT, STUDY_FILE, STUDY_FORMAT, Study, atomic_write_json,
-                    atomic_write_parquet, check_study_name, _fsync_dir)
+                    atomic_write_parquet, check_study_name, sync_filesystem, _fsync_dir)
 
 #: Columns that say *when* a row was logged; they are kept as metrics but never used as HMM features.
 TIME_COLUMNS = ("seed", "step", "epoch", "global_step", "iteration", "iter", "wall_time", "walltime",
@@ -246,6 +246,8 @@ def _check_tables(tables: Mapping[int, pd.DataFrame], meta: dict) -> dict[int, p
         if missing:
             raise UserError(f"run {seed} lacks the column(s) {_listed(missing)}")
         steps = frame["step"]
+        if steps.hasnans:
+            raise UserError(f"run {seed} has steps that are not whole numbers (missing ones)")
         if not pd.api.types.is_integer_dtype(steps.dtype):
             steps = pd.to_numeric(steps, errors="raise")
             if not np.all(np.isfinite(steps.to_numpy(dtype=float))) or not np.all(steps == np.round(steps)):
@@ -341,8 +343,8 @@ def _build(root: Path, tables: dict[int, pd.DataFrame], meta: dict, progress: bo
     """Write the whole study into ``root`` (a fresh staging directory): runs first, ``study.json`` last.
 
     Nothing outside sees ``root`` until it is renamed into place, so its files are written without
-    one fsync each (two per file made a 100,000-run import take an hour) and the file system is
-    synced once, before the rename.
+    one fsync each (two per file made a 100,000-run import take an hour) and its file system is
+    synced once, before the rename (:func:`latent.store.sync_filesystem`).
     """
     from tqdm import tqdm
 
@@ -363,7 +365,7 @@ def _build(root: Path, tables: dict[int, pd.DataFrame], meta: dict, progress: bo
     finally:
         bar.close()
     atomic_write_json(study.study_file, meta, sync=False)
-    os.sync()  # Linux's sync(2) returns once every dirty page is on the disk
+    sync_filesystem(root)
 
 
 def _replace(study: Study, built: Path, aside: Path) -> None:

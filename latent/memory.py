@@ -38,7 +38,15 @@ def _cgroup_room() -> int | None:
             return None
         with open("/sys/fs/cgroup/memory.current") as fh:
             used = int(fh.read().strip())
-        return max(0, int(text) - used)
+        # memory.current counts page cache too; its inactive part is reclaimed before anything is
+        # refused, so it is room (the working set, as container tools compute it)
+        try:
+            with open("/sys/fs/cgroup/memory.stat") as fh:
+                stat = dict(line.split() for line in fh if line.strip())
+            used -= int(stat.get("inactive_file", 0))
+        except (OSError, ValueError):
+            pass
+        return max(0, int(text) - max(used, 0))
     except (OSError, ValueError):
         return None
 

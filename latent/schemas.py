@@ -321,7 +321,7 @@ class AnalysisFile(Artifact):
 class TruthFile(Artifact):
     format: Literal["latent.truth/1"]
     config: dict[str, Any]
-    n_states: Positive
+    n_states: Positive | None  # None: smooth drift, no states (``latent simulate --family drift``)
     kinds: list[Literal["main", "detour", "fork"]]
     detours: list[Count]
     optional: list[Count]
@@ -332,6 +332,11 @@ class TruthFile(Artifact):
     @model_validator(mode="after")
     def _states_in_range(self):
         k = self.n_states
+        if k is None:
+            if self.kinds or self.detours or self.optional or self.paths:
+                raise ValueError("a truth without states ('n_states': null) must have no kinds, detours, "
+                                 "optional states or paths")
+            return self
         if len(self.kinds) != k:
             raise ValueError(f"'kinds' must name all {k} states")
         if any(s >= k for s in self.detours + self.optional):

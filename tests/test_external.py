@@ -282,3 +282,11 @@ def test_the_core_and_the_importers_load_without_torch_or_tensorboard():
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_nullable_step_with_gaps_is_refused_in_one_line(tmp_path):
+    tables = _tables()
+    seed = sorted(tables)[0]
+    tables[seed] = tables[seed].assign(step=pd.array([None] + list(tables[seed]["step"].iloc[1:]), dtype="Int64"))
+    with pytest.raises(UserError, match=f"run {seed} has steps that are not whole numbers"):
+        write_external_study(tmp_path / "store", "ext", tables, _meta(tables))

@@ -549,6 +549,15 @@ def test_table_shape_counts_parquet_exactly_and_estimates_csv_rows(tmp_path):
     frame.to_parquet(tmp_path / "t.parquet")
     frame.to_csv(tmp_path / "t.csv", index=False)
     frame.head(3).to_csv(tmp_path / "small.tsv", sep="\t", index=False)
+    # quoted fields holding newlines count once; a header longer than the 64 KiB sample is read on
+    notes = frame.assign(note="line 1\nline 2\nline 3\nline 4")
+    notes.to_csv(tmp_path / "notes.csv", index=False)
+    wide = pd.DataFrame(rng.normal(size=(200, 2500)), columns=[f"a_rather_long_metric_name_{i}" for i in range(2500)])
+    wide.to_csv(tmp_path / "wide.csv", index=False)
+    rows, cols = table_shape(tmp_path / "notes.csv")
+    assert cols == 4 and abs(rows - 12000) < 0.1 * 12000
+    rows, cols = table_shape(tmp_path / "wide.csv")
+    assert cols == 2500 and abs(rows - 200) < 0.1 * 200
     assert table_shape(tmp_path / "t.parquet") == (12000, 3)
     rows, cols = table_shape(tmp_path / "t.csv")
     assert cols == 3 and abs(rows - 12000) < 0.1 * 12000

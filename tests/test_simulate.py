@@ -127,6 +127,15 @@ def test_truth_round_trips_through_json(tmp_path):
     assert truth_from_file(tmp_path / "s" / "truth.json") is None
 
 
+def test_a_drift_study_s_truth_has_no_states_and_reads_back(tmp_path):
+    from latent.simulate import truth_from_file
+
+    table, truth = simulate(SimConfig(family="drift", n_runs=4, n_checkpoints=30, seed=1))
+    write_study(tmp_path / "d", table, truth)
+    back = truth_from_file(tmp_path / "d" / "truth.json")
+    assert back is not None and back.n_states is None and back.paths == {} and back.kinds == []
+
+
 def test_a_truth_that_does_not_cover_the_fitted_runs_is_named_and_not_scored():
     import pandas as pd
 

@@ -31,6 +31,8 @@ sanitized (:func:`latent.importers.sanitize`).
 
 from __future__ import annotations
 
+import csv
+import io
 import os
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -83,7 +85,9 @@ def table_shape(path: Path) -> tuple[int, int]:
     """About how many rows and columns a table file holds, without reading it.
 
     Parquet: from its footer (exact). CSV/TSV: the columns of the header, and the rows as the
-    file's size over the mean length of the lines in its first 64 KiB.
+    file's size times the records per byte of its first 64 KiB (read past a longer header),
+    parsed as CSV so quoted fields holding newlines count once; a file that short is counted
+    whole.
     """
     sep = SUFFIXES.get(path.suffix.lower())
     try:
@@ -95,16 +99,28 @@ def table_shape(path: Path) -> tuple[int, int]:
         size = path.stat().st_size
         with open(path, "rb") as fh:
             head = fh.read(1 << 16)
+            while b"\n" not in head[:-1]:  # a header longer than the sample: read on to its end
+                more = fh.read(1 << 20)
+                if not more:
+                    break
+                head += more
     except Exception:  # unreadable: read_frame says why, in one line
         return 0, 0
-    lines = head.split(b"\n")
-    if len(lines) < 2:
-        return 1, max(1, head.count(sep.encode()) + 1)
-    columns = lines[0].count(sep.encode()) + 1
-    body = head[len(lines[0]) + 1:]
-    whole = lines[1:-1] if size > len(head) else [ln for ln in lines[1:] if ln]
-    per_line = (len(body) / max(1, len(whole))) if whole else max(1, len(body))
-    return int((size - len(lines[0]) - 1) / max(1.0, per_line)), columns
+    whole = len(head) >= size
+    sample = head if whole else head[: head.rfind(b"\n") + 1]
+    try:
+        records = list(csv.reader(io.StringIO(sample.decode("utf-8", errors="replace")), delimiter=sep))
+    except csv.Error:  # a quoted field cut by the sample's end
+        records = [r for r in sample.split(b"\n") if r]
+    records = [r for r in records if r]
+    if not records:
+        return 0, 0
+    columns = len(records[0]) if isinstance(records[0], list) else records[0].count(sep.encode()) + 1
+    rows = len(records) - 1
+    if whole or rows <= 0:
+        return max(rows, 0), columns
+    header_bytes = head.find(b"\n") + 1
+    return int(round((size - header_bytes) * rows / max(1, len(sample) - header_bytes))), columns
 
 
 def check_room(files: Sequence[Path]) -> None:
@@ -151,6 +167,8 @@ def read_frame(path: Path) -> pd.DataFrame:
         raise UserError(f"{path}: the file is empty") from None
     except OSError as exc:
         raise UserError(f"{path}: cannot read it: {describe_os_error(exc)}") from None
+    except MemoryError:
+        raise  # the command's one line says memory ran out (latent/cli.py)
     except Exception as exc:  # parser errors of several types
         text = " ".join(str(exc).split())[:160]
         raise UserError(f"{path}: cannot read it as {'parquet' if sep is None else 'CSV'} "
