@@ -23,7 +23,8 @@ written down here rather than read off by eye:
 
     python bench/validate_phases.py --study modadd-contrast     # after collecting it (docs/results.md)
 
-Writes the ``phases-validation`` block of docs/results.md and prints the table.
+Writes the ``phases-validation`` block of docs/results.md (``phases-validation-<study>`` for another
+study) and prints the table.
 """
 
 from __future__ import annotations
@@ -122,16 +123,23 @@ def main(argv=None) -> int:
     text = ("\n".join(rows) + "\n\n"
             f"K = {summary['K']} over {summary['runs']} runs (`latent fit --study {args.study} --features "
             f"{args.features}`). Memorisation, circuit formation and cleanup come in that order in "
-            f"{summary['order_ok']} of {summary['runs']} runs. Runs enter circuit formation at a median step "
-            f"{summary['circuit_entry_median']:g}; their validation accuracy leaves chance (first above 2/p) at a "
-            f"median {summary['chance_exit_median']:g} (circuit formation first in {summary['circuit_before_chance']} "
-            f"of {summary['both']} runs); they converge at a median {summary['convergence_median']:g}. Transitions: "
+            f"{summary['order_ok']} of {summary['runs']} runs. "
+            + (f"Runs enter circuit formation at a median step {summary['circuit_entry_median']:g}; their validation "
+               f"accuracy leaves chance (first above 2/p) at a median {summary['chance_exit_median']:g} (circuit "
+               f"formation first in {summary['circuit_before_chance']} of {summary['both']} runs); "
+               if summary["both"] else
+               "No state reads as circuit formation (none has validation accuracy below the threshold with excluded "
+               f"loss rising); validation accuracy leaves chance (first above 2/p) at a median "
+               f"{summary['chance_exit_median']:g}; ")
+            + f"they converge at a median {summary['convergence_median']:g}. Transitions: "
             f"{summary['verdict']}. Detours: {', '.join(map(str, summary['detours'])) or 'none'}. Posterior "
             f"predictive checks failed: {', '.join(summary['ppc_outside']) or 'none'}.")
     print(text)
     print(json.dumps(summary))
     if not args.no_write:
-        write_block("phases-validation", text + f"\n\nCommand: `python bench/validate_phases.py --study {args.study}`.",
+        # one block per study: the contrast study keeps the original block name
+        block = "phases-validation" if args.study == "modadd-contrast" else f"phases-validation-{args.study}"
+        write_block(block, text + f"\n\nCommand: `python bench/validate_phases.py --study {args.study}`.",
                     path=ROOT / "docs" / "results.md",
                     title=f"Nanda et al.'s phases from the progress measures ({args.study})")
     return 0
