@@ -51,7 +51,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="latent-bench-fuzz-") as tmp:
         log = Path(tmp) / "fuzz.jsonl"
         env = {**os.environ, "LATENT_FUZZ_EXAMPLES": str(args.scale), "LATENT_FUZZ_LOG": str(log)}
-        cmd = [sys.executable, "-m", "pytest", "-q", "-n", "0", "-p", "no:cacheprovider",
+        cmd = [sys.executable, "-m", "pytest", "-q", "-rf", "-n", "0", "-p", "no:cacheprovider",
                "tests/test_store_fuzz.py", "-m", "" if args.slow else "not slow"]
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
@@ -66,18 +66,20 @@ def main(argv=None) -> int:
         for command, outcome in case["outcomes"].items():
             counts[case["target"], command][outcome] += 1
 
-    rows = ["| damaged artifact | cases | command | refused (one line) | accepted (checks agree) | defects |",
+    rows = ["| damaged artifact | command | cases | refused (one line) | accepted (checks agree) | defects |",
             "|---|---|---|---|---|---|"]
     for (target, command), c in sorted(counts.items(), key=lambda kv: (list(TARGETS).index(kv[0][0])
                                                                       if kv[0][0] in TARGETS else 99, kv[0][1])):
-        rows.append(f"| {TARGETS.get(target, target)} | {per_target[target]} | `latent {command}` | "
+        rows.append(f"| {TARGETS.get(target, target)} | `latent {command}` | {sum(c.values())} | "
                     f"{c['refused']} | {c['accepted']} | {c['defect']} |")
+    failed = [line for line in proc.stdout.splitlines() if line.startswith("FAILED")]
     total = sum(per_target.values())
     defects = sum(c["defect"] for c in counts.values())
     body = "\n".join([
         f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python {platform.python_version()}); "
-        f"`python bench/bench_fuzz.py --scale {args.scale:g}`{' --slow' if args.slow else ''}; "
-        f"{total} damaged stores in {wall / 60:.1f} min. Suite: `{summary}`.",
+        f"`python bench/bench_fuzz.py --scale {args.scale:g}{' --slow' if args.slow else ''}`; "
+        f"{total} damaged stores in {wall / 60:.1f} min. Suite: `{summary}`"
+        + (f" ({'; '.join(failed)}: a case that ended in an exception is not counted above)" if failed else "") + ".",
         "",
         "Each case copies a valid store (a simulated 8-run study and its fit), damages one artifact "
         "(a JSON field removed, retyped or set to a strange value: NaN, ±inf, negatives, huge numbers, "
@@ -94,6 +96,8 @@ def main(argv=None) -> int:
     ])
     write_block("fuzz", body, title="Damaged artifacts (`bench/bench_fuzz.py`)")
     print(body)
+    if proc.returncode:
+        print(proc.stdout[-6000:], file=sys.stderr)
     return 0 if proc.returncode == 0 else 1
 
 

@@ -281,17 +281,74 @@ class Regression(Artifact):
     ci_high: list[float | None]
 
 
+class MapNode(Artifact):
+    """A state on the training map (networkx node-link data; the other keys: docs/artifacts.md)."""
+
+    id: Count
+    n_runs: Count | None = None
+    occupancy: Probability | None = None
+    self_prob: Probability | None = None
+
+
+class MapEdge(Artifact):
+    source: Count
+    target: Count
+    prob: Probability | None = None
+    runs: Count | None = None
+
+
 class TrainingMap(Artifact):
-    nodes: list[dict[str, Any]]
-    edges: list[dict[str, Any]] | None = None
+    nodes: list[MapNode]
+    edges: list[MapEdge] | None = None
+
+    @model_validator(mode="after")
+    def _edges_join_nodes(self):
+        ids = [n.id for n in self.nodes]
+        if len(set(ids)) != len(ids):
+            raise ValueError("'nodes' must not hold a state twice")
+        for e in self.edges or ():
+            if e.source not in ids or e.target not in ids:
+                raise ValueError(f"an edge {e.source} -> {e.target} names a state that is not a node")
+        return self
+
+
+OptionalNumber = Annotated[float, AllowInfNan(True)] | None  # NaN/None where a value is undefined
+DigitKey = Annotated[str, StringConstraints(pattern=r"^\d+$")]
 
 
 class PhaseRow(Artifact):
+    """A state's row of the phase table (``analysis.json`` ``phases.states``)."""
+
     state: Count
+    checkpoints: Count | None = None
+    runs: Count | None = None
+    entries: Count | None = None
+    metrics: dict[str, OptionalNumber] | None = None
+    steps: dict[str, OptionalNumber] | None = None
+    entered_from: dict[DigitKey, Count] | None = None
+    moving: list[dict[str, Any]] | None = None
+    entry_change: list[dict[str, Any]] | None = None
 
 
 class Phases(Artifact):
     states: list[PhaseRow]
+    metrics: list[str] | None = None
+    percentiles: list[Finite] | None = None
+    scaling: str | None = None
+    step_unit: str | None = None
+    window: Count | None = None
+
+
+class Selection(Artifact):
+    """How K was chosen (``analysis.json`` ``selection``)."""
+
+    criterion: str | None = None
+    procedure: str | None = None
+    fold_choice: dict[DigitKey, Count] | None = None
+    folds: list[list[Count]] | None = None
+    fragile: bool | None = None
+    one_se: bool | None = None
+    runner_up: Count | None = None
 
 
 class AnalysisFile(Artifact):
@@ -306,7 +363,7 @@ class AnalysisFile(Artifact):
     importance: list[dict[str, Any]]
     states: list[StateRow] | None = None
     phases: Phases | None = None
-    selection: dict[str, Any] | None = None
+    selection: Selection | None = None
     detour_rule: dict[str, Any] | None = None
     stability: dict[str, Any] | None = None
     boundaries: dict[str, Any] | None = None
@@ -461,6 +518,9 @@ def check_fit(model: dict, analysis: dict, paths=None, where: str | Path = "fit"
     out = [d["state"] for d in analysis["detours"] if d["state"] >= k]
     if out:
         raise bad(f"analysis.json names detour state {out[0]}, model.json has states 0..{k - 1}")
+    nodes = [n["id"] for n in analysis["map"]["nodes"] if n["id"] >= k]
+    if nodes:
+        raise bad(f"analysis.json's map has state {nodes[0]}, model.json has states 0..{k - 1}")
     wrong = [s for s, occ in analysis["occupancy"].items() if len(occ) != k]
     if wrong:
         raise bad(f"analysis.json's occupancy of seed {wrong[0]} has {len(analysis['occupancy'][wrong[0]])} "

@@ -234,7 +234,33 @@ def analysis_is_valid(analysis, k: int) -> bool:
             return False
         if analysis.get("warnings") is not None and not all(isinstance(w, str) for w in analysis["warnings"]):
             return False
-        return isinstance(analysis["map"]["nodes"], list) and isinstance(analysis["regression"]["coef"], list)
+        nodes = analysis["map"]["nodes"]
+        ids = [n["id"] for n in nodes]
+        if not (isinstance(nodes, list) and all(type(i) is int and 0 <= i < k for i in ids) and len(set(ids)) == len(ids)):
+            return False
+        for e in analysis["map"].get("edges") or []:
+            if not (type(e["source"]) is int and type(e["target"]) is int and e["source"] in ids and e["target"] in ids):
+                return False
+            if e.get("prob") is not None and not (_finite(e["prob"]) and 0 <= e["prob"] <= 1):
+                return False
+        phases = analysis.get("phases")
+        if phases is not None:
+            if phases.get("metrics") is not None and not (isinstance(phases["metrics"], list)
+                                                          and all(isinstance(m, str) for m in phases["metrics"])):
+                return False
+            for row in phases["states"]:
+                for key in ("metrics", "steps"):
+                    if row.get(key) is not None and not (isinstance(row[key], dict) and all(
+                            v is None or (isinstance(v, (int, float)) and not isinstance(v, bool))
+                            for v in row[key].values())):
+                        return False
+        selection = analysis.get("selection")
+        if selection is not None:
+            choice = selection.get("fold_choice")
+            if choice is not None and not (isinstance(choice, dict) and all(
+                    k.isdigit() and type(v) is int and v >= 0 for k, v in choice.items())):
+                return False
+        return isinstance(analysis["regression"]["coef"], list)
     except (KeyError, TypeError, ValueError, AttributeError):
         return False
 
