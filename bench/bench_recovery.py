@@ -88,7 +88,7 @@ PLANS = {
     ],
     "quick": [("standard", "easy", "default,reference", 2, 120, 20), ("drift", "medium", "default", 1, 100, 20)],
     # the rows the README and docs/fit.md quote (the defaults on an exact HMM, and the drift control)
-    "headline": [("standard", "medium", "default", 100, 300, 40), ("drift", "medium", "default", 20, 300, 40)],
+    "headline": [("standard", "medium", "default", 50, 300, 40), ("drift", "medium", "default", 20, 300, 40)],
 }
 
 
