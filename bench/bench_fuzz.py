@@ -36,7 +36,7 @@ TARGETS = {
     "study.json": "`study.json`",
     "run manifest": "a run manifest (`runs/seed-NNN.json`)",
     "run table": "a run table (`runs/seed-NNN.parquet`)",
-    "fit files": "a fit (`model.json`, `analysis.json`, `paths.parquet`)",
+    "fit files": "a fit's `model.json` or `analysis.json`",
     "truth.json": "`truth.json` (a fit must go on, ignoring it)",
     "import table": "a table given to `latent import table`",
 }
