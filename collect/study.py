@@ -171,6 +171,15 @@ class _Claim:
                 lease.release()
 
 
+def _bar_interval() -> float:
+    """Seconds between progress-bar redraws: twice a second on a terminal, once a minute in a log
+    file (where every redraw stays, as a line of its own)."""
+    try:
+        return 0.5 if sys.stderr.isatty() else 60.0
+    except (AttributeError, ValueError):  # a closed or replaced stderr
+        return 60.0
+
+
 def collect_study(
     task: str,
     seeds: str | int | Sequence[int] = 40,
@@ -416,7 +425,7 @@ def _run_batches(client, job: dict, batches, claim: _Claim, task_obj, cfg, progr
     topic = f"latent-collect-{uuid.uuid4().hex}"
     bar = tqdm(total=ticks * len(seeds), initial=sum(done.values()), unit=f"seed-{unit}", disable=not progress,
                desc=f"{job['task']} seeds {seed_label(sorted(seeds))} ({len(batches)} Dask task"
-                    f"{'s' if len(batches) > 1 else ''})", file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+                    f"{'s' if len(batches) > 1 else ''})", file=sys.stderr, dynamic_ncols=True, mininterval=_bar_interval())
 
     def on_event(msg: dict) -> None:
         if msg.get("kind") == "log":
@@ -797,7 +806,7 @@ def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[Ru
     # The bar counts the study's step unit: epochs for epoch-logged tasks, optimiser steps otherwise.
     per_tick = spe if unit == "epoch" else 1
     bar = tqdm(total=cfg.epochs * spe // per_tick, initial=start // per_tick, unit=unit, desc=label,
-               disable=not progress, file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+               disable=not progress, file=sys.stderr, dynamic_ncols=True, mininterval=_bar_interval())
     bar.set_postfix_str(f"converged {int(converged.sum())}/{len(seeds)}")
     last_save = time.monotonic()
     total = cfg.epochs * spe

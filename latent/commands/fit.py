@@ -148,7 +148,8 @@ def run(args) -> int:
     config = config_from_args(args)
     study = resolve_study(args.store, args.study)
     with fit_pool(args.scheduler, args.cluster):  # neither: the local pool, and dask is never imported
-        result = fit_study(study, config, n_jobs=args.jobs, progress=not args.quiet)
+        # bars only on a terminal: in a log file each redraw would be a line of its own
+        result = fit_study(study, config, n_jobs=args.jobs, progress=not args.quiet and sys.stderr.isatty())
     out = write_fit(study, result)
     if args.quiet:
         print(out)
