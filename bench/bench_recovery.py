@@ -358,23 +358,17 @@ def main(argv=None) -> int:
         text += ("\n\n**Stability** (option `stability`: 20 bootstrap refits per fit) and fold agreement "
                  "(`default` rows):\n\n" + stability_table(done, plan))
     print(text)
-    if not args.no_write and not args.family and args.plan == "headline":
+    # each plan that writes owns one block: (block, what its rows mean, heading)
+    blocks = {
+        "headline": ("recovery-headline", EXPLAIN, "Recovery with the current detour rules, headline rows"),
+        "realistic": ("recovery-realistic", EXPLAIN_REALISTIC, "Recovery on studies that move as real runs do"),
+    }
+    if not args.no_write and not args.family:
+        name, explain, heading = blocks.get(args.plan, ("recovery", EXPLAIN, "Recovery of planted states and detours"))
+        script = "bench/bench_recovery.py" + (f" --plan {args.plan}" if args.plan in blocks else "")
         body = (f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python {platform.python_version()}); "
-                "`python bench/bench_recovery.py --plan headline`; raw results in `bench/results/recovery.jsonl`.\n\n"
-                + EXPLAIN + "\n\n" + text)
-        write_block("recovery-headline", body, title="Recovery with the current detour rules, headline rows "
-                    "(`bench/bench_recovery.py --plan headline`)")
-    elif not args.no_write and not args.family and args.plan == "realistic":
-        body = (f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python {platform.python_version()}); "
-                "`python bench/bench_recovery.py --plan realistic`; raw results in `bench/results/recovery.jsonl`.\n\n"
-                + EXPLAIN_REALISTIC + "\n\n" + text)
-        write_block("recovery-realistic", body, title="Recovery on studies that move as real runs do "
-                    "(`bench/bench_recovery.py --plan realistic`)")
-    elif not args.no_write and not args.family:
-        body = (f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python {platform.python_version()}); "
-                "`python bench/bench_recovery.py`; raw results in `bench/results/recovery.jsonl`.\n\n"
-                + EXPLAIN + "\n\n" + text)
-        write_block("recovery", body, title="Recovery of planted states and detours (`bench/bench_recovery.py`)")
+                f"`python {script}`; raw results in `bench/results/recovery.jsonl`.\n\n" + explain + "\n\n" + text)
+        write_block(name, body, title=f"{heading} (`{script}`)")
     return 0
 
 

@@ -203,19 +203,25 @@ def test_damaged_run_table(base_store, data):
 # --------------------------------------------------------------------------- fit files
 
 
+def damage_fit(data, store: Path, fit_id: str) -> tuple[str, bool]:
+    """Damage ``model.json`` or ``analysis.json`` of the copy's fit: (what changed, whether the
+    independent checks still accept the fit)."""
+    which = data.draw(st.sampled_from(["model.json", "analysis.json"]), label="file")
+    fit_dir = store / OTHER / "fits" / fit_id
+    obj = json.loads((fit_dir / which).read_text())
+    change = f"{which}: " + draw_json_change(data, obj)
+    write_json(fit_dir / which, obj)
+    model = json.loads((fit_dir / "model.json").read_text())
+    analysis = json.loads((fit_dir / "analysis.json").read_text())
+    return change, model_is_valid(model) and analysis_is_valid(analysis, model["n_states"])
+
+
 @fuzz_settings(20)
 @given(data=st.data())
 def test_damaged_fit_read_by_predict_and_compare(base_store, data):
     base, fit_id = base_store
-    which = data.draw(st.sampled_from(["model.json", "analysis.json"]), label="file")
     with Copy(base) as store:
-        fit_dir = store / OTHER / "fits" / fit_id
-        obj = json.loads((fit_dir / which).read_text())
-        change = f"{which}: " + draw_json_change(data, obj)
-        write_json(fit_dir / which, obj)
-        model = json.loads((fit_dir / "model.json").read_text())
-        analysis = json.loads((fit_dir / "analysis.json").read_text())
-        valid = model_is_valid(model) and analysis_is_valid(analysis, model["n_states"])
+        change, valid = damage_fit(data, store, fit_id)
         rc, out, err = run_cli(["predict", "--store", str(store), "--fit", f"{OTHER}/{fit_id}", f"{BASE}:0"])
         outcomes = {"predict": judge("predict", rc, err, accepted_ok=valid)}
         rc, out, err = run_cli(["compare", "--store", str(store), "--no-fit", BASE, OTHER, *FAST_FIT[:-1]])
@@ -228,15 +234,8 @@ def test_damaged_fit_read_by_predict_and_compare(base_store, data):
 @given(data=st.data())
 def test_damaged_fit_read_by_report(base_store, data):
     base, fit_id = base_store
-    which = data.draw(st.sampled_from(["model.json", "analysis.json"]), label="file")
     with Copy(base) as store:
-        fit_dir = store / OTHER / "fits" / fit_id
-        obj = json.loads((fit_dir / which).read_text())
-        change = f"{which}: " + draw_json_change(data, obj)
-        write_json(fit_dir / which, obj)
-        model = json.loads((fit_dir / "model.json").read_text())
-        analysis = json.loads((fit_dir / "analysis.json").read_text())
-        valid = model_is_valid(model) and analysis_is_valid(analysis, model["n_states"])
+        change, valid = damage_fit(data, store, fit_id)
         rc, out, err = run_cli(["report", "--store", str(store), "--study", OTHER, "--fit", fit_id])
         check({"report": judge("report", rc, err, accepted_ok=valid)}, "fit files", change)
 
