@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # Spawn keys of the streams derived from a run seed. Fixed forever: changing them changes runs.
-_STREAM_KEYS = {"init": 0, "order": 1, "split": 2}
+_STREAM_KEYS = {"init": 0, "order": 1, "split": 2, "llc": 3}
 
 
 def _stream(entropy: int, name: str) -> np.random.SeedSequence:
@@ -61,3 +61,10 @@ class RunSeeds:
 
     def as_dict(self) -> dict[str, int]:
         return {"seed": self.seed, "init": self.init, "order": self.order, "split": self.split}
+
+
+def llc_seed(seed: int, step: int) -> int:
+    """The seed of run ``seed``'s LLC sampler at ``step`` (:mod:`collect.llc`): its own stream, so
+    an estimate is the same in any batch, on resume, and whatever other checkpoints were measured."""
+    seq = np.random.SeedSequence(entropy=int(seed), spawn_key=(_STREAM_KEYS["llc"], int(step)))
+    return _as_int63(seq)

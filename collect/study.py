@@ -40,6 +40,7 @@ from latent.store import STUDY_FORMAT, Study, check_study_name, schedule_steps
 
 from .config import config_to_dict, parse_overrides, resolve_config
 from .fingerprint import data_change
+from .llc import LLC_FEATURES, LLCConfig, LLCSampler, parse_llc, require_devinterp
 from .metrics import METRIC_VARIANTS, REFERENCE_COLUMNS
 from .resume import RunStart, plan_run
 from .runtime import resolve_device, set_threads
@@ -47,6 +48,10 @@ from .seeds import RunSeeds
 from .tasks import get_task
 from .trainer import LOSS_COLUMNS, Checkpoint, checkpoint_steps, train
 from .writer import StudyWriter, load_state, remove_state, reset_run
+
+#: groups recorded only when named (not by default, not by ``all``): ``llc`` needs the
+#: ``[devinterp]`` extra and costs far more than the others (docs/collect.md)
+OPT_IN_GROUPS = ("llc",)
 
 log = logging.getLogger("latent.collect")
 
@@ -201,6 +206,7 @@ def collect_study(
     retries: int | None = None,
     metric_variant: str = "reference",
     metric_groups=None,
+    llc=None,
 ) -> CollectResult:
     """Train ``seeds`` of ``task`` into a study, resuming or extending it if it exists.
 
@@ -256,6 +262,12 @@ def collect_study(
         an existing study records (none for a study collected before groups existed), every group
         the task has for a new one. Recorded in ``study.json`` (``metric_groups``, and each group's
         columns under ``groups``); a study is resumed and extended only with its own groups.
+        ``all`` and the default leave out the opt-in groups (:data:`OPT_IN_GROUPS`: ``llc``),
+        which are recorded only when named.
+    llc : LLCConfig or sequence of "KEY=VALUE", optional
+        Settings of the ``llc`` group (:class:`collect.llc.LLCConfig`), recorded in
+        ``study.json``; None: the study's own when resuming, else the defaults. A study is
+        resumed and extended only with its own settings.
 
     Returns
     -------
@@ -276,6 +288,8 @@ def collect_study(
     if metric_variant not in METRIC_VARIANTS:
         raise UserError(f"--metric-variant must be one of {', '.join(METRIC_VARIANTS)}, got {metric_variant!r}")
     groups = _parse_groups(metric_groups, task_obj.metric_groups(cfg))
+    llc_cfg = llc if isinstance(llc, LLCConfig) else parse_llc(llc)
+    llc_cfg.validate()
     seed_list = parse_seeds(seeds)
     name = check_study_name(study or (task if preset == "default" else f"{task}-{preset}"))
     on_dask = scheduler is not None or cluster is not None
@@ -300,7 +314,8 @@ def collect_study(
     study_obj = Study(store / name)
     request = dict(name=name, task=task, preset=preset, config=config_to_dict(cfg),
                    convergence=task_obj.convergence(cfg), command=command, metric_variant=metric_variant,
-                   metric_groups=groups, group_columns=task_obj.metric_groups(cfg))
+                   metric_groups=groups, group_columns=task_obj.metric_groups(cfg), llc=llc_cfg.as_dict(),
+                   llc_given=llc is not None)
     data = _Data(task_obj, cfg)
     timings: dict[str, float] = {}
     if not on_dask:
@@ -343,7 +358,8 @@ def _collect_seeds(task: str, task_obj, cfg, study_obj: Study, request: dict, se
                 plans = [claim.pending[s] for s in group]
                 _train_batch(task_obj, cfg, study_obj, claim.schedule, plans, start, dev, data.value,
                              request["config"].get("split_seed"), request["convergence"], save_every, progress,
-                             label, timings, report, request["metric_variant"], request["metric_groups"])
+                             label, timings, report, request["metric_variant"], request["metric_groups"],
+                             request["llc"])
                 claim.release(group)
                 trained += group
         finally:
@@ -643,6 +659,7 @@ def _updated_meta(meta: dict | None, request: dict, seeds: list[int], task_obj, 
             "command": command,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "metric_variant": request["metric_variant"],
+            **({"llc": dict(request["llc"])} if "llc" in request["metric_groups"] else {}),
         }
     # Same task and config: extend the seed list, remember any new command line, and pin the
     # schedule and data of a study recorded before latent kept them.
@@ -668,7 +685,7 @@ def _parse_groups(value, available: Mapping[str, list[str]]):
         return None
     names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if str(v).strip()]
     if names == ["all"]:
-        return sorted(available)
+        return sorted(g for g in available if g not in OPT_IN_GROUPS)
     if names == ["none"] or not names:
         return []
     unknown = [n for n in names if n not in available]
@@ -685,13 +702,31 @@ def _resolve_groups(meta, request: dict, name: str, study_obj: Study, overwrite:
     recorded = None if meta is None else sorted(meta.get("metric_groups", []))
     wanted = request["metric_groups"]
     if wanted is None:
-        request["metric_groups"] = recorded if recorded is not None else sorted(available)
-        return
-    if recorded is not None and recorded != wanted and not overwrite:
+        request["metric_groups"] = (recorded if recorded is not None
+                                    else sorted(g for g in available if g not in OPT_IN_GROUPS))
+    elif recorded is not None and recorded != wanted and not overwrite:
         had = ",".join(recorded) or "none"
         raise UserError(f"study {name!r} in {study_obj.root.parent} records metric groups {had}, not "
                         f"{','.join(wanted) or 'none'}; pass --metric-groups {had} (or leave it out) to resume or "
                         "extend it, pick another name with --study NAME, or replace it with --overwrite")
+    if "llc" not in request["metric_groups"]:
+        return
+    require_devinterp()
+    if recorded is None or "llc" not in recorded:
+        return
+    had_llc = meta.get("llc")
+    try:
+        LLCConfig(**had_llc).validate()
+    except (TypeError, UserError) as exc:
+        raise UserError(f"{study_obj.study_file} records the llc group without valid settings (llc: {had_llc!r}: "
+                        f"{exc}); fix the file, or replace the study with --overwrite") from None
+    if not request["llc_given"]:
+        request["llc"] = dict(had_llc)  # resume with the study's own settings
+    elif dict(had_llc) != request["llc"] and not overwrite:
+        had = " ".join(f"--llc {k}={v}" for k, v in had_llc.items())
+        raise UserError(f"study {name!r} in {study_obj.root.parent} records other llc settings ({had}); leave "
+                        "--llc out to resume or extend it, pick another name with --study NAME, or replace it "
+                        "with --overwrite")
 
 
 def feature_columns(group: str, columns: list[str]) -> list[str]:
@@ -701,6 +736,8 @@ def feature_columns(group: str, columns: list[str]) -> list[str]:
         from .progress import PROGRESS_FEATURES
 
         return [c for c in columns if c in PROGRESS_FEATURES]
+    if group == "llc":
+        return [c for c in columns if c in LLC_FEATURES]
     return list(columns)
 
 
@@ -780,12 +817,13 @@ def seed_label(seeds: list[int]) -> str:
 def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[RunStart], start: int, dev, data,
                  split_seed, convergence, save_every: float, progress: bool, label: str,
                  timings: dict[str, float], report=None, metric_variant: str = "reference",
-                 metric_groups=()) -> None:
+                 metric_groups=(), llc_settings: dict | None = None) -> None:
     from tqdm import tqdm
 
     seeds = [p.seed for p in plans]
     run_seeds = [RunSeeds.derive(s, split_seed) for s in seeds]
     problem = task_obj.build(cfg, run_seeds, dev, data)
+    sampler = LLCSampler(LLCConfig(**llc_settings), seeds) if "llc" in metric_groups else None
     spe = problem.steps_per_epoch
     unit = task_obj.step_unit
     marks = [m // spe if unit == "epoch" else m for m in checkpoint_steps(cfg.epochs, cfg.log_every, spe, unit)]
@@ -832,7 +870,7 @@ def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[Ru
     try:
         train(problem, start_step=start, epochs=cfg.epochs, log_every=cfg.log_every, unit=unit,
               on_checkpoint=on_checkpoint, on_step=on_step, timings=timings, metric_variant=metric_variant,
-              groups=tuple(metric_groups))
+              groups=tuple(metric_groups), llc=sampler)
     finally:
         bar.close()
     writer.save(total, None, done=True, info={k: round(v, 3) for k, v in timings.items()})

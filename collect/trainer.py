@@ -69,6 +69,7 @@ def train(
     timings: dict[str, float] | None = None,
     metric_variant: str = "reference",
     groups: tuple[str, ...] = (),
+    llc=None,
 ) -> None:
     """Train ``problem`` from ``start_step`` to ``epochs`` epochs, emitting every checkpoint on the way.
 
@@ -97,18 +98,24 @@ def train(
         The weight statistics' definitions (:func:`collect.metrics.reference_metrics`).
     groups : tuple of str
         Optional metric groups to record too: ``"progress"`` (:meth:`BatchedProblem.progress_metrics`)
-        and ``"function"`` (:func:`collect.function_space.function_metrics` of the problem's probe).
+        and ``"function"`` (:func:`collect.function_space.function_metrics` of the problem's probe),
+        ``"ops"`` (:meth:`BatchedProblem.op_metrics`) and ``"llc"`` (``llc``, on its grid of
+        checkpoints; NaN elsewhere).
+    llc : collect.llc.LLCSampler, optional
+        The sampler of the ``"llc"`` group.
     """
     import time
 
     spe = problem.steps_per_epoch
     total = epochs * spe
-    marks = set(checkpoint_steps(epochs, log_every, spe, unit))
+    order = checkpoint_steps(epochs, log_every, spe, unit)
+    marks = set(order)
+    index = {m: i for i, m in enumerate(order)}  # a checkpoint's position in the schedule
     clock = timings if timings is not None else {}
     for key in ("train", "eval", "metrics", *groups):
         clock.setdefault(key, 0.0)
 
-    def measure() -> dict[str, np.ndarray]:
+    def measure(step: int) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
         values = {k: _to_numpy(v) for k, v in reference_metrics(problem.weight_groups(), metric_variant).items()}
         for group in groups:
@@ -117,6 +124,9 @@ def train(
                 extra = problem.progress_metrics()
             elif group == "ops":
                 extra = problem.op_metrics()
+            elif group == "llc":
+                extra = (llc.estimate(problem, step) if llc.measures(index[step])
+                         else llc.nan_row(problem.n_seeds))
             else:
                 from .function_space import function_metrics
 
@@ -135,7 +145,7 @@ def train(
         on_step(start_step)
     step = start_step
     while True:
-        pending = measure() if step in marks else None
+        pending = measure(step) if step in marks else None
         if pending is not None and (step == total or not problem.full_batch):
             t0 = time.perf_counter()
             train_loss, train_acc = problem.evaluate("train")

@@ -123,6 +123,23 @@ GROUP_NAMES = ("weights", "progress", "function", "losses")
 LOSS_FEATURES = ("train_loss", "val_loss", "train_acc", "val_acc")
 
 
+#: columns measured on a thinned grid of checkpoints (the ``llc`` group: ``collect.llc``), NaN between
+THINNED_COLUMNS = ("llc", "llc_std")
+
+
+def measured_rows(table: pd.DataFrame, features) -> pd.DataFrame:
+    """The rows where every chosen :data:`THINNED_COLUMNS` feature was measured.
+
+    The local learning coefficient is estimated at every n-th checkpoint only; a fit (or a
+    forecast) that uses it sees those checkpoints. Without such a feature, ``table`` unchanged.
+    """
+    thinned = [f for f in features if f in THINNED_COLUMNS and f in table.columns]
+    if not thinned:
+        return table
+    keep = table[thinned].notna().all(axis=1)
+    return table[keep]
+
+
 def study_groups(meta: dict) -> dict[str, list[str]]:
     """The feature groups a study records (``study.json`` ``groups``); a study from before groups
     has ``weights`` (its ``features``) and ``losses`` (those of its metrics that are losses)."""

@@ -52,7 +52,7 @@ from .detours import (
 )
 from .errors import UserError
 from .features import (REFERENCE_FEATURES, SCALINGS, FeatureMatrix, available_features, build_features,
-                       expand_feature_names)
+                       expand_feature_names, measured_rows)
 from .family import DEFAULT_FAMILY, FAMILIES, FAMILY_WORDS, get_family
 from .hmm import COVARIANCES, CRITERIA, INITS, SELECTIONS, HMMSelector
 from .importance import transition_importance
@@ -510,10 +510,14 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
             f"convergence metric {cfg.metric!r} is not a column of the run tables; pass --metric "
             f"(columns: {', '.join(c for c in table.columns if c not in ('seed', 'step', 'epoch'))})"
         )
+    full, table = table, measured_rows(table, cfg.features)
+    if len(table) < len(full):
+        log.info("llc is estimated at thinned checkpoints: the fit uses the %d of %d checkpoints where it was "
+                 "measured", len(table), len(full))
     fm = build_features(table, cfg.features, cfg.first_n, cfg.scaling)
     _check_size(fm, cfg)
 
-    conv, last_step = _convergence(table, fm, cfg)
+    conv, last_step = _convergence(full, fm, cfg)
     never = [s for s in fm.seeds if conv[s] is None]
 
     lap("read")

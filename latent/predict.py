@@ -44,7 +44,7 @@ import pandas as pd
 
 from .detours import convergence_step
 from .errors import UserError
-from .features import zscore
+from .features import measured_rows, zscore
 from .family import DEFAULT_FAMILY, FAMILIES
 from .hmm import build_hmm
 from .schemas import read_artifact
@@ -328,7 +328,7 @@ def predict_run(fmap: FittedMap, run: pd.DataFrame, config: PredictConfig | None
     missing = [f for f in fmap.features if f not in run.columns]
     if missing:
         raise UserError(f"run has no column(s) {', '.join(missing)} that fit {fmap.fit_id} uses as features")
-    run = run.sort_values("step", kind="stable").reset_index(drop=True)
+    run = measured_rows(run.sort_values("step", kind="stable"), fmap.features).reset_index(drop=True)
     warnings = []
     if len(run) > fmap.first_n:
         warnings.append(f"only the first {fmap.first_n} checkpoints are decoded, as in the fit")
@@ -466,8 +466,9 @@ def backtest(fit: str | os.PathLike | FittedMap, table: pd.DataFrame, fractions:
     fmap = fit if isinstance(fit, FittedMap) else FittedMap(fit)
     rows = []
     for seed, run in table.groupby("seed", sort=True):
-        run = run.sort_values("step", kind="stable").head(fmap.first_n).reset_index(drop=True)
-        true = _converged_at(fmap, run)
+        run = run.sort_values("step", kind="stable")
+        true = _converged_at(fmap, run.head(fmap.first_n))
+        run = measured_rows(run, fmap.features).head(fmap.first_n).reset_index(drop=True)
         full_path, _ = fmap.decode(run[fmap.features].to_numpy(dtype=float))
         steps = run["step"].to_numpy(dtype=float)
         for f in fractions:

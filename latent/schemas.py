@@ -100,6 +100,7 @@ class StudyFile(Artifact):
     metric_variant: Literal["reference", "paper"] | None = None
     metric_groups: list[Name] | None = None
     groups: dict[str, list[Name]] | None = None
+    llc: dict[str, Any] | None = None
     runs: dict[str, str] | None = None
     source: dict[str, Any] | None = None
 

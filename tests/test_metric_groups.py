@@ -74,7 +74,7 @@ def test_resuming_with_other_groups_is_refused_in_one_line_and_the_store_is_unto
     capsys.readouterr()
     assert _cli(tmp_path, 2, "--metric-groups", "bogus") == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown group(s) bogus" in err[0] and "function, progress" in err[0]
+    assert len(err) == 1 and "unknown group(s) bogus" in err[0] and "function, llc, progress" in err[0]
 
 
 def test_a_study_from_before_groups_resumes_and_extends_as_it_was(tmp_path):

@@ -168,6 +168,23 @@ class RowProblem(BatchedProblem):
         """
         raise NotImplementedError
 
+    def loss_at(self, params: dict[str, torch.Tensor], rows: torch.Tensor) -> torch.Tensor:
+        """Per-seed loss *sums* over ``rows`` (S, B) with ``params`` (same names and shapes as
+        :attr:`params`) in place of the model's own, in evaluation mode (no augmentation, stored
+        BatchNorm statistics). Differentiable when gradients are enabled; chunked otherwise. The
+        LLC sampler (:mod:`collect.llc`) evaluates its draws with this."""
+        saved = self.params
+        self.params = params
+        try:
+            if torch.is_grad_enabled():
+                return self._loss_acc(rows)[0]
+            total = torch.zeros(rows.shape[0], dtype=torch.float64, device=rows.device)
+            for chunk in rows.split(self.EVAL_CHUNK, dim=1):
+                total += self._loss_acc(chunk)[0].double()
+            return total
+        finally:
+            self.params = saved
+
     def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.full_batch:
             rows = self.train_idx
@@ -248,8 +265,12 @@ class Task:
         """The optional metric groups this task records, name -> columns (``latent collect
         --metric-groups``); the weight statistics and losses are always recorded."""
         from ..function_space import FUNCTION_COLUMNS
+        from ..llc import LLC_COLUMNS
 
-        return {"function": list(FUNCTION_COLUMNS)}
+        groups = {"function": list(FUNCTION_COLUMNS)}
+        if issubclass(self.problem_class, RowProblem):  # the LLC sampler evaluates rows (RowProblem.loss_at)
+            groups["llc"] = list(LLC_COLUMNS)
+        return groups
 
     def load_data(self, cfg) -> Any:
         """The study's data set for ``cfg`` (None for tasks whose problem generates its own).

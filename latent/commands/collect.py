@@ -64,7 +64,12 @@ def add_parser(sub) -> None:
                    help="optional metric groups to record besides the 14 weight statistics and losses: progress "
                         "(Fourier progress measures, modadd), function (prediction entropy, logit scale, effective "
                         "dimension, loss quantiles on a probe set), comma-separated, or all / none (default: all for "
-                        "a new study, what an existing study records when resuming it; docs/collect.md)")
+                        "a new study, what an existing study records when resuming it; docs/collect.md); llc "
+                        "(the local learning coefficient, the [devinterp] extra) only when named")
+    p.add_argument("--llc", action="append", default=None, metavar="KEY=VALUE",
+                   help="settings of the llc group, repeatable: every (checkpoints between estimates, default 20), "
+                        "chains (2), draws (40), burnin (20), lr (1e-3), localization (100), nbeta (0: n/log n for n "
+                        "training rows), batch_size (256); recorded in study.json (docs/collect.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing study of the same name whose config, metric variant or metric groups differ")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_dask_options(p, "train the seed batches (--seed-batch seeds each) as tasks on this Dask scheduler "
@@ -146,7 +151,7 @@ def run(args) -> int:
             command=args.command_line,
             scheduler=args.scheduler,
             cluster=args.cluster,
-            metric_variant=args.metric_variant, metric_groups=args.metric_groups,
+            metric_variant=args.metric_variant, metric_groups=args.metric_groups, llc=args.llc,
         )
     except StoreError as exc:
         raise UserError(f"{exc}; every run keeps its last save point, so rerun the same command to resume "

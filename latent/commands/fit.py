@@ -135,7 +135,10 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    import numpy as np
+
     from ..cluster import fit_pool
+    from ..features import THINNED_COLUMNS
     from ..fit import fit_study, write_fit
     from ..store import resolve_study
 
@@ -156,6 +159,10 @@ def run(args) -> int:
         return 0
     print(f"study {study.name}: {len(result.features.seeds)} runs used, "
           f"{len(result.features.excluded)} excluded; features {','.join(result.features.features)}")
+    thinned = [f for f in result.features.features if f in THINNED_COLUMNS]
+    if thinned:
+        print(f"{', '.join(thinned)} is measured at thinned checkpoints only: the fit uses those, a median "
+              f"{int(np.median(result.features.lengths))} per run (latent collect --llc every=N)")
     for line in result.summary:
         print(line)
     t = result.timings
