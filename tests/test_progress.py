@@ -119,6 +119,30 @@ def test_progress_of_a_seed_in_a_batch_equals_it_alone(model):
         np.testing.assert_allclose(got[k][1].item(), ref[k][0].item(), rtol=2e-4, atol=1e-6, err_msg=k)
 
 
+@pytest.mark.parametrize("model, ops", [("mlp", "add"), ("transformer", "add"), ("transformer", "add,sub")])
+def test_the_affine_readout_shortcut_gives_the_generic_readouts_numbers(model, ops):
+    """restricted_excluded with ``linear`` (P(N) read out through the readout's linear part) against
+    the same call without it (P(N) built at every training row and read out as it is)."""
+    cfg = ModAddConfig(model=model, p=P, d_model=16, n_heads=2, d_mlp=32, d_embed=8, d_hidden=16, key_freqs=3,
+                       op=ops)
+    problem = ModAddTask().build(cfg, [RunSeeds.derive(s, None) for s in range(3)], torch.device("cpu"))
+    for _ in range(30):
+        problem.train_step()
+    P64 = {k: v.detach().double() for k, v in problem.params.items()}
+    n = P * P
+    acts, readout, linear = problem._hidden_and_readout(P64, problem._a[:n].expand(3, -1),
+                                                        problem._b[:n].expand(3, -1), problem._op[:n].expand(3, -1))
+    assert linear is not None
+    train = problem.train_idx[:, :int(cfg.train_frac * n)]
+    fast = restricted_excluded(acts, readout, problem._y[:n], train, P, 3, linear=linear)
+    slow = restricted_excluded(acts, readout, problem._y[:n], train, P, 3)
+    for f, s_ in zip(fast, slow):
+        np.testing.assert_allclose(f.numpy(), s_.numpy(), rtol=1e-10)
+    ln = ModAddTask().build(ModAddConfig(model="transformer", p=P, d_model=16, n_heads=2, d_mlp=32, layernorm=True),
+                            [RunSeeds.derive(0, None)], torch.device("cpu"))
+    assert ln._hidden_and_readout(ln.params, ln._a[None], ln._b[None], ln._op[None])[2] is None  # not affine
+
+
 def test_discrete_logs_and_the_multiplicative_circle():
     from collect.progress import discrete_log, op_combination, primitive_root
 

@@ -435,20 +435,25 @@ class ModAddProblem(RowProblem):
 
     def _hidden_and_readout(self, P: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor,
                             op: torch.Tensor | None = None):
-        """The activations feeding the logits for operands ``a, b`` (S, N), and the map
+        """The activations feeding the logits for operands ``a, b`` (S, N), the map
         ``readout(h, rows)`` from activations at rows ``rows`` (S, n) of those to the logits there
-        (the rest of the network as it is)."""
+        (the rest of the network as it is; ``h`` may be one row, broadcast), and, where that map is
+        affine in ``h`` (no LayerNorm after the MLP), its linear part ``linear(h)``."""
         cfg = self.cfg
         if cfg.model == "mlp":
             return (mlp_hidden(P, a, b, cfg.d_embed, op),
-                    lambda h, rows: torch.baddbmm(P["b2"], h, P["W2"].transpose(1, 2)))
+                    lambda h, rows: torch.baddbmm(P["b2"], h, P["W2"].transpose(1, 2)),
+                    lambda h: torch.bmm(h, P["W2"].transpose(1, 2)))
         resid, hidden = transformer_parts(P, a, b, cfg, op)
 
         def readout(h, rows):
             return transformer_readout(P, torch.gather(resid, 1, rows[:, :, None].expand(-1, -1, resid.shape[-1])), h,
                                        cfg)
 
-        return hidden, readout
+        def linear(h):
+            return torch.bmm(torch.bmm(h, P["W_out"].transpose(1, 2)), P["W_U"])
+
+        return hidden, readout, (None if cfg.layernorm else linear)
 
     @torch.no_grad()
     def progress_metrics(self) -> dict[str, torch.Tensor]:
@@ -479,11 +484,11 @@ class ModAddProblem(RowProblem):
             for i, o in enumerate(ops):
                 lo_row, hi_row = self._op_start[i], self._op_start[i + 1]
                 sl = slice(lo_row, hi_row)
-                acts, readout = self._hidden_and_readout(Pc, self._a[sl].expand(n, -1), self._b[sl].expand(n, -1),
-                                                         self._op[sl].expand(n, -1))
+                acts, readout, linear = self._hidden_and_readout(Pc, self._a[sl].expand(n, -1),
+                                                                 self._b[sl].expand(n, -1), self._op[sl].expand(n, -1))
                 # this operation's training rows, as rows of its own block (splits are per operation)
                 train = self.train_idx[lo:lo + chunk, t_off[i]:t_off[i + 1]] - lo_row
-                r, e, k = restricted_excluded(acts, readout, self._y[sl], train, p, cfg.key_freqs, bases[o])
+                r, e, k = restricted_excluded(acts, readout, self._y[sl], train, p, cfg.key_freqs, bases[o], linear)
                 for store, v in zip(per_op[o], (r, e, k)):
                     store.append(v)
         res = {o: tuple(torch.cat(v) for v in per_op[o]) for o in ops}
