@@ -353,7 +353,10 @@ def _collect_seeds(task: str, task_obj, cfg, study_obj: Study, request: dict, se
             if claim.pending and not threads_set:
                 set_threads(threads if threads is not None else task_obj.default_threads)
                 threads_set = True
-            resumed.update({s: p.start for s, p in claim.pending.items() if p.start})
+            now_resumed = {s: p.start for s, p in claim.pending.items() if p.start}
+            for start, group in sorted(_by_start(now_resumed).items()):
+                log.info("resuming seed(s) %s from step %s (their last save point)", seed_label(group), f"{start:,}")
+            resumed.update(now_resumed)
             for label, start, group in _batches(task, claim.pending, seed_batch):
                 plans = [claim.pending[s] for s in group]
                 _train_batch(task_obj, cfg, study_obj, claim.schedule, plans, start, dev, data.value,
@@ -371,6 +374,14 @@ def _collect_seeds(task: str, task_obj, cfg, study_obj: Study, request: dict, se
         wanted = sorted(claim.held)
         _wait_for(study_obj, wanted, poll)
     return trained, sorted(elsewhere - set(trained)), resumed, claim.meta
+
+
+def _by_start(starts: Mapping[int, int]) -> dict[int, list[int]]:
+    """Seeds grouped by the step they resume from."""
+    out: dict[int, list[int]] = {}
+    for seed, start in sorted(starts.items()):
+        out.setdefault(start, []).append(seed)
+    return out
 
 
 def _check_device_name(name: str) -> str:

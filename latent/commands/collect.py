@@ -10,6 +10,8 @@ from . import add_dask_options
 
 class _Formatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
+        if record.levelno <= logging.INFO:  # a note, not a warning
+            return f"latent collect: {record.getMessage()}"
         return f"latent collect: {record.levelname.lower()}: {record.getMessage()}"
 
 
@@ -93,6 +95,7 @@ def run(args) -> int:
     logger = logging.getLogger("latent.collect")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.INFO)  # notes such as "resuming seed(s) ... from step ..." show too
 
     task = get_task(args.task)
     overrides = parse_overrides(task.config_class, args.overrides)
