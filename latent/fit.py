@@ -826,8 +826,13 @@ def _warn_selection(sel: HMMSelector, cfg: FitConfig) -> None:
 def _warn_stability(stability: dict, K: int, flagged: list[int]) -> None:
     used = stability["used"]
     if stability["failures"]:
-        log.warning("%d of %d stability resamples failed: %s", len(stability["failures"]),
-                    stability["resamples"], "; ".join(stability["failures"][:3]))
+        why: dict[str, int] = {}
+        for failure in stability["failures"]:
+            reason = failure.split(": ", 1)[-1]
+            why[reason] = why.get(reason, 0) + 1
+        log.warning("%d of %d stability resamples could not be refitted (%s); the stability counts use the %d "
+                    "that could", len(stability["failures"]), stability["resamples"],
+                    "; ".join(f"{reason}: {n}" for reason, n in why.items()), used)
     if not used:
         return
     for k in range(K):

@@ -257,7 +257,7 @@ def fit_restart(X_tr, len_tr, X_te, len_te, k, seed, covariance_type, n_iter, to
                     if not np.isfinite(ll):
                         reason = f"held-out log-likelihood is {ll}"
         except Exception as exc:  # hmmlearn/scipy raise ValueError/LinAlgError on degenerate fits
-            reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            reason = failure_reason(exc)
             if "underflow" in str(exc) and implementation != FALLBACK_IMPLEMENTATION:
                 continue
         break
@@ -270,6 +270,26 @@ def fit_restart(X_tr, len_tr, X_te, len_te, k, seed, covariance_type, n_iter, to
         n = X_te.shape[0]
         rec.update(loglik=ll, aic=criterion_value("aic", ll, p, n), bic=criterion_value("bic", ll, p, n))
     return rec
+
+
+#: library messages on degenerate fits, and what they mean in this tool's words
+_FAILURE_WORDS = (
+    ("must be symmetric, positive-definite", "a state's covariance collapsed (no longer positive definite)"),
+    ("underflow", "the state probabilities underflowed"),
+    ("singular matrix", "a state's covariance could not be inverted"),
+    ("not positive definite", "a state's covariance collapsed (no longer positive definite)"),
+    ("nan", "the fit produced non-finite parameters"),
+)
+
+
+def failure_reason(exc: BaseException) -> str:
+    """Why an EM fit failed, in this tool's words (a library's own message never reaches the user:
+    it names internals such as hmmlearn's ``'covars'``)."""
+    text = str(exc).lower()
+    for needle, words in _FAILURE_WORDS:
+        if needle in text:
+            return words
+    return f"the EM fit failed ({type(exc).__name__})"
 
 
 def min_state_rows(covariance_type: str, d: int) -> float:

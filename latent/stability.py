@@ -19,7 +19,7 @@ from scipy.optimize import linear_sum_assignment
 
 from .detours import OccupancyRegression, converging_states, detour_tests, entry_steps, paper_detours
 from .family import DEFAULT_FAMILY, get_family, repair_covars
-from .hmm import FALLBACK_IMPLEMENTATION, IMPLEMENTATION, stack_runs
+from .hmm import FALLBACK_IMPLEMENTATION, IMPLEMENTATION, failure_reason, stack_runs
 from .parallel import pmap
 
 N_PERM = 2000  # permutations per resample's detour tests (p resolution 5e-4)
@@ -43,7 +43,7 @@ def resample_job(data: dict, job: dict) -> dict:
                 fitted["covars"] = repair_covars(fitted["covars"])
                 path = fam.build(fitted, data["covariance_type"]).predict(Xb, lb)
         except Exception as exc:  # a degenerate resample is reported, not fatal
-            out["reason"] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            out["reason"] = failure_reason(exc)
             if "underflow" in str(exc) and implementation != FALLBACK_IMPLEMENTATION:
                 continue
             return out

@@ -141,8 +141,13 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
                 "One strip per run, sorted by convergence time (fastest at the top); the black tick marks "
                 "convergence.", fig, info))
 
-    fig = _new_figure(max(8.0, 1.1 * fit.n_states + 4.5), 8.4)
-    top, bottom = fig.subplots(2, 1)
+    testable = any((r.get("status") or "") == "tested" for r in fit.state_tests or [])
+    if testable or not fit.state_tests:
+        fig = _new_figure(max(8.0, 1.1 * fit.n_states + 4.5), 8.4)
+        top, bottom = fig.subplots(2, 1)
+    else:  # no state could be tested: the delay panel is a strip saying so, not an empty half page
+        fig = _new_figure(max(8.0, 1.1 * fit.n_states + 4.5), 5.6)
+        top, bottom = fig.subplots(2, 1, gridspec_kw={"height_ratios": [1, 3]})
     info = {"delays": F.plot_delays(top, fit), "regression": F.plot_regression(bottom, fit)}
     rule = fit.detour_rule.get("rule")
     mechanical = info["regression"].get("mechanical")
@@ -431,7 +436,11 @@ def summary_rows(fit: FitArtifacts, report_command: str | None) -> list[tuple[st
         rows.append(("Trajectory dissimilarity", f"{_fmt_num(diss.get('value'), 3)} "
                      f"<span class=dim>(ground metric: {_esc(diss.get('ground_metric', '?'))})</span>"))
     cmds = [("collect", meta.get("command")), ("fit", model.get("command")), ("report", report_command)]
-    rows.append(("Commands", "".join(f"<code>{_esc(cmd)}</code><br>" for _, cmd in cmds if cmd)))
+    first_n = (model.get("config") or {}).get("first_n")
+    note = ("<span class=dim>The fit command spells out every setting, defaults included"
+            + (f"; <code>--first-n {_esc(first_n)}</code>: at most the first {_fmt_num(first_n, 6)} checkpoints of "
+               "each run are fitted" if first_n is not None else "") + ".</span>")
+    rows.append(("Commands", "".join(f"<code class=cmd>{_esc(cmd)}</code><br>" for _, cmd in cmds if cmd) + note))
     return rows
 
 
@@ -734,7 +743,7 @@ table{border-collapse:collapse;margin:.5em 0}td,th{padding:.25em .6em;vertical-a
 table.summary th{white-space:nowrap;color:#444}table.summary tr{border-bottom:1px solid #eee}
 table.num td{text-align:right;font-variant-numeric:tabular-nums}table.num td.l{text-align:left}table.num{font-size:.9em;display:block;
  overflow-x:auto}table.num thead th{border-bottom:1px solid #999}
-code{font:.9em ui-monospace,Menlo,Consolas,monospace;background:#f4f4f4;padding:.1em .3em;word-break:break-all}
+code{font:.9em ui-monospace,Menlo,Consolas,monospace;background:#f4f4f4;padding:.1em .3em;overflow-wrap:break-word}
 figure{margin:.4em 0 1em}figure img{max-width:100%;height:auto;display:block}
 figcaption{color:#444;font-size:.92em;margin-top:.3em}.dim{color:#777;font-size:.9em}
 .sw{display:inline-block;width:.9em;height:.9em;margin-right:.4em;vertical-align:-.1em;border-radius:2px}

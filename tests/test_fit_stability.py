@@ -73,3 +73,14 @@ def test_each_state_entry_gets_an_interval_that_covers_where_the_truth_enters_it
             continue
         covered += iv["low"] - step <= np.median(entries) <= iv["high"] + step
     assert covered >= K - 2  # all but the start state, one miss allowed
+
+
+def test_library_failures_are_said_in_the_tools_words():
+    import numpy as np
+
+    from latent.hmm import failure_reason
+
+    said = failure_reason(ValueError("'covars' must be symmetric, positive-definite"))
+    assert said == "a state's covariance collapsed (no longer positive definite)" and "covars" not in said
+    assert failure_reason(np.linalg.LinAlgError("Singular matrix")) == "a state's covariance could not be inverted"
+    assert failure_reason(RuntimeError("something else")) == "the EM fit failed (RuntimeError)"
