@@ -56,6 +56,7 @@ from .features import (REFERENCE_FEATURES, SCALINGS, FeatureMatrix, available_fe
 from .family import DEFAULT_FAMILY, FAMILIES, FAMILY_WORDS, get_family
 from .hmm import COVARIANCES, CRITERIA, INITS, SELECTIONS, HMMSelector
 from .importance import transition_importance
+from .phase_names import NAMING_RULE, name_states
 from .schemas import ANALYSIS_FORMAT, MODEL_FORMAT
 from .store import Study, atomic_write_json, atomic_write_parquet, dumps_json
 from .trainmap import (
@@ -63,6 +64,7 @@ from .trainmap import (
     PHASE_DEFINITION,
     STEP_PERCENTILES,
     build_map,
+    entry_changes,
     map_to_data,
     performance_columns,
     phase_lines,
@@ -643,6 +645,12 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
     lap("audit")
     dissim = trajectory_dissimilarity(occupancy, ground_metric(params["means"]))
     importance = transition_importance(run_z, run_paths, params, fm.features, cfg.family)
+    # each arrow's change is the data's change on that move, as the state table's (one definition)
+    moves = entry_changes(run_paths, run_z, ENTRY_WINDOW)
+    for edge in importance:
+        total, n = moves[(edge["source"], edge["target"])]
+        for f in edge["features"]:
+            f["change_z"] = float(total[fm.features.index(f["feature"])] / n)
     conv_list = [conv[s] for s in fm.seeds]
     phases = _phases(table, fm, cfg, run_paths, run_z, K, meta)
     boundaries = boundary_sharpness(run_z, run_paths, params["means"], params["covars"])
@@ -745,9 +753,13 @@ def _phases(table: pd.DataFrame, fm: FeatureMatrix, cfg: FitConfig, run_paths, r
         for c in columns:
             metrics[c].append(pd.to_numeric(run[c], errors="coerce").to_numpy(dtype=float))
     states = state_phases(run_paths, run_steps, metrics, run_z, fm.features, K, window=ENTRY_WINDOW)
+    progress = "excluded_loss" in fm.features or "sum_sq_weights" in fm.features
+    rule = {"metric": cfg.metric, "threshold": cfg.threshold, "direction": cfg.direction}
+    for row, name in zip(states, name_states(states, rule, progress)):
+        row["name"] = name
     return {"metrics": columns, "step_unit": meta.get("step_unit", "step"), "window": ENTRY_WINDOW,
             "percentiles": list(STEP_PERCENTILES), "scaling": cfg.scaling, "definition": dict(PHASE_DEFINITION),
-            "states": states}
+            "naming": NAMING_RULE, "states": states}
 
 
 def _truth_line(study: Study, result: FitResult) -> str | None:

@@ -11,7 +11,8 @@ For target state k at time t the gradient of the filtered log-posterior is::
 summed it over states *and* features). For an edge j → k, every occurrence t (s_t = j and
 s_{t+1} = k on a run's Viterbi path; t is the last step in j) contributes |g_k(t)|, and the
 importance of each feature is the mean of these absolute vectors over all occurrences in all
-runs. The annotated change is μ_k − μ_j in z units.
+runs. The change annotated here is μ_k − μ_j in z units; ``latent fit`` replaces it with what the
+data do on the move (:func:`latent.trainmap.entry_changes`), the definition the state table uses.
 """
 
 from __future__ import annotations

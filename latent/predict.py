@@ -255,6 +255,49 @@ class FittedMap:
                 "level": level, "analogs": round(n_eff, 2)}
 
 
+    def baseline(self, step: float, level: float, exclude: int | None = None) -> dict:
+        """The forecast a run's state does not inform: the fitted runs' convergence steps, over the
+        runs not converged by ``step`` (``low``, ``median``, ``high``, ``runs``), with the same
+        order-statistic levels as :meth:`forecast`; and over every fitted run (``study_low``,
+        ``study_median``, ``study_high``). A forecast is worth its state only when it is sharper
+        than this (narrower, at the same coverage)."""
+        conv = np.array([a.conv for seed, a in self.analogs.items() if seed != exclude], dtype=float)
+        fin = lambda x: None if math.isinf(x) else float(x)  # noqa: E731 - None: beyond the horizon
+
+        def interval(v: np.ndarray) -> tuple:
+            if not len(v):
+                return None, None, None
+            n = len(v)
+            q_lo = math.floor((n + 1) * (1 - level) / 2) / n
+            q_hi = math.ceil((n + 1) * (1 + level) / 2) / n
+            w = np.ones(n)
+            med = weighted_quantiles(v, w, [0.5])[0]
+            lo = -math.inf if q_lo <= 0 else weighted_quantiles(v, w, [q_lo])[0]
+            hi = math.inf if q_hi > 1 else weighted_quantiles(v, w, [q_hi])[0]
+            return lo, med, hi
+
+        lo, med, hi = interval(conv[conv > step])
+        s_lo, s_med, s_hi = interval(conv)
+        return {"low": None if lo is None else (float(step) if math.isinf(lo) else fin(lo)),
+                "median": None if med is None else fin(med), "high": None if hi is None else fin(hi),
+                "runs": int((conv > step).sum()),
+                "study_low": None if s_lo is None or math.isinf(s_lo) else fin(s_lo),
+                "study_median": None if s_med is None else fin(s_med),
+                "study_high": None if s_hi is None else fin(s_hi)}
+
+
+def sharper(forecast: dict, baseline: dict) -> bool | None:
+    """Whether a forecast's interval is narrower than its baseline's (None when either has no
+    finite interval to compare; an open upper end is infinitely wide)."""
+    if forecast.get("low") is None or baseline.get("low") is None:
+        return None
+    width = math.inf if forecast.get("high") is None else forecast["high"] - forecast["low"]
+    base = math.inf if baseline.get("high") is None else baseline["high"] - baseline["low"]
+    if math.isinf(width) and math.isinf(base):
+        return None
+    return bool(width < base)
+
+
 def _dwell(path: np.ndarray, steps: np.ndarray) -> tuple[float, int]:
     """How long (in steps) the run has been in its last decoded state, and that state."""
     cur = int(path[-1])
@@ -361,6 +404,8 @@ def predict_run(fmap: FittedMap, run: pd.DataFrame, config: PredictConfig | None
                     "level": cfg.level, "analogs": None}
     else:
         forecast = fmap.forecast(post, path, steps, cfg.level, cfg.min_analogs, exclude=exclude)
+        forecast["baseline"] = fmap.baseline(step, cfg.level, exclude=exclude)
+        forecast["sharper"] = sharper(forecast, forecast["baseline"])
     if step > fmap.last_step:
         warnings.append(f"step {step:g} is past the fitted runs' last step {fmap.last_step:g}")
     return {
@@ -475,15 +520,22 @@ def backtest(fit: str | os.PathLike | FittedMap, table: pd.DataFrame, fractions:
             n = max(1, int(round(f * len(run))))
             res = predict_run(fmap, run.iloc[:n], cfg, exclude=int(seed) if leave_one_out else None)
             fc = res["forecast"]
+            base = fc.get("baseline") or {}
             row = {"seed": int(seed), "fraction": float(f), "step": res["step"], "converged_at": res["converged_at"],
-                   "true": true, "low": fc["low"], "high": fc["high"], "median": fc["median"], "method": fc["method"]}
+                   "true": true, "low": fc["low"], "high": fc["high"], "median": fc["median"], "method": fc["method"],
+                   "baseline_low": base.get("low"), "baseline_high": base.get("high")}
+            t = math.inf if true is None else true
             if res["converged_at"] is None and fc["method"] != "none":
                 lo = -math.inf if fc["low"] is None else fc["low"]
                 hi = math.inf if fc["high"] is None else fc["high"]
-                t = math.inf if true is None else true
                 row["covered"] = bool(lo <= t <= hi)
             else:
                 row["covered"] = None
+            if res["converged_at"] is None and base.get("low") is not None:
+                hi = math.inf if base.get("high") is None else base["high"]
+                row["baseline_covered"] = bool(base["low"] <= t <= hi)
+            else:
+                row["baseline_covered"] = None
             for d in fmap.detours:
                 later = np.flatnonzero(full_path[n:] == d)
                 before = bool(np.any(full_path[:n] == d))
@@ -497,9 +549,20 @@ def backtest(fit: str | os.PathLike | FittedMap, table: pd.DataFrame, fractions:
         scored = grp[grp["covered"].notna()]
         widths = [(h - l) for l, h in zip(scored["low"], scored["high"]) if l is not None and h is not None
                   and not (isinstance(h, float) and math.isnan(h)) and not (isinstance(l, float) and math.isnan(l))]
+        base_widths = [(h - l) for l, h in zip(scored["baseline_low"], scored["baseline_high"])
+                       if l is not None and h is not None and not (isinstance(h, float) and math.isnan(h))
+                       and not (isinstance(l, float) and math.isnan(l))]
+        base_scored = scored[scored["baseline_covered"].notna()]
+        width = float(np.median(widths)) if widths else None
+        base_width = float(np.median(base_widths)) if base_widths else None
         item = {"fraction": float(f), "n": int(len(scored)),
                 "coverage": float(scored["covered"].astype(bool).mean()) if len(scored) else None,
-                "median_width": float(np.median(widths)) if widths else None}
+                "median_width": width,
+                # the same runs, forecast without their state (the fitted runs still unconverged then)
+                "baseline_coverage": (float(base_scored["baseline_covered"].astype(bool).mean())
+                                      if len(base_scored) else None),
+                "baseline_median_width": base_width,
+                "sharpness_gain": (1 - width / base_width) if width is not None and base_width else None}
         for d in fmap.detours:
             pending = grp[grp[f"enters_{d}"].notna()]
             enters = pending[f"enters_{d}"].astype(bool)
@@ -579,16 +642,31 @@ def forecast_text(fc: dict) -> str:
     return f"{med} [{_num(fc['low'])}, {hi}]"
 
 
+def baseline_text(fc: dict) -> str:
+    """The forecast's baseline interval (``"1,700 [1,200, 2,600]"``), or ``"–"``."""
+    base = fc.get("baseline")
+    if not base or base.get("low") is None:
+        return "–"
+    hi = "beyond" if base["high"] is None else _num(base["high"])
+    med = "beyond" if base["median"] is None else _num(base["median"])
+    return f"{med} [{_num(base['low'])}, {hi}]"
+
+
 def table_lines(fmap: FittedMap, results: Mapping[str, dict]) -> list[str]:
-    """A compact text table of :func:`predict_run` results, one line per run."""
+    """A compact text table of :func:`predict_run` results, one line per run: the forecast, then
+    its baseline (the fitted runs still unconverged at that step, state ignored), the forecast
+    marked ``(no sharper)`` when it is not narrower than that."""
     risk_cols = [f"risk {d}" for d in fmap.detours]
     level = next(iter(results.values()))["forecast"]["level"] if results else 0.8
-    head = ["run", "step", "state (p)", "visited"] + risk_cols + [f"convergence ({level:.0%} interval)"]
+    head = (["run", "step", "state (p)", "visited"] + risk_cols
+            + [f"convergence ({level:.0%} interval)", "without the state"])
     rows = []
     for label, r in results.items():
+        fc = r["forecast"]
+        text = forecast_text(fc) + (" (no sharper)" if fc.get("sharper") is False else "")
         rows.append([label, _num(r["step"]), f"{r['state']} ({r['p_state']:.2f})" + (" detour" if r["in_detour"] else ""),
                      "-".join(str(s) for s in r["visited"])]
-                    + [f"{r['detour_risk'][str(d)]:.2f}" for d in fmap.detours] + [forecast_text(r["forecast"])])
+                    + [f"{r['detour_risk'][str(d)]:.2f}" for d in fmap.detours] + [text, baseline_text(fc)])
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda cells: "  ".join(str(c).ljust(w) for c, w in zip(cells, widths)).rstrip()  # noqa: E731
     return [fmt(head)] + [fmt(r) for r in rows]

@@ -101,6 +101,24 @@ def _stays(path: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(path[a]), int(a), int(b)) for a, b in zip(starts, stops)]
 
 
+def entry_changes(paths, z_runs, window: int = ENTRY_WINDOW) -> dict[tuple[int, int], tuple[np.ndarray, int]]:
+    """The change of every feature on each move from state j into state k, summed over the moves:
+    ``{(j, k): (sum over moves of after − before, number of moves)}``, where *after* is the mean z
+    over the first ``min(window, stay)`` checkpoints in k and *before* the mean over the last
+    ``min(window, stay)`` checkpoints of the stay in j just before. The one definition of "change on
+    entering" that the state table (per state, over every source) and the map's arrows (per edge)
+    both report."""
+    out: dict[tuple[int, int], tuple[np.ndarray, int]] = {}
+    for path, z in zip(paths, z_runs):
+        path, z = np.asarray(path), np.asarray(z, dtype=float)
+        stays = _stays(path)
+        for (j, a0, b0), (k, a1, b1) in zip(stays[:-1], stays[1:]):
+            change = z[a1:min(a1 + window, b1)].mean(axis=0) - z[max(b0 - window, a0):b0].mean(axis=0)
+            total, n = out.get((j, k), (0.0, 0))
+            out[(j, k)] = (total + change, n + 1)
+    return out
+
+
 def state_phases(
     paths,
     steps,
@@ -168,13 +186,10 @@ def state_phases(
             same = path[1:] == path[:-1]
             np.add.at(inc_sums, path[1:][same], (z[1:] - z[:-1])[same])
             np.add.at(inc_counts, path[1:][same], 1)
-        stays = _stays(path)
-        for (j, a0, b0), (k, a1, b1) in zip(stays[:-1], stays[1:]):
-            before = z[max(b0 - window, a0):b0].mean(axis=0)
-            after = z[a1:min(a1 + window, b1)].mean(axis=0)
-            sums[k] += after - before
-            entries[k] += 1
-            sources[k][j] = sources[k].get(j, 0) + 1
+    for (j, k), (total, n) in entry_changes(paths, z_runs, window).items():
+        sums[k] += total
+        entries[k] += n
+        sources[k][j] = sources[k].get(j, 0) + n
     out = []
     for k in range(K):
         mask = all_states == k
@@ -284,6 +299,8 @@ def build_map(
             ph = phases[k]
             G.nodes[k].update(metrics=dict(ph["metrics"]), steps=None if ph["steps"] is None else dict(ph["steps"]),
                               entries=ph["entries"], entry_change=list(ph["entry_change"][:top]))
+            if ph.get("name"):
+                G.nodes[k]["name"] = ph["name"]
     for (j, k), runs in sorted(trans.items()):
         if j == k:
             continue
@@ -418,5 +435,6 @@ def phase_lines(phases: dict, step_unit: str) -> list[str]:
              f"most, mean change over up to {phases.get('window', ENTRY_WINDOW)} checkpoints either side, z units; "
              "moving in it: the fastest mean change per checkpoint while runs stay in it):"]
     for row in phases["states"]:
-        lines.append(f"  state {row['state']}: {phase_text(row, step_unit)}")
+        name = f" · {row['name']}" if row.get("name") else ""
+        lines.append(f"  state {row['state']}{name}: {phase_text(row, step_unit)}")
     return lines

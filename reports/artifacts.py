@@ -226,6 +226,11 @@ class FitArtifacts:
         return nx.node_link_graph(data, edges=key)
 
     @cached_property
+    def state_names(self) -> dict[int, str]:
+        """Each state's name (``phases.states[*].name``; empty for fits from before names)."""
+        return {int(r["state"]): str(r["name"]) for r in (self.phases.get("states") or []) if r.get("name")}
+
+    @cached_property
     def detour_states(self) -> list[int]:
         """States the analysis marks as detours, sorted."""
         return sorted(int(d["state"]) for d in self.analysis["detours"])

@@ -414,6 +414,9 @@ def node_text(fit: FitArtifacts, state: int, n_total: int, metrics=None) -> str:
     attrs = g.nodes[state] if state in g.nodes else {}
     occ = float(attrs.get("occupancy") or 0.0)
     lines = [f"{occ:.0%} of time, {attrs.get('n_runs', '?')}/{n_total} runs"]
+    name = fit.state_names.get(int(state))
+    if name:
+        lines.insert(0, name)
     rows = {int(r["state"]): r for r in fit.phases.get("states") or []}
     row = rows.get(int(state))
     if row:
@@ -468,7 +471,7 @@ def plot_training_map(ax, fit: FitArtifacts, max_size: float = 2600.0, min_size:
     h_eff = max(h_pt - 36.0, 20.0)  # a constrained layout takes about this for the title and legend
     x_span = (max(xs0) - min(xs0) + 1.4) if xs0 else 1.4
     px = 0.92 * w_pt / x_span
-    n_metrics = len(map_metrics(fit))
+    n_metrics = len(map_metrics(fit)) + (1 if fit.state_names else 0)  # the name is one more line
 
     def plan(px, labels):
         d = min(math.sqrt(max_size), 0.5 * px)
@@ -1355,7 +1358,8 @@ def plot_forecast_backtest(ax, fit: FitArtifacts, backtest: dict | None = None) 
 
     Each run is cut after a share of its checkpoints and forecast from the others (leave one
     run out); coverage counts the runs not yet converged at the cut, whose number shrinks as
-    runs converge (printed above each point).
+    runs converge (printed above each point). The grey line is the baseline's median width: the
+    interval from every other run not converged by the same step, the run's state ignored.
     """
     bt = backtest if backtest is not None else forecast_backtest(fit)
     rows = [s for s in bt["summary"] if s["n"] > 0]
@@ -1370,6 +1374,11 @@ def plot_forecast_backtest(ax, fit: FitArtifacts, backtest: dict | None = None) 
     if len(rows):
         ax.plot(x, cov, "o-", color="#0072B2", lw=2, label="interval covered\nthe true step")
         ax.plot(x, width, "s:", color="#D55E00", lw=1.5, label=f"median interval width\n(% of the {fit.step_unit}s)")
+        base = np.array([np.nan if s.get("baseline_median_width") is None else
+                         100 * s["baseline_median_width"] / span for s in rows])
+        if np.isfinite(base).any():
+            ax.plot(x, base, "s-", color="#999999", lw=1, ms=4, zorder=1,
+                    label="median width without\nthe state (baseline)")
         if not small:
             for xi, ci, s in zip(x, cov, rows):
                 ax.annotate(f"n={s['n']}", (xi, ci), textcoords="offset points", xytext=(0, 6), ha="center",
@@ -1385,4 +1394,6 @@ def plot_forecast_backtest(ax, fit: FitArtifacts, backtest: dict | None = None) 
     handles, _ = ax.get_legend_handles_labels()
     _side_legend(ax, handles)
     ax.grid(alpha=0.3)
-    return {"fractions": x.tolist(), "coverage": cov.tolist(), "width": width.tolist(), "n": [s["n"] for s in rows]}
+    return {"fractions": x.tolist(), "coverage": cov.tolist(), "width": width.tolist(), "n": [s["n"] for s in rows],
+            "baseline_width": [None if s.get("baseline_median_width") is None else 100 * s["baseline_median_width"] / span
+                               for s in rows]}

@@ -548,23 +548,51 @@ def _transitions_html(fit: FitArtifacts) -> str:
     if table.empty:
         return "<p class=dim>No transitions between states were observed.</p>"
     unit = _esc(fit.step_unit)
+
+    def conv_text(r) -> str:
+        if r["convergence_mean"] is None or r["convergence_mean"] != r["convergence_mean"]:
+            return "–"
+        return _fmt_num(r["convergence_mean"], 5) + (
+            "" if r["convergence_std"] is None or r["convergence_std"] != r["convergence_std"]
+            else f" ± {_fmt_num(r['convergence_std'], 3)}")
+
+    convs = [conv_text(r) for _, r in table.iterrows()]
+    # a column that is the same on every row (in a chain every run takes every transition) says
+    # nothing per row: it becomes one sentence under the table
+    same = len(table) > 1 and len(set(convs)) == 1
     body = []
-    for _, r in table.iterrows():
+    for (_, r), conv in zip(table.iterrows(), convs):
         sw = lambda s: f"<span class=sw style='background:{F.state_color(int(s))}'></span>{int(s)}"  # noqa: E731
-        conv = "–" if r["convergence_mean"] is None or r["convergence_mean"] != r["convergence_mean"] else (
-            _fmt_num(r["convergence_mean"], 5)
-            + ("" if r["convergence_std"] is None or r["convergence_std"] != r["convergence_std"]
-               else f" ± {_fmt_num(r['convergence_std'], 3)}"))
         body.append(f"<tr><td>{sw(r['source'])} → {sw(r['target'])}</td><td>{int(r['runs'])}/{int(r['of'])}</td>"
-                    f"<td>{_fmt_num(r['prob'], 3)}</td><td class=l>{_esc(r['top_features'])}</td><td>{conv}</td></tr>")
+                    f"<td>{_fmt_num(r['prob'], 3)}</td><td class=l>{_esc(r['top_features'])}</td>"
+                    + ("" if same else f"<td>{conv}</td>") + "</tr>")
+    note = (f"<p class=dim>The runs taking each transition converge alike: {convs[0]} {unit}s (mean ± sd) on "
+            "every row, so that column is left out.</p>" if same else "")
     return ("<h3>Transitions</h3><table class=num><thead><tr><th>edge</th><th>runs</th><th>HMM probability</th>"
-            f"<th>top features by importance (change of state mean, z units)</th><th>convergence of these runs ({unit}s)</th>"
-            f"</tr></thead><tbody>{''.join(body)}</tbody></table>")
+            "<th>top features by importance (their change on this move, z units)</th>"
+            + ("" if same else f"<th>convergence of these runs ({unit}s)</th>")
+            + f"</tr></thead><tbody>{''.join(body)}</tbody></table>{note}")
 
 
 def _state_head(fit: FitArtifacts, s: int) -> str:
-    return f"<span class=sw style='background:{F.state_color(int(s))}'></span>state {int(s)}" + (
-        " ★" if int(s) in fit.detour_states else "")
+    name = fit.state_names.get(int(s))
+    return (f"<span class=sw style='background:{F.state_color(int(s))}'></span>state {int(s)}"
+            + (f" · {_esc(name)}" if name else "") + (" ★" if int(s) in fit.detour_states else ""))
+
+
+def _story_html(fit: FitArtifacts) -> str:
+    """The map in one paragraph of words, at the top of the page (fits from before state names: none)."""
+    from latent.phase_names import map_story
+
+    states = fit.phases.get("states") or []
+    if not states or not all(r.get("name") for r in states):
+        return ""
+    times = [t for t in (fit.analysis["convergence"].get("times") or {}).values() if t is not None]
+    story = map_story(states, [r["name"] for r in states], len(fit.seeds), fit.step_unit,
+                      fit.analysis["convergence"], float(np.median(times)) if times else None, fit.detours)
+    return (f"<p class=lead id='story'><b>The map in words.</b> {_esc(story)} <span class=dim>State names come "
+            f"from each state's own numbers by a fixed rule ({_esc(fit.phases.get('naming', ''))}); they are "
+            "labels for reading, not findings.</span></p>")
 
 
 def _table_html(fit: FitArtifacts) -> str:
@@ -743,7 +771,7 @@ table{border-collapse:collapse;margin:.5em 0}td,th{padding:.25em .6em;vertical-a
 table.summary th{white-space:nowrap;color:#444}table.summary tr{border-bottom:1px solid #eee}
 table.num td{text-align:right;font-variant-numeric:tabular-nums}table.num td.l{text-align:left}table.num{font-size:.9em;display:block;
  overflow-x:auto}table.num thead th{border-bottom:1px solid #999}
-code{font:.9em ui-monospace,Menlo,Consolas,monospace;background:#f4f4f4;padding:.1em .3em;overflow-wrap:break-word}
+code{font:.9em ui-monospace,Menlo,Consolas,monospace;background:#f4f4f4;padding:.1em .3em;overflow-wrap:anywhere}
 figure{margin:.4em 0 1em}figure img{max-width:100%;height:auto;display:block}
 figcaption{color:#444;font-size:.92em;margin-top:.3em}.dim{color:#777;font-size:.9em}
 .sw{display:inline-block;width:.9em;height:.9em;margin-right:.4em;vertical-align:-.1em;border-radius:2px}
@@ -761,18 +789,26 @@ def _forecasts_html(fit: FitArtifacts) -> str:
     bt = F.forecast_backtest(fit)
     detours = bt["detours"]
     head = ("<thead><tr><th>seen</th><th>runs not converged</th><th>interval covered</th><th>median width</th>"
+            "<th>without the state: covered</th><th>median width</th><th>sharpness gain</th>"
             + "".join(f"<th>detour {d}: runs still to enter / not</th><th>called right / falsely</th>" for d in detours)
             + "</tr></thead>")
     body = []
+    pct = lambda x: "–" if x is None else f"{100 * x:.0f} %"  # noqa: E731
     for s in bt["summary"]:
+        gain = s.get("sharpness_gain")
         cells = [f"{100 * s['fraction']:.0f} %", str(s["n"]),  # width in steps, as the forecasts
-                 "–" if s["coverage"] is None else f"{100 * s['coverage']:.0f} %",
-                 _fmt_num(s["median_width"])]
+                 pct(s["coverage"]), _fmt_num(s["median_width"]),
+                 pct(s.get("baseline_coverage")), _fmt_num(s.get("baseline_median_width")),
+                 "–" if gain is None else (f"{100 * gain:+.0f} %" + (" (no sharper)" if gain <= 0 else ""))]
         for d in detours:
             c = s[f"detour_{d}"]
             cells += [f"{c['enter']} / {c['pending'] - c['enter']}", f"{c['called_right']} / {c['false_calls']}"]
         body.append("<tr>" + "".join(f"<td>{_esc(x)}</td>" for x in cells) + "</tr>")
     note = ("" if detours else "<p>No detour state, so no detour calls.</p>")
+    note += ("<p class=dim>Without the state: the interval from every fitted run not converged by the same step "
+             "(what a forecaster knows who only knows the run has not converged yet); sharpness gain: 1 − the "
+             "forecast's median width / that interval's. A forecast is worth its state only when it gains at the "
+             "same coverage.</p>")
     return (f"<h3>By share of the run seen</h3>{note}<table class=num>{head}<tbody>{''.join(body)}</tbody></table>"
             f"<p class=dim>Forecast a run in progress: <code>latent predict --fit {_esc(fit.study.name)}/"
             f"{_esc(fit.fit_id)} STUDY</code>; follow a collection: <code>latent watch --fit ... --study STUDY</code>.</p>")
@@ -825,7 +861,7 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
         f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body><main>"
         f"<h1>{_esc(title)}</h1><p class=dim>Drawn from the saved fit in {_esc(fit.fit_dir)}; "
         "nothing was refitted.</p>"
-        f"<nav>{nav}</nav>{warnings}<h2 id='summary'>Summary</h2><table class=summary>{summary}</table>"
+        f"<nav>{nav}</nav>{warnings}{_story_html(fit)}<h2 id='summary'>Summary</h2><table class=summary>{summary}</table>"
         f"{''.join(sections)}</main></body></html>\n"
     )
 

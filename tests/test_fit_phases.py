@@ -131,6 +131,7 @@ def _brute_phases(root, truth_canonical, model, window=5):
     vals = {k: {c: [] for c in cols} for k in range(K)}
     steps = {k: [] for k in range(K)}
     changes = {k: [] for k in range(K)}
+    edge_changes = {}
     sources = {k: Counter() for k in range(K)}
     for seed, path in truth_canonical.items():
         run = pd.read_parquet(root / "runs" / f"seed-{seed:03d}.parquet")
@@ -150,6 +151,7 @@ def _brute_phases(root, truth_canonical, model, window=5):
                     after.append(z[u])
                     u += 1
                 changes[k].append(np.mean(after, axis=0) - np.mean(before, axis=0))
+                edge_changes.setdefault((int(j), int(k)), []).append(changes[k][-1])
                 sources[k][j] += 1
     out = {}
     for k in range(K):
@@ -166,6 +168,7 @@ def _brute_phases(root, truth_canonical, model, window=5):
             "entered_from": {str(j): c for j, c in sorted(sources[k].items())},
             "change": np.mean(changes[k], axis=0) if changes[k] else None,
         }
+    out["edges"] = {e: np.mean(v, axis=0) for e, v in edge_changes.items()}
     return out
 
 
@@ -207,6 +210,27 @@ def test_fitted_phases_equal_brute_force(fitted):
     assert d["entered_from"] == {str(relabel[0]): N_RUNS // 2} and d["runs"] == N_RUNS // 2
 
 
+def test_the_maps_arrows_and_the_state_table_report_one_change_on_entering(fitted):
+    """Each arrow's feature changes are the data's change on that move (brute force, per edge); for a
+    state entered from one state only, they are the state table's "entering it" numbers."""
+    root, truth, result = fitted
+    decoded = {int(s): g["state"].to_numpy() for s, g in result.paths.groupby("seed", sort=True)}
+    expect = _brute_phases(root, decoded, result.model)
+    edges = {(e["source"], e["target"]): e for e in result.analysis["map"]["edges"]}
+    assert set(edges) == set(expect["edges"])
+    for (j, k), edge in edges.items():
+        want = dict(zip(FEATURES, expect["edges"][(j, k)].tolist()))
+        assert edge["top_features"]
+        for f in edge["top_features"]:
+            assert f["change_z"] == pytest.approx(want[f["feature"]], abs=1e-9), (j, k, f)
+    for row in result.analysis["phases"]["states"]:
+        if len(row["entered_from"]) == 1:
+            (j,) = [int(x) for x in row["entered_from"]]
+            table = {c["feature"]: c["change_z"] for c in row["entry_change"]}
+            for f in edges[(j, row["state"])]["top_features"]:
+                assert f["change_z"] == pytest.approx(table[f["feature"]], abs=1e-12)
+
+
 def test_phases_reach_the_map_nodes_and_the_summary(fitted):
     _, _, result = fitted
     ph = {r["state"]: r for r in result.analysis["phases"]["states"]}
@@ -218,7 +242,7 @@ def test_phases_reach_the_map_nodes_and_the_summary(fitted):
     text = "\n".join(result.summary)
     assert "what each state means" in text
     for k, row in ph.items():
-        line = next(ln for ln in result.summary if ln.startswith(f"  state {k}: train_loss"))
+        line = next(ln for ln in result.summary if ln.startswith(f"  state {k} · {row['name']}: train_loss"))
         m = row["metrics"]
         st = row["steps"]
         assert f"val_acc {m['val_acc']:.2f}" in line and f"train_loss {m['train_loss']:.3g}" in line

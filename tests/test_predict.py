@@ -17,7 +17,7 @@ from scipy.stats import multivariate_normal
 
 from latent.cli import main
 from latent.fit import FitConfig, fit_study, write_fit
-from latent.predict import (FittedMap, PredictConfig, Watcher, _Analog, backtest, predict, predict_run,
+from latent.predict import (FittedMap, PredictConfig, Watcher, _Analog, backtest, predict, predict_run, sharper,
                             weighted_quantiles)
 from latent.simulate import SimConfig, simulate, write_study
 from latent.store import Study, atomic_write_json, atomic_write_parquet
@@ -136,6 +136,47 @@ def test_aligned_analogs_by_hand():
     fc = fmap.forecast(post, np.array([1, 1, 1, 1]), np.array([20.0, 21.0, 22.0, 23.0]), level=0.5, min_analogs=1)
     assert fc["analogs"] == 2.0 and fc["p_never"] == 0.0
     assert fc["median"] == 23.0 + (6.0 - 5.0)  # analog 0: aligned at 5, converges at 6
+
+
+def test_the_baseline_is_the_unconverged_runs_own_quantiles_by_hand():
+    # 19 fitted runs converging at 100, 200, ..., 1900 and one that never does
+    steps = np.arange(3.0)
+    a = {i: _Analog(steps, np.zeros(3, dtype=int), 100.0 * (i + 1)) for i in range(19)}
+    a[19] = _Analog(steps, np.zeros(3, dtype=int), math.inf)
+    fmap = _toy_map(a)
+    base = fmap.baseline(step=950.0, level=0.8)
+    # unconverged at 950: 1000..1900 and never, n = 11; levels floor(12*0.1)/11 = 1/11 and ceil(12*0.9)/11 = 1:
+    # the lower quantile is the 1st value (1000), the upper the 11th (never: open), the median the 6th (1500)
+    assert base["runs"] == 11 and base["low"] == 1000.0 and base["median"] == 1500.0 and base["high"] is None
+    # every run: n = 20, levels floor(2.1)/20 = 0.1 and ceil(18.9)/20 = 0.95: the 2nd (200) and 19th (1900)
+    assert base["study_low"] == 200.0 and base["study_high"] == 1900.0 and base["study_median"] == 1000.0
+    assert fmap.baseline(step=950.0, level=0.8, exclude=19)["high"] == 1900.0  # 10 left: the 10th value
+    # a forecast is "sharper" only when its interval is narrower than the baseline's
+    assert sharper({"low": 960.0, "high": 1200.0}, {"low": 1000.0, "high": 1900.0}) is True
+    assert sharper({"low": 960.0, "high": 2000.0}, {"low": 1000.0, "high": 1900.0}) is False
+    assert sharper({"low": 960.0, "high": None}, {"low": 1000.0, "high": 1900.0}) is False
+    assert sharper({"low": 960.0, "high": None}, {"low": 1000.0, "high": None}) is None
+
+
+def test_forecasts_carry_their_baseline_and_the_backtest_its_sharpness(planted, capsys):
+    fmap = planted["fmap"]
+    run = planted["held"][planted["held"]["seed"] == 45].head(30)
+    fc = predict_run(fmap, run)["forecast"]
+    if fc["method"] != "observed":
+        assert fc["baseline"] == fmap.baseline(float(run["step"].max()), 0.8)
+        assert fc["sharper"] == sharper(fc, fc["baseline"])
+    table = planted["table"][planted["table"]["seed"] < 40]
+    bt = backtest(fmap, table, fractions=(0.2, 0.5))
+    rows = pd.DataFrame(bt["rows"])
+    for item in bt["summary"]:
+        grp = rows[(rows["fraction"] == item["fraction"]) & rows["covered"].notna()]
+        widths = (grp["high"] - grp["low"]).dropna()
+        base = (grp["baseline_high"] - grp["baseline_low"]).dropna()
+        if len(widths) and len(base):
+            assert item["sharpness_gain"] == pytest.approx(1 - widths.median() / base.median())
+        scored = grp[grp["baseline_covered"].notna()]
+        if len(scored):
+            assert item["baseline_coverage"] == pytest.approx(scored["baseline_covered"].astype(bool).mean())
 
 
 def test_forecast_intervals_cover_held_out_convergence_at_about_the_nominal_rate(planted):

@@ -67,6 +67,8 @@ def run(args) -> int:
         for w in r["warnings"]:
             print(f"note: {label}: {w}")
     print("risk d: probability of entering detour state d before the fitted runs' horizon; "
-          "convergence: median forecast [interval] in " + fmap.step_unit + "s")
+          "convergence: median forecast [interval] in " + fmap.step_unit + "s; without the state: the same from "
+          "every fitted run not converged by that step (a forecast is worth its state only when it is narrower: "
+          "'(no sharper)' marks one that is not)")
     print(f"next: latent watch --fit {args.fit} --study STUDY   (follow a collection as it runs)")
     return 0
