@@ -12,8 +12,8 @@ mean performance in the state, how fast the HMM features move in it) and the con
 3. otherwise: **circuit forming** when the fit has the progress measures and excluded loss rises
    inside the state; else, by how far the convergence metric has come from where runs start (the
    lowest state mean, or the highest for a metric that must fall) toward the threshold: less than
-   half way, **memorised** when ``train_acc`` says the training set is fit, **not generalised**
-   when the study does not record it; half way or more, **generalising**;
+   a fifth of the way, **memorised** when ``train_acc`` says the training set is fit, **not
+   generalised** when the study does not record it; further, **generalising**;
 4. states with no decoded checkpoint are **unvisited**; states that share a name get letters in
    the order runs sit in them (median step): ``memorised a``, ``memorised b``.
 
@@ -32,12 +32,14 @@ NAMING_RULE = (
     "generalised: the convergence metric's mean in the state passes the threshold (cleanup instead when the "
     "progress measures show the sum of squared weights falling in it); fitting: otherwise, train_acc below 0.99; "
     "otherwise circuit forming when the progress measures show excluded loss rising in it, else by how far the "
-    "convergence metric has come from the states' lowest mean toward the threshold: under half way memorised "
-    "(train_acc at least 0.99) or not generalised (no train_acc recorded), half way or more generalising; "
+    "convergence metric has come from the states' lowest mean toward the threshold: under a fifth of the way "
+    "memorised (train_acc at least 0.99) or not generalised (no train_acc recorded), further generalising; "
     "unvisited: no checkpoint decoded in it; shared names get letters a, b, ... by median step"
 )
 
 TRAIN_FIT = 0.99
+#: share of the way from where runs start to the threshold below which a state has not generalised
+MEMORISED_BELOW = 0.2
 
 
 def _finite(x) -> bool:
@@ -104,7 +106,7 @@ def name_state(row: Mapping, convergence: Mapping, progress: bool = False, start
     knows_train = _finite(train_acc)
     if _finite(value) and _finite(threshold):
         base = float(value) if start is None else float(start)
-        if _progress_toward(float(value), base, float(threshold)) >= 0.5:
+        if _progress_toward(float(value), base, float(threshold)) >= MEMORISED_BELOW:
             return "generalising"
     return "memorised" if knows_train else "not generalised"
 
