@@ -43,6 +43,7 @@ be read across them.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field
 from itertools import combinations
@@ -376,6 +377,14 @@ class StudySummary:
     warnings: tuple = ()
     stale: str | None = None
     metric_variant: str | None = "reference"
+    #: what makes two studies' runs the same runs: task, config and metric variant (latent's runs are
+    #: deterministic in their seed); None for imported studies, whose runs cannot be matched
+    run_identity: str | None = None
+    seeds: tuple = ()
+    #: the fit's settings that change K, R² and the map (model.json ``config``)
+    fit_settings: tuple = ()
+    #: checkpoints per run the fit sees (the study's schedule, capped at the fit's first_n); None if unknown
+    checkpoints: int | None = None
 
 
 def _opt_float(x) -> float | None:
@@ -512,7 +521,23 @@ def summarize_fit(name: str, meta: dict, model: dict, analysis: dict, *, fit_id:
         warnings=tuple(str(w) for w in analysis.get("warnings") or ()),
         stale=_stale(study, model) if study is not None else None,
         metric_variant=_metric_variant(meta),
+        run_identity=(json.dumps([meta.get("task"), meta.get("config"), _metric_variant(meta)], sort_keys=True)
+                      if meta.get("task") and meta.get("config") is not None and not meta.get("source") else None),
+        seeds=tuple(sorted(int(x) for x in seeds_used)),
+        fit_settings=tuple(sorted((k, json.dumps(v, sort_keys=True)) for k, v in config.items())),
+        checkpoints=_checkpoints(meta, config),
     )
+
+
+def _checkpoints(meta: dict, config: dict) -> int | None:
+    """Checkpoints per finished run from the study's schedule, capped at the fit's ``first_n``."""
+    sched = meta.get("schedule") or {}
+    try:
+        n = int(sched["last"]) // int(sched["every"]) + 1 + (int(sched["last"]) % int(sched["every"]) > 0)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError):
+        return None
+    first_n = config.get("first_n")
+    return min(n, int(first_n)) if isinstance(first_n, int) else n
 
 
 def _metric_variant(meta: dict) -> str | None:
@@ -749,6 +774,34 @@ def _notes(summaries: Sequence[StudySummary], pairs: Sequence[PairTest]) -> list
     if len({s.features for s in summaries}) > 1:
         notes.append("The HMMs use different features, so K, the maps and the dissimilarities describe "
                      "different measurements.")
+    if len({s.n_runs for s in summaries}) > 1:
+        text = "; ".join(f"{s.name}: {s.n_runs}" for s in summaries)
+        notes.append(f"The studies have different numbers of runs ({text}). K, R² and the dissimilarity depend on "
+                     "the number of runs (more runs support more states and a tighter regression), so a difference "
+                     "in them can come from the run count alone: compare studies of equal size before reading it as a "
+                     "difference in dynamics (this comparison does not refit them on equal numbers of runs).")
+    counts = {s.name: s.checkpoints for s in summaries if s.checkpoints is not None}
+    if len(set(counts.values())) > 1:
+        notes.append("Runs have different numbers of checkpoints ("
+                     + "; ".join(f"{n}: {c}" for n, c in counts.items()) + " per finished run, as fitted), so states "
+                     "and dwell times are measured at different resolutions.")
+    if len({s.fit_settings for s in summaries}) > 1:
+        keys = sorted({k for s in summaries for k, _ in s.fit_settings})
+        differ = [k for k in keys if len({dict(s.fit_settings).get(k) for s in summaries}) > 1]
+        notes.append(f"The fits differ in their settings ({', '.join(differ)}), which can change K and the map "
+                     "by themselves.")
+    for i, a in enumerate(summaries):
+        for b in summaries[i + 1:]:
+            if a.run_identity is None or a.run_identity != b.run_identity:
+                continue
+            shared = sorted(set(a.seeds) & set(b.seeds))
+            if not shared:
+                continue
+            subset = (a.name if len(a.seeds) <= len(b.seeds) else b.name) if (
+                set(a.seeds) <= set(b.seeds) or set(b.seeds) <= set(a.seeds)) else None
+            notes.append(f"{a.name} and {b.name} share {len(shared)} runs (the same task, config, metric variant and "
+                         "seeds, so identical runs): they are not independent samples"
+                         + (f", and {subset}'s runs are all in the other" if subset else "") + ".")
     for s in summaries:
         if s.stale:
             notes.append(f"{s.name}: {s.stale}.")

@@ -365,3 +365,34 @@ def test_ls_lists_comparison_pages_after_the_studies(tmp_path, capsys):
     study_rows = [line.split()[0] for line in out.splitlines()[1:] if line and not line.startswith((" ", "comparisons"))]
     assert study_rows == ["a"]  # the comparisons folder is not a study
     assert f"a-vs-b (full-loglik-12345678): {page}" in out
+
+
+def test_unequal_or_overlapping_studies_are_said_to_be_so():
+    """Two studies with identical dynamics by construction (one is a subset of the other's runs): the
+    comparison must say that they differ in size and share runs, not leave K or R² to speak."""
+    from dataclasses import replace
+
+    from latent.compare import StudySummary, compare_studies, summarize_fit
+
+    meta = {"task": "modadd", "config": {"p": 59, "epochs": 2000}, "metric_variant": "reference",
+            "schedule": {"every": 10, "last": 2000, "steps_per_epoch": 1}}
+    model = {"n_states": 3, "config": {"first_n": 1000, "max_states": 8}, "seeds": {"used": list(range(40))}}
+    big = summarize_fit("big", meta, model, {}, fit_id="f")
+    small = summarize_fit("small", meta, {**model, "seeds": {"used": list(range(12))}}, {}, fit_id="f")
+    assert big.run_identity == small.run_identity and big.checkpoints == 201 and small.seeds == tuple(range(12))
+    notes = compare_studies([big, small]).notes
+    assert any("different numbers of runs (big: 40; small: 12)" in n for n in notes)
+    assert any("big and small share 12 runs" in n and "small's runs are all in the other" in n for n in notes)
+    assert not any("checkpoints" in n or "settings" in n for n in notes)  # same schedule, same fit settings
+    # another config: the same seeds are other runs; a shorter schedule and other fit settings are said
+    other = summarize_fit("other", {**meta, "config": {"p": 59, "epochs": 1000},
+                                    "schedule": {"every": 10, "last": 1000, "steps_per_epoch": 1}},
+                          {**model, "config": {"first_n": 1000, "max_states": 6}}, {}, fit_id="g")
+    notes = compare_studies([big, other]).notes
+    assert not any("share" in n for n in notes)
+    assert any("(big: 201; other: 101 per finished run" in n for n in notes)
+    assert any("differ in their settings (max_states)" in n for n in notes)
+    # imported studies (a source, no latent config) are never matched by seed
+    imported = replace(small, name="imp", run_identity=None)
+    assert not any("share" in n for n in compare_studies([big, imported]).notes)
+    assert isinstance(big, StudySummary)
