@@ -280,6 +280,15 @@ class Regression(Artifact):
     coef: list[float | None]
     ci_low: list[float | None]
     ci_high: list[float | None]
+    r2: float | None = None
+    p_value: float | None = None
+    f_stat: float | None = None
+    n_runs: Count | None = None
+
+
+class Dissimilarity(Artifact):
+    value: float | None = None
+    ground_metric: str | None = None
 
 
 class MapNode(Artifact):
@@ -362,6 +371,7 @@ class AnalysisFile(Artifact):
     regression: Regression
     detours: list[DetourRow]
     importance: list[dict[str, Any]]
+    dissimilarity: Dissimilarity | None = None
     states: list[StateRow] | None = None
     phases: Phases | None = None
     selection: Selection | None = None
