@@ -338,6 +338,7 @@ class PhaseRow(Artifact):
     entered_from: dict[DigitKey, Count] | None = None
     moving: list[dict[str, Any]] | None = None
     entry_change: list[dict[str, Any]] | None = None
+    name: str | None = None
 
 
 class Phases(Artifact):
@@ -347,6 +348,7 @@ class Phases(Artifact):
     scaling: str | None = None
     step_unit: str | None = None
     window: Count | None = None
+    naming: str | None = None
 
 
 class Selection(Artifact):
