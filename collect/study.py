@@ -730,7 +730,8 @@ def _resolve_groups(meta, request: dict, name: str, study_obj: Study, overwrite:
         LLCConfig(**had_llc).validate()
     except (TypeError, UserError) as exc:
         raise UserError(f"{study_obj.study_file} records the llc group without valid settings (llc: {had_llc!r}: "
-                        f"{exc}); fix the file, or replace the study with --overwrite") from None
+                        f"{exc}); fix the file (the command it records shows the settings used), or collect into a new "
+                        "study with --study NAME") from None
     if not request["llc_given"]:
         request["llc"] = dict(had_llc)  # resume with the study's own settings
     elif dict(had_llc) != request["llc"] and not overwrite:
