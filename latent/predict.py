@@ -243,17 +243,10 @@ class FittedMap:
         n_eff = float(w.sum() ** 2 / (w ** 2).sum())
         # order statistics of n exchangeable draws cover a new one with (j - i) / (n + 1):
         # widen the quantile levels so that an interval from few analogs keeps its nominal rate
-        n = max(int(math.floor(n_eff + 1e-9)), 1)
-        q_lo = math.floor((n + 1) * (1 - level) / 2) / n
-        q_hi = math.ceil((n + 1) * (1 + level) / 2) / n
-        med = weighted_quantiles(v, w, [0.5])[0]
-        lo = step if q_lo <= 0 else weighted_quantiles(v, w, [q_lo])[0]
-        hi = math.inf if q_hi > 1 else weighted_quantiles(v, w, [q_hi])[0]
-        fin = lambda x: None if math.isinf(x) else float(x)  # noqa: E731 - None: beyond the horizon
-        return {"method": "analogs" if n_eff >= min_analogs else "few analogs", "median": fin(med),
-                "low": fin(lo), "high": fin(hi), "p_never": float(w[np.isinf(v)].sum() / w.sum()),
-                "level": level, "analogs": round(n_eff, 2)}
-
+        lo, med, hi = order_interval(v, w, level, max(int(math.floor(n_eff + 1e-9)), 1))
+        return {"method": "analogs" if n_eff >= min_analogs else "few analogs", "median": _open(med),
+                "low": step if lo == -math.inf else _open(lo), "high": _open(hi),
+                "p_never": float(w[np.isinf(v)].sum() / w.sum()), "level": level, "analogs": round(n_eff, 2)}
 
     def baseline(self, step: float, level: float, exclude: int | None = None) -> dict:
         """The forecast a run's state does not inform: the fitted runs' convergence steps, over the
@@ -262,28 +255,33 @@ class FittedMap:
         ``study_median``, ``study_high``). A forecast is worth its state only when it is sharper
         than this (narrower, at the same coverage)."""
         conv = np.array([a.conv for seed, a in self.analogs.items() if seed != exclude], dtype=float)
-        fin = lambda x: None if math.isinf(x) else float(x)  # noqa: E731 - None: beyond the horizon
+        out: dict = {"low": None, "median": None, "high": None, "runs": int((conv > step).sum()),
+                     "study_low": None, "study_median": None, "study_high": None}
+        left = conv[conv > step]
+        if len(left):
+            lo, med, hi = order_interval(left, np.ones(len(left)), level, len(left))
+            out.update(low=float(step) if math.isinf(lo) else float(lo), median=_open(med), high=_open(hi))
+        if len(conv):
+            lo, med, hi = order_interval(conv, np.ones(len(conv)), level, len(conv))
+            out.update(study_low=None if math.isinf(lo) else float(lo), study_median=_open(med), study_high=_open(hi))
+        return out
 
-        def interval(v: np.ndarray) -> tuple:
-            if not len(v):
-                return None, None, None
-            n = len(v)
-            q_lo = math.floor((n + 1) * (1 - level) / 2) / n
-            q_hi = math.ceil((n + 1) * (1 + level) / 2) / n
-            w = np.ones(n)
-            med = weighted_quantiles(v, w, [0.5])[0]
-            lo = -math.inf if q_lo <= 0 else weighted_quantiles(v, w, [q_lo])[0]
-            hi = math.inf if q_hi > 1 else weighted_quantiles(v, w, [q_hi])[0]
-            return lo, med, hi
 
-        lo, med, hi = interval(conv[conv > step])
-        s_lo, s_med, s_hi = interval(conv)
-        return {"low": None if lo is None else (float(step) if math.isinf(lo) else fin(lo)),
-                "median": None if med is None else fin(med), "high": None if hi is None else fin(hi),
-                "runs": int((conv > step).sum()),
-                "study_low": None if s_lo is None or math.isinf(s_lo) else fin(s_lo),
-                "study_median": None if s_med is None else fin(s_med),
-                "study_high": None if s_hi is None else fin(s_hi)}
+def _open(x: float) -> float | None:
+    """None for an infinite step (beyond the horizon: a run that never converges), else the float."""
+    return None if math.isinf(x) else float(x)
+
+
+def order_interval(values: np.ndarray, weights: np.ndarray, level: float, n: int) -> tuple[float, float, float]:
+    """``(low, median, high)`` of a ``level`` interval from ``n`` exchangeable draws: order statistics
+    cover a new draw with (j − i) / (n + 1), so the quantile levels are widened to keep the nominal
+    rate with few draws; ``low`` is −inf and ``high`` +inf where the widened level leaves the sample."""
+    q_lo = math.floor((n + 1) * (1 - level) / 2) / n
+    q_hi = math.ceil((n + 1) * (1 + level) / 2) / n
+    med = weighted_quantiles(values, weights, [0.5])[0]
+    lo = -math.inf if q_lo <= 0 else weighted_quantiles(values, weights, [q_lo])[0]
+    hi = math.inf if q_hi > 1 else weighted_quantiles(values, weights, [q_hi])[0]
+    return lo, med, hi
 
 
 def sharper(forecast: dict, baseline: dict) -> bool | None:
