@@ -680,12 +680,23 @@ class Comparison:
     notes : tuple of str
         What the reader must know: different units, different convergence rules, censored runs
         at different τ, different features, stale fits.
+    equal_n, spreads, equal, subsamples
+        The comparison at equal size (:mod:`latent.equal_size`): the common run count, the larger
+        studies' subsample refits, the tests, and the subsamples asked per study.
     """
 
     studies: tuple
     pairs: tuple
     correction: str
     notes: tuple
+    #: the common size K, R², dissimilarity and detours are compared at (None: not compared at equal size)
+    equal_n: int | None = None
+    #: :class:`latent.equal_size.SubsampleSpread` of every study larger than ``equal_n``
+    spreads: tuple = ()
+    #: :class:`latent.equal_size.EqualTest` of every pair and quantity
+    equal: tuple = ()
+    #: subsamples asked per larger study (0 with ``--all-runs``)
+    subsamples: int = 0
 
     @property
     def n_tested(self) -> int:
@@ -706,6 +717,14 @@ class Comparison:
             "notes": list(self.notes),
             "studies": [asdict(s) for s in self.studies],
             "pairs": [asdict(p) for p in self.pairs],
+            "equal_size": None if self.equal_n is None else {
+                "n_runs": self.equal_n, "subsamples": self.subsamples,
+                "spreads": [sp.to_dict() for sp in self.spreads],
+                "tests": [asdict(t) for t in self.equal],
+                "method": "each larger study refitted on random subsamples of n_runs of its runs; the smaller "
+                          "value read against their spread by a two-sided Monte Carlo p, Holm-adjusted over "
+                          "every pair and quantity (latent/equal_size.py)",
+            },
         })
 
 
@@ -715,18 +734,29 @@ def _fmt(x, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def compare_studies(summaries: Sequence[StudySummary]) -> Comparison:
+def compare_studies(summaries: Sequence[StudySummary], spreads: Sequence = (), subsamples: int | None = None,
+                    alpha: float = 0.05) -> Comparison:
     """Pairwise tests of every pair of studies, Holm-adjusted, and the notes a reader needs.
 
     Parameters
     ----------
     summaries : sequence of StudySummary
         At least two.
+    spreads : sequence of SubsampleSpread
+        The larger studies refitted on subsamples of the smallest study's size
+        (:func:`latent.equal_size.refit_subsamples`); empty when the sizes are equal.
+    subsamples : int, optional
+        The subsamples asked per larger study; None or 0 when the comparison uses all runs
+        (``--all-runs``), which leaves the equal-size comparison out.
+    alpha : float
+        Level of the equal-size tests (after Holm's adjustment).
 
     Returns
     -------
     Comparison
     """
+    from .equal_size import equal_tests
+
     summaries = tuple(summaries)
     if len(summaries) < 2:
         raise UserError("compare needs at least two studies")
@@ -735,10 +765,15 @@ def compare_studies(summaries: Sequence[StudySummary]) -> Comparison:
     bf_adj = holm([p.bf_p if p.tested else None for p in raw])
     pairs = tuple(PairTest(**{**asdict(p), "mw_p_adjusted": m, "bf_p_adjusted": b})
                   for p, m, b in zip(raw, mw_adj, bf_adj))
-    return Comparison(studies=summaries, pairs=pairs, correction=CORRECTION, notes=tuple(_notes(summaries, pairs)))
+    spreads = tuple(spreads)
+    equal_n = min(s.n_runs for s in summaries) if subsamples else None
+    tests = equal_tests(summaries, {sp.study: sp for sp in spreads}, alpha) if subsamples else ()
+    return Comparison(studies=summaries, pairs=pairs, correction=CORRECTION,
+                      notes=tuple(_notes(summaries, pairs, bool(subsamples))), equal_n=equal_n, spreads=spreads,
+                      equal=tests, subsamples=int(subsamples or 0))
 
 
-def _notes(summaries: Sequence[StudySummary], pairs: Sequence[PairTest]) -> list[str]:
+def _notes(summaries: Sequence[StudySummary], pairs: Sequence[PairTest], equal: bool = False) -> list[str]:
     notes = []
     units: dict[str, list[str]] = {}
     for s in summaries:
@@ -776,10 +811,15 @@ def _notes(summaries: Sequence[StudySummary], pairs: Sequence[PairTest]) -> list
                      "different measurements.")
     if len({s.n_runs for s in summaries}) > 1:
         text = "; ".join(f"{s.name}: {s.n_runs}" for s in summaries)
-        notes.append(f"The studies have different numbers of runs ({text}). K, R² and the dissimilarity depend on "
-                     "the number of runs (more runs support more states and a tighter regression), so a difference "
-                     "in them can come from the run count alone: compare studies of equal size before reading it as a "
-                     "difference in dynamics (this comparison does not refit them on equal numbers of runs).")
+        n = min(s.n_runs for s in summaries)
+        notes.append(f"The studies have different numbers of runs ({text}). K, R², the dissimilarity and the detours "
+                     "depend on the number of runs (more runs support more states and a tighter regression), so a "
+                     "difference in them can come from the run count alone. "
+                     + (f"They are also compared at {n} runs ('at equal size'), each larger study refitted on subsamples "
+                        f"of {n} of its runs; the full-study values are not comparable across sizes."
+                        if equal else
+                        "This comparison uses all runs (--all-runs): read the full-study values as describing "
+                        "studies of different sizes, not a difference in dynamics."))
     counts = {s.name: s.checkpoints for s in summaries if s.checkpoints is not None}
     if len(set(counts.values())) > 1:
         notes.append("Runs have different numbers of checkpoints ("
@@ -810,7 +850,7 @@ def _notes(summaries: Sequence[StudySummary], pairs: Sequence[PairTest]) -> list
 
 def _r2(x) -> str:
     """R² with three decimals (it lies in [0, 1]; 2.2e-16 reads as 0.000)."""
-    return "–" if x is None or not math.isfinite(x) else f"{x:.3f}"
+    return "–" if x is None or not math.isfinite(x) else f"{x + 0.0:.3f}".replace("-0.000", "0.000")
 
 
 def _signed(x, digits: int = 4) -> str:
@@ -865,4 +905,92 @@ def text_table(comparison: Comparison) -> list[str]:
     if adjust:
         lines.append(f"p-values adjusted by Holm's method over the {comparison.n_tested} tested pairs "
                      "(location and spread separately)")
-    return lines
+    return lines + equal_lines(comparison)
+
+
+def _value(key: str, v) -> str:
+    if v is None:
+        return "–"
+    return str(int(round(v))) if key in ("n_states", "detours") and float(v).is_integer() else (
+        _r2(v) if key == "r2" else _fmt(v))
+
+
+def equal_cell(comparison: Comparison, study: StudySummary, key: str) -> str:
+    """One study's value of ``key`` at the common size: ``"3"`` or ``"3 [2–4]"`` (median [min–max])."""
+    spread = {sp.study: sp for sp in comparison.spreads}.get(study.name)
+    if spread is None:
+        from .equal_size import fit_values
+
+        return _value(key, fit_values(study.n_states, study.r2, study.dissimilarity, len(study.detours))[key])
+    sm = spread.summary(key)
+    if not sm["n"]:
+        return "–"
+    return f"{_value(key, sm['median'])} [{_value(key, sm['low'])}–{_value(key, sm['high'])}]"
+
+
+def equal_verdicts(comparison: Comparison) -> list[str]:
+    """One sentence per pair on K, R², dissimilarity and detours at the common size."""
+    out = []
+    n = comparison.equal_n
+    for a, b in combinations(comparison.studies, 2):
+        tests = [t for t in comparison.equal if t.a == a.name and t.b == b.name]
+        tested = [t for t in tests if t.p is not None]
+        if not tested:
+            out.append(f"{a.name} vs {b.name} at {n} runs: not tested (no subsample refit succeeded)")
+            continue
+        differ = [t for t in tested if t.differs]
+        outside = [t for t in tested if not t.differs and _outside(t)]
+        parts = []
+        for t in differ:
+            parts.append(f"{t.label} differs ({_outside(t) or _value(t.quantity, t.a_value) + ' vs ' + _value(t.quantity, t.b_value)}; "
+                         f"Monte Carlo p = {_fmt(t.p, 2)}, Holm {_fmt(t.p_adjusted, 2)})")
+        if outside:
+            parts.append("outside the subsamples' spread but not called different (smallest Holm-adjusted p "
+                         f"{_fmt(min(t.p_adjusted for t in outside), 2)}): "
+                         + ", ".join(f"{t.label} ({_outside(t)})" for t in outside))
+        if not parts:
+            top = min(t.p_adjusted for t in tested)
+            parts.append(f"no difference in K, R², dissimilarity or detours beyond what {n} runs vary by "
+                         f"(smallest Holm-adjusted p {_fmt(top, 2)})")
+        out.append(f"{a.name} vs {b.name} at {n} runs: " + "; ".join(parts))
+    need = None
+    if comparison.equal and not any(t.differs for t in comparison.equal):
+        from .equal_size import subsamples_for
+
+        floor = max((t.min_p for t in comparison.equal if t.min_p is not None), default=None)
+        m = sum(t.p is not None for t in comparison.equal)
+        need = subsamples_for(0.05, m)
+        if floor is not None and need > comparison.subsamples:
+            out.append(f"{comparison.subsamples} subsamples cannot give a p below {_fmt(floor, 2)}, so no difference "
+                       f"can be claimed from them; --subsamples {need} can test the {m} quantities at 0.05 "
+                       "after Holm's adjustment")
+    return out
+
+
+def _outside(t) -> str:
+    """``"small 5, big 2–4"`` when a value lies outside the other study's subsample range, else ''."""
+    for name, v, other, rng in ((t.b, t.b_value, t.a, t.a_range), (t.a, t.a_value, t.b, t.b_range)):
+        if v is None or rng is None:
+            continue
+        lo, hi = rng
+        if v > hi or v < lo:
+            return (f"{name} {_value(t.quantity, v)}, {other} {_value(t.quantity, lo)}–{_value(t.quantity, hi)}")
+    return ""
+
+
+def equal_lines(comparison: Comparison) -> list[str]:
+    """The equal-size block of the text output (empty when there is none)."""
+    if comparison.equal_n is None or not comparison.spreads:
+        return []
+    n = comparison.equal_n
+    which = "; ".join(f"{sp.study} refitted on {len(sp.draws)} subsamples of {n} of its {sp.of_runs} runs"
+                      + (f", {len(sp.failed)} failed" if sp.failed else "") for sp in comparison.spreads)
+    from .equal_size import QUANTITIES
+
+    rows = [("study",) + tuple(label for _, label in QUANTITIES)]
+    for s in comparison.studies:
+        rows.append((s.name,) + tuple(equal_cell(comparison, s, key) for key, _ in QUANTITIES))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["", f"at equal size, {n} runs ({which}; median [min–max]):"]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths)).rstrip() for r in rows]
+    return lines + equal_verdicts(comparison)

@@ -403,7 +403,7 @@ class _WarningLog(logging.Handler):
 
 
 def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None = None,
-              command: str | None = None, progress: bool = False) -> FitResult:
+              command: str | None = None, progress: bool = False, seeds=None) -> FitResult:
     """Fit a study; compute every artifact without writing anything.
 
     Parameters
@@ -417,6 +417,9 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
         The command line to record.
     progress : bool
         Show progress bars of the HMM restarts and resamples on stderr.
+    seeds : collection of int, optional
+        Fit only these runs (``latent compare`` refits subsamples this way); default every run.
+        The result is not a fit of the study: it is for reading, not for :func:`write_fit`.
 
     Raises
     ------
@@ -435,17 +438,18 @@ def fit_study(study: Study, config: FitConfig | None = None, n_jobs: int | None 
     handler = _WarningLog()
     log.addHandler(handler)
     try:
-        result = _fit(study, meta, cfg, n_jobs, command, progress, handler)
+        result = _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds)
     finally:
         log.removeHandler(handler)
     return result
 
 
-def _read_runs(study: Study, cfg: FitConfig) -> pd.DataFrame:
+def _read_runs(study: Study, cfg: FitConfig, seeds=None) -> pd.DataFrame:
     """The runs to fit: every run done; others (unfinished, being collected, damaged, not
     started) or runs with fewer checkpoints than the rest are refused by name, unless
     ``allow_partial``, which fits what is saved of them (never a damaged run) with a warning."""
-    table, statuses = study.read_finished_runs(allow_partial=True)
+    table, statuses = study.read_finished_runs(
+        seeds=None if seeds is None else sorted({int(s) for s in seeds}), allow_partial=True)
     problems = []
     for kind in ("partial", "running", "pending", "damaged"):
         seeds = sorted(s for s, st in statuses.items() if st.status == kind)
@@ -497,7 +501,7 @@ def _fmt_seeds(seeds) -> str:
     return ", ".join(map(str, seeds[:12])) + (f" and {len(seeds) - 12} more" if len(seeds) > 12 else "")
 
 
-def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
+def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> FitResult:
     clock = [time.perf_counter()]
     timings = {}
 
@@ -506,7 +510,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler) -> FitResult:
         timings[name] = timings.get(name, 0.0) + now - clock[-1]
         clock.append(now)
 
-    table = _read_runs(study, cfg)
+    table = _read_runs(study, cfg, seeds)
     if cfg.metric not in table.columns:
         raise UserError(
             f"convergence metric {cfg.metric!r} is not a column of the run tables; pass --metric "

@@ -255,7 +255,9 @@ def _signed(x, digits: int = 4) -> str:
 
 
 def _r2(x) -> str:
-    return "–" if x is None or not math.isfinite(float(x)) else f"{float(x):.3f}"
+    from latent.compare import _r2 as r2_text
+
+    return r2_text(None if x is None else float(x))
 
 
 def _p(x) -> str:
@@ -423,6 +425,33 @@ def _pairs_html(comparison: Comparison) -> str:
         f"valid for skewed times. {note} Pairs in different time units are not tested.</p>")
 
 
+def _equal_html(comparison: Comparison) -> str:
+    """The comparison at equal size: a table of values (median [min–max] for subsampled studies) and a
+    sentence per pair."""
+    from latent.compare import equal_cell, equal_verdicts
+    from latent.equal_size import QUANTITIES
+
+    n = comparison.equal_n
+    head = "".join(f"<th>{_esc(label)}</th>" for _, label in QUANTITIES)
+    spreads = {sp.study: sp for sp in comparison.spreads}
+    body = []
+    for s in comparison.studies:
+        sp = spreads.get(s.name)
+        how = (f"{len(sp.draws)} subsamples of {n} of its {sp.of_runs} runs"
+               + (f", {len(sp.failed)} failed" if sp.failed else "")) if sp else f"its {s.n_runs} runs"
+        body.append(f"<tr><td class=l>{_esc(s.name)} <span class=dim>({_esc(how)})</span></td>"
+                    + "".join(f"<td>{_esc(equal_cell(comparison, s, key))}</td>" for key, _ in QUANTITIES) + "</tr>")
+    verdicts = "".join(f"<li>{_esc(v)}</li>" for v in equal_verdicts(comparison))
+    return (f"<table class='num equal'><thead><tr><th>study (fitted on)</th>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table><ul>{verdicts}</ul>"
+            f"<p class=dim>Each larger study is refitted, with its fit's settings, on random subsamples of {n} of "
+            "its runs (the smallest study's size): median [min–max] over the subsamples. Under the same dynamics "
+            "the smaller study's value is one more draw from that spread; the two-sided Monte Carlo p counts the "
+            "subsamples at least as extreme (ties against a difference) and is Holm-adjusted over every pair and "
+            "quantity. A quantity is called different only when the adjusted p is at most the fit's alpha. "
+            "Convergence times need no refit: their tests below use every run.</p>")
+
+
 def _warnings_html(comparison: Comparison) -> str:
     items = []
     for s in comparison.studies:
@@ -477,7 +506,8 @@ def page_html(comparison: Comparison, fits: list[FitArtifacts], rendered: list[d
 
     nav = "".join(f"<a href='#{a}'>{t}</a>" for a, t in (
         ("notes", "Read this first") if comparison.notes else ("", ""),
-        ("side-by-side", "Side by side"), ("table1", "Table 1"), ("maps", "Training maps"),
+        ("side-by-side", "Side by side"), ("equal-size", "At equal size") if comparison.spreads else ("", ""),
+        ("table1", "Table 1"), ("maps", "Training maps"),
         ("convergence", "Convergence time"), ("warnings", "Fit warnings"), ("commands", "Commands")) if a)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -489,7 +519,9 @@ def page_html(comparison: Comparison, fits: list[FitArtifacts], rendered: list[d
         "<p class=dim>A detour is a state that some runs pass through and that delays their convergence "
         "(the fit's detour rule; see each study's report). Stability: in how many bootstrap resamples of the "
         "runs the state is a detour again. State numbers are per study.</p>"
-        f"<h2 id='table1'>Table 1, as in the paper</h2>{_table1_html(comparison)}"
+        + (f"<h2 id='equal-size'>At equal size: {comparison.equal_n} runs</h2>{_equal_html(comparison)}"
+           if comparison.spreads else "")
+        + f"<h2 id='table1'>Table 1, as in the paper</h2>{_table1_html(comparison)}"
         f"<section id='maps'><h2>Training maps</h2>{figure('training_maps')}</section>"
         f"<section id='convergence'><h2>Convergence time</h2>{figure('convergence')}{_stats_html(comparison)}"
         f"{_pairs_html(comparison)}</section>"

@@ -18,12 +18,15 @@ DESCRIPTION = (
     "and Brown-Forsythe for spread, Holm-adjusted with more than two studies). Each study's fit is chosen by "
     "the same flags as latent fit (defaults: the study's own features and convergence rule): a fit with those "
     "settings already in <study>/fits/<fit-id>/ is reused unchanged, a missing one is fitted first and the "
-    "command says so (--no-fit makes that an error). Writes <store>/comparisons/<A>-vs-<B>/<fit-id>/ "
+    "command says so (--no-fit makes that an error). When the studies differ in size, K, R², dissimilarity and "
+    "detours are also compared at the smallest study's size, each larger study refitted on --subsamples random "
+    "subsamples of that many runs (--all-runs skips this). Writes <store>/comparisons/<A>-vs-<B>/<fit-id>/ "
     "(index.html, comparison.json, figures). See docs/compare.md."
 )
 
 
 def add_parser(sub) -> None:
+    from ..equal_size import DEFAULT_SUBSAMPLES
     from ..fit import FitConfig
     from .fit import _int, add_fit_options
 
@@ -38,6 +41,13 @@ def add_parser(sub) -> None:
     p.add_argument("--no-fit", dest="no_fit", action="store_true",
                    help="never fit: a study without a fit for these settings is an error")
     p.add_argument("--open", action="store_true", help="open the page in the default browser, if there is one")
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--subsamples", type=_int, default=DEFAULT_SUBSAMPLES, metavar="N",
+                      help="when the studies differ in size, refit each larger one on N random subsamples of the "
+                           "smallest one's size and compare K, R², dissimilarity and detours there (default "
+                           f"{DEFAULT_SUBSAMPLES}; the refits are cached next to the fit)")
+    size.add_argument("--all-runs", dest="all_runs", action="store_true",
+                      help="compare the full studies only, whatever their sizes (no subsample refits)")
     fit_group = p.add_argument_group("fit settings (as for latent fit; they choose which fit is used)")
     add_fit_options(fit_group, defaults)
     fit_group.add_argument("--reference", action="store_true",
@@ -80,6 +90,7 @@ def run(args) -> int:
     from reports.compare import check_out_dir, write_comparison
 
     from ..compare import compare_studies, ensure_fits, plan_fits, summarize_fit, text_table
+    from ..equal_size import refit_subsamples
     from ..errors import UserError
     from ..store import resolve_study
     from .fit import config_from_args
@@ -89,6 +100,9 @@ def run(args) -> int:
                         "e.g. `latent compare modadd modadd-ln`")
     if args.jobs is not None and args.jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {args.jobs}")
+    if not args.all_runs and args.subsamples < 2:
+        raise UserError(f"--subsamples must be at least 2, got {args.subsamples} (--all-runs compares the full "
+                        "studies without subsamples)")
     config = config_from_args(args)
     studies = [resolve_study(args.store, s) for s in args.studies]
     plans = plan_fits(studies, config)  # every check (names, duplicates, settings) before any fit
@@ -115,7 +129,18 @@ def run(args) -> int:
         fits.append(fit)
         summaries.append(summarize_fit(p.study.name, fit.meta, fit.model, fit.analysis, fit_id=p.fit_id,
                                        root=str(p.study.root), fitted_now=p.fitted_now, study=p.study))
-    comparison = compare_studies(summaries)
+    subsamples = 0 if args.all_runs else args.subsamples
+    spreads = []
+    n = min(s.n_runs for s in summaries)
+    if subsamples and any(s.n_runs > n for s in summaries):
+        for p, s in zip(plans, summaries):
+            if s.n_runs > n:
+                spreads.append(refit_subsamples(p.study, p.config, p.fit_dir, p.fit_id, s.seeds, n, subsamples,
+                                                n_jobs=args.jobs, progress=sys.stderr.isatty(),
+                                                allow_fit=not args.no_fit, say=print))
+    else:
+        subsamples = 0
+    comparison = compare_studies(summaries, spreads, subsamples, alpha=plans[0].config.alpha)
     out_dir = Path(args.out) if args.out else default_out_dir(args.store, summaries)
     command = getattr(args, "command_line", None)
     path = write_comparison(comparison, fits, out_dir, command=command)
