@@ -330,7 +330,7 @@ def _side_by_side_html(comparison: Comparison, fits: list[FitArtifacts]) -> str:
         row("Time unit", [_esc(_unit_label(s.step_unit)) for s in studies]),
         row("Convergence", [conv(s) for s in studies]),
         row("K", [f"<b>{s.n_states}</b> <span class=dim>({_esc(s.selection)})</span>" for s in studies]),
-        row(f"Detours", [_detours_cell(s) + f"<br><span class=dim>{_esc(s.detour_rule)} rule</span>"
+        row("Detours", [_detours_cell(s) + f"<br><span class=dim>{_esc(s.detour_rule)} rule</span>"
                          for s in studies]),
         row("Forking map", [_fork_cell(s) for s in studies]),
         row("R² (occupancy regression)", [f"{_r2(s.r2)} <span class=dim>(p = {_p(s.r2_p)}, F = "

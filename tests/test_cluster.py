@@ -61,7 +61,7 @@ if hasattr(w.StudyWriter, "_unhooked_save"):
 
 def _cli(store_dir, *extra, seeds=SEEDS):
     args = ["collect", "--task", "parity", "--seeds", str(seeds), "--epochs", str(EPOCHS), "--store", str(store_dir),
-            "--threads", "1", "--save-every", "0", "--seed-batch", str(BATCH), "--quiet", *extra]
+            "--threads", "1", "--save-every", "0", "--seed-batch", str(BATCH), "--no-progress", *extra]
     for kv in PARITY:
         args += ["--set", kv]
     return args

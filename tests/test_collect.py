@@ -116,7 +116,7 @@ def _snapshot(root):
 
 
 def test_rerun_finished_study_does_nothing(tmp_path, capsys):
-    args = ["collect", "--task", "modadd", "--seeds", "2", "--epochs", "6", "--store", str(tmp_path), "--quiet",
+    args = ["collect", "--task", "modadd", "--seeds", "2", "--epochs", "6", "--store", str(tmp_path), "--no-progress",
             "--threads", "1"] + [x for kv in SMALL for x in ("--set", kv)]
     assert main(args) == 0
     import shlex
@@ -224,7 +224,7 @@ def test_bad_input_is_one_line_exit_2_and_store_untouched(tmp_path, capsys):
         cases.append((["--task", "modadd", "--device", "cuda", "--store", str(store)], "CUDA"))
     for args, needle in cases:
         capsys.readouterr()
-        rc = main(["collect", "--quiet", "--epochs", "2"] + args)
+        rc = main(["collect", "--no-progress", "--epochs", "2"] + args)
         err = capsys.readouterr().err
         assert rc == 2, (args, err)
         lines = err.strip().splitlines()
@@ -244,7 +244,7 @@ def test_cli_argument_errors_are_one_line(capsys):
 # --------------------------------------------------------------------------- kill and resume
 
 KILL_ARGS = ["--task", "modadd", "--seeds", "3", "--epochs", "150", "--threads", "1", "--save-every", "0",
-             "--quiet", "--set", "p=23", "--set", "d_hidden=64", "--set", "batch_size=64", "--set", "log_every=3"]
+             "--no-progress", "--set", "p=23", "--set", "d_hidden=64", "--set", "batch_size=64", "--set", "log_every=3"]
 
 
 def _run_cli(store, timeout=None):
@@ -296,7 +296,7 @@ def test_kill_minus_9_and_resume_gives_the_uninterrupted_rows(tmp_path):
 def test_paper_preset_and_layernorm_variant_run_end_to_end(tmp_path, capsys):
     # The reference transformer (p = 113, batch 2048) for one epoch; then the stabilised variant.
     args = ["collect", "--task", "modadd", "--preset", "paper", "--seeds", "2", "--epochs", "1", "--log-every", "1",
-            "--store", str(tmp_path), "--quiet", "--threads", "1"]
+            "--store", str(tmp_path), "--no-progress", "--threads", "1"]
     assert main(args) == 0
     study = Study(tmp_path / "modadd-paper")
     meta = study.read_meta()
@@ -326,7 +326,7 @@ def test_paper_layernorm_variant_defaults_to_the_papers_300_epochs(tmp_path, mon
 @pytest.mark.cifar
 def test_cifar_variant_flags_name_the_study_and_set_the_threshold(tmp_path, capsys):
     base = ["collect", "--task", "cifar", "--seeds", "1", "--epochs", "1", "--log-every", "1", "--store", str(tmp_path),
-            "--quiet", "--threads", "1", "--set", "n_train=32", "--set", "n_val=16", "--set", "batch_size=16"]
+            "--no-progress", "--threads", "1", "--set", "n_train=32", "--set", "n_val=16", "--set", "batch_size=16"]
     assert main(base + ["--no-batchnorm", "--no-residual"]) == 0
     cfg = Study(tmp_path / "cifar-destab").read_meta()["config"]
     assert (cfg["batchnorm"], cfg["residual"], cfg["threshold"]) == (False, False, 0.4)

@@ -46,7 +46,7 @@ def _collect(store_dir, seeds=1, epochs=EPOCHS, overrides=PARITY, **kw):
 
 def _cli(store_dir, seeds=1, epochs=EPOCHS, overrides=PARITY, extra=()):
     args = ["collect", "--task", "parity", "--seeds", str(seeds), "--epochs", str(epochs), "--store", str(store_dir),
-            "--threads", "1", "--save-every", "0", "--quiet", *extra]
+            "--threads", "1", "--save-every", "0", "--no-progress", *extra]
     for kv in overrides:
         args += ["--set", kv]
     return args

@@ -24,7 +24,7 @@ from latent.errors import UserError  # noqa: E402
 from latent.store import Study  # noqa: E402
 
 MODADD = ["--task", "modadd", "--set", "p=17", "--set", "d_embed=8", "--set", "d_hidden=16", "--set", "epochs=12",
-          "--set", "log_every=2", "--quiet"]
+          "--set", "log_every=2", "--no-progress"]
 SMALL = ["--llc", "chains=2", "--llc", "draws=5", "--llc", "burnin=2"]
 
 

@@ -18,7 +18,7 @@ from latent.cli import main
 from latent.store import REFERENCE_COLUMNS, Study
 
 MODADD = ["--task", "modadd", "--set", "p=17", "--set", "d_embed=8", "--set", "d_hidden=16", "--set", "epochs=6",
-          "--set", "log_every=3", "--quiet"]
+          "--set", "log_every=3", "--no-progress"]
 LOSSES = ["train_loss", "val_loss", "train_acc", "val_acc"]
 
 
@@ -96,7 +96,7 @@ def test_a_study_from_before_groups_resumes_and_extends_as_it_was(tmp_path):
     ("mnist", ["hidden=16", "n_train=64", "n_val=32", "batch_size=32", "epochs=1", "log_every=1"]),
 ])
 def test_every_task_records_the_function_group(tmp_path, task, extra):
-    args = ["collect", "--task", task, "--seeds", "2", "--store", str(tmp_path), "--quiet"]
+    args = ["collect", "--task", task, "--seeds", "2", "--store", str(tmp_path), "--no-progress"]
     for e in extra:
         args += ["--set", e]
     assert main(args) == 0

@@ -259,7 +259,7 @@ def test_training_loop_measures_every_tasks_weights_with_the_variant(case):
 
 # --------------------------------------------------------------------------- latent collect
 
-PARITY = ["--task", "parity", "--quiet", "--threads", "1", "--set", "n_bits=10", "--set", "hidden=8",
+PARITY = ["--task", "parity", "--no-progress", "--threads", "1", "--set", "n_bits=10", "--set", "hidden=8",
           "--set", "n_train=40", "--set", "n_val=20", "--set", "batch_size=16", "--epochs", "3", "--log-every", "1"]
 
 

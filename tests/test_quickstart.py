@@ -35,7 +35,7 @@ def test_the_readme_states_the_quick_start_commands():
 def test_the_quick_start_gives_the_numbers_the_readme_states(tmp_path):
     stated = _stated()
     env_cmd = [sys.executable, "-m", "latent"]
-    subprocess.run([*env_cmd, "collect", "--task", "modadd", "--seeds", "40", "--store", str(tmp_path), "--quiet"],
+    subprocess.run([*env_cmd, "collect", "--task", "modadd", "--seeds", "40", "--store", str(tmp_path), "--no-progress"],
                    check=True, capture_output=True, timeout=540)
     subprocess.run([*env_cmd, "fit", "--store", str(tmp_path), "-q"], check=True, capture_output=True, timeout=540)
     fit = next((tmp_path / "modadd" / "fits").iterdir())

@@ -292,7 +292,7 @@ def _write_cifar10(root, n=8, n_test=6):
 def test_cifar10_directory_study_end_to_end(tmp_path):
     x_test = _write_cifar10(tmp_path / "c10")
     args = ["collect", "--task", "cifar", "--seeds", "2", "--data-dir", str(tmp_path / "c10"), "--store",
-            str(tmp_path / "store"), "--quiet", "--threads", "1", "--set", "width=2", "--set", "n_train=0",
+            str(tmp_path / "store"), "--no-progress", "--threads", "1", "--set", "width=2", "--set", "n_train=0",
             "--set", "n_val=0", "--set", "batch_size=20", "--set", "epochs=1", "--set", "log_every=1",
             "--set", "batchnorm=false", "--set", "residual=false", "--set", "threshold=0.4"]
     assert main(args) == 0
@@ -311,7 +311,7 @@ def test_broken_cifar_directory_is_one_line_and_store_untouched(tmp_path, capsys
     _write_cifar10(tmp_path / "c10")
     f = tmp_path / "c10" / "data_batch_3"
     f.write_bytes(f.read_bytes()[:-40])
-    args = ["collect", "--task", "cifar", "--data-dir", str(tmp_path / "c10"), "--store", str(tmp_path / "store"), "--quiet"]
+    args = ["collect", "--task", "cifar", "--data-dir", str(tmp_path / "c10"), "--store", str(tmp_path / "store"), "--no-progress"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "data_batch_3 is truncated" in err and "\n" not in err and "Traceback" not in err

@@ -224,7 +224,7 @@ def test_text_directory_study_end_to_end(tmp_path, capsys):
     (d / "a.txt").write_text(" ".join(rng.choice(words, 600)) + ".", encoding="utf-8")
     (d / "b.txt").write_text(" ".join(rng.choice(words, 300)), encoding="utf-8")
     args = ["collect", "--task", "mlm", "--seeds", "2", "--data-dir", str(d), "--store", str(tmp_path / "store"),
-            "--quiet", "--threads", "1", *sum((["--set", s] for s in SMALL if not s.startswith("n_train")), [])]
+            "--no-progress", "--threads", "1", *sum((["--set", s] for s in SMALL if not s.startswith("n_train")), [])]
     assert main(args) == 0
     meta = Study(tmp_path / "store" / "mlm").read_meta()
     assert meta["data"]["source"] == "files" and meta["data"]["tokens"] == 901

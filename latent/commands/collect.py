@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import add_dask_options
+from . import add_dask_options, add_quiet
 
 
 class _Formatter(logging.Formatter):
@@ -73,7 +73,10 @@ def add_parser(sub) -> None:
                         "chains (2), draws (40), burnin (20), lr (1e-3), localization (100), nbeta (0: n/log n for n "
                         "training rows), batch_size (256); recorded in study.json (docs/collect.md)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing study of the same name whose config, metric variant or metric groups differ")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p, "the study directory")
+    p.add_argument("--no-progress", dest="no_progress", action="store_true",
+                   help="no progress bar (off a terminal it already prints only a line a minute); the summary "
+                        "still prints")
     add_dask_options(p, "train the seed batches (--seed-batch seeds each) as tasks on this Dask scheduler "
                         "(tcp://host:8786); the store must be on a file system every worker sees (docs/cluster.md)",
                      "collection")
@@ -95,7 +98,8 @@ def run(args) -> int:
     logger = logging.getLogger("latent.collect")
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
         logger.addHandler(_StderrHandler())
-    logger.setLevel(logging.INFO)  # notes such as "resuming seed(s) ... from step ..." show too
+    # notes such as "resuming seed(s) ... from step ..." show too, unless --quiet
+    logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
 
     task = get_task(args.task)
     overrides = parse_overrides(task.config_class, args.overrides)
@@ -150,7 +154,7 @@ def run(args) -> int:
             overwrite=args.overwrite,
             seed_batch=args.seed_batch,
             save_every=args.save_every,
-            progress=not args.quiet,
+            progress=not (args.quiet or args.no_progress),
             command=args.command_line,
             scheduler=args.scheduler,
             cluster=args.cluster,
@@ -159,6 +163,9 @@ def run(args) -> int:
     except StoreError as exc:
         raise UserError(f"{exc}; every run keeps its last save point, so rerun the same command to resume "
                         "once that is fixed") from None
+    if args.quiet:
+        print(result.study)
+        return 0
     _print_summary(result)
     if result.seeds_done == result.seeds_total:
         print(f"next: latent fit --store {args.store} --study {result.study.name}")

@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import open_in_browser
+from . import add_quiet, open_in_browser
 
 DESCRIPTION = (
     "Put two or more studies side by side: K, detours and their stability, R², the trajectory dissimilarity, "
@@ -41,6 +41,7 @@ def add_parser(sub) -> None:
     p.add_argument("--no-fit", dest="no_fit", action="store_true",
                    help="never fit: a study without a fit for these settings is an error")
     p.add_argument("--open", action="store_true", help="open the page in the default browser, if there is one")
+    add_quiet(p, "the page's path")
     size = p.add_mutually_exclusive_group()
     size.add_argument("--subsamples", type=_int, default=DEFAULT_SUBSAMPLES, metavar="N",
                       help="when the studies differ in size, refit each larger one on N random subsamples of the "
@@ -109,6 +110,8 @@ def run(args) -> int:
     if args.out:
         check_out_dir(args.out)
 
+    bars = not args.quiet and sys.stderr.isatty()
+    say = (lambda line: None) if args.quiet else print
     logger = logging.getLogger("latent")
     handler = None
     if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
@@ -117,8 +120,7 @@ def run(args) -> int:
     if logger.level == logging.NOTSET or logger.level > logging.WARNING:
         logger.setLevel(logging.WARNING)
     try:
-        plans = ensure_fits(plans, allow_fit=not args.no_fit, n_jobs=args.jobs, progress=sys.stderr.isatty(),
-                            say=print)
+        plans = ensure_fits(plans, allow_fit=not args.no_fit, n_jobs=args.jobs, progress=bars, say=say)
     finally:
         if handler is not None:
             logger.removeHandler(handler)
@@ -136,14 +138,20 @@ def run(args) -> int:
         for p, s in zip(plans, summaries):
             if s.n_runs > n:
                 spreads.append(refit_subsamples(p.study, p.config, p.fit_dir, p.fit_id, s.seeds, n, subsamples,
-                                                n_jobs=args.jobs, progress=sys.stderr.isatty(),
-                                                allow_fit=not args.no_fit, say=print))
+                                                n_jobs=args.jobs, progress=bars, allow_fit=not args.no_fit, say=say))
     else:
         subsamples = 0
     comparison = compare_studies(summaries, spreads, subsamples, alpha=plans[0].config.alpha)
     out_dir = Path(args.out) if args.out else default_out_dir(args.store, summaries)
     command = getattr(args, "command_line", None)
     path = write_comparison(comparison, fits, out_dir, command=command)
+    if args.quiet:
+        print(path)
+        for note in comparison.notes:  # what the reader must know is a warning here
+            print(f"latent compare: note: {note}", file=sys.stderr)
+        if args.open:
+            open_in_browser(path)
+        return 0
     print()
     for line in text_table(comparison):
         print(line)

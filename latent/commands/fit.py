@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import add_dask_options
+from . import add_dask_options, add_quiet
 
 
 DESCRIPTION = (
@@ -97,7 +97,7 @@ def add_parser(sub) -> None:
                    help="the reference's procedure: per-run scaling, one 80/20 split, mean BIC over 5 restarts, "
                         "the paper's detour rule (other flags still override)")
     p.add_argument("--jobs", type=_int, default=None, help="worker processes (default: all cores)")
-    p.add_argument("-q", "--quiet", action="store_true", help="print only the fit directory")
+    add_quiet(p, "the fit directory")
     add_dask_options(p, "run the restarts and resamples on this Dask scheduler (tcp://host:8786) instead of "
                         "--jobs local processes; same results (docs/cluster.md)", "fit")
     p.set_defaults(run=run)

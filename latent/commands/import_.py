@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import plain
+from . import add_quiet, plain
 from .collect import METRIC_VARIANTS
 
 SOURCES = ("table", "tensorboard", "checkpoints")
@@ -95,6 +95,7 @@ def add_parser(sub) -> None:
                            help="weight statistics as the reference code computes them (reference, the default) or "
                                 "as the paper words them (paper: population variances, mean and variance of the "
                                 "pooled singular values); recorded in study.json")
+        add_quiet(q, "the study directory")
         q.set_defaults(run=run)
 
 
@@ -130,7 +131,7 @@ def run(args) -> int:
     elif args.source == "tensorboard":
         from ..importers.tensorboard import read_tensorboard
 
-        runs, info = read_tensorboard(args.paths, tags=args.tags, progress=sys.stderr.isatty())
+        runs, info = read_tensorboard(args.paths, tags=args.tags, progress=not args.quiet and sys.stderr.isatty())
         info["step_unit"] = "step"
         source = {"kind": "tensorboard", "paths": info["paths"], "runs": info["runs"], "tags": info["tags"]}
     else:
@@ -148,8 +149,11 @@ def run(args) -> int:
     for line in prepared.warnings:
         print(f"latent import: warning: {line}", file=sys.stderr)
     study = write_external_study(store, name, prepared.tables, prepared.meta, overwrite=args.overwrite,
-                                 progress=sys.stderr.isatty())
-    _summary(study, prepared, args)
+                                 progress=not args.quiet and sys.stderr.isatty())
+    if args.quiet:
+        print(study.root)
+    else:
+        _summary(study, prepared, args)
     return 0
 
 
@@ -182,7 +186,7 @@ def _read_checkpoints(args, notes):
                         "install latent with torch (see README.md)") from None
     extra = {"heads": args.heads} if args.heads is not None else {}
     tables = checkpoint_runs(list(args.paths), step_pattern=args.step_pattern, include=tuple(args.include),
-                             exclude=tuple(args.exclude), workers=args.workers, progress=sys.stderr.isatty(),
+                             exclude=tuple(args.exclude), workers=args.workers, progress=not args.quiet and sys.stderr.isatty(),
                              metric_variant=args.metric_variant, **extra)
     where = str(args.paths[0]) if len(args.paths) == 1 else f"the checkpoints under {', '.join(args.paths)}"
     runs = []

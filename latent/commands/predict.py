@@ -70,5 +70,6 @@ def run(args) -> int:
           "convergence: median forecast [interval] in " + fmap.step_unit + "s; without the state: the same from "
           "every fitted run not converged by that step (a forecast is worth its state only when it is narrower: "
           "'(no sharper)' marks one that is not)")
-    print(f"next: latent watch --fit {args.fit} --study STUDY   (follow a collection as it runs)")
+    print(f"next: latent watch --store {args.store} --fit {args.fit} --study STUDY   (STUDY: a study being "
+          "collected; follows it as it runs)")
     return 0

@@ -10,7 +10,7 @@ import shlex
 import sys
 import time
 
-from . import open_in_browser, plain
+from . import add_quiet, open_in_browser, plain
 
 
 def add_parser(sub) -> None:
@@ -23,6 +23,7 @@ def add_parser(sub) -> None:
                    help="comma-separated metrics for the trajectory figure (default: l2,train_acc,val_acc; "
                         "the most important feature is always added)")
     p.add_argument("--open", action="store_true", help="open the report in the default browser, if there is one")
+    add_quiet(p, "the page's path")
     p.set_defaults(run=run)
 
 
@@ -51,10 +52,16 @@ def run(args) -> int:
     path = write_report(fit, report_command=getattr(args, "command_line", None) or _rebuild_command(args, fit),
                         metrics=metrics)
     print(path)
+    if args.quiet:
+        if args.open:
+            open_in_browser(path)
+        return 0
     print(f"rendered {len(fit.seeds)} runs in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
     # on stderr, so that stdout stays the page's path alone (for scripts)
-    print(f"next: latent predict --store {args.store} --fit {fit.study.name}/{fit.fit_id} RUN...   (new or running "
-          f"runs on this map), or latent compare {fit.study.name} OTHER", file=sys.stderr)
+    # placeholders are the metavars of each command's usage line, explained once
+    print(f"next: latent predict --store {args.store} --fit {fit.study.name}/{fit.fit_id} RUN [RUN ...]   (new or "
+          f"running runs on this map; RUN: a study, STUDY:SEED or a run table), or latent compare --store {args.store} "
+          f"{fit.study.name} STUDY [STUDY ...]   (STUDY: another study)", file=sys.stderr)
     if args.open:
         open_in_browser(path)
     return 0

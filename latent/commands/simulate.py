@@ -8,7 +8,7 @@ and docs/fit.md ("Validation").
 
 from __future__ import annotations
 
-from . import plain
+from . import add_quiet, plain
 
 
 def add_parser(sub) -> None:
@@ -37,6 +37,7 @@ def add_parser(sub) -> None:
     p.add_argument("--ramp", type=int, default=None,
                    help="realistic: checkpoints a transition takes (default 5)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seeds everything (default {d.seed})")
+    add_quiet(p, "the study directory")
     p.set_defaults(run=run)
 
 
@@ -66,6 +67,9 @@ def run(args) -> int:
                     separation=args.separation, seed=args.seed, **dynamics)
     table, truth = simulate(cfg)
     write_study(root, table, truth)
+    if args.quiet:
+        print(root)
+        return 0
     if truth.n_states is None:
         print(f"wrote {root}: {cfg.n_runs} runs of smooth drift (no discrete states, no detours)")
     else:

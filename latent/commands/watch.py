@@ -60,5 +60,6 @@ def run(args) -> int:
         return 0
     if finished:
         print(f"every run of {study.name} is done")
-        print(f"next: latent fit --study {study.name}   (or latent predict --fit {args.fit} {study.name})")
+        print(f"next: latent fit --store {args.store} --study {study.name}   (or latent predict --store {args.store} "
+              f"--fit {args.fit} {study.name})")
     return 0
