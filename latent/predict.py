@@ -478,7 +478,7 @@ def predict(fit: str | os.PathLike | FittedMap, runs: pd.DataFrame | Mapping[int
 
 
 def backtest(fit: str | os.PathLike | FittedMap, table: pd.DataFrame, fractions: Iterable[float] = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
-             config: PredictConfig | None = None, leave_one_out: bool = True) -> dict:
+             config: PredictConfig | None = None, leave_one_out: bool = True, law: bool = True) -> dict:
     """How well forecasts made part-way through runs come true, on runs whose end is known.
 
     Each run of ``table`` is cut after ``fraction`` of its checkpoints and predicted; the
@@ -496,17 +496,26 @@ def backtest(fit: str | os.PathLike | FittedMap, table: pd.DataFrame, fractions:
     fractions : iterable of float
     config : PredictConfig, optional
     leave_one_out : bool
+    law : bool
+        Also score the published laws of :mod:`latent.delay_law` on the same cuts (the norm law's
+        levels come from ``table``'s runs, each run left out of its own with ``leave_one_out``).
 
     Returns
     -------
     dict
         ``level``, ``rows`` (one per run and fraction: ``seed, fraction, step, converged_at,
-        true, low, high, median, covered, method, risk, enters``) and ``summary`` (one per
-        fraction: ``n, coverage, median_width, detour_calls`` ...).
+        true, low, high, median, covered, method, risk, enters``, the baseline's and the law's
+        ``baseline_*``, ``law_*``) and ``summary`` (one per fraction: ``n, coverage,
+        median_width, median_error``, the same for ``baseline_`` and ``law_``, ``sharpness_gain``,
+        ``detour_*``).
     """
+    from .delay_law import LogitLaw, NormLaw
+
     cfg = config or PredictConfig()
     cfg.validate()
     fmap = fit if isinstance(fit, FittedMap) else FittedMap(fit)
+    norm_law, logit_law = NormLaw(), LogitLaw()
+    levels = norm_law.levels(table, {s: a.conv for s, a in fmap.analogs.items()}) if law else {}
     rows = []
     for seed, run in table.groupby("seed", sort=True):
         run = run.sort_values("step", kind="stable")
@@ -534,6 +543,16 @@ def backtest(fit: str | os.PathLike | FittedMap, table: pd.DataFrame, fractions:
                 row["baseline_covered"] = bool(base["low"] <= t <= hi)
             else:
                 row["baseline_covered"] = None
+            row["baseline_median"] = base.get("median")
+            for name in LAWS if law else ():
+                lf = {"method": "none"}
+                if res["converged_at"] is None:
+                    part = run.iloc[:n]
+                    lf = (norm_law.forecast(part, levels, cfg.level, exclude=int(seed) if leave_one_out else None)
+                          if name == "norm" else logit_law.forecast(part, fmap.metric, fmap.threshold, cfg.level))
+                row.update({f"{name}_low": lf.get("low"), f"{name}_high": lf.get("high"),
+                            f"{name}_median": lf.get("median"), f"{name}_method": lf["method"],
+                            f"{name}_covered": _law_covered(lf, t)})
             for d in fmap.detours:
                 later = np.flatnonzero(full_path[n:] == d)
                 before = bool(np.any(full_path[:n] == d))
@@ -545,22 +564,26 @@ def backtest(fit: str | os.PathLike | FittedMap, table: pd.DataFrame, fractions:
     summary = []
     for f, grp in frame.groupby("fraction", sort=True):
         scored = grp[grp["covered"].notna()]
-        widths = [(h - l) for l, h in zip(scored["low"], scored["high"]) if l is not None and h is not None
-                  and not (isinstance(h, float) and math.isnan(h)) and not (isinstance(l, float) and math.isnan(l))]
-        base_widths = [(h - l) for l, h in zip(scored["baseline_low"], scored["baseline_high"])
-                       if l is not None and h is not None and not (isinstance(h, float) and math.isnan(h))
-                       and not (isinstance(l, float) and math.isnan(l))]
+        width = _median_width(scored["low"], scored["high"])
+        base_width = _median_width(scored["baseline_low"], scored["baseline_high"])
         base_scored = scored[scored["baseline_covered"].notna()]
-        width = float(np.median(widths)) if widths else None
-        base_width = float(np.median(base_widths)) if base_widths else None
         item = {"fraction": float(f), "n": int(len(scored)),
                 "coverage": float(scored["covered"].astype(bool).mean()) if len(scored) else None,
                 "median_width": width,
+                "median_error": _median_error(scored["median"], scored["true"]),
                 # the same runs, forecast without their state (the fitted runs still unconverged then)
                 "baseline_coverage": (float(base_scored["baseline_covered"].astype(bool).mean())
                                       if len(base_scored) else None),
                 "baseline_median_width": base_width,
+                "baseline_median_error": _median_error(scored["baseline_median"], scored["true"]),
                 "sharpness_gain": (1 - width / base_width) if width is not None and base_width else None}
+        for name in LAWS if law else ():
+            # a published law on the same runs (``<law>_n``: the runs it could forecast)
+            got = scored[scored[f"{name}_covered"].notna()]
+            item.update({f"{name}_n": int(len(got)),
+                         f"{name}_coverage": float(got[f"{name}_covered"].astype(bool).mean()) if len(got) else None,
+                         f"{name}_median_width": _median_width(got[f"{name}_low"], got[f"{name}_high"]),
+                         f"{name}_median_error": _median_error(got[f"{name}_median"], got["true"])})
         for d in fmap.detours:
             pending = grp[grp[f"enters_{d}"].notna()]
             enters = pending[f"enters_{d}"].astype(bool)
@@ -571,6 +594,41 @@ def backtest(fit: str | os.PathLike | FittedMap, table: pd.DataFrame, fractions:
         summary.append(item)
     return {"level": cfg.level, "fit": fmap.fit_id, "detours": fmap.detours, "step_unit": fmap.step_unit,
             "config": asdict(cfg), "rows": frame.to_dict(orient="records"), "summary": summary}
+
+
+#: the published laws a backtest scores beside the forecast (latent.delay_law)
+LAWS = ("norm", "logit")
+
+
+def _law_covered(lf: dict, t: float) -> bool | None:
+    """Whether a law's forecast covers the true step ``t`` (inf: never converges); None without one."""
+    if lf.get("method", "none") == "none":
+        return None
+    if lf.get("never"):
+        return bool(math.isinf(t))
+    lo = -math.inf if lf.get("low") is None else lf["low"]
+    return bool(lo <= t <= (math.inf if lf.get("high") is None else lf["high"]))
+
+
+def _finite(x) -> bool:
+    return x is not None and not (isinstance(x, float) and (math.isnan(x)))
+
+
+def _median_width(lows, highs) -> float | None:
+    """Median of ``high − low`` over the rows where both ends are finite."""
+    widths = [h - lo for lo, h in zip(lows, highs) if _finite(lo) and _finite(h)]
+    return float(np.median(widths)) if widths else None
+
+
+def _median_error(medians, truths) -> float | None:
+    """Median absolute error of the point forecasts against the true convergence step, over the runs
+    that converge (a never-converging run or an open median counts as an infinite error)."""
+    errs = []
+    for m, t in zip(medians, truths):
+        if not _finite(t):
+            continue
+        errs.append(math.inf if not _finite(m) else abs(float(m) - float(t)))
+    return float(np.median(errs)) if errs else None
 
 
 # --------------------------------------------------------------------------- inputs and text

@@ -810,8 +810,38 @@ def _forecasts_html(fit: FitArtifacts) -> str:
              "forecast's median width / that interval's. A forecast is worth its state only when it gains at the "
              "same coverage.</p>")
     return (f"<h3>By share of the run seen</h3>{note}<table class=num>{head}<tbody>{''.join(body)}</tbody></table>"
+            + _laws_html(bt) +
             f"<p class=dim>Forecast a run in progress: <code>latent predict --fit {_esc(fit.study.name)}/"
             f"{_esc(fit.fit_id)} STUDY</code>; follow a collection: <code>latent watch --fit ... --study STUDY</code>.</p>")
+
+
+def _laws_html(bt: dict) -> str:
+    """The forecast against the published laws of grokking delay (latent.delay_law) on the same cuts:
+    median absolute error of each point forecast, and each law's interval coverage and width."""
+    from latent.delay_law import LAW_TEXT
+    from latent.predict import LAWS
+
+    rows = [s for s in bt["summary"] if s["n"]]
+    if not rows or not any(s.get(f"{law}_n") for s in rows for law in LAWS):
+        return ""
+    pct = lambda x: "–" if x is None else f"{100 * x:.0f} %"  # noqa: E731
+    head = ("<thead><tr><th>seen</th><th>median error: forecast</th><th>without the state</th>"
+            + "".join(f"<th>{law} law</th>" for law in LAWS)
+            + "".join(f"<th>{law} law: covered</th><th>median width</th>" for law in LAWS) + "</tr></thead>")
+    body = []
+    for s in rows:
+        cells = [f"{100 * s['fraction']:.0f} %", _fmt_num(s.get("median_error")), _fmt_num(s.get("baseline_median_error"))]
+        cells += [_fmt_num(s.get(f"{law}_median_error")) for law in LAWS]
+        for law in LAWS:
+            cells += [pct(s.get(f"{law}_coverage")), _fmt_num(s.get(f"{law}_median_width"))]
+        body.append("<tr>" + "".join(f"<td>{_esc(x)}</td>" for x in cells) + "</tr>")
+    laws = "; ".join(f"<b>{law} law</b>: {_esc(LAW_TEXT[law])}" for law in LAWS)
+    return ("<h3>Against published laws of grokking delay</h3><p class=dim>The same cuts, forecast by two published "
+            f"first-passage laws that need no states: {laws}. Median error: the median absolute difference between a "
+            "point forecast and the true convergence step over the runs that converge (– where half or more have no "
+            "finite forecast). A law wins where its error is smaller at a coverage near the nominal one "
+            "(docs/predict.md, 'Against published laws').</p>"
+            f"<table class=num>{head}<tbody>{''.join(body)}</tbody></table>")
 
 
 def _png_width(png: bytes) -> int:
