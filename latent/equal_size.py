@@ -202,7 +202,9 @@ def refit_subsamples(study, config, fit_dir, fit_id: str, seeds_used: Sequence[i
         raise UserError(f"--no-fit: comparing at equal size needs {len(todo)} subsample refit(s) of {study.name} "
                         f"({n} of its {len(pool)} runs) that are not cached; drop --no-fit, or pass --all-runs to "
                         "compare the full studies only")
-    if todo:
+    if not todo:
+        say(f"study {study.name}: reusing {count} cached subsample refit(s) of {n} of its {len(pool)} runs ({path})")
+    else:
         say(f"study {study.name}: refitting {len(todo)} subsample(s) of {n} of its {len(pool)} runs, to compare at "
             f"equal size" + (f" ({count - len(todo)} cached)" if count > len(todo) else ""))
     for i in tqdm(todo, desc=f"{study.name}: subsamples of {n}", unit="fit", disable=not progress, leave=False):
