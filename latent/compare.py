@@ -53,7 +53,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .errors import UserError
-from .fit import FitConfig, fit_id, json_safe, read_fit  # noqa: F401 - read_fit: the documented reader
+from .artifacts import read_fit  # noqa: F401 - the documented reader of a fit (docs/compare.md)
+from .fit import FitConfig, fit_id, json_safe
 
 COMPARE_FORMAT = "latent.compare/1"
 CORRECTION = "holm"
@@ -179,7 +180,8 @@ def ensure_fits(plans: Sequence[FitPlan], allow_fit: bool = True, n_jobs: int | 
             say(f"study {p.study.name}: reusing fit {p.fit_id} ({p.fit_dir})")
             out.append(p)
             continue
-        from .fit import fit_study, write_fit
+        from .artifacts import write_fit
+        from .fit import fit_study
 
         say(f"study {p.study.name}: no fit with these settings yet ({p.fit_id}); fitting it now")
         try:

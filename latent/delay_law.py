@@ -38,6 +38,7 @@ backtest (:func:`latent.predict.backtest`) says how often its intervals hold.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -87,12 +88,17 @@ def passage(t: float, x: float, levels: np.ndarray, v: float) -> np.ndarray:
     return out
 
 
-def _interval(t: float, x: float, levels: np.ndarray, slope: float, se: float, m: int, level: float) -> dict:
+@functools.lru_cache(maxsize=256)
+def _t_quantile(q: float, df: int) -> float:
     from scipy import stats
 
+    return float(stats.t.ppf(q, df))
+
+
+def _interval(t: float, x: float, levels: np.ndarray, slope: float, se: float, m: int, level: float) -> dict:
     from .predict import _open, order_interval
 
-    half = float(stats.t.ppf((1 + level) / 2, m - 2)) * se
+    half = _t_quantile((1 + level) / 2, m - 2) * se
     bounds = (slope - half, slope + half)
     mid = passage(t, x, levels, slope)
     # the faster drift (towards the median level) gives the early end, the slower the late end

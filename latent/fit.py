@@ -21,13 +21,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -57,8 +53,9 @@ from .family import DEFAULT_FAMILY, FAMILIES, FAMILY_WORDS, get_family
 from .hmm import COVARIANCES, CRITERIA, INITS, SELECTIONS, HMMSelector
 from .importance import transition_importance
 from .phase_names import NAMING_RULE, name_states
+from .artifacts import load_fit, read_fit, write_fit  # noqa: F401 - the fit's files live in latent.artifacts
 from .schemas import ANALYSIS_FORMAT, MODEL_FORMAT
-from .store import Study, atomic_write_json, atomic_write_parquet, dumps_json
+from .store import Study, dumps_json
 from .trainmap import (
     ENTRY_WINDOW,
     PHASE_DEFINITION,
@@ -986,69 +983,3 @@ def _fmt(x, digits: int = 4) -> str:
     if x is None or (isinstance(x, float) and not math.isfinite(x)):
         return "n/a"
     return f"{x:.{digits}g}"
-
-
-def write_fit(study: Study, result: FitResult) -> Path:
-    """Write ``fits/<fit-id>/`` atomically: build it in a temporary directory, then rename over."""
-    from . import locks
-    from .store import replace_lock_path, tidy_replaced
-
-    fits = study.fits_dir
-    fits.mkdir(parents=True, exist_ok=True)
-    with locks.acquire(replace_lock_path(fits, result.fit_id)):
-        for line in tidy_replaced(fits, result.fit_id, f".tmp-{result.fit_id}-*", f".old-{result.fit_id}-*", "fit"):
-            log.info("fits of %s: %s (left by a killed fit)", study.name, line)
-        return _install_fit(fits, result)
-
-
-def _install_fit(fits: Path, result: FitResult) -> Path:
-    final = fits / result.fit_id
-    tmp = Path(tempfile.mkdtemp(dir=fits, prefix=f".tmp-{result.fit_id}-"))
-    old = None
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it private; a fit directory is not
-        atomic_write_parquet(tmp / "paths.parquet", result.paths)
-        atomic_write_json(tmp / "analysis.json", result.analysis)
-        atomic_write_json(tmp / "model.json", result.model)
-        if final.exists():
-            old = Path(tempfile.mkdtemp(dir=fits, prefix=f".old-{result.fit_id}-"))
-            os.rename(final, old / "fit")
-        os.rename(tmp, final)
-    except BaseException:
-        if old is not None and (old / "fit").exists() and not final.exists():
-            os.rename(old / "fit", final)
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    finally:
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    return final
-
-
-def load_fit(fit_dir: str | os.PathLike) -> tuple[dict, pd.DataFrame, dict]:
-    """``model.json``, ``paths.parquet`` and ``analysis.json`` of a fit, each checked against its
-    schema and against each other (latent.schemas; no pickle)."""
-    from .schemas import check_fit
-    from .store import read_parquet
-
-    fit_dir = Path(fit_dir)
-    model, analysis = read_fit(fit_dir)
-    paths = read_parquet(fit_dir / "paths.parquet", "fit paths", hint="rerun `latent fit`")
-    check_fit(model, analysis, paths, where=fit_dir)
-    return model, paths, analysis
-
-
-def read_fit(fit_dir: str | os.PathLike) -> tuple[dict, dict]:
-    """``(model, analysis)`` of a fit directory, each checked against its schema and the two
-    against each other (no pickle)."""
-    from .schemas import check_fit, read_artifact
-
-    fit_dir = Path(fit_dir)
-    if not (fit_dir / "model.json").is_file():
-        raise UserError(f"no fit at {fit_dir} (no model.json); `latent ls` lists the fits")
-    model = read_artifact("model", fit_dir / "model.json", hint="rerun `latent fit`")
-    analysis = read_artifact("analysis", fit_dir / "analysis.json", hint="rerun `latent fit`")
-    check_fit(model, analysis, where=fit_dir)
-    return model, analysis

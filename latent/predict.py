@@ -47,6 +47,7 @@ from .errors import UserError
 from .features import measured_rows, zscore
 from .family import DEFAULT_FAMILY, FAMILIES
 from .hmm import build_hmm
+from .artifacts import resolve_fit  # noqa: F401 - the one fit resolver, where predict's users look for it
 from .schemas import read_artifact
 from .store import read_parquet
 
@@ -101,7 +102,7 @@ class FittedMap:
     """
 
     def __init__(self, fit_dir: str | os.PathLike):
-        from .fit import load_fit
+        from .artifacts import load_fit
 
         fit_dir = Path(fit_dir)
         model, paths, analysis = load_fit(fit_dir)  # each file checked against its schema (latent.schemas)
@@ -422,26 +423,6 @@ def predict_run(fmap: FittedMap, run: pd.DataFrame, config: PredictConfig | None
         "forecast": forecast,
         "warnings": warnings,
     }
-
-
-def resolve_fit(fit: str | os.PathLike, store: str | os.PathLike = "data") -> Path:
-    """A fit directory from a path, ``STUDY/FIT_ID``, or a study name (its most recent fit)."""
-    from .store import resolve_study
-
-    text = str(fit)
-    p = Path(text)
-    if (p / "model.json").is_file():
-        return p
-    parts = text.rstrip("/").split("/")
-    if len(parts) == 2 and (Path(store) / parts[0] / "fits" / parts[1] / "model.json").is_file():
-        return Path(store) / parts[0] / "fits" / parts[1]
-    if len(parts) >= 2 and parts[-2] == "fits":
-        raise UserError(f"no fit at {text} (no model.json); `latent ls` lists the fits")
-    study = resolve_study(store, text)
-    fits = study.fit_ids()
-    if not fits:
-        raise UserError(f"study {study.name!r} has no fit yet; run `latent fit --study {study.name}` first")
-    return study.fits_dir / fits[-1]
 
 
 def predict(fit: str | os.PathLike | FittedMap, runs: pd.DataFrame | Mapping[int, pd.DataFrame],

@@ -29,7 +29,8 @@ import numpy as np
 import pandas as pd
 
 from latent.errors import UserError
-from latent.fit import load_fit as load_fit_files
+from latent.artifacts import choose_fit  # noqa: F401 - the one chooser, re-exported for report users
+from latent.artifacts import load_fit as load_fit_files
 from latent.schemas import STATE_STATUSES
 from latent.store import Study, resolve_study
 
@@ -351,23 +352,6 @@ def _compute_phases(fit: FitArtifacts) -> dict:
 
 
 # --------------------------------------------------------------------------- loading
-
-
-def choose_fit(study: Study, fit: str | None = None) -> str:
-    """The fit id to use: ``fit`` if given (checked), else the most recent fit of ``study``."""
-    fits = study.fit_ids()
-    if fit is not None:
-        if os.sep in fit or "/" in fit or fit in ("", ".", ".."):
-            raise UserError(f"invalid fit id {fit!r}: pass the name of a directory under {study.fits_dir}")
-        if not (study.fits_dir / fit).is_dir():
-            have = ", ".join(fits) if fits else "none"
-            raise UserError(f"fit {fit!r} not found in {study.fits_dir} (fits: {have}); `latent ls` lists them")
-        return fit
-    if not fits:
-        raise UserError(
-            f"study {study.name!r} has no fit yet; run `latent fit --study {study.name}` first"
-        )
-    return fits[-1]
 
 
 def load_fit(store: str | os.PathLike = "data", study: str | os.PathLike | None = None,

@@ -4,6 +4,9 @@ Each module defines ``add_parser(subparsers)`` and ``run(args) -> int``. Modules
 packages (torch, matplotlib) inside ``run`` only, so ``latent fit`` never imports torch.
 """
 
+import logging
+import sys
+
 COMMANDS = ("collect", "fit", "report", "ls", "simulate", "compare", "predict", "watch", "import_")
 
 
@@ -24,6 +27,41 @@ def open_in_browser(path) -> None:
         return
     if not browser.open(path.resolve().as_uri()):
         print("the browser did not start; open the path above by hand", file=sys.stderr)
+
+
+class StderrHandler(logging.StreamHandler):
+    """The ``latent`` loggers on stderr, as ``latent <command>: warning: ...`` (a note at INFO
+    level as ``latent <command>: ...``), following ``sys.stderr`` if it is replaced (pytest)."""
+
+    def __init__(self, command: str):
+        super().__init__(sys.stderr)
+        self.command = command
+        self.setFormatter(_CommandFormatter(command))
+
+    def emit(self, record):
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+class _CommandFormatter(logging.Formatter):
+    def __init__(self, command: str):
+        super().__init__()
+        self.command = command
+
+    def format(self, record: logging.LogRecord) -> str:
+        if record.levelno <= logging.INFO:  # a note, not a warning
+            return f"latent {self.command}: {record.getMessage()}"
+        return f"latent {self.command}: {record.levelname.lower()}: {record.getMessage()}"
+
+
+def log_to_stderr(logger: logging.Logger, command: str) -> StderrHandler | None:
+    """Add a :class:`StderrHandler` for ``command`` to ``logger`` unless it has one; return the handler
+    added (None if there was one already), so that a command can remove it when done."""
+    if any(isinstance(h, StderrHandler) and h.command == command for h in logger.handlers):
+        return None
+    handler = StderrHandler(command)
+    logger.addHandler(handler)
+    return handler
 
 
 QUIET_HELP = ("print only {what} on stdout, for scripts: no progress bars, summaries or next-step hints "

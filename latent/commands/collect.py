@@ -5,26 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import add_dask_options, add_quiet
-
-
-class _Formatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        if record.levelno <= logging.INFO:  # a note, not a warning
-            return f"latent collect: {record.getMessage()}"
-        return f"latent collect: {record.levelname.lower()}: {record.getMessage()}"
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Shows the collector's warnings on stderr as ``latent collect: warning: ...`` (added once)."""
-
-    def __init__(self):
-        super().__init__(sys.stderr)
-        self.setFormatter(_Formatter())
-
-    def emit(self, record):  # follow sys.stderr if it is replaced (pytest capsys)
-        self.stream = sys.stderr
-        super().emit(record)
+from . import add_dask_options, add_quiet, log_to_stderr
 
 
 #: ``collect.metrics.METRIC_VARIANTS``, spelled out so that building the parser imports no torch.
@@ -96,8 +77,7 @@ def run(args) -> int:
     from collect.tasks import get_task
 
     logger = logging.getLogger("latent.collect")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        logger.addHandler(_StderrHandler())
+    log_to_stderr(logger, "collect")
     # notes such as "resuming seed(s) ... from step ..." show too, unless --quiet
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
 

@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import add_quiet, open_in_browser
+from . import add_quiet, log_to_stderr, open_in_browser
 
 DESCRIPTION = (
     "Put two or more studies side by side: K, detours and their stability, R², the trajectory dissimilarity, "
@@ -59,18 +59,6 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-class _StderrHandler(logging.StreamHandler):
-    """Shows the ``latent`` logger's warnings during a fit on stderr."""
-
-    def __init__(self):
-        super().__init__(sys.stderr)
-        self.setFormatter(logging.Formatter("latent compare: %(levelname)s: %(message)s"))
-
-    def emit(self, record):  # follow sys.stderr if it is replaced (pytest capsys)
-        self.stream = sys.stderr
-        super().emit(record)
-
-
 def default_out_dir(store, summaries) -> Path:
     """``<store>/comparisons/<A>-vs-<B>[-vs-…]/<fit-id>``; one fit id when every study shares it,
     else ``mixed-<hash8>`` of the fit ids; long study lists are shortened with a hash."""
@@ -113,10 +101,7 @@ def run(args) -> int:
     bars = not args.quiet and sys.stderr.isatty()
     say = (lambda line: None) if args.quiet else print
     logger = logging.getLogger("latent")
-    handler = None
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        handler = _StderrHandler()
-        logger.addHandler(handler)
+    handler = log_to_stderr(logger, "compare")
     if logger.level == logging.NOTSET or logger.level > logging.WARNING:
         logger.setLevel(logging.WARNING)
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import add_dask_options, add_quiet
+from . import add_dask_options, add_quiet, log_to_stderr
 
 
 DESCRIPTION = (
@@ -18,18 +18,6 @@ DESCRIPTION = (
     "and runs/seed-*.parquet). Writes <study>/fits/<fit-id>/ (model.json, paths.parquet, analysis.json); the "
     "fit id names the settings that differ from the defaults. See docs/fit.md."
 )
-
-
-class _StderrHandler(logging.StreamHandler):
-    """Shows the ``latent`` logger's warnings on stderr (added once)."""
-
-    def __init__(self):
-        super().__init__(sys.stderr)
-        self.setFormatter(logging.Formatter("latent fit: %(levelname)s: %(message)s"))
-
-    def emit(self, record):  # follow sys.stderr if it is replaced (pytest capsys)
-        self.stream = sys.stderr
-        super().emit(record)
 
 
 def _int(text: str) -> int:
@@ -143,8 +131,7 @@ def run(args) -> int:
     from ..store import resolve_study
 
     logger = logging.getLogger("latent")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        logger.addHandler(_StderrHandler())
+    log_to_stderr(logger, "fit")
     if logger.level == logging.NOTSET or logger.level > logging.WARNING:
         logger.setLevel(logging.WARNING)
 

@@ -39,7 +39,8 @@ def add_map_options(p) -> None:
 
 def load_map(args):
     """The checked :class:`PredictConfig` and the :class:`FittedMap` the options name."""
-    from ..predict import FittedMap, PredictConfig, resolve_fit
+    from ..artifacts import resolve_fit
+    from ..predict import FittedMap, PredictConfig
 
     cfg = PredictConfig(level=args.level, risk=args.risk)
     cfg.validate()
