@@ -172,10 +172,8 @@ def _read_checkpoints(args, notes):
     """Weight statistics of saved checkpoints (collect.checkpoints, torch), optionally joined with a metrics table."""
     from pathlib import Path
 
-    import pandas as pd
-
     from ..errors import UserError
-    from ..importers import Run, metric_columns, sanitize_columns, whole_steps
+    from ..importers import join_metrics, runs_from_frames
 
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
@@ -189,22 +187,7 @@ def _read_checkpoints(args, notes):
                              exclude=tuple(args.exclude), workers=args.workers, progress=not args.quiet and sys.stderr.isatty(),
                              metric_variant=args.metric_variant, **extra)
     where = str(args.paths[0]) if len(args.paths) == 1 else f"the checkpoints under {', '.join(args.paths)}"
-    runs = []
-    renamed: dict[str, str] = {}
-    for run_name, frame in sorted(tables.items()):
-        frame = frame.reset_index(drop=True)
-        if "step" not in frame.columns:
-            raise UserError(f"{where}: run {run_name!r}: the checkpoint reader returned no step column")
-
-        def describe(i, frame=frame, run_name=run_name):
-            return f"run {run_name!r}, step {frame['step'].iloc[i]}"
-
-        steps = whole_steps(frame["step"], where, describe)
-        metrics = metric_columns(frame, where, {"step"}, describe, notes)
-        mapping = sanitize_columns(metrics.columns, where)
-        renamed.update({k: v for k, v in mapping.items() if k != v})
-        runs.append(Run(name=str(run_name), frame=pd.concat([steps, metrics.rename(columns=mapping)], axis=1),
-                        file=where))
+    runs, renamed = runs_from_frames(tables, where, notes)
     info = {"paths": [str(p) for p in args.paths], "step_pattern": args.step_pattern,
             "include": list(args.include), "exclude": list(args.exclude), "heads": args.heads,
             "metrics_table": args.metrics_table,
@@ -216,45 +199,6 @@ def _read_checkpoints(args, notes):
         runs = join_metrics(runs, joined, args.metrics_table, notes)
         info["renamed"].update(extra_info["renamed"])
     return runs, info
-
-
-def join_metrics(runs, extra, table: str, notes: list[str]):
-    """Checkpoint runs with a metrics table's columns joined on run name and step.
-
-    A checkpoint run takes the metrics run of the same name, or the table's only run when both
-    sides have exactly one. Columns in both take the table's values. Steps the table lacks are
-    missing values.
-    """
-    import pandas as pd
-
-    from ..errors import UserError
-    from ..importers import Run
-
-    by_name = {r.name: r for r in extra}
-    out = []
-    unused = set(by_name)
-    for run in runs:
-        match = by_name.get(run.name)
-        if match is None and len(runs) == 1 and len(extra) == 1:
-            match = extra[0]
-        if match is None:
-            raise UserError(f"{table}: has no rows for the checkpoint run {run.name!r} (its runs: "
-                            f"{', '.join(sorted(by_name)[:10])}); name its runs as the checkpoint runs "
-                            "(--run-col) or import the runs separately")
-        unused.discard(match.name)
-        both = [c for c in match.frame.columns if c != "step" and c in run.frame.columns]
-        if both:
-            notes.append(f"{table}: run {run.name!r}: took {', '.join(both)} from the metrics table")
-        left = run.frame.drop(columns=both)
-        joined = left.merge(match.frame, on="step", how="left", sort=False)
-        lacking = int((~run.frame["step"].isin(match.frame["step"])).sum())
-        if lacking:
-            notes.append(f"{table}: run {run.name!r}: no metrics at {lacking} of {len(run.frame)} checkpoint steps "
-                         "(left missing)")
-        out.append(Run(name=run.name, frame=joined, file=run.file))
-    if unused:
-        notes.append(f"{table}: ignored the runs {', '.join(sorted(unused))} (no checkpoints of theirs)")
-    return out
 
 
 def _summary(study, prepared, args) -> None:

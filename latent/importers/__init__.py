@@ -436,3 +436,64 @@ def _runs_text(seeds: Sequence[int], names: Mapping[int, str], lengths: Mapping[
         label = names[s] if names[s] == str(s) else f"{names[s]} (seed {s})"
         shown.append(label + (f": {lengths[s]}" if lengths else ""))
     return ", ".join(shown) + (f" and {len(seeds) - 8} more" if len(seeds) > 8 else "")
+
+
+def runs_from_frames(tables: Mapping[str, pd.DataFrame], where: str, notes: list[str]) -> tuple[list[Run], dict]:
+    """:class:`Run` objects from per-run frames with a ``step`` column (what ``collect.checkpoints``
+    returns), every column checked as an imported table's is; and the map of renamed columns.
+
+    Raises
+    ------
+    UserError
+        A frame without ``step``, a step that is not a whole number, a column that is not numeric.
+    """
+    runs, renamed = [], {}
+    for run_name, frame in sorted(tables.items()):
+        frame = frame.reset_index(drop=True)
+        if "step" not in frame.columns:
+            raise UserError(f"{where}: run {run_name!r}: the checkpoint reader returned no step column")
+
+        def describe(i, frame=frame, run_name=run_name):
+            return f"run {run_name!r}, step {frame['step'].iloc[i]}"
+
+        steps = whole_steps(frame["step"], where, describe)
+        metrics = metric_columns(frame, where, {"step"}, describe, notes)
+        mapping = sanitize_columns(metrics.columns, where)
+        renamed.update({k: v for k, v in mapping.items() if k != v})
+        runs.append(Run(name=str(run_name), frame=pd.concat([steps, metrics.rename(columns=mapping)], axis=1),
+                        file=where))
+    return runs, renamed
+
+
+def join_metrics(runs, extra, table: str, notes: list[str]):
+    """Checkpoint runs with a metrics table's columns joined on run name and step.
+
+    A checkpoint run takes the metrics run of the same name, or the table's only run when both
+    sides have exactly one. Columns in both take the table's values. Steps the table lacks are
+    missing values.
+    """
+    by_name = {r.name: r for r in extra}
+    out = []
+    unused = set(by_name)
+    for run in runs:
+        match = by_name.get(run.name)
+        if match is None and len(runs) == 1 and len(extra) == 1:
+            match = extra[0]
+        if match is None:
+            raise UserError(f"{table}: has no rows for the checkpoint run {run.name!r} (its runs: "
+                            f"{', '.join(sorted(by_name)[:10])}); name its runs as the checkpoint runs "
+                            "(--run-col) or import the runs separately")
+        unused.discard(match.name)
+        both = [c for c in match.frame.columns if c != "step" and c in run.frame.columns]
+        if both:
+            notes.append(f"{table}: run {run.name!r}: took {', '.join(both)} from the metrics table")
+        left = run.frame.drop(columns=both)
+        joined = left.merge(match.frame, on="step", how="left", sort=False)
+        lacking = int((~run.frame["step"].isin(match.frame["step"])).sum())
+        if lacking:
+            notes.append(f"{table}: run {run.name!r}: no metrics at {lacking} of {len(run.frame)} checkpoint steps "
+                         "(left missing)")
+        out.append(Run(name=run.name, frame=joined, file=run.file))
+    if unused:
+        notes.append(f"{table}: ignored the runs {', '.join(sorted(unused))} (no checkpoints of theirs)")
+    return out
