@@ -99,13 +99,17 @@ class FittedMap:
     ----------
     fit_dir : path
         ``<store>/<study>/fits/<fit-id>``.
+    files : tuple, optional
+        ``(model, paths, analysis)`` already read by :func:`latent.artifacts.load_fit` (the report has
+        them), so that they are not read again; default: read from ``fit_dir``.
     """
 
-    def __init__(self, fit_dir: str | os.PathLike):
+    def __init__(self, fit_dir: str | os.PathLike, files: tuple | None = None):
         from .artifacts import load_fit
 
         fit_dir = Path(fit_dir)
-        model, paths, analysis = load_fit(fit_dir)  # each file checked against its schema (latent.schemas)
+        # each file checked against its schema (latent.schemas), here or by whoever read them
+        model, paths, analysis = files if files is not None else load_fit(fit_dir)
         try:
             self.fit_dir = fit_dir
             self.fit_id = str(model["fit_id"])

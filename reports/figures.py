@@ -1348,7 +1348,8 @@ def forecast_backtest(fit: FitArtifacts) -> dict:
         from latent.predict import FittedMap, backtest
 
         runs = fit.runs.drop(columns=["state"], errors="ignore")
-        cached = backtest(FittedMap(fit.fit_dir), runs, FORECAST_CUTS)
+        # the files the report has read already, not read again
+        cached = backtest(FittedMap(fit.fit_dir, (fit.model, fit.paths, fit.analysis)), runs, FORECAST_CUTS)
         object.__setattr__(fit, "_forecast_backtest", cached)
     return cached
 
