@@ -69,7 +69,10 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except UserError as exc:
-        print(f"latent {args.command}: error: {_one_line(str(exc))}", file=sys.stderr)
+        from .settings import ConfigError
+
+        text = exc.for_cli() if isinstance(exc, ConfigError) else str(exc)  # a field's error names its flag
+        print(f"latent {args.command}: error: {_one_line(text)}", file=sys.stderr)
         return 2
     except OSError as exc:  # one not turned into a UserError where it happened: still one line
         where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""

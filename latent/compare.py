@@ -55,6 +55,7 @@ import numpy as np
 from .errors import UserError
 from .artifacts import read_fit  # noqa: F401 - the documented reader of a fit (docs/compare.md)
 from .fit import FitConfig, fit_id, json_safe
+from .settings import ConfigError
 
 COMPARE_FORMAT = "latent.compare/1"
 CORRECTION = "holm"
@@ -129,6 +130,8 @@ def plan_fits(studies: Sequence, config: FitConfig) -> list[FitPlan]:
     for st in studies:
         try:
             cfg = config.resolve(st.read_meta())
+        except ConfigError as exc:
+            raise ConfigError(exc.field, exc.flag, f"study {st.name}: {exc.text}") from None
         except UserError as exc:
             raise UserError(f"study {st.name}: {exc}") from None
         fid = fit_id(cfg)

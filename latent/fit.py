@@ -55,6 +55,7 @@ from .importance import transition_importance
 from .phase_names import NAMING_RULE, name_states
 from .artifacts import load_fit, read_fit, write_fit  # noqa: F401 - the fit's files live in latent.artifacts
 from .schemas import ANALYSIS_FORMAT, MODEL_FORMAT
+from .settings import command_flags, setting, token_prefix, validate_fields
 from .store import Study, dumps_json
 from .trainmap import (
     ENTRY_WINDOW,
@@ -137,32 +138,61 @@ class FitConfig:
         the other families, each feature group dropped, and change points of each run.
     """
 
-    features: tuple[str, ...] | None = None
-    first_n: int = 1000
-    scaling: str = "global"
-    max_states: int = 8
-    restarts: int = 5
-    n_iter: int = 32
-    family: str = DEFAULT_FAMILY
-    covariance: str = "full"
-    criterion: str = "loglik"
-    selection: str = "cv"
-    init: str = "segments"
-    folds: int = 5
-    one_se: bool = True
-    random_state: int = 0
-    test_fraction: float = 0.2
-    metric: str | None = None
-    threshold: float | None = None
-    direction: str | None = None
-    nonconverged: str = "restrict"
-    detour_rule: str = "delay"
-    min_runs: int = MIN_RUNS
-    alpha: float = 0.05
-    n_boot: int = 1000
-    resamples: int = 20
-    allow_partial: bool = False
-    audit: bool = True
+    # Each field carries its flag, help, bounds and fit-id token (latent.settings): the CLI options,
+    # the validation, the fit id and the recorded command are generated from these declarations.
+    features: tuple[str, ...] | None = setting(
+        None, flag="--features", kind="list",
+        help="comma-separated feature columns or groups: weights (the 14 reference statistics), progress (Fourier "
+             "progress measures), function (function-space observables), losses, all (every group but losses) "
+             "(default: the study's, i.e. the 14 reference columns)")
+    first_n: int = setting(1000, flag="--first-n", least=1, token="first", help="checkpoints per run used")
+    scaling: str = setting("global", flag="--scaling", choices=SCALINGS,
+                           help="global (one z-scoring, from training runs only) or per_run (the reference)")
+    max_states: int = setting(8, flag="--max-states", least=1, token="max", help="fit K = 1..MAX_STATES")
+    restarts: int = setting(5, flag="--restarts", least=1, token="restarts", help="random restarts per K (per fold)")
+    n_iter: int = setting(32, flag="--n-iter", least=1, token="iter", help="EM iterations per restart")
+    family: str = setting(DEFAULT_FAMILY, flag="--family", choices=FAMILIES,
+                          help="state model: gaussian (a state is a place) or ar (a regime of change: "
+                               "z_t = a z_(t-1) + b + noise per state); see docs/fit.md")
+    covariance: str = setting("full", flag="--covariance", choices=COVARIANCES,
+                              help="full, diag, spherical or tied (of the emission noise)")
+    criterion: str = setting("loglik", flag="--criterion", choices=CRITERIA,
+                             help="loglik (-2 held-out log-likelihood), bic or aic (with the penalty)")
+    selection: str = setting("cv", flag="--selection", choices=SELECTIONS,
+                             help="cv (k-fold over runs), split (one split, best restart) or reference")
+    init: str = setting("segments", flag="--init", choices=INITS,
+                        help="where EM starts: segments (stretches of constant mean) or kmeans (the reference)")
+    folds: int = setting(5, flag="--folds", least=2, token="folds", help="folds of runs for --selection cv")
+    one_se: bool = setting(True, flag="--no-one-se", token="bestk",
+                           help="--selection cv: take the best K, not the smallest within one standard error")
+    random_state: int = setting(0, flag="--random-state", least=0, token="seed",
+                                help="seeds the folds, restarts, tests, bootstrap and resamples")
+    test_fraction: float = setting(0.2, flag="--test-fraction", between=(0, 1), token="test",
+                                   help="fraction of runs held out for --selection split/reference")
+    metric: str | None = setting(None, flag="--metric", kind="str",
+                                 help="convergence metric column (default: the study's)")
+    threshold: float | None = setting(None, flag="--threshold", kind="float",
+                                      help="convergence threshold (default: the study's)")
+    direction: str | None = setting(None, flag="--direction", kind="str", help="above (metric > threshold) or below")
+    nonconverged: str = setting("restrict", flag="--nonconverged", choices=NONCONVERGED_RULES,
+                                help="runs that never converge: restrict (count them at the last common step) or "
+                                     "exclude")
+    detour_rule: str = setting("delay", flag="--detour-rule", choices=DETOUR_RULES,
+                               help="delay (visitors converge significantly later) or paper (optional state, "
+                                    "positive coefficient)")
+    min_runs: int = setting(MIN_RUNS, flag="--min-runs", least=2, token="minruns",
+                            help="fewest visitors and skippers for a state's delay to be estimated")
+    alpha: float = setting(0.05, flag="--alpha", between=(0, 1), token="alpha",
+                           help="family-wise error rate of the detour tests")
+    n_boot: int = setting(1000, flag="--n-boot", least=0, token="boot",
+                          help="bootstrap resamples for the regression intervals")
+    resamples: int = setting(20, flag="--resamples", least=0, token="resamples",
+                             help="refits on resampled runs for stability (0 skips them)")
+    allow_partial: bool = setting(False, flag="--allow-partial", token="partial",
+                                  help="fit unfinished runs and runs shorter than the others (refused by default)")
+    audit: bool = setting(True, flag="--no-audit", token="noaudit",
+                          help="skip the robustness audit (alternative fits: K-1, K+1, other families, feature "
+                               "groups dropped; change points)")
 
     @classmethod
     def reference(cls, **overrides) -> "FitConfig":
@@ -192,29 +222,16 @@ class FitConfig:
         return cfg
 
     def validate(self) -> None:
-        def integer(value, flag, least):
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
-                raise UserError(f"{flag} must be an integer of at least {least}, got {value!r}")
+        """Check every field against its declared bounds and choices, then the convergence rule.
 
-        for name, flag, least in (("max_states", "--max-states", 1), ("restarts", "--restarts", 1),
-                                  ("n_iter", "--n-iter", 1), ("first_n", "--first-n", 1),
-                                  ("folds", "--folds", 2), ("min_runs", "--min-runs", 2),
-                                  ("n_boot", "--n-boot", 0), ("resamples", "--resamples", 0),
-                                  ("random_state", "--random-state", 0)):
-            integer(getattr(self, name), flag, least)
-        choices = (("scaling", "scaling", SCALINGS), ("family", "--family", FAMILIES),
-                   ("covariance", "covariance", COVARIANCES),
-                   ("criterion", "criterion", CRITERIA), ("selection", "selection", SELECTIONS),
-                   ("init", "init", INITS),
-                   ("nonconverged", "--nonconverged rule", NONCONVERGED_RULES),
-                   ("detour_rule", "--detour-rule", DETOUR_RULES))
-        for name, what, allowed in choices:
-            if getattr(self, name) not in allowed:
-                raise UserError(f"unknown {what} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
-        if not (0 < float(self.test_fraction) < 1):
-            raise UserError(f"--test-fraction must be between 0 and 1, got {self.test_fraction}")
-        if not (0 < float(self.alpha) < 1):
-            raise UserError(f"--alpha must be between 0 and 1, got {self.alpha}")
+        Raises
+        ------
+        latent.settings.ConfigError
+            A field out of bounds (the message names the field; the CLI shows its flag).
+        UserError
+            No convergence rule.
+        """
+        validate_fields(self)
         if not self.metric:
             raise UserError("no convergence metric: the study.json has no 'convergence'; pass --metric and --threshold")
         if self.threshold is None or not math.isfinite(float(self.threshold)):
@@ -241,16 +258,14 @@ _LATER_SETTINGS = {"family": DEFAULT_FAMILY, "audit": True}
 
 
 def _id_token(name: str, value) -> str:
-    """How a setting that differs from its default reads in a fit id."""
+    """How a setting that differs from its default reads in a fit id (the field's declared token)."""
     if name == "features":
         return f"{len(value)}feat"
     if isinstance(value, bool):
-        return {"one_se": "bestk", "allow_partial": "partial", "audit": "noaudit"}[name]
+        return token_prefix(FitConfig, name)
     if isinstance(value, str):  # "reference" alone is kept for the reference's five settings together
         return {("selection", "reference"): "refselect"}.get((name, value), value.replace("_", ""))
-    prefix = {"first_n": "first", "max_states": "max", "restarts": "restarts", "n_iter": "iter", "folds": "folds",
-              "random_state": "seed", "test_fraction": "test", "min_runs": "minruns", "alpha": "alpha",
-              "n_boot": "boot", "resamples": "resamples"}[name]
+    prefix = token_prefix(FitConfig, name)
     return f"{prefix}{value:g}" if isinstance(value, float) else f"{prefix}{value}"
 
 
@@ -865,20 +880,8 @@ def _extreme(values: pd.Series, direction: str):
 
 
 def _default_command(study: Study, cfg: FitConfig) -> str:
-    d = cfg.to_dict()
-    parts = [f"latent fit --study {study.root}"]
-    parts.append(f"--features {','.join(d['features'])}")
-    for key in ("first_n", "scaling", "max_states", "restarts", "n_iter", "family", "covariance", "criterion", "selection", "init",
-                "folds", "random_state", "test_fraction", "metric", "threshold", "direction", "nonconverged",
-                "detour_rule", "min_runs", "alpha", "n_boot", "resamples"):
-        parts.append(f"--{key.replace('_', '-')} {d[key]}")
-    if not cfg.one_se:
-        parts.append("--no-one-se")
-    if cfg.allow_partial:
-        parts.append("--allow-partial")
-    if not cfg.audit:
-        parts.append("--no-audit")
-    return " ".join(parts)
+    """The ``latent fit`` command that spells out every setting of ``cfg`` (from the fields' flags)."""
+    return " ".join([f"latent fit --study {study.root}", *command_flags(cfg)])
 
 
 def _summary(result: FitResult, visited, reg, tests, detours, never, stability) -> list[str]:

@@ -84,7 +84,7 @@ def split_runs(n_runs: int, test_fraction: float, seed: int) -> tuple[np.ndarray
     ``train_test_split``); at least 2 training and 1 held-out run are required.
     """
     if not 0 < test_fraction < 1:
-        raise UserError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
+        raise UserError(f"test_fraction must be between 0 and 1, got {test_fraction}")
     n_test = int(math.ceil(test_fraction * n_runs))
     if n_test < 1 or n_runs - n_test < 2:
         raise UserError(
@@ -417,10 +417,10 @@ class HMMSelector:
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
                 raise UserError(f"{flag} must be an integer of at least {least}, got {value!r}")
 
-        positive_int(self.max_states, "--max-states")
-        positive_int(self.restarts, "--restarts")
-        positive_int(self.n_iter, "--n-iter")
-        positive_int(self.folds, "--folds", 2)
+        positive_int(self.max_states, "max_states")
+        positive_int(self.restarts, "restarts")
+        positive_int(self.n_iter, "n_iter")
+        positive_int(self.folds, "folds", 2)
         if self.family not in FAMILIES:
             raise UserError(f"unknown state family {self.family!r}; choose one of {', '.join(FAMILIES)}")
         if self.covariance_type not in COVARIANCES:
@@ -432,9 +432,9 @@ class HMMSelector:
         if self.selection not in SELECTIONS:
             raise UserError(f"unknown selection {self.selection!r}; choose one of {', '.join(SELECTIONS)}")
         if self.n_jobs is not None and self.n_jobs < 1:
-            raise UserError(f"--jobs must be at least 1, got {self.n_jobs}")
+            raise UserError(f"n_jobs must be at least 1, got {self.n_jobs}")
         if not isinstance(self.random_state, (int, np.integer)) or self.random_state < 0:
-            raise UserError(f"--random-state must be a non-negative integer, got {self.random_state}")
+            raise UserError(f"random_state must be a non-negative integer, got {self.random_state}")
 
     # -- fitting ------------------------------------------------------------------------------
 

@@ -20,56 +20,7 @@ DESCRIPTION = (
 )
 
 
-def _int(text: str) -> int:
-    import argparse
-
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-
-
-def _float(text: str) -> float:
-    import argparse
-
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-
-
-#: (flag, FitConfig field, type, help); every default comes from FitConfig, shown in --help
-OPTIONS = (
-    ("--features", "features", str, "comma-separated feature columns or groups: weights (the 14 reference "
-                                     "statistics), progress (Fourier progress measures), function (function-space "
-                                     "observables), losses, all (every group but losses) (default: the study's, "
-                                     "i.e. the 14 reference columns)"),
-    ("--first-n", "first_n", _int, "checkpoints per run used"),
-    ("--scaling", "scaling", str, "global (one z-scoring, from training runs only) or per_run (the reference)"),
-    ("--max-states", "max_states", _int, "fit K = 1..MAX_STATES"),
-    ("--restarts", "restarts", _int, "random restarts per K (per fold)"),
-    ("--n-iter", "n_iter", _int, "EM iterations per restart"),
-    ("--family", "family", str, "state model: gaussian (a state is a place) or ar (a regime of change: "
-                                 "z_t = a z_(t-1) + b + noise per state); see docs/fit.md"),
-    ("--covariance", "covariance", str, "full, diag, spherical or tied (of the emission noise)"),
-    ("--criterion", "criterion", str, "loglik (-2 held-out log-likelihood), bic or aic (with the penalty)"),
-    ("--selection", "selection", str, "cv (k-fold over runs), split (one split, best restart) or reference"),
-    ("--folds", "folds", _int, "folds of runs for --selection cv"),
-    ("--init", "init", str, "where EM starts: segments (stretches of constant mean) or kmeans (the reference)"),
-    ("--test-fraction", "test_fraction", _float, "fraction of runs held out for --selection split/reference"),
-    ("--random-state", "random_state", _int, "seeds the folds, restarts, tests, bootstrap and resamples"),
-    ("--metric", "metric", str, "convergence metric column (default: the study's)"),
-    ("--threshold", "threshold", _float, "convergence threshold (default: the study's)"),
-    ("--direction", "direction", str, "above (metric > threshold) or below"),
-    ("--nonconverged", "nonconverged", str,
-     "runs that never converge: restrict (count them at the last common step) or exclude"),
-    ("--detour-rule", "detour_rule", str,
-     "delay (visitors converge significantly later) or paper (optional state, positive coefficient)"),
-    ("--min-runs", "min_runs", _int, "fewest visitors and skippers for a state's delay to be estimated"),
-    ("--alpha", "alpha", _float, "family-wise error rate of the detour tests"),
-    ("--n-boot", "n_boot", _int, "bootstrap resamples for the regression intervals"),
-    ("--resamples", "resamples", _int, "refits on resampled runs for stability (0 skips them)"),
-)
+from ..settings import parse_float as _float, parse_int as _int  # noqa: E402,F401 - the flags' parsers
 
 
 def add_parser(sub) -> None:
@@ -91,34 +42,22 @@ def add_parser(sub) -> None:
     p.set_defaults(run=run)
 
 
-def add_fit_options(group, defaults) -> None:
-    """The FitConfig flags that `fit` and `compare` share (compare uses them to pick its fits)."""
-    for flag, name, kind, text in OPTIONS:
-        default = getattr(defaults, name)
-        shown = f" (default {default})" if default is not None and name != "features" else ""
-        group.add_argument(flag, dest=name, type=kind, default=None, help=text + shown)
-    group.add_argument("--no-one-se", dest="one_se", action="store_false", default=None,
-                       help="--selection cv: take the best K, not the smallest within one standard error")
-    group.add_argument("--allow-partial", dest="allow_partial", action="store_true", default=None,
-                       help="fit unfinished runs and runs shorter than the others (refused by default)")
-    group.add_argument("--no-audit", dest="audit", action="store_false", default=None,
-                       help="skip the robustness audit (alternative fits: K-1, K+1, other families, feature "
-                            "groups dropped; change points)")
+def add_fit_options(group, defaults=None) -> None:
+    """The FitConfig flags that `fit` and `compare` share (compare uses them to pick its fits),
+    generated from FitConfig's field declarations (latent.settings); every default is FitConfig's,
+    shown in --help."""
+    from ..fit import FitConfig
+    from ..settings import add_options
+
+    add_options(group, FitConfig)
 
 
 def config_from_args(args):
+    """The FitConfig the flags ask for (flags not given keep FitConfig's or the study's defaults)."""
     from ..fit import FitConfig
+    from ..settings import from_args
 
-    kwargs = {}
-    for _, name, _, _ in OPTIONS:
-        value = getattr(args, name)
-        if value is not None:
-            kwargs[name] = value
-    for name in ("one_se", "allow_partial", "audit"):
-        if getattr(args, name) is not None:
-            kwargs[name] = getattr(args, name)
-    if "features" in kwargs:
-        kwargs["features"] = tuple(f.strip() for f in kwargs["features"].split(",") if f.strip())
+    kwargs = from_args(args, FitConfig)
     return FitConfig.reference(**kwargs) if args.reference else FitConfig(**kwargs)
 
 
