@@ -513,15 +513,95 @@ def _fmt_seeds(seeds) -> str:
     return ", ".join(map(str, seeds[:12])) + (f" and {len(seeds) - 12} more" if len(seeds) > 12 else "")
 
 
-def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> FitResult:
-    clock = [time.perf_counter()]
-    timings = {}
+class _Clock:
+    """Seconds spent in each named stage of a fit (``FitResult.timings``)."""
 
-    def lap(name):
+    def __init__(self):
+        self.marks = [time.perf_counter()]
+        self.timings: dict[str, float] = {}
+
+    def lap(self, name: str) -> None:
         now = time.perf_counter()
-        timings[name] = timings.get(name, 0.0) + now - clock[-1]
-        clock.append(now)
+        self.timings[name] = self.timings.get(name, 0.0) + now - self.marks[-1]
+        self.marks.append(now)
 
+    def total(self) -> dict[str, float]:
+        self.timings["total"] = self.marks[-1] - self.marks[0]
+        return self.timings
+
+
+@dataclass
+class _Data:
+    """Stage ``read``: the runs as the fit sees them, and their convergence."""
+
+    table: pd.DataFrame  # the rows the features are measured at
+    full: pd.DataFrame  # every row (the convergence metric is read at all of them)
+    fm: FeatureMatrix
+    conv: dict
+    last_step: dict
+    never: list
+
+
+@dataclass
+class _Decoded:
+    """Stage ``decode``: every run's Viterbi path and state probabilities, split per run."""
+
+    path: np.ndarray
+    paths_frame: pd.DataFrame
+    run_paths: list
+    run_z: list
+    run_raw: list
+    run_steps: list
+
+
+@dataclass
+class _Detours:
+    """Stage ``detours``: occupancy, convergence times, the delay tests and the occupancy regression."""
+
+    occupancy: np.ndarray
+    visited: np.ndarray
+    converged: np.ndarray
+    y_all: np.ndarray
+    tau: float
+    use: np.ndarray
+    rule: str
+    tests: list
+    reg: OccupancyRegression
+    flagged: list
+    regression: dict
+
+
+def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> FitResult:
+    """The fit as named stages, each returning its block of the artifacts: read, selection, decode,
+    detours, stability, audit, checks (map, phases, boundaries, posterior predictive), assemble."""
+    clock = _Clock()
+    data = _stage_read(study, cfg, seeds)
+    clock.lap("read")
+    selector = _stage_select(data.fm, cfg, n_jobs, progress)
+    clock.lap("selection")
+    dec = _stage_decode(selector, data.fm)
+    det = _stage_detours(data, dec, selector.n_states_, cfg, meta)
+    clock.lap("analysis")
+    stability = _stage_stability(data, dec, det, selector, cfg, n_jobs, progress)
+    detours = _detour_rows(det, cfg)
+    clock.lap("stability")
+    audit = _stage_audit(data, dec, det, selector.n_states_, cfg, n_jobs, progress)
+    clock.lap("audit")
+    checks = _stage_checks(data, dec, det, selector, cfg, meta)
+    clock.lap("checks")
+    analysis, model = _assemble(study, meta, cfg, command, handler, data, dec, det, selector, stability, detours,
+                                audit, checks)
+    clock.lap("analysis")
+    result = FitResult(model["fit_id"], cfg, model, dec.paths_frame, analysis, selector, data.fm,
+                       timings=clock.total())
+    result.summary = _summary(result, det.visited, det.reg, det.tests, detours, data.never, stability)
+    truth = _truth_line(study, result)
+    if truth:
+        result.summary.append(truth)
+    return result
+
+
+def _stage_read(study, cfg: FitConfig, seeds) -> _Data:
     table = _read_runs(study, cfg, seeds)
     if cfg.metric not in table.columns:
         raise UserError(
@@ -534,11 +614,11 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> Fi
                  "measured", len(table), len(full))
     fm = build_features(table, cfg.features, cfg.first_n, cfg.scaling)
     _check_size(fm, cfg)
-
     conv, last_step = _convergence(full, fm, cfg)
-    never = [s for s in fm.seeds if conv[s] is None]
+    return _Data(table, full, fm, conv, last_step, [s for s in fm.seeds if conv[s] is None])
 
-    lap("read")
+
+def _stage_select(fm: FeatureMatrix, cfg: FitConfig, n_jobs, progress) -> HMMSelector:
     selector = HMMSelector(
         max_states=cfg.max_states, restarts=cfg.restarts, n_iter=cfg.n_iter, covariance_type=cfg.covariance,
         criterion=cfg.criterion, selection=cfg.selection, folds=cfg.folds, one_se=cfg.one_se,
@@ -546,26 +626,25 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> Fi
         random_state=cfg.random_state, family=cfg.family,
         n_jobs=n_jobs, progress=progress,
     ).fit(fm.X, fm.lengths)
-    K = selector.n_states_
-    params = selector.params_
     _warn_selection(selector, cfg)
-    lap("selection")
+    return selector
 
-    # decode every run
+
+def _stage_decode(selector: HMMSelector, fm: FeatureMatrix) -> _Decoded:
     path = selector.predict(fm.X, fm.lengths)
     post = selector.predict_proba(fm.X, fm.lengths)
     cols = {"state": path.astype(np.int64)}
-    for k in range(K):
+    for k in range(selector.n_states_):
         cols[f"p_state_{k}"] = post[:, k]
-    paths_frame = fm.to_frame(cols)
-    run_paths = fm.split(path)
-    run_z = fm.split(fm.X)
-    run_raw = fm.split(fm.raw)
+    return _Decoded(path, fm.to_frame(cols), fm.split(path), fm.split(fm.X), fm.split(fm.raw), fm.split(fm.steps))
 
-    occupancy = np.array([occupancy_fractions(p, K) for p in run_paths])
+
+def _stage_detours(data: _Data, dec: _Decoded, K: int, cfg: FitConfig, meta: dict) -> _Detours:
+    fm, conv = data.fm, data.conv
+    occupancy = np.array([occupancy_fractions(p, K) for p in dec.run_paths])
     visited = occupancy > 0
     converged = np.array([conv[s] is not None for s in fm.seeds])
-    y_all, tau = restricted_times([conv[s] for s in fm.seeds], [last_step[s] for s in fm.seeds])
+    y_all, tau = restricted_times([conv[s] for s in fm.seeds], [data.last_step[s] for s in fm.seeds])
     if cfg.nonconverged == "exclude":
         use = converged
         rule = "runs that never converge are left out of the detour tests and the regression"
@@ -575,9 +654,8 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> Fi
                 "a run that never converges counts as tau, and means are restricted means")
     y = y_all[use]
 
-    run_steps = fm.split(fm.steps)
-    entry = entry_steps(run_paths, run_steps, y_all, K, converged)  # states entered before converging
-    conv_in = converging_states(run_paths, run_steps, y_all, converged)
+    entry = entry_steps(dec.run_paths, dec.run_steps, y_all, K, converged)  # states entered before converging
+    conv_in = converging_states(dec.run_paths, dec.run_steps, y_all, converged)
     tests = detour_tests(entry[use], y, cfg.min_runs, cfg.alpha, random_state=cfg.random_state,
                          visited_any=visited[use], converging_in=conv_in[use])
     reg = OccupancyRegression(n_boot=cfg.n_boot, min_runs=cfg.min_runs, random_state=cfg.random_state).fit(
@@ -612,31 +690,41 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> Fi
         "n_boot": cfg.n_boot, "n_boot_used": reg.n_boot_used_, "boot_seed": cfg.random_state,
         "min_runs": cfg.min_runs, "note": rule,
     }
+    return _Detours(occupancy, visited, converged, y_all, tau, use, rule, tests, reg, flagged, regression)
 
-    lap("analysis")
+
+def _stage_stability(data: _Data, dec: _Decoded, det: _Detours, selector: HMMSelector, cfg: FitConfig, n_jobs,
+                     progress) -> dict | None:
+    """Refits on resampled runs (``--resamples``); also writes each state test's ``stability``."""
     stability = None
     if cfg.resamples:
         from .stability import resample_stability
 
-        keep = np.flatnonzero(use)
-        X_use, len_use = fm.subset(keep)
+        keep = np.flatnonzero(det.use)
+        X_use, len_use = data.fm.subset(keep)
         stability = resample_stability(
-            X_use, len_use, params, cfg.covariance, y_all[keep], converged[keep], flagged,
-            steps=np.concatenate([run_steps[i] for i in keep]),
+            X_use, len_use, selector.params_, cfg.covariance, det.y_all[keep], det.converged[keep], det.flagged,
+            steps=np.concatenate([dec.run_steps[i] for i in keep]),
             rule=cfg.detour_rule, min_runs=cfg.min_runs, alpha=cfg.alpha, resamples=cfg.resamples,
             n_iter=cfg.n_iter, random_state=cfg.random_state, n_jobs=n_jobs, progress=progress,
             family=cfg.family,
         )
         stability["k_folds"] = {str(k): v for k, v in selector.fold_choice_.items()}
-        _warn_stability(stability, K, flagged)
-    for row in tests:
+        _warn_stability(stability, selector.n_states_, det.flagged)
+    for row in det.tests:
         k = row["state"]
         row["stability"] = None if stability is None else {
             "found": stability["state_found"][k], "of": stability["used"],
             "detour_found": stability["detour_found"].get(k, stability["new_detours"].get(k, 0))}
+    return stability
+
+
+def _detour_rows(det: _Detours, cfg: FitConfig) -> list[dict]:
+    """``analysis.detours``: one row per flagged state."""
     detours = []
-    for k in flagged:
-        row = tests[k]
+    for k in det.flagged:
+        row = det.tests[k]
+        reg = det.reg
         detours.append({
             "state": k, "rule": cfg.detour_rule, "delay": row["delay"], "ci_low": row["ci_low"],
             "ci_high": row["ci_high"], "p_value": row["p_value"], "p_adjusted": row["p_adjusted"],
@@ -646,39 +734,50 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> Fi
             "runs_visiting": row["runs_visiting"], "runs_skipping": row["runs_skipping"],
             "stability": row["stability"],
         })
+    return detours
 
-    lap("stability")
-    audit = None
-    if cfg.audit:
-        from .audit import audit_fit
 
-        audit = audit_fit(fm.X, fm.lengths, path, fm.features, K, cfg.family, cfg.covariance, fm.steps, y,
-                          flagged if cfg.detour_rule == "delay" else [], converged=converged[use],
-                          use=np.flatnonzero(use),
-                          min_runs=cfg.min_runs, alpha=cfg.alpha, n_iter=cfg.n_iter,
-                          random_state=cfg.random_state, n_jobs=n_jobs, progress=progress)
-        _warn_audit(audit)
-    lap("audit")
-    dissim = trajectory_dissimilarity(occupancy, ground_metric(params["means"]))
-    importance = transition_importance(run_z, run_paths, params, fm.features, cfg.family)
+def _stage_audit(data: _Data, dec: _Decoded, det: _Detours, K: int, cfg: FitConfig, n_jobs, progress) -> dict | None:
+    if not cfg.audit:
+        return None
+    from .audit import audit_fit
+
+    fm = data.fm
+    audit = audit_fit(fm.X, fm.lengths, dec.path, fm.features, K, cfg.family, cfg.covariance, fm.steps,
+                      det.y_all[det.use], det.flagged if cfg.detour_rule == "delay" else [],
+                      converged=det.converged[det.use], use=np.flatnonzero(det.use),
+                      min_runs=cfg.min_runs, alpha=cfg.alpha, n_iter=cfg.n_iter,
+                      random_state=cfg.random_state, n_jobs=n_jobs, progress=progress)
+    _warn_audit(audit)
+    return audit
+
+
+def _stage_checks(data: _Data, dec: _Decoded, det: _Detours, selector: HMMSelector, cfg: FitConfig,
+                  meta: dict) -> dict:
+    """What each state means and whether to believe it: dissimilarity, transition importance, phases,
+    boundary sharpness, the training map and the posterior predictive check."""
+    fm, K, params = data.fm, selector.n_states_, selector.params_
+    dissim = trajectory_dissimilarity(det.occupancy, ground_metric(params["means"]))
+    importance = transition_importance(dec.run_z, dec.run_paths, params, fm.features, cfg.family)
     # each arrow's change is the data's change on that move, as the state table's (one definition)
-    moves = entry_changes(run_paths, run_z, ENTRY_WINDOW)
+    moves = entry_changes(dec.run_paths, dec.run_z, ENTRY_WINDOW)
     for edge in importance:
         total, n = moves[(edge["source"], edge["target"])]
         for f in edge["features"]:
             f["change_z"] = float(total[fm.features.index(f["feature"])] / n)
-    conv_list = [conv[s] for s in fm.seeds]
-    phases = _phases(table, fm, cfg, run_paths, run_z, K, meta)
-    boundaries = boundary_sharpness(run_z, run_paths, params["means"], params["covars"])
+    conv_list = [data.conv[s] for s in fm.seeds]
+    phases = _phases(data.table, fm, cfg, dec.run_paths, dec.run_z, K, meta)
+    boundaries = boundary_sharpness(dec.run_z, dec.run_paths, params["means"], params["covars"])
     boundaries["verdict"] = boundary_verdict(boundaries)
     if boundaries["judged_transitions"] and not boundaries["discrete_transitions"]:
         log.warning("no discrete transitions: at every boundary the runs move no more abruptly than they do "
                     "inside the states (%d transitions judged); the %d states cut continuous change into "
                     "stretches, so read them as a discretisation, not as phases (docs/fit.md, 'Discrete "
                     "transitions')", boundaries["judged_transitions"], K)
-    G = build_map(run_paths, run_raw, params, fm.features, conv_list, importance, phases=phases["states"],
+    G = build_map(dec.run_paths, dec.run_raw, params, fm.features, conv_list, importance, phases=phases["states"],
                   boundaries=boundaries["transitions"])
-    ppc = posterior_predictive(params, cfg.family, cfg.covariance, run_z, run_paths, random_state=cfg.random_state)
+    ppc = posterior_predictive(params, cfg.family, cfg.covariance, dec.run_z, dec.run_paths,
+                               random_state=cfg.random_state)
     if ppc["outside_names"]:
         words = {r["name"]: r for r in ppc["statistics"]}
         log.warning("posterior predictive check: the fitted %s model does not produce runs like these (%s); its "
@@ -686,8 +785,14 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> Fi
                     "predictive checks'; try another --family)", cfg.family,
                     "; ".join(f"{words[n]['description'].split(' (')[0]}: data {words[n]['data']:.3g}, model "
                               f"{words[n]['low']:.3g} to {words[n]['high']:.3g}" for n in ppc["outside_names"]))
-    lap("checks")
+    return {"dissimilarity": dissim, "importance": importance, "phases": phases, "boundaries": boundaries,
+            "map": G, "ppc": ppc}
 
+
+def _assemble(study, meta, cfg, command, handler, data: _Data, dec: _Decoded, det: _Detours, selector, stability,
+              detours, audit, checks) -> tuple[dict, dict]:
+    """``analysis.json`` and ``model.json`` from the stages' blocks."""
+    fm, K, conv = data.fm, selector.n_states_, data.conv
     selection_info = {
         "procedure": cfg.selection, "criterion": cfg.criterion, "one_se": cfg.one_se,
         "folds": selector.folds_ if cfg.selection == "cv" else None,
@@ -699,31 +804,29 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> Fi
         "convergence": {
             "metric": cfg.metric, "threshold": float(cfg.threshold), "direction": cfg.direction,
             "step_unit": meta.get("step_unit", "step"),
-            "times": {str(s): conv[s] for s in fm.seeds}, "tau": tau,
-            "never_converged": never, "rule": rule,
+            "times": {str(s): conv[s] for s in fm.seeds}, "tau": det.tau,
+            "never_converged": data.never, "rule": det.rule,
         },
-        "occupancy": {str(s): occupancy[i] for i, s in enumerate(fm.seeds)},
-        "map": map_to_data(G),
-        "phases": phases,
-        "states": tests,
-        "regression": regression,
+        "occupancy": {str(s): det.occupancy[i] for i, s in enumerate(fm.seeds)},
+        "map": map_to_data(checks["map"]),
+        "phases": checks["phases"],
+        "states": det.tests,
+        "regression": det.regression,
         "detours": detours,
         "detour_rule": {"rule": cfg.detour_rule, "min_runs": cfg.min_runs, "alpha": cfg.alpha},
         "selection": selection_info,
         "stability": stability,
         "audit": audit,
-        "boundaries": boundaries,
-        "ppc": ppc,
-        "dissimilarity": {"value": dissim, "ground_metric": GROUND_METRIC},
-        "importance": importance,
+        "boundaries": checks["boundaries"],
+        "ppc": checks["ppc"],
+        "dissimilarity": {"value": checks["dissimilarity"], "ground_metric": GROUND_METRIC},
+        "importance": checks["importance"],
         "warnings": list(handler.messages),
     })
-
-    fid = fit_id(cfg)
     seeds = fm.seeds
     model = json_safe({
         "format": MODEL_FORMAT,
-        "fit_id": fid,
+        "fit_id": fit_id(cfg),
         "study": study.name,
         "config": cfg.to_dict(),
         "n_states": K,
@@ -731,7 +834,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> Fi
         "features": fm.features,
         "covariance_type": cfg.covariance,
         "family": cfg.family,
-        **get_family(cfg.family).payload(params),
+        **get_family(cfg.family).payload(selector.params_),
         "scaling": fm.scaling,
         "selection": selector.selection_,
         "restarts": selector.restarts_,
@@ -747,14 +850,7 @@ def _fit(study, meta, cfg, n_jobs, command, progress, handler, seeds=None) -> Fi
         "versions": package_versions(),
         "command": command or _default_command(study, cfg),
     })
-    lap("analysis")
-    timings["total"] = clock[-1] - clock[0]
-    result = FitResult(fid, cfg, model, paths_frame, analysis, selector, fm, timings=timings)
-    result.summary = _summary(result, visited, reg, tests, detours, never, stability)
-    truth = _truth_line(study, result)
-    if truth:
-        result.summary.append(truth)
-    return result
+    return analysis, model
 
 
 def _phases(table: pd.DataFrame, fm: FeatureMatrix, cfg: FitConfig, run_paths, run_z, K: int, meta: dict) -> dict:
