@@ -18,6 +18,7 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import Callable
 from pathlib import Path
 
 import numpy as np
@@ -48,18 +49,41 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[str, str, str, object, dict]]:
-    """Draw every report figure; returns ``(name, title, caption, Figure, info)`` tuples."""
-    out = []
+@dataclass(frozen=True)
+class FigureRecord:
+    """One figure of the report, in one place: its anchor name, title, how it is drawn, and the HTML that
+    follows it on the page.
 
+    Attributes
+    ----------
+    name : str
+        Section anchor and file stem (``training_map`` → ``training_map.png``).
+    title : str
+    draw : callable
+        ``draw(fit, metrics)`` → ``(Figure, info, caption)``, or None when the fit has nothing to draw.
+    after : callable, optional
+        ``after(fit)`` → HTML placed under the figure (its tables).
+    lead : str, optional
+        HTML placed between the title and the figure.
+    """
+
+    name: str
+    title: str
+    draw: Callable
+    after: Callable | None = None
+    lead: str | None = None
+
+
+def _draw_model_selection(fit: FitArtifacts, metrics):
     fig = _new_figure(9, 4.6)
     info = F.plot_model_selection(fig.add_subplot(), fit)
     has_se = bool(info["errorbar_k"])
-    out.append(("model_selection", "Model selection",
-                f"{F.selection_caption(fit)}. The black curve is the score K was chosen by (lower is better)"
-                + (", with ± the standard error of each K's difference to the best K" if has_se else "")
-                + ". The table below lists every K.", fig, info))
+    return fig, info, (f"{F.selection_caption(fit)}. The black curve is the score K was chosen by (lower is better)"
+                       + (", with ± the standard error of each K's difference to the best K" if has_se else "")
+                       + ". The table below lists every K.")
 
+
+def _draw_training_map(fit: FitArtifacts, metrics):
     g = fit.graph
     n_lanes = len({y for _, y in F.map_layout(fit).values()})
     width = min(11.0, max(7.0, 1.5 * g.number_of_nodes() + 1.0))
@@ -69,78 +93,86 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
     scale = (width - 0.2) * 72 / max(info["width_pt"], 1.0)
     fig.set_size_inches(width, min(max(info["height_pt"] * scale / 72 + 0.8, 2.0), 2.0 + 2.2 * n_lanes))
     node_metrics = F.map_metrics(fit)
-    out.append(("training_map", "Training map",
-                "States left to right in canonical order (earliest mean first visit first); the most travelled "
-                "route on one line, other states above and below it. Node area: share of all decoded checkpoints. "
-                "Beside each node: that share and the runs visiting it, the "
-                f"{fit.step_unit}s where runs sit in it (10th–90th percentile of its checkpoints)"
-                + (f" and its mean {' and '.join(node_metrics)}" if node_metrics else "") + ". "
-                "Arrow width: number of runs taking the transition. Arrow labels: that number, and the feature with "
-                "the highest importance for the transition (the filtered-posterior gradient, docs/fit.md) with the "
-                "change of its state mean in z units; the most important feature is not necessarily the one that "
-                "changes most. The tables below say what each state means and, per transition, give the top three "
-                "features and the convergence of the runs taking it. Dashed rings mark detour states.", fig, info))
+    return fig, info, (
+        "States left to right in canonical order (earliest mean first visit first); the most travelled "
+        "route on one line, other states above and below it. Node area: share of all decoded checkpoints. "
+        "Beside each node: that share and the runs visiting it, the "
+        f"{fit.step_unit}s where runs sit in it (10th–90th percentile of its checkpoints)"
+        + (f" and its mean {' and '.join(node_metrics)}" if node_metrics else "") + ". "
+        "Arrow width: number of runs taking the transition. Arrow labels: that number, and the feature with "
+        "the highest importance for the transition (the filtered-posterior gradient, docs/fit.md) with the "
+        "change of its state mean in z units; the most important feature is not necessarily the one that "
+        "changes most. The tables below say what each state means and, per transition, give the top three "
+        "features and the convergence of the runs taking it. Dashed rings mark detour states.")
 
+
+def _draw_trajectories(fit: FitArtifacts, metrics):
     chosen = F.trajectory_metrics(fit, metrics)
-    if chosen:
-        ncols = 2 if len(chosen) > 1 else 1
-        nrows = math.ceil(len(chosen) / ncols)
-        fig = _new_figure(11, 3.3 * nrows + 0.6)
-        infos = {}
-        for i, m in enumerate(chosen):
-            ax = fig.add_subplot(nrows, ncols, i + 1)
-            infos[m] = F.plot_trajectories(ax, fit, m)
-        undecoded = bool((fit.runs["state"] < 0).any())
-        from matplotlib.lines import Line2D
+    if not chosen:
+        return None
+    ncols = 2 if len(chosen) > 1 else 1
+    nrows = math.ceil(len(chosen) / ncols)
+    fig = _new_figure(11, 3.3 * nrows + 0.6)
+    infos = {}
+    for i, m in enumerate(chosen):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        infos[m] = F.plot_trajectories(ax, fit, m)
+    undecoded = bool((fit.runs["state"] < 0).any())
+    from matplotlib.lines import Line2D
 
-        handles = F.state_legend_handles(fit, undecoded=undecoded) + [
-            Line2D([], [], marker="o", mfc="white", mec="black", ls="none", label="convergence")]
-        fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8), fontsize=8,
-                   frameon=False)
-        missing = [m for m in metrics if m not in chosen]
-        out.append(("trajectories", "Trajectories",
-                    "Every run's curve, each segment coloured by its decoded state; circles mark convergence. "
-                    + (f"Not in the run tables, so not shown: {', '.join(missing)}. " if missing else "")
-                    + (f"The last panel is the most important feature overall ({chosen[-1]})."
-                       if chosen[-1] not in metrics else ""), fig, infos))
+    handles = F.state_legend_handles(fit, undecoded=undecoded) + [
+        Line2D([], [], marker="o", mfc="white", mec="black", ls="none", label="convergence")]
+    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8), fontsize=8,
+               frameon=False)
+    missing = [m for m in metrics if m not in chosen]
+    return fig, infos, ("Every run's curve, each segment coloured by its decoded state; circles mark convergence. "
+                        + (f"Not in the run tables, so not shown: {', '.join(missing)}. " if missing else "")
+                        + (f"The last panel is the most important feature overall ({chosen[-1]})."
+                           if chosen[-1] not in metrics else ""))
 
+
+def _draw_progress(fit: FitArtifacts, metrics):
     panels = F.progress_panels(fit)
-    if panels:
-        fig = _new_figure(11, 9.2)
-        grid = fig.add_gridspec(3, 2)
-        infos = {}
-        for i, m in enumerate(panels):
-            ax = fig.add_subplot(grid[i // 2, i % 2])
-            infos[m] = F.plot_trajectories(ax, fit, m)
-            values = fit.runs[m].to_numpy(dtype=float)
-            values = values[np.isfinite(values)]
-            if m in ("restricted_loss", "excluded_loss") and values.size and (values > 0).all():
-                ax.set_yscale("log")  # losses fall over orders of magnitude
-                ax.set_ylim(values.min() / 1.3, values.max() * 1.3)
-        infos["concentration"] = F.plot_fourier_concentration(fig.add_subplot(grid[2, 0]), fit)
-        infos["spectrum"] = F.plot_fourier_spectrum(fig.add_subplot(grid[2, 1]), fit)
-        out.append(("progress", "Progress measures (Nanda et al.)",
-                    "Fourier progress measures of modular arithmetic, each run coloured by its decoded state "
-                    "(collect/progress.py, docs/collect.md). Restricted loss: the training loss when the MLP's "
-                    "neurons keep only their mean and their components along the key frequencies' "
-                    "cos/sin(w(a+b)); it falls as the generalising circuit forms. Excluded loss: the training loss "
-                    "with exactly those components removed; it rises while the circuit forms, because the network "
-                    "comes to rely on it, before the validation accuracy jumps. Gini of the embedding's frequency "
-                    "norms: how few frequencies carry it. Sum of squared weights: it falls in the cleanup phase, "
-                    "as weight decay removes the memorising solution. Bottom left: each run's embedding settling on "
-                    "its own key frequencies (the share of its energy in the five frequencies that carry most at its "
-                    "end); bottom right: the spectrum of the run that converges at the median time"
-                    + (f" (run {infos['spectrum']['seed']}; its largest frequencies at the end: "
-                       f"{', '.join(map(str, infos['spectrum']['top_at_end']))})"
-                       if infos["spectrum"].get("top_at_end") else "") + ".", fig, infos))
+    if not panels:
+        return None
+    fig = _new_figure(11, 9.2)
+    grid = fig.add_gridspec(3, 2)
+    infos = {}
+    for i, m in enumerate(panels):
+        ax = fig.add_subplot(grid[i // 2, i % 2])
+        infos[m] = F.plot_trajectories(ax, fit, m)
+        values = fit.runs[m].to_numpy(dtype=float)
+        values = values[np.isfinite(values)]
+        if m in ("restricted_loss", "excluded_loss") and values.size and (values > 0).all():
+            ax.set_yscale("log")  # losses fall over orders of magnitude
+            ax.set_ylim(values.min() / 1.3, values.max() * 1.3)
+    infos["concentration"] = F.plot_fourier_concentration(fig.add_subplot(grid[2, 0]), fit)
+    infos["spectrum"] = F.plot_fourier_spectrum(fig.add_subplot(grid[2, 1]), fit)
+    return fig, infos, (
+        "Fourier progress measures of modular arithmetic, each run coloured by its decoded state "
+        "(collect/progress.py, docs/collect.md). Restricted loss: the training loss when the MLP's "
+        "neurons keep only their mean and their components along the key frequencies' "
+        "cos/sin(w(a+b)); it falls as the generalising circuit forms. Excluded loss: the training loss "
+        "with exactly those components removed; it rises while the circuit forms, because the network "
+        "comes to rely on it, before the validation accuracy jumps. Gini of the embedding's frequency "
+        "norms: how few frequencies carry it. Sum of squared weights: it falls in the cleanup phase, "
+        "as weight decay removes the memorising solution. Bottom left: each run's embedding settling on "
+        "its own key frequencies (the share of its energy in the five frequencies that carry most at its "
+        "end); bottom right: the spectrum of the run that converges at the median time"
+        + (f" (run {infos['spectrum']['seed']}; its largest frequencies at the end: "
+           f"{', '.join(map(str, infos['spectrum']['top_at_end']))})"
+           if infos["spectrum"].get("top_at_end") else "") + ".")
 
+
+def _draw_occupancy(fit: FitArtifacts, metrics):
     n = len(fit.seeds)
     fig = _new_figure(11, 1.2 + 0.22 * n)
     info = F.plot_occupancy(fig.add_subplot(), fit)
-    out.append(("occupancy", "State occupancy per run",
-                "One strip per run, sorted by convergence time (fastest at the top); the black tick marks "
-                "convergence.", fig, info))
+    return fig, info, ("One strip per run, sorted by convergence time (fastest at the top); the black tick marks "
+                       "convergence.")
 
+
+def _draw_detours(fit: FitArtifacts, metrics):
     testable = any((r.get("status") or "") == "tested" for r in fit.state_tests or [])
     if testable or not fit.state_tests:
         fig = _new_figure(max(8.0, 1.1 * fit.n_states + 4.5), 8.4)
@@ -151,43 +183,82 @@ def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[st
     info = {"delays": F.plot_delays(top, fit), "regression": F.plot_regression(bottom, fit)}
     rule = fit.detour_rule.get("rule")
     mechanical = info["regression"].get("mechanical")
-    out.append(("detours", "Detours",
-                ("Top: for each state, the mean convergence step of the runs that visit it minus that of the runs "
-                 "that skip it, with a 95 % Welch interval and the one-sided permutation p adjusted over the tested states (Westfall–Young maxT). "
-                 "Obligatory, unvisited and not-estimable states (too few runs on one side) are grey and untested. "
-                 if fit.state_tests else
-                 "Top: this fit predates per-state delay tests. ")
-                + "Bottom: the occupancy-regression contrast of each state with its bootstrap interval; gaps are "
-                "states without a coefficient (not visited, or visited by too few runs to estimate it); pale bars "
-                "with a dashed edge are coefficients whose interval crosses zero, so their sign is not established. "
-                + (f"‡: with runs of equal length, state {mechanical}'s coefficient is negative by construction "
-                   "(see below). " if mechanical is not None else "")
-                + "Hatched bars marked ★ are detour states"
-                + (f" (by the {rule} rule)." if rule else ".")
-                + " The table below gives every state's numbers.", fig, info))
+    return fig, info, (
+        ("Top: for each state, the mean convergence step of the runs that visit it minus that of the runs "
+         "that skip it, with a 95 % Welch interval and the one-sided permutation p adjusted over the tested states (Westfall–Young maxT). "
+         "Obligatory, unvisited and not-estimable states (too few runs on one side) are grey and untested. "
+         if fit.state_tests else
+         "Top: this fit predates per-state delay tests. ")
+        + "Bottom: the occupancy-regression contrast of each state with its bootstrap interval; gaps are "
+        "states without a coefficient (not visited, or visited by too few runs to estimate it); pale bars "
+        "with a dashed edge are coefficients whose interval crosses zero, so their sign is not established. "
+        + (f"‡: with runs of equal length, state {mechanical}'s coefficient is negative by construction "
+           "(see below). " if mechanical is not None else "")
+        + "Hatched bars marked ★ are detour states"
+        + (f" (by the {rule} rule)." if rule else ".")
+        + " The table below gives every state's numbers.")
 
+
+def _draw_state_profiles(fit: FitArtifacts, metrics):
     d = len(fit.features)
     fig = _new_figure(max(7.0, 0.75 * d + 3), 1.6 + 0.45 * fit.n_states)
     info = F.plot_state_profiles(fig.add_subplot(), fit)
-    out.append(("state_profiles", "State profiles",
-                f"Mean of each feature in each state, in z units ({F.scaling_text(fit)}, as the HMM saw them). "
-                "Features are named by their columns everywhere in this report. The table below gives the same "
-                "means in original units.", fig, info))
+    return fig, info, (f"Mean of each feature in each state, in z units ({F.scaling_text(fit)}, as the HMM saw "
+                       "them). Features are named by their columns everywhere in this report. The table below gives "
+                       "the same means in original units.")
 
+
+def _draw_convergence(fit: FitArtifacts, metrics):
     fig = _new_figure(7, 3.6)
     info = F.plot_convergence_histogram(fig.add_subplot(), fit)
-    out.append(("convergence", "Convergence time", "Distribution of convergence times over runs.", fig, info))
+    return fig, info, "Distribution of convergence times over runs."
 
+
+def _draw_forecasts(fit: FitArtifacts, metrics):
     fig = _new_figure(8, 3.8)
     info = F.plot_forecast_backtest(fig.add_subplot(), fit)
-    out.append(("forecasts", "Forecasts (latent predict)",
-                "What latent predict would have said about these runs part-way through: each run is cut after a "
-                "share of its checkpoints and its convergence step forecast from the other runs that were in the "
-                f"same state for as long (the run itself left out; the HMM is not refitted, so this is slightly "
-                f"optimistic: bench/bench_predict.py holds runs out of the fit too). Blue: share of the runs not yet "
-                f"converged at the cut whose {100 * F.forecast_backtest(fit)['level']:.0f} % interval covered the "
-                "step they converged at; n above each point is their number. Orange: the interval's median width. "
-                "The table below adds the detour calls. See docs/predict.md.", fig, info))
+    return fig, info, (
+        "What latent predict would have said about these runs part-way through: each run is cut after a "
+        "share of its checkpoints and its convergence step forecast from the other runs that were in the "
+        f"same state for as long (the run itself left out; the HMM is not refitted, so this is slightly "
+        f"optimistic: bench/bench_predict.py holds runs out of the fit too). Blue: share of the runs not yet "
+        f"converged at the cut whose {100 * F.forecast_backtest(fit)['level']:.0f} % interval covered the "
+        "step they converged at; n above each point is their number. Orange: the interval's median width. "
+        "The table below adds the detour calls. See docs/predict.md.")
+
+
+def _map_tables(fit: FitArtifacts) -> str:
+    return _phases_html(fit) + _boundaries_html(fit) + _robustness_html(fit) + _ppc_html(fit) + _transitions_html(fit)
+
+
+def _profile_tables(fit: FitArtifacts) -> str:
+    return f"<h3>In original units</h3>{_table_html(fit)}"
+
+
+def figure_records() -> tuple[FigureRecord, ...]:
+    """The report's figures in page order: each drawn, captioned and followed by its tables here."""
+    return (
+        FigureRecord("model_selection", "Model selection", _draw_model_selection, lambda fit: _selection_html(fit)),
+        FigureRecord("training_map", "Training map", _draw_training_map, _map_tables),
+        FigureRecord("trajectories", "Trajectories", _draw_trajectories),
+        FigureRecord("progress", "Progress measures (Nanda et al.)", _draw_progress),
+        FigureRecord("occupancy", "State occupancy per run", _draw_occupancy),
+        FigureRecord("detours", "Detours", _draw_detours, lambda fit: _states_html(fit),
+                     lead=f"<p class=lead><b>What a detour is.</b> {_esc(DETOUR_DEFINITION)}</p>"),
+        FigureRecord("state_profiles", "State profiles", _draw_state_profiles, _profile_tables),
+        FigureRecord("convergence", "Convergence time", _draw_convergence),
+        FigureRecord("forecasts", "Forecasts (latent predict)", _draw_forecasts, lambda fit: _forecasts_html(fit)),
+    )
+
+
+def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[str, str, str, object, dict]]:
+    """Draw every report figure; returns ``(name, title, caption, Figure, info)`` tuples."""
+    out = []
+    for rec in figure_records():
+        drawn = rec.draw(fit, metrics)
+        if drawn is not None:
+            fig, info, caption = drawn
+            out.append((rec.name, rec.title, caption, fig, info))
     return out
 
 
@@ -864,15 +935,12 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
            + ("<a href='#state-tests'>Per-state tests</a>" if any(r.name == "detours" for r in rendered)
               else "<a href='#states'>Per-state tests</a>"))
     sections = []
+    records = {rec.name: rec for rec in figure_records()}
     for r in rendered:
         data = base64.b64encode(r.png).decode()
-        extra = {"state_profiles": f"<h3>In original units</h3>{_table_html(fit)}",
-                 "training_map": (_phases_html(fit) + _boundaries_html(fit) + _robustness_html(fit) + _ppc_html(fit)
-                                  + _transitions_html(fit)),
-                 "model_selection": _selection_html(fit),
-                 "detours": _states_html(fit),
-                 "forecasts": _forecasts_html(fit)}.get(r.name, "")
-        lead = {"detours": f"<p class=lead><b>What a detour is.</b> {_esc(DETOUR_DEFINITION)}</p>"}.get(r.name, "")
+        rec = records.get(r.name)
+        extra = rec.after(fit) if rec is not None and rec.after is not None else ""
+        lead = (rec.lead or "") if rec is not None else ""
         sections.append(
             f"<section id='{r.name}'><h2>{_esc(r.title)}</h2>{lead}<figure>"
             f"<img src='data:image/png;base64,{data}' width='{_png_width(r.png) * 100 // PNG_DPI}' "
