@@ -176,6 +176,52 @@ class _Claim:
                 lease.release()
 
 
+@dataclass
+class _Run:
+    """One collection in this process: what to collect (``request``, recorded in ``study.json``) and how
+    (device, threads, batching, saving, progress), handed whole to the stages of :func:`collect_study`
+    instead of a train of arguments.
+
+    Attributes
+    ----------
+    task : str
+    task_obj : Task
+    cfg : the task's config
+    study : Study
+    request : dict
+        Study name, task, preset, config, convergence, command, metric variant and groups, llc settings.
+    data : _Data
+        The task's data, loaded once.
+    device
+        A torch device here; a device name for Dask workers (resolved there).
+    threads : int or None
+    overwrite : bool
+    seed_batch : int
+    save_every, poll : float
+    progress : bool
+    timings : dict
+        Seconds per activity, accumulated.
+    report : callable, optional
+        Progress events of a Dask task (:class:`_Progress`).
+    """
+
+    task: str
+    task_obj: Any
+    cfg: Any
+    study: Study
+    request: dict
+    data: Any
+    device: Any
+    threads: int | None
+    overwrite: bool
+    seed_batch: int
+    save_every: float
+    progress: bool
+    poll: float
+    timings: dict
+    report: Any = None
+
+
 def _bar_interval() -> float:
     """Seconds between progress-bar redraws: twice a second on a terminal, once a minute in a log
     file (where every redraw stays, as a line of its own)."""
@@ -316,25 +362,21 @@ def collect_study(
                    convergence=task_obj.convergence(cfg), command=command, metric_variant=metric_variant,
                    metric_groups=groups, group_columns=task_obj.metric_groups(cfg), llc=llc_cfg.as_dict(),
                    llc_given=llc is not None)
-    data = _Data(task_obj, cfg)
-    timings: dict[str, float] = {}
+    run = _Run(task=task, task_obj=task_obj, cfg=cfg, study=study_obj, request=request, data=_Data(task_obj, cfg),
+               device=dev, threads=threads, overwrite=overwrite, seed_batch=seed_batch, save_every=save_every,
+               progress=progress, poll=poll, timings={})
     if not on_dask:
-        trained, elsewhere, resumed, meta = _collect_seeds(
-            task, task_obj, cfg, study_obj, request, seed_list, data, dev, threads, overwrite, seed_batch, save_every,
-            progress, poll, timings)
+        trained, elsewhere, resumed, meta = _collect_seeds(run, seed_list)
     else:
         with dask_glue.connect(scheduler, cluster) as client:
             trained, elsewhere, resumed, meta = _collect_on_dask(
-                client, task, task_obj, cfg, study_obj, request, seed_list, data, dev, threads, overwrite, seed_batch,
-                save_every, progress, poll, dask_glue.RETRIES if retries is None else retries, timings)
-    result = _summarise(study_obj, task, meta, trained, elsewhere, t_start, request["convergence"], timings)
+                client, run, seed_list, dask_glue.RETRIES if retries is None else retries)
+    result = _summarise(study_obj, task, meta, trained, elsewhere, t_start, request["convergence"], run.timings)
     result.seeds_resumed = resumed
     return result
 
 
-def _collect_seeds(task: str, task_obj, cfg, study_obj: Study, request: dict, seeds: list[int], data: "_Data", dev,
-                   threads: int | None, overwrite: bool, seed_batch: int, save_every: float, progress: bool,
-                   poll: float, timings: dict[str, float], report=None):
+def _collect_seeds(run: _Run, seeds: list[int]):
     """Train ``seeds`` in this process: claim what needs work, train it in batches, then wait for
     the seeds another collection holds and finish whatever their holder left unfinished.
 
@@ -346,23 +388,20 @@ def _collect_seeds(task: str, task_obj, cfg, study_obj: Study, request: dict, se
     resumed: dict[int, int] = {}
     threads_set = False
     wanted = seeds
+    overwrite = run.overwrite
     while True:
-        with locks.acquire(study_obj.lock_path):
-            claim = _claim(study_obj, task_obj, cfg, request, wanted, data, overwrite)
+        with locks.acquire(run.study.lock_path):
+            claim = _claim(run.study, run.task_obj, run.cfg, run.request, wanted, run.data, overwrite)
         try:
             if claim.pending and not threads_set:
-                set_threads(threads if threads is not None else task_obj.default_threads)
+                set_threads(run.threads if run.threads is not None else run.task_obj.default_threads)
                 threads_set = True
             now_resumed = {s: p.start for s, p in claim.pending.items() if p.start}
             for start, group in sorted(_by_start(now_resumed).items()):
                 log.info("resuming seed(s) %s from step %s (their last save point)", seed_label(group), f"{start:,}")
             resumed.update(now_resumed)
-            for label, start, group in _batches(task, claim.pending, seed_batch):
-                plans = [claim.pending[s] for s in group]
-                _train_batch(task_obj, cfg, study_obj, claim.schedule, plans, start, dev, data.value,
-                             request["config"].get("split_seed"), request["convergence"], save_every, progress,
-                             label, timings, report, request["metric_variant"], request["metric_groups"],
-                             request["llc"])
+            for label, start, group in _batches(run.task, claim.pending, run.seed_batch):
+                _train_batch(run, claim.schedule, [claim.pending[s] for s in group], start, label)
                 claim.release(group)
                 trained += group
         finally:
@@ -372,7 +411,7 @@ def _collect_seeds(task: str, task_obj, cfg, study_obj: Study, request: dict, se
             break
         elsewhere |= set(claim.held)
         wanted = sorted(claim.held)
-        _wait_for(study_obj, wanted, poll)
+        _wait_for(run.study, wanted, run.poll)
     return trained, sorted(elsewhere - set(trained)), resumed, claim.meta
 
 
@@ -393,9 +432,7 @@ def _check_device_name(name: str) -> str:
 # --------------------------------------------------------------------------- on Dask
 
 
-def _collect_on_dask(client, task: str, task_obj, cfg, study_obj: Study, request: dict, seeds: list[int],
-                     data: "_Data", device: str, threads: int | None, overwrite: bool, seed_batch: int,
-                     save_every: float, progress: bool, poll: float, retries: int, timings: dict[str, float]):
+def _collect_on_dask(client, run: _Run, seeds: list[int], retries: int):
     """:func:`_collect_seeds` with each batch a Dask task: the bookkeeping stays here, the
     leases and the training go to the workers (:func:`_dask_batch`).
 
@@ -406,28 +443,31 @@ def _collect_on_dask(client, task: str, task_obj, cfg, study_obj: Study, request
     ours: set[int] = set()  # seeds given to this collection's tasks
     elsewhere: set[int] = set()
     resumed: dict[int, int] = {}
-    threads = threads if threads is not None else (task_obj.default_threads or 1)
+    threads = run.threads if run.threads is not None else (run.task_obj.default_threads or 1)
     wanted = seeds
+    overwrite = run.overwrite
     while True:
-        with locks.acquire(study_obj.lock_path):
-            claim = _claim(study_obj, task_obj, cfg, request, wanted, data, overwrite)
+        with locks.acquire(run.study.lock_path):
+            claim = _claim(run.study, run.task_obj, run.cfg, run.request, wanted, run.data, overwrite)
         claim.release()  # each task leases its own seeds on its worker
         ours |= set(claim.pending)
-        batches = _batches(task, claim.pending, seed_batch)
+        batches = _batches(run.task, claim.pending, run.seed_batch)
         if batches:
-            job = dict(task=task, cfg=cfg, root=str(study_obj.root.resolve()), request=request, device=device,
-                       threads=threads, seed_batch=seed_batch, save_every=save_every, poll=poll)
-            for res in _run_batches(client, job, batches, claim, task_obj, cfg, progress, retries):
+            # what goes over the wire: plain values, rebuilt into a _Run on the worker (_dask_batch)
+            job = dict(task=run.task, cfg=run.cfg, root=str(run.study.root.resolve()), request=run.request,
+                       device=run.device, threads=threads, seed_batch=run.seed_batch, save_every=run.save_every,
+                       poll=run.poll)
+            for res in _run_batches(client, job, batches, claim, run.task_obj, run.cfg, run.progress, retries):
                 resumed.update(res["resumed"])
                 for k, v in res["timings"].items():
-                    timings[k] = timings.get(k, 0.0) + v
+                    run.timings[k] = run.timings.get(k, 0.0) + v
         overwrite = False
         if not claim.held:
             break
         elsewhere |= set(claim.held)
         wanted = sorted(claim.held)
-        _wait_for(study_obj, wanted, poll)
-    trained = [s for s in sorted(ours) if study_obj.run_status(s, claim.meta).status == "done"]
+        _wait_for(run.study, wanted, run.poll)
+    trained = [s for s in sorted(ours) if run.study.run_status(s, claim.meta).status == "done"]
     return trained, sorted(elsewhere - set(trained)), resumed, claim.meta
 
 
@@ -514,10 +554,12 @@ def _dask_batch(job: dict) -> dict:
     timings: dict[str, float] = {}
     try:
         task_obj = get_task(job["task"])
-        trained, elsewhere, resumed, _ = _collect_seeds(
-            job["task"], task_obj, job["cfg"], Study(job["root"]), job["request"], list(job["seeds"]),
-            _Data(task_obj, job["cfg"]), resolve_device(job["device"]), job["threads"], False, job["seed_batch"],
-            job["save_every"], False, job["poll"], timings, _Progress(job["topic"]))
+        run = _Run(task=job["task"], task_obj=task_obj, cfg=job["cfg"], study=Study(job["root"]),
+                   request=job["request"], data=_Data(task_obj, job["cfg"]), device=resolve_device(job["device"]),
+                   threads=job["threads"], overwrite=False, seed_batch=job["seed_batch"],
+                   save_every=job["save_every"], progress=False, poll=job["poll"], timings=timings,
+                   report=_Progress(job["topic"]))
+        trained, elsewhere, resumed, _ = _collect_seeds(run, list(job["seeds"]))
     except StoreError:
         raise
     except UserError as exc:
@@ -826,16 +868,18 @@ def seed_label(seeds: list[int]) -> str:
     return ",".join(map(str, seeds[:6])) + ("…" if len(seeds) > 6 else "")
 
 
-def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[RunStart], start: int, dev, data,
-                 split_seed, convergence, save_every: float, progress: bool, label: str,
-                 timings: dict[str, float], report=None, metric_variant: str = "reference",
-                 metric_groups=(), llc_settings: dict | None = None) -> None:
+def _train_batch(run: _Run, schedule: dict, plans: list[RunStart], start: int, label: str) -> None:
+    """Train one batch of seeds from step ``start`` to the end, saving as it goes."""
     from tqdm import tqdm
+
+    task_obj, cfg, study_obj, timings, report = run.task_obj, run.cfg, run.study, run.timings, run.report
+    convergence, metric_groups = run.request["convergence"], run.request["metric_groups"]
+    split_seed = run.request["config"].get("split_seed")
 
     seeds = [p.seed for p in plans]
     run_seeds = [RunSeeds.derive(s, split_seed) for s in seeds]
-    problem = task_obj.build(cfg, run_seeds, dev, data)
-    sampler = LLCSampler(LLCConfig(**llc_settings), seeds) if "llc" in metric_groups else None
+    problem = task_obj.build(cfg, run_seeds, run.device, run.data.value)
+    sampler = LLCSampler(LLCConfig(**run.request["llc"]), seeds) if "llc" in metric_groups else None
     spe = problem.steps_per_epoch
     unit = task_obj.step_unit
     marks = [m // spe if unit == "epoch" else m for m in checkpoint_steps(cfg.epochs, cfg.log_every, spe, unit)]
@@ -856,7 +900,7 @@ def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[Ru
     # The bar counts the study's step unit: epochs for epoch-logged tasks, optimiser steps otherwise.
     per_tick = spe if unit == "epoch" else 1
     bar = tqdm(total=cfg.epochs * spe // per_tick, initial=start // per_tick, unit=unit, desc=label,
-               disable=not progress, file=sys.stderr, dynamic_ncols=True, mininterval=_bar_interval())
+               disable=not run.progress, file=sys.stderr, dynamic_ncols=True, mininterval=_bar_interval())
     bar.set_postfix_str(f"converged {int(converged.sum())}/{len(seeds)}")
     last_save = time.monotonic()
     total = cfg.epochs * spe
@@ -873,7 +917,7 @@ def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[Ru
             bar.update(step // per_tick - bar.n)
         if report is not None:
             report(seeds, step // per_tick, converged)
-        if start < step < total and time.monotonic() - last_save >= save_every:
+        if start < step < total and time.monotonic() - last_save >= run.save_every:
             t0 = time.perf_counter()
             writer.save(step, [problem.seed_state(i) for i in range(len(seeds))])
             timings["save"] = timings.get("save", 0.0) + time.perf_counter() - t0
@@ -881,8 +925,8 @@ def _train_batch(task_obj, cfg, study_obj: Study, schedule: dict, plans: list[Ru
 
     try:
         train(problem, start_step=start, epochs=cfg.epochs, log_every=cfg.log_every, unit=unit,
-              on_checkpoint=on_checkpoint, on_step=on_step, timings=timings, metric_variant=metric_variant,
-              groups=tuple(metric_groups), llc=sampler)
+              on_checkpoint=on_checkpoint, on_step=on_step, timings=timings,
+              metric_variant=run.request["metric_variant"], groups=tuple(metric_groups), llc=sampler)
     finally:
         bar.close()
     writer.save(total, None, done=True, info={k: round(v, 3) for k, v in timings.items()})
