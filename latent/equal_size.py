@@ -40,7 +40,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .errors import UserError
+from .errors import StoreError, UserError
 
 SUBSAMPLES_FORMAT = "latent.subsamples/1"
 DEFAULT_SUBSAMPLES = 20
@@ -223,8 +223,8 @@ def refit_subsamples(study, config, fit_dir, fit_id: str, seeds_used: Sequence[i
             atomic_write_json(path, {"format": SUBSAMPLES_FORMAT, "fit_id": fit_id, "pool": pool, "n": n,
                                      "random_state": config.random_state,
                                      "draws": [cache[i] for i in sorted(cache)]})
-        except OSError as exc:  # a read-only store still gets its comparison
-            say(f"study {study.name}: could not cache the subsample refits ({exc.strerror or exc})")
+        except (OSError, StoreError) as exc:  # a read-only store still gets its comparison
+            say(f"study {study.name}: could not cache the subsample refits ({exc})")
     draws = tuple(cache[i] for i in range(count))
     spread = SubsampleSpread(study=study.name, n_runs=n, of_runs=len(pool), draws=draws,
                              cached=count - len(todo))

@@ -170,7 +170,7 @@ def test_same_dynamics_are_not_called_different_and_another_dynamics_is(store, c
     assert "At equal size: 6 runs" in page and "159 subsamples of 6 of its 18 runs" in page and "K differs" in page
 
 
-def test_cache_default_count_all_runs_and_errors(store, capsys, tmp_path):
+def test_cache_default_count_all_runs_and_errors(store, capsys, tmp_path, monkeypatch):
     assert compare(store, "big", "twin", "--subsamples", "4") == 0
     out = capsys.readouterr().out
     cache = [p for p in (store / "big" / "fits").glob("*/subsamples-n6.json")]
@@ -198,6 +198,18 @@ def test_cache_default_count_all_runs_and_errors(store, capsys, tmp_path):
     err = capsys.readouterr().err.strip()
     assert err.startswith("latent compare: error: --no-fit: comparing at equal size needs 20 subsample refit(s) of big")
     assert "\n" not in err and not cache[0].exists()
+    # a fit directory that refuses the write (a read-only store): the comparison is made, the cache is not
+    import latent.store
+    from latent.errors import StoreError
+
+    def refuse(path, obj, sync=True):
+        raise StoreError(f"cannot write {path}: Read-only file system")
+
+    monkeypatch.setattr(latent.store, "atomic_write_json", refuse)
+    assert compare(store, "big", "twin", "--subsamples", "2") == 0
+    assert "could not cache the subsample refits (cannot write" in capsys.readouterr().out
+    assert not cache[0].exists()
+    monkeypatch.undo()
     assert compare(store, "big", "twin", "--subsamples", "1") == 2
     assert "--subsamples must be at least 2" in capsys.readouterr().err
     assert compare(store, "big", "twin", "--subsamples", "3", "--all-runs") == 2
