@@ -85,11 +85,14 @@ def main(argv=None) -> int:
     p = int(meta["config"]["p"])
     paths = result.paths.sort_values(["seed", "step"])
     table = pd.concat([pd.read_parquet(f) for f in sorted((study.root / "runs").glob("seed-*.parquet"))])
-    chance_steps, circuit_steps = [], []
+    chance_steps, circuit_steps, jump_steps = [], [], []
     for seed, g in paths.groupby("seed", sort=True):
         run = table[table["seed"] == seed].sort_values("step")
         above = run.loc[run["val_acc"] > 2.0 / p, "step"]
         chance_steps.append(float(above.iloc[0]) if len(above) else np.nan)
+        # the jump Nanda et al. time circuit formation against: first above half the convergence threshold
+        half = run.loc[run["val_acc"] > threshold / 2, "step"]
+        jump_steps.append(float(half.iloc[0]) if len(half) else np.nan)
         inside = g.loc[g["state"].map(labels) == "circuit formation", "step"]
         circuit_steps.append(float(inside.iloc[0]) if len(inside) else np.nan)
     conv = [v for v in a["convergence"]["times"].values() if v is not None]
@@ -112,10 +115,14 @@ def main(argv=None) -> int:
     circuit = np.array(circuit_steps, dtype=float)
     chance = np.array(chance_steps, dtype=float)
     both = np.isfinite(circuit) & np.isfinite(chance)
+    jump = np.array(jump_steps, dtype=float)
+    both_jump = np.isfinite(circuit) & np.isfinite(jump)
     summary = {
         "K": result.selector.n_states_, "runs": len(paths["seed"].unique()),
         "order_ok": int(sum(order)), "circuit_entry_median": med(circuit), "chance_exit_median": med(chance),
         "circuit_before_chance": int((circuit[both] < chance[both]).sum()), "both": int(both.sum()),
+        "jump_median": med(jump), "circuit_before_jump": int((circuit[both_jump] < jump[both_jump]).sum()),
+        "both_jump": int(both_jump.sum()),
         "convergence_median": float(np.median(conv)) if conv else None,
         "detours": [d["state"] for d in a["detours"]], "verdict": a["boundaries"]["verdict"],
         "ppc_outside": a["ppc"]["outside_names"], "fit": str(out_dir),
@@ -126,7 +133,9 @@ def main(argv=None) -> int:
             f"{summary['order_ok']} of {summary['runs']} runs. "
             + (f"Runs enter circuit formation at a median step {summary['circuit_entry_median']:g}; their validation "
                f"accuracy leaves chance (first above 2/p) at a median {summary['chance_exit_median']:g} (circuit "
-               f"formation first in {summary['circuit_before_chance']} of {summary['both']} runs); "
+               f"formation first in {summary['circuit_before_chance']} of {summary['both']} runs), and jumps (first above "
+               f"half the threshold, {threshold / 2:g}) at a median {summary['jump_median']:g} (circuit formation "
+               f"first in {summary['circuit_before_jump']} of {summary['both_jump']} runs); "
                if summary["both"] else
                "No state reads as circuit formation (none has validation accuracy below the threshold with excluded "
                f"loss rising); validation accuracy leaves chance (first above 2/p) at a median "
