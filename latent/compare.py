@@ -940,6 +940,11 @@ def equal_verdicts(comparison: Comparison) -> list[str]:
     for a, b in combinations(comparison.studies, 2):
         tests = [t for t in comparison.equal if t.a == a.name and t.b == b.name]
         tested = [t for t in tests if t.p is not None]
+        spread = {sp.study for sp in comparison.spreads}
+        if a.name not in spread and b.name not in spread:
+            out.append(f"{a.name} vs {b.name}: both have {n} runs, so neither was refitted; their values are one fit "
+                       "each, with no spread to read a difference against")
+            continue
         if not tested:
             out.append(f"{a.name} vs {b.name} at {n} runs: not tested (no subsample refit succeeded)")
             continue

@@ -140,6 +140,15 @@ def test_equal_tests_holm_over_pairs_and_quantities_by_hand():
     assert inside["n_states"].p == 1.0 and not inside["n_states"].differs
     # no spread at all: nothing is tested
     assert equal_tests([small, big], {}) == ()
+    # three studies, two of the smallest size: that pair is said to have no spread, not to have failed
+    from latent.compare import compare_studies, equal_verdicts
+
+    twin = _summary("twin", 4, 0.6, 0.3, 0, 6)
+    comp = compare_studies([small, twin, big], [_spread("big", [3] * 20)], subsamples=20)
+    lines = equal_verdicts(comp)
+    assert any(line.startswith("small vs twin: both have 6 runs, so neither was refitted") for line in lines)
+    assert any(line.startswith("small vs big at 6 runs: ") for line in lines)
+    assert not any("no subsample refit succeeded" in line for line in lines)
 
 
 # --------------------------------------------------------------------------- end to end
