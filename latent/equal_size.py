@@ -75,14 +75,10 @@ def subsample_seeds(seeds: Sequence[int], n: int, index: int, random_state: int 
 
 def fit_values(n_states, r2, dissimilarity, detours) -> dict:
     """One fit's values of :data:`QUANTITIES` (None where undefined)."""
-    def num(x):
-        try:
-            v = float(x)
-        except (TypeError, ValueError):
-            return None
-        return v if math.isfinite(v) else None
+    from .compare import _opt_float
 
-    return {"n_states": int(n_states), "r2": num(r2), "dissimilarity": num(dissimilarity), "detours": int(detours)}
+    return {"n_states": int(n_states), "r2": _opt_float(r2), "dissimilarity": _opt_float(dissimilarity),
+            "detours": int(detours)}
 
 
 @dataclass(frozen=True)

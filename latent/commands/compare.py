@@ -27,10 +27,9 @@ DESCRIPTION = (
 
 def add_parser(sub) -> None:
     from ..equal_size import DEFAULT_SUBSAMPLES
-    from ..fit import FitConfig
-    from .fit import _int, add_fit_options
+    from ..settings import parse_int
+    from .fit import add_fit_options
 
-    defaults = FitConfig()
     p = sub.add_parser("compare", help="compare studies side by side (fits what is not fitted yet)",
                        description=DESCRIPTION)
     p.add_argument("studies", nargs="+", metavar="STUDY",
@@ -43,18 +42,18 @@ def add_parser(sub) -> None:
     p.add_argument("--open", action="store_true", help="open the page in the default browser, if there is one")
     add_quiet(p, "the page's path")
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--subsamples", type=_int, default=DEFAULT_SUBSAMPLES, metavar="N",
+    size.add_argument("--subsamples", type=parse_int, default=DEFAULT_SUBSAMPLES, metavar="N",
                       help="when the studies differ in size, refit each larger one on N random subsamples of the "
                            "smallest one's size and compare K, R², dissimilarity and detours there (default "
                            f"{DEFAULT_SUBSAMPLES}; the refits are cached next to the fit)")
     size.add_argument("--all-runs", dest="all_runs", action="store_true",
                       help="compare the full studies only, whatever their sizes (no subsample refits)")
     fit_group = p.add_argument_group("fit settings (as for latent fit; they choose which fit is used)")
-    add_fit_options(fit_group, defaults)
+    add_fit_options(fit_group)
     fit_group.add_argument("--reference", action="store_true",
                            help="the reference's procedure (per-run scaling, one 80/20 split, mean BIC over "
                                 "restarts, the paper's detour rule)")
-    fit_group.add_argument("--jobs", type=_int, default=None,
+    fit_group.add_argument("--jobs", type=parse_int, default=None,
                            help="worker processes for fits made here (default: all cores)")
     p.set_defaults(run=run)
 

@@ -20,29 +20,26 @@ DESCRIPTION = (
 )
 
 
-from ..settings import parse_float as _float, parse_int as _int  # noqa: E402,F401 - the flags' parsers
+from ..settings import parse_int  # noqa: E402 - the --jobs parser
 
 
 def add_parser(sub) -> None:
-    from ..fit import FitConfig
-
-    defaults = FitConfig()
     p = sub.add_parser("fit", help="fit HMMs, decode runs, build the training map and detour regression",
                        description=DESCRIPTION)
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--study", default=None, help="study name in the store, or a path (default: most recent)")
-    add_fit_options(p, defaults)
+    add_fit_options(p)
     p.add_argument("--reference", action="store_true",
                    help="the reference's procedure: per-run scaling, one 80/20 split, mean BIC over 5 restarts, "
                         "the paper's detour rule (other flags still override)")
-    p.add_argument("--jobs", type=_int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--jobs", type=parse_int, default=None, help="worker processes (default: all cores)")
     add_quiet(p, "the fit directory")
     add_dask_options(p, "run the restarts and resamples on this Dask scheduler (tcp://host:8786) instead of "
                         "--jobs local processes; same results (docs/cluster.md)", "fit")
     p.set_defaults(run=run)
 
 
-def add_fit_options(group, defaults=None) -> None:
+def add_fit_options(group) -> None:
     """The FitConfig flags that `fit` and `compare` share (compare uses them to pick its fits),
     generated from FitConfig's field declarations (latent.settings); every default is FitConfig's,
     shown in --help."""
