@@ -38,8 +38,8 @@ CHILD = """
 import hashlib, json, sys, time
 sys.path.insert(0, sys.argv[1])
 import torch
-from collect.seeds import RunSeeds
-from collect.tasks.cifar import CifarConfig, CifarProblem
+from latent.collect.seeds import RunSeeds
+from latent.collect.tasks.cifar import CifarConfig, CifarProblem
 torch.set_num_threads(1)
 seeds, steps = int(sys.argv[2]), int(sys.argv[3])
 cfg = CifarConfig()

@@ -40,7 +40,7 @@ from results import write_block  # noqa: E402
 
 
 def _collect(store: Path, args, **kw) -> float:
-    from collect.study import collect_study
+    from latent.collect.study import collect_study
 
     t0 = time.perf_counter()
     res = collect_study("modadd", args.seeds, overrides=[f"epochs={args.epochs}"], store=store,
@@ -64,7 +64,7 @@ def overhead(args) -> dict:
             print(f"round {r + 1}: --cluster local:2 {walls['cluster local:2'][-1]:.1f} s", flush=True)
         with distributed.LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as lc, \
                 distributed.Client(lc, set_as_default=False) as client:
-            client.run(lambda: __import__("collect.study") and None)  # a standing cluster's workers have loaded torch
+            client.run(lambda: __import__("latent.collect.study") and None)  # a standing cluster's workers have loaded torch
             _collect(tmp / "warm-up", args, scheduler=lc.scheduler_address)  # and have trained before
             one = argparse.Namespace(**{**vars(args), "seed_batch": 0})
             for r in range(args.rounds):

@@ -30,7 +30,7 @@ from results import write_block  # noqa: E402
 
 def _load():
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import collect  # noqa: F401
+    import latent.collect  # noqa: F401
     import torch
 
     return torch
@@ -40,8 +40,8 @@ def seed_epochs_per_second(cfg, seeds, epochs, threads):
     """Train ``seeds`` batched for ``epochs`` epochs (after one warm-up epoch)."""
     import torch
 
-    from collect.seeds import RunSeeds
-    from collect.tasks import get_task
+    from latent.collect.seeds import RunSeeds
+    from latent.collect.tasks import get_task
 
     torch.set_num_threads(threads)
     problem = get_task("modadd").build(cfg, [RunSeeds.derive(s) for s in seeds], torch.device("cpu"))
@@ -54,7 +54,7 @@ def seed_epochs_per_second(cfg, seeds, epochs, threads):
 
 def batched_vs_loop(threads):
     """Paper transformer: 40 seeds as one model vs one seed at a time (same batch size 2048)."""
-    from collect.tasks.modadd import PRESETS, ModAddConfig
+    from latent.collect.tasks.modadd import PRESETS, ModAddConfig
 
     cfg = ModAddConfig(**PRESETS["paper"])
     batched = seed_epochs_per_second(cfg, list(range(40)), 2, threads)
@@ -73,10 +73,10 @@ def metric_cost(threads):
     """Seconds to compute the 14 columns for 40 seeds at one checkpoint (MLP default, paper transformer)."""
     import torch
 
-    from collect.metrics import reference_metrics
-    from collect.seeds import RunSeeds
-    from collect.tasks import get_task
-    from collect.tasks.modadd import PRESETS, ModAddConfig
+    from latent.collect.metrics import reference_metrics
+    from latent.collect.seeds import RunSeeds
+    from latent.collect.tasks import get_task
+    from latent.collect.tasks.modadd import PRESETS, ModAddConfig
 
     torch.set_num_threads(threads)
     out = {}
@@ -96,7 +96,7 @@ def subprocess_rate(threads, env_extra):
     """Default MLP seed-epochs/s at 40 seeds in a fresh process with extra environment."""
     code = (
         "import sys; sys.path.insert(0, %r); sys.path.insert(0, %r);"
-        "from bench_collect import seed_epochs_per_second; from collect.tasks.modadd import ModAddConfig;"
+        "from bench_collect import seed_epochs_per_second; from latent.collect.tasks.modadd import ModAddConfig;"
         "print(seed_epochs_per_second(ModAddConfig(), list(range(40)), 15, %d))"
     ) % (str(ROOT), str(ROOT / "bench"), threads)
     env = {**os.environ, **env_extra}

@@ -38,10 +38,10 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from results import write_block  # noqa: E402
 
-from collect.config import resolve_config  # noqa: E402
-from collect.llc import LLCConfig, LLCSampler  # noqa: E402
-from collect.seeds import RunSeeds  # noqa: E402
-from collect.tasks import get_task  # noqa: E402
+from latent.collect.config import resolve_config  # noqa: E402
+from latent.collect.llc import LLCConfig, LLCSampler  # noqa: E402
+from latent.collect.seeds import RunSeeds  # noqa: E402
+from latent.collect.tasks import get_task  # noqa: E402
 
 SEEDS = [0, 1, 2, 3]
 VARIANTS = {

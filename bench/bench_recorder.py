@@ -30,8 +30,8 @@ from results import write_block  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from collect.modules import select_module  # noqa: E402
-from collect.recorder import Recorder  # noqa: E402
+from latent.collect.modules import select_module  # noqa: E402
+from latent.collect.recorder import Recorder  # noqa: E402
 
 VOCAB, SEQ, BATCH, D, HEADS, FF, LAYERS = 256, 32, 64, 128, 4, 512, 2
 

@@ -52,9 +52,9 @@ def ours_seed_epochs_per_second(n_seeds: int, epochs: int, threads: int) -> floa
     """The paper preset, ``n_seeds`` batched: training epochs plus one validation pass per 10."""
     import torch
 
-    from collect.seeds import RunSeeds
-    from collect.tasks import get_task
-    from collect.tasks.modadd import PRESETS, ModAddConfig
+    from latent.collect.seeds import RunSeeds
+    from latent.collect.tasks import get_task
+    from latent.collect.tasks.modadd import PRESETS, ModAddConfig
 
     torch.set_num_threads(threads)
     cfg = ModAddConfig(**PRESETS["paper"])
@@ -73,9 +73,9 @@ def flops_per_seed_epoch() -> tuple[float, dict]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from collect.seeds import RunSeeds
-    from collect.tasks import get_task
-    from collect.tasks.modadd import PRESETS, ModAddConfig
+    from latent.collect.seeds import RunSeeds
+    from latent.collect.tasks import get_task
+    from latent.collect.tasks.modadd import PRESETS, ModAddConfig
 
     cfg = ModAddConfig(**PRESETS["paper"])
     problem = get_task("modadd").build(cfg, [RunSeeds.derive(0)], torch.device("cpu"))
@@ -94,7 +94,7 @@ def plain_flops_per_seed_epoch() -> float:
     from torch import nn
     from torch.utils.flop_counter import FlopCounterMode
 
-    from collect.tasks.modadd import PRESETS, ModAddConfig
+    from latent.collect.tasks.modadd import PRESETS, ModAddConfig
 
     cfg = ModAddConfig(**PRESETS["paper"])
     d, h, m, p = cfg.d_model, cfg.n_heads, cfg.d_mlp, cfg.p

@@ -54,8 +54,8 @@ def main() -> int:
                            capture_output=True, cwd=ROOT)
             cli.append(time.perf_counter() - t0)
 
-        from reports import html as H
-        from reports.artifacts import load_fit
+        from latent.reports import html as H
+        from latent.reports.artifacts import load_fit
 
         t0 = time.perf_counter()
         fit = load_fit(store)

@@ -63,7 +63,7 @@ def spawn(store: Path, seeds: str = str(SEEDS)) -> subprocess.Popen:
 
 
 def collect(store: Path) -> None:
-    from collect.study import collect_study
+    from latent.collect.study import collect_study
 
     collect_study("parity", SEEDS, overrides=PARITY, store=store, threads=1, progress=False, save_every=0)
 
@@ -233,7 +233,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=2024)
     args = ap.parse_args()
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    import collect  # noqa: F401  (process settings before torch loads)
+    import latent.collect  # noqa: F401  (process settings before torch loads)
 
     soak = Soak(args.seed)
     scenarios = {"kill": soak.kill, "damage": soak.damage, "disk-full": soak.disk_full, "two": soak.two}

@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from results import write_block  # noqa: E402
 
-from collect.study import collect_study  # noqa: E402
+from latent.collect.study import collect_study  # noqa: E402
 from latent.errors import UserError  # noqa: E402
 from latent.fit import FitConfig, fit_study  # noqa: E402
 from latent.store import Study  # noqa: E402

@@ -1,7 +1,7 @@
 """The collector: train many seeds of a task as one batched model and log weight statistics.
 
 Importing this package first applies process settings that must precede torch's import
-(see :mod:`collect.runtime`).
+(see :mod:`latent.collect.runtime`).
 """
 
 from .runtime import prepare_process

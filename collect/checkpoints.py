@@ -2,8 +2,8 @@
 
 Given run directories (or one directory holding run directories), :func:`checkpoint_runs`
 finds each run's saved models, computes the reference's weight statistics of each with the
-state-dict rules of :mod:`collect.modules` (in the metric variant asked for,
-:func:`collect.metrics.reference_metrics`; in parallel over checkpoints if asked), and returns
+state-dict rules of :mod:`latent.collect.modules` (in the metric variant asked for,
+:func:`latent.collect.metrics.reference_metrics`; in parallel over checkpoints if asked), and returns
 one table per run. It writes nothing; ``latent import checkpoints`` writes the study.
 
 A path is a root when its subdirectories are runs (they hold model files other than a Hugging
@@ -404,7 +404,7 @@ def checkpoint_runs(paths, *, step_pattern=None, include=(), exclude=(), workers
         A regular expression with one group, searched in each checkpoint's file or folder
         name, whose match is the step. Default: the last whole number in the name.
     include, exclude : str, re.Pattern or sequence of them
-        Change which tensors count (:mod:`collect.modules`, state-dict rules).
+        Change which tensors count (:mod:`latent.collect.modules`, state-dict rules).
     workers : int
         Processes computing checkpoints in parallel (1: in this process). Results do not
         depend on it.
@@ -414,9 +414,9 @@ def checkpoint_runs(paths, *, step_pattern=None, include=(), exclude=(), workers
         Attention heads of ``in_proj_weight`` tensors (``nn.MultiheadAttention``), to split them
         per head as the module rules do.
     metric_variant : {"reference", "paper"}
-        The definitions of the 14 columns (:func:`collect.metrics.reference_metrics`): the
+        The definitions of the 14 columns (:func:`latent.collect.metrics.reference_metrics`): the
         reference code's (the default) or the paper's wording (population variances, pooled
-        singular values); the same as a :class:`collect.recorder.Recorder` of that variant.
+        singular values); the same as a :class:`latent.collect.recorder.Recorder` of that variant.
 
     Returns
     -------

@@ -18,7 +18,7 @@ What makes it exact in the sense of the other statistics:
 
 * **Batched equals alone.** Each seed's parameters are their own leaf tensors with their own
   sampler, and its noise (and minibatches) come from its own generator, seeded from the run seed
-  and the checkpoint's step (:func:`collect.seeds.llc_seed`); the forward pass is the task's
+  and the checkpoint's step (:func:`latent.collect.seeds.llc_seed`); the forward pass is the task's
   batched one, whose per-seed results match a lone seed's to the tolerance the tests use.
 * **Resume equals uninterrupted.** An estimate depends only on the weights at that checkpoint
   and its seed; the training weights, optimiser and data order are never touched.

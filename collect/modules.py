@@ -1,6 +1,6 @@
 """Which tensors of any model count in the reference's weight statistics, and the 14 columns from them.
 
-:mod:`collect.metrics` holds the definitions (reference.md B1–B5); the tasks hand it their
+:mod:`latent.collect.metrics` holds the definitions (reference.md B1–B5); the tasks hand it their
 weights by hand. This module finds them in a model it has never seen, from an ``nn.Module``
 (:func:`select_module`) or from a plain state dict of names and tensors (:func:`select_state_dict`,
 what ``latent import checkpoints`` has), and computes the columns with one seed (S = 1).
@@ -158,7 +158,7 @@ class Selection:
     def metrics(self, tensors: Mapping[str, torch.Tensor], variant: str = "reference") -> dict[str, float]:
         """The 14 reference columns of ``tensors`` (which must hold every selected name).
 
-        ``variant`` picks the definitions (:func:`collect.metrics.reference_metrics`):
+        ``variant`` picks the definitions (:func:`latent.collect.metrics.reference_metrics`):
         ``"reference"`` (the reference code's) or ``"paper"``.
         """
         with torch.no_grad():

@@ -2,7 +2,7 @@
 
 ::
 
-    from collect.recorder import Recorder
+    from latent.collect.recorder import Recorder
 
     with Recorder("data", study="my-exp", seed=3, convergence="val_acc>0.9") as rec:
         for step in range(steps):
@@ -12,8 +12,8 @@
     # then: latent fit --study my-exp && latent report --study my-exp
 
 Each :meth:`Recorder.log` computes the 14 reference columns of the model's weights as they
-are now (:mod:`collect.modules` says which tensors count; ``include=``/``exclude=`` change
-that; ``metric_variant="paper"`` takes the paper's definitions, :mod:`collect.metrics`) and
+are now (:mod:`latent.collect.modules` says which tensors count; ``include=``/``exclude=`` change
+that; ``metric_variant="paper"`` takes the paper's definitions, :mod:`latent.collect.metrics`) and
 keeps them, with your values, as one row. The study is the one ``latent collect``
 would write (``docs/artifacts.md``), with ``task: "external"`` and ``source.kind: "recorder"``
 in ``study.json``, so ``latent fit``, ``latent report`` and ``latent compare`` take it as is.
@@ -81,7 +81,7 @@ def _convergence(rule) -> dict | None:
 
 
 def check_metric_variant(variant: Any) -> str:
-    """``variant`` if it is one of :data:`collect.metrics.METRIC_VARIANTS`, else a one-line :class:`UserError`."""
+    """``variant`` if it is one of :data:`latent.collect.metrics.METRIC_VARIANTS`, else a one-line :class:`UserError`."""
     if not isinstance(variant, str) or variant not in METRIC_VARIANTS:
         raise UserError(f"metric_variant must be one of {', '.join(METRIC_VARIANTS)}, got {variant!r}")
     return variant
@@ -119,7 +119,7 @@ class Recorder:
         log. Default: the study's, if it has one (``latent fit`` then needs ``--metric`` and
         ``--threshold`` otherwise). Must agree with the study's.
     include, exclude : str, re.Pattern or sequence of them
-        Change which tensors count (:mod:`collect.modules`): globs, or ``"re:REGEX"``.
+        Change which tensors count (:mod:`latent.collect.modules`): globs, or ``"re:REGEX"``.
     heads : int, optional
         Heads of the ``in_proj_weight`` tensors when you log a state dict instead of a module.
     overwrite : bool
@@ -134,7 +134,7 @@ class Recorder:
     step_unit : str
         What ``step`` counts (``"step"`` or ``"epoch"``), shown on the report's axes.
     metric_variant : {"reference", "paper"}
-        The definitions of the 14 columns (:func:`collect.metrics.reference_metrics`):
+        The definitions of the 14 columns (:func:`latent.collect.metrics.reference_metrics`):
         ``"reference"`` (the default) is the reference code's, ``"paper"`` the paper's wording
         (population variances for ``var_w``/``var_b``, ``mean_lambda``/``variance_lambda``
         from the pooled singular values). Recorded in ``study.json`` as ``metric_variant``;
@@ -144,7 +144,7 @@ class Recorder:
     Raises
     ------
     UserError
-        If ``metric_variant`` is not one of :data:`collect.metrics.METRIC_VARIANTS`, the study
+        If ``metric_variant`` is not one of :data:`latent.collect.metrics.METRIC_VARIANTS`, the study
         was made otherwise (``latent collect``, ``latent import``) or with another convergence
         rule, ``step_unit`` or metric variant, the seed is being recorded by another live
         recorder, or it is done and neither ``overwrite`` nor ``resume`` is set.

@@ -64,7 +64,7 @@ class RunSeeds:
 
 
 def llc_seed(seed: int, step: int) -> int:
-    """The seed of run ``seed``'s LLC sampler at ``step`` (:mod:`collect.llc`): its own stream, so
+    """The seed of run ``seed``'s LLC sampler at ``step`` (:mod:`latent.collect.llc`): its own stream, so
     an estimate is the same in any batch, on resume, and whatever other checkpoints were measured."""
     seq = np.random.SeedSequence(entropy=int(seed), spawn_key=(_STREAM_KEYS["llc"], int(step)))
     return _as_int63(seq)

@@ -2,7 +2,7 @@
 
 :func:`collect_study` is what ``latent collect`` calls. It validates everything before it
 touches the store, refuses to mix configs or data in one study, trains only the seeds that are
-not done, resumes unfinished ones from their saved state (:mod:`collect.resume`), and reports a
+not done, resumes unfinished ones from their saved state (:mod:`latent.collect.resume`), and reports a
 summary.
 
 Concurrency: a short-held study lock serialises the bookkeeping (reading and writing
@@ -297,7 +297,7 @@ def collect_study(
         Each batch is one task of at most ``seed_batch`` seeds; on a worker, ``threads``
         defaults to the task's default, else 1 (Dask runs one task per worker thread).
     metric_variant : {"reference", "paper"}
-        The weight statistics' definitions (:func:`collect.metrics.reference_metrics`):
+        The weight statistics' definitions (:func:`latent.collect.metrics.reference_metrics`):
         the reference code's, or the paper's wording (population variances, pooled singular
         values). Recorded in ``study.json``; a study is resumed and extended only with its own
         variant (unless ``overwrite``). A study that records none is ``"reference"``.
@@ -311,7 +311,7 @@ def collect_study(
         ``all`` and the default leave out the opt-in groups (:data:`OPT_IN_GROUPS`: ``llc``),
         which are recorded only when named.
     llc : LLCConfig or sequence of "KEY=VALUE", optional
-        Settings of the ``llc`` group (:class:`collect.llc.LLCConfig`), recorded in
+        Settings of the ``llc`` group (:class:`latent.collect.llc.LLCConfig`), recorded in
         ``study.json``; None: the study's own when resuming, else the defaults. A study is
         resumed and extended only with its own settings.
 
@@ -806,7 +806,7 @@ def study_variant(meta: Mapping[str, Any] | None) -> str:
     Returns
     -------
     str
-        ``"reference"`` or ``"paper"`` (:data:`collect.metrics.METRIC_VARIANTS`).
+        ``"reference"`` or ``"paper"`` (:data:`latent.collect.metrics.METRIC_VARIANTS`).
     """
     return str((meta or {}).get("metric_variant", "reference"))
 

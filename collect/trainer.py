@@ -3,7 +3,7 @@
 It knows nothing about files: each checkpoint goes to ``on_checkpoint`` as a
 :class:`Checkpoint` (per-seed metric values), and ``on_epoch`` is told after every epoch so the
 caller can decide when to save resume state. Metric computation lives in
-:mod:`collect.metrics`, storage in :mod:`collect.writer`.
+:mod:`latent.collect.metrics`, storage in :mod:`latent.collect.writer`.
 """
 
 from __future__ import annotations
@@ -95,13 +95,13 @@ def train(
     timings : dict, optional
         Accumulates seconds spent in ``train``, ``eval`` and ``metrics``.
     metric_variant : {"reference", "paper"}
-        The weight statistics' definitions (:func:`collect.metrics.reference_metrics`).
+        The weight statistics' definitions (:func:`latent.collect.metrics.reference_metrics`).
     groups : tuple of str
         Optional metric groups to record too: ``"progress"`` (:meth:`BatchedProblem.progress_metrics`)
-        and ``"function"`` (:func:`collect.function_space.function_metrics` of the problem's probe),
+        and ``"function"`` (:func:`latent.collect.function_space.function_metrics` of the problem's probe),
         ``"ops"`` (:meth:`BatchedProblem.op_metrics`) and ``"llc"`` (``llc``, on its grid of
         checkpoints; NaN elsewhere).
-    llc : collect.llc.LLCSampler, optional
+    llc : latent.collect.llc.LLCSampler, optional
         The sampler of the ``"llc"`` group.
     """
     import time

@@ -1,8 +1,9 @@
 """latent: latent state models of training dynamics.
 
-The core package: the run store, features, HMM fitting, the training map and the detour
-regression, plus the ``latent`` command line. It never imports torch; the collector lives in
-the ``collect`` package and the figures and HTML report in ``reports``.
+One import namespace, three layers. The core (this folder): the run store, features, HMM
+fitting, the training map and the detour regression; it never imports torch. Above it, from
+folders of their own: the collector :mod:`latent.collect` (``collect/``, torch), the figures and
+HTML report :mod:`latent.reports` (``reports/``), and the command line :mod:`latent.cli`.
 """
 
 __version__ = "0.1.0"

@@ -10,7 +10,7 @@
 >>> comparison = compare_studies(summaries)               # pairwise tests, Holm-adjusted
 
 Everything here is plain data: numbers, strings, tuples and frozen dataclasses, no matplotlib.
-The page is drawn by :mod:`reports.compare`.
+The page is drawn by :mod:`latent.reports.compare`.
 
 What is compared
 ----------------

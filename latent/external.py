@@ -133,7 +133,7 @@ def external_meta(name: str, seeds: Sequence[int], columns: Iterable[str], *, so
         The HMM features; default :func:`default_features`.
     metric_variant : {"reference", "paper"}, optional
         How latent computed the weight statistics of the runs
-        (:func:`collect.metrics.reference_metrics`), recorded as ``"metric_variant"``; give it
+        (:func:`latent.collect.metrics.reference_metrics`), recorded as ``"metric_variant"``; give it
         only for a study whose 14 columns latent computed itself (a ``Recorder``, a checkpoint
         import), never for metrics imported as they were logged. The caller checks the value.
 

@@ -123,7 +123,7 @@ GROUP_NAMES = ("weights", "progress", "function", "losses")
 LOSS_FEATURES = ("train_loss", "val_loss", "train_acc", "val_acc")
 
 
-#: columns measured on a thinned grid of checkpoints (the ``llc`` group: ``collect.llc``), NaN between
+#: columns measured on a thinned grid of checkpoints (the ``llc`` group: ``latent.collect.llc``), NaN between
 THINNED_COLUMNS = ("llc", "llc_std")
 
 

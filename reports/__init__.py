@@ -2,7 +2,7 @@
 
 Notebook API::
 
-    from reports import load_fit, figures
+    from latent.reports import load_fit, figures
     fit = load_fit(store="data")            # most recent study, most recent fit
     figures.plot_training_map(ax, fit)      # every figure: plot_*(ax, fit, ...) -> dict
 

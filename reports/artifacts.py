@@ -6,7 +6,7 @@ whose one-line message names the file and what to do about it.
 
 Example
 -------
->>> from reports import load_fit
+>>> from latent.reports import load_fit
 >>> fit = load_fit(store="data")                 # most recent study, most recent fit
 >>> fit.n_states, fit.detour_states, fit.convergence_times[0]
 >>> fit.state_tests[2]["delay"], fit.selection_label, fit.warnings

@@ -1,17 +1,17 @@
 """The ``latent compare`` page: studies side by side, drawn from their saved fits.
 
 Plot functions take a matplotlib ``Axes`` and return a small dict of what they drew, like
-:mod:`reports.figures`::
+:mod:`latent.reports.figures`::
 
     import matplotlib.pyplot as plt
-    from reports import compare as C
+    from latent.reports import compare as C
 
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3))
     C.plot_convergence_box(a, comparison)        # one box + points per study
     C.plot_convergence_ecdf(b, comparison)       # empirical CDFs
 
 ``comparison`` is a :class:`latent.compare.Comparison`; the training maps are
-:func:`reports.figures.plot_training_map` of each study's :class:`reports.artifacts.FitArtifacts`
+:func:`latent.reports.figures.plot_training_map` of each study's :class:`latent.reports.artifacts.FitArtifacts`
 (:func:`plot_study_map` adds the study's name). :func:`write_comparison` writes ``index.html``
 (self-contained: figures inlined, no script, the same Content-Security-Policy as the report),
 ``comparison.json`` (the numbers, plain data) and every figure as PNG and SVG.
@@ -36,7 +36,7 @@ from latent.errors import UserError
 
 from . import figures as F
 from .artifacts import FitArtifacts
-from .html import CSP, PNG_DPI, STYLE, install_dir
+from .html import CSP, PNG_DPI, STYLE, FigureRecord, install_dir
 
 #: One colour and line style per study (study i takes entry i modulo the length).
 STUDY_COLORS = ("#000000", "#0072B2", "#009E73", "#CC79A7", "#56B4E9", "#882255", "#999933")
@@ -151,7 +151,7 @@ def plot_convergence_ecdf(ax, comparison: Comparison, studies=None) -> dict:
 
 
 def plot_study_map(ax, fit: FitArtifacts, summary: StudySummary) -> dict:
-    """:func:`reports.figures.plot_training_map` of one study, titled with the study's name, K and
+    """:func:`latent.reports.figures.plot_training_map` of one study, titled with the study's name, K and
     its detours."""
     info = F.plot_training_map(ax, fit)
     det = detour_text(summary)

@@ -1,15 +1,15 @@
 """One plot function per report figure: ``plot_*(ax, fit, ...) -> dict``.
 
 Each function draws onto a matplotlib ``Axes`` you give it, from a loaded
-:class:`reports.artifacts.FitArtifacts`, and returns a small dict describing what it drew
+:class:`latent.reports.artifacts.FitArtifacts`, and returns a small dict describing what it drew
 (nodes, edges, lines per seed, highlighted states, …) so notebooks and tests can inspect it.
 Nothing here calls pyplot or refits anything; state ``k`` has colour
-``reports.palette.state_color(k)`` in every figure.
+``latent.reports.palette.state_color(k)`` in every figure.
 
 Example (in a notebook)::
 
     import matplotlib.pyplot as plt
-    from reports import load_fit, figures
+    from latent.reports import load_fit, figures
 
     fit = load_fit(store="data", study="modadd")
     fig, (a, b, c) = plt.subplots(1, 3, figsize=(16, 4))

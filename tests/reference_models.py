@@ -1,7 +1,7 @@
 """Plain single-seed modules for modular addition, written independently of the batched code.
 
 They compute every position with ordinary nn layers (no table shortcuts, no seed batching), so
-agreement with ``collect.tasks.modadd`` checks the shortcuts and the batching.
+agreement with ``latent.collect.tasks.modadd`` checks the shortcuts and the batching.
 """
 
 import math

@@ -1,4 +1,4 @@
-"""collect.checkpoints: saved models in, one brute-force-checked table per run out; bad input is one line."""
+"""latent.collect.checkpoints: saved models in, one brute-force-checked table per run out; bad input is one line."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from collect.checkpoints import checkpoint_runs, find_runs
-from collect.modules import module_metrics
+from latent.collect.checkpoints import checkpoint_runs, find_runs
+from latent.collect.modules import module_metrics
 from latent.errors import UserError
 from latent.store import REFERENCE_COLUMNS
 from test_modules import assert_columns, brute_force

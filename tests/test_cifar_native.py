@@ -13,7 +13,7 @@ machines. The smallest reproducer, in plain torch::
 (fine with 1 or >= 8 input channels, stride 1, an NCHW source, or AVX-512 kernels). One-seed
 CIFAR training reached it: the augmentation's crop gather hands the network channels-last
 images, and the default width 4 gives the stage-2 downsample conv 4 input channels.
-``collect.tasks.cifar.forward`` now runs the network in NCHW.
+``latent.collect.tasks.cifar.forward`` now runs the network in NCHW.
 
 Each check runs in a child process with ``ONEDNN_MAX_CPU_ISA=AVX2``, which makes oneDNN use the
 same kernels on any x86 machine, so a crash fails one test here instead of killing the suite,
@@ -43,9 +43,9 @@ CHILD = textwrap.dedent(
     import faulthandler, json, sys
     faulthandler.enable()
     import torch
-    from collect.seeds import RunSeeds
-    from collect.tasks.cifar import CifarConfig, CifarProblem, forward
-    from collect.tasks.base import cross_entropy_sums
+    from latent.collect.seeds import RunSeeds
+    from latent.collect.tasks.cifar import CifarConfig, CifarProblem, forward
+    from latent.collect.tasks.base import cross_entropy_sums
 
     seeds, overrides, threads = json.loads(sys.argv[1])
     torch.set_num_threads(threads)

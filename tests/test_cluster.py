@@ -21,7 +21,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from collect.study import collect_study
+from latent.collect.study import collect_study
 from latent import locks
 from latent.cli import main
 from latent.errors import UserError
@@ -42,7 +42,7 @@ PAUSE_STEP = 3  # a gated worker holds still right after its save point at this 
 # at STEP until the file GATE exists (the worker is then mid-batch, its leases held).
 GATE_HOOK = """
 import pathlib, time
-import collect.writer as w
+import latent.collect.writer as w
 if not hasattr(w.StudyWriter, "_unhooked_save"):
     w.StudyWriter._unhooked_save = w.StudyWriter.save
 def save(self, step, states, done=False, info=None):
@@ -52,7 +52,7 @@ def save(self, step, states, done=False, info=None):
 w.StudyWriter.save = save
 """
 UNHOOK = """
-import collect.writer as w
+import latent.collect.writer as w
 if hasattr(w.StudyWriter, "_unhooked_save"):
     w.StudyWriter.save = w.StudyWriter._unhooked_save
     del w.StudyWriter._unhooked_save

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collect.study import collect_study, parse_seeds
+from latent.collect.study import collect_study, parse_seeds
 from latent.cli import main
 from latent.errors import UserError
 from latent.store import Study
@@ -313,10 +313,10 @@ def test_paper_preset_and_layernorm_variant_run_end_to_end(tmp_path, capsys):
 
 def test_paper_layernorm_variant_defaults_to_the_papers_300_epochs(tmp_path, monkeypatch):
     # reference.md A1: the stabilised runs have checkpoints at epochs 0-290 (30 points), batch 256.
-    import collect.study
+    import latent.collect.study
 
     seen = {}
-    monkeypatch.setattr(collect.study, "collect_study", lambda task, seeds, **kw: seen.update(kw) or (_ for _ in ()).throw(SystemExit(0)))
+    monkeypatch.setattr(latent.collect.study, "collect_study", lambda task, seeds, **kw: seen.update(kw) or (_ for _ in ()).throw(SystemExit(0)))
     with pytest.raises(SystemExit):
         main(["collect", "--task", "modadd", "--preset", "paper", "--layernorm", "--seeds", "1", "--store", str(tmp_path)])
     assert seen["overrides"]["epochs"] == 290 and seen["overrides"]["batch_size"] == 256
@@ -360,14 +360,14 @@ def test_contrast_preset_is_the_searched_config_on_both_sides(tmp_path, monkeypa
     # (docs/results.md quotes those numbers), with and without --layernorm.
     import sys as _sys
 
-    import collect.study
-    from collect.tasks.modadd import PRESETS, ModAddConfig
+    import latent.collect.study
+    from latent.collect.tasks.modadd import PRESETS, ModAddConfig
 
     _sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from search_contrast import variant_overrides
 
     seen = []
-    monkeypatch.setattr(collect.study, "collect_study",
+    monkeypatch.setattr(latent.collect.study, "collect_study",
                         lambda task, seeds, **kw: seen.append(kw) or (_ for _ in ()).throw(SystemExit(0)))
     for extra in ([], ["--layernorm"]):
         with pytest.raises(SystemExit):

@@ -242,7 +242,7 @@ def test_bad_input_is_one_line_and_exit_2(store, capsys):
 
 
 def test_no_torch_import():
-    code = ("import sys, latent.compare, latent.commands.compare, reports.compare; "
+    code = ("import sys, latent.compare, latent.cli.compare, latent.reports.compare; "
             "sys.exit('torch' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).parents[1]).returncode == 0
 
@@ -293,7 +293,7 @@ def test_plot_functions_draw_on_a_small_axes():
     from matplotlib.figure import Figure
 
     from latent.compare import StudySummary, compare_studies
-    from reports.compare import plot_convergence_box, plot_convergence_ecdf
+    from latent.reports.compare import plot_convergence_box, plot_convergence_ecdf
 
     def summary(name, times, unit="epoch"):
         conv = convergence_stats({"times": {str(i): t for i, t in enumerate(times)}, "tau": 1000})

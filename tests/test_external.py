@@ -277,7 +277,7 @@ def test_tables_that_disagree_with_the_meta_are_refused_before_anything_is_writt
 
 def test_the_core_and_the_importers_load_without_torch_or_tensorboard():
     code = ("import sys; import latent.external, latent.importers, latent.importers.tables, "
-            "latent.importers.tensorboard, latent.commands.import_, latent.cli; latent.cli.build_parser(); "
+            "latent.importers.tensorboard, latent.cli.import_, latent.cli; latent.cli.build_parser(); "
             "bad = [m for m in ('torch', 'tbparse', 'tensorboard', 'collect') if m in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from collect.study import collect_study
+from latent.collect.study import collect_study
 from latent import locks, store
 from latent.cli import main
 from latent.errors import UserError
@@ -221,7 +221,7 @@ def test_os_error_outside_the_store_is_still_one_line(tmp_path, monkeypatch, cap
     def broken(_store):
         raise OSError(errno.EIO, "Input/output error", str(tmp_path))
 
-    monkeypatch.setattr("latent.commands.ls.list_studies", broken)
+    monkeypatch.setattr("latent.cli.ls.list_studies", broken)
     assert main(["ls", "--store", str(tmp_path)]) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("latent ls: error: input/output error") and str(tmp_path) in lines[0]

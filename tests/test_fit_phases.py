@@ -295,7 +295,7 @@ def test_report_recomputes_the_same_phases_for_a_fit_without_them(fitted):
 
     matplotlib.use("Agg")
     from latent.fit import write_fit
-    from reports.artifacts import load_fit
+    from latent.reports.artifacts import load_fit
 
     root, _, result = fitted
     fit_dir = write_fit(Study(root), result)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from collect.study import collect_study
+from latent.collect.study import collect_study
 from latent.store import Study
 
 

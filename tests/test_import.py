@@ -471,7 +471,7 @@ def _checkpoint_runs(where: Path) -> dict[str, dict[int, dict]]:
 
 
 def test_checkpoints_import_joins_a_metrics_table(tmp_path, capsys):
-    from collect.checkpoints import checkpoint_runs
+    from latent.collect.checkpoints import checkpoint_runs
 
     states = _checkpoint_runs(tmp_path / "ckpt")
     metrics = pd.DataFrame([{"run": run, "step": step, "val_acc": 0.3 + step / 200 + 0.01 * i}

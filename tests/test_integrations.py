@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from collect.checkpoints import checkpoint_runs
+from latent.collect.checkpoints import checkpoint_runs
 from latent.errors import UserError
 from latent.store import REFERENCE_COLUMNS, Study
 from test_modules import assert_columns, brute_force
@@ -55,7 +55,7 @@ def _hf_trainer(out, seed: int, callback, max_steps: int = 6, every_eval: int = 
 
 
 def test_hf_callback_logs_at_each_save_with_the_trainers_eval_metrics(tmp_path):
-    from collect.integrations.hf import LatentCallback
+    from latent.collect.integrations.hf import LatentCallback
 
     cb = LatentCallback(tmp_path / "data", study="bert", convergence="eval_loss<0.5")
     trainer = _hf_trainer(tmp_path / "out", seed=5, callback=cb)
@@ -84,7 +84,7 @@ def test_hf_callback_logs_at_each_save_with_the_trainers_eval_metrics(tmp_path):
 
 
 def test_hf_callback_every_n_steps_and_resume_from_checkpoint(tmp_path):
-    from collect.integrations.hf import LatentCallback
+    from latent.collect.integrations.hf import LatentCallback
 
     cb = LatentCallback(tmp_path / "data", study="bert", seed=9, every=2)
     trainer = _hf_trainer(tmp_path / "out", seed=1, callback=cb, max_steps=4, every_eval=2)
@@ -154,7 +154,7 @@ def _fit(module, callback, epochs: int = 3, **trainer_args):
 def test_lightning_callback_logs_each_epoch_with_that_steps_metrics(tmp_path, monkeypatch):
     import lightning as L
 
-    from collect.integrations.lightning import LatentCallback
+    from latent.collect.integrations.lightning import LatentCallback
 
     monkeypatch.delenv("PL_GLOBAL_SEED", raising=False)
     L.seed_everything(7)  # the run's seed, which the callback picks up
@@ -176,7 +176,7 @@ def test_lightning_callback_logs_each_epoch_with_that_steps_metrics(tmp_path, mo
 
 
 def test_lightning_callback_every_n_steps_keeps_stale_validation_off_later_rows(tmp_path):
-    from collect.integrations.lightning import LatentCallback
+    from latent.collect.integrations.lightning import LatentCallback
 
     module = _lightning_module()
     _fit(module, LatentCallback(tmp_path, study="tiny", seed=3, every=1), epochs=2, val_check_interval=2)
@@ -191,7 +191,7 @@ def test_lightning_callback_every_n_steps_keeps_stale_validation_off_later_rows(
 
 
 def test_lightning_exception_leaves_the_run_partial_and_a_seed_is_required(tmp_path, monkeypatch):
-    from collect.integrations.lightning import LatentCallback
+    from latent.collect.integrations.lightning import LatentCallback
 
     with pytest.raises(RuntimeError, match="diverged"):
         _fit(_lightning_module(fail_at=5), LatentCallback(tmp_path, study="tiny", seed=1))

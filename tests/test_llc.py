@@ -1,4 +1,4 @@
-"""The llc metric group (collect.llc): the SGLD estimate against its exact expectation on a
+"""The llc metric group (latent.collect.llc): the SGLD estimate against its exact expectation on a
 quadratic loss, batched equals alone, training untouched, the thinned grid, and the CLI."""
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 
 pytest.importorskip("devinterp")
 
-from collect.llc import LLCConfig, LLCSampler, parse_llc  # noqa: E402
-from collect.seeds import RunSeeds  # noqa: E402
-from collect.tasks import get_task  # noqa: E402
-from collect.config import resolve_config  # noqa: E402
+from latent.collect.llc import LLCConfig, LLCSampler, parse_llc  # noqa: E402
+from latent.collect.seeds import RunSeeds  # noqa: E402
+from latent.collect.tasks import get_task  # noqa: E402
+from latent.collect.config import resolve_config  # noqa: E402
 from latent.cli import main  # noqa: E402
 from latent.errors import UserError  # noqa: E402
 from latent.store import Study  # noqa: E402

@@ -6,7 +6,7 @@ import pickle
 import numpy as np
 import pytest
 
-from collect.data.cifar import (GENERATED_CLASSES, find_cifar, generate_images, load_cifar, read_cifar_batch,
+from latent.collect.data.cifar import (GENERATED_CLASSES, find_cifar, generate_images, load_cifar, read_cifar_batch,
                                 write_cifar_batch)
 from latent.errors import UserError
 from task_checks import peak_bytes

@@ -6,7 +6,7 @@ import struct
 import numpy as np
 import pytest
 
-from collect.data import load_mnist, parse_idx, read_idx, write_idx
+from latent.collect.data import load_mnist, parse_idx, read_idx, write_idx
 from latent.errors import UserError
 from task_checks import peak_bytes
 

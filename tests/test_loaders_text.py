@@ -3,7 +3,7 @@ pydoc corpus, and the local word tokenizer."""
 
 import pytest
 
-from collect.data.text import (CLS, MASK, PAD, SEP, SPECIALS, UNK, WordTokenizer, pydoc_topics, read_text_dir,
+from latent.collect.data.text import (CLS, MASK, PAD, SEP, SPECIALS, UNK, WordTokenizer, pydoc_topics, read_text_dir,
                                read_text_file, split_words)
 from latent.errors import UserError
 

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collect.function_space import FUNCTION_COLUMNS
-from collect.progress import PROGRESS_FEATURES
+from latent.collect.function_space import FUNCTION_COLUMNS
+from latent.collect.progress import PROGRESS_FEATURES
 from latent.cli import main
 from latent.store import REFERENCE_COLUMNS, Study
 

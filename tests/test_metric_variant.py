@@ -1,6 +1,6 @@
 """``--metric-variant paper`` (reference.md I, J1): population variances and pooled singular values.
 
-Every expected value is computed here independently of ``collect.metrics``: numpy's full SVD
+Every expected value is computed here independently of ``latent.collect.metrics``: numpy's full SVD
 per matrix, the 1e-5 zeroing by hand, numpy's ``var(ddof=...)``, and pools built by
 concatenation, one seed at a time.
 """
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from collect.config import parse_overrides, resolve_config
-from collect.metrics import (
+from latent.collect.config import parse_overrides, resolve_config
+from latent.collect.metrics import (
     METRIC_VARIANTS,
     REFERENCE_COLUMNS,
     WeightGroups,
@@ -23,9 +23,9 @@ from collect.metrics import (
     pooled_singular_value_stats,
     reference_metrics,
 )
-from collect.seeds import RunSeeds
-from collect.tasks import get_task
-from collect.trainer import train
+from latent.collect.seeds import RunSeeds
+from latent.collect.tasks import get_task
+from latent.collect.trainer import train
 from latent.cli import build_parser, main
 from latent.store import Study
 
@@ -361,7 +361,7 @@ def test_study_from_before_variants_resumes_and_extends_as_reference(tmp_path, c
 
 
 def test_cli_choices_match_the_metrics_module_and_bad_values_are_one_line(tmp_path, capsys):
-    from latent.commands import collect as collect_cmd
+    from latent.cli import collect as collect_cmd
 
     assert collect_cmd.METRIC_VARIANTS == METRIC_VARIANTS
     parser = build_parser()
@@ -372,7 +372,7 @@ def test_cli_choices_match_the_metrics_module_and_bad_values_are_one_line(tmp_pa
     assert info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--metric-variant" in err[0]
-    from collect.study import collect_study
+    from latent.collect.study import collect_study
     from latent.errors import UserError
 
     with pytest.raises(UserError, match="--metric-variant must be one of reference, paper"):

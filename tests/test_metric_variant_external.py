@@ -20,8 +20,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from collect.checkpoints import checkpoint_runs
-from collect.recorder import Recorder
+from latent.collect.checkpoints import checkpoint_runs
+from latent.collect.recorder import Recorder
 from latent.cli import main
 from latent.errors import UserError
 from latent.store import REFERENCE_COLUMNS, Study
@@ -245,7 +245,7 @@ def _check_callback_recorder(cb, store: Path, model: nn.Module) -> None:
 
 
 def test_hf_callback_passes_the_variant_to_its_recorder(tmp_path):
-    from collect.integrations.hf import LatentCallback
+    from latent.collect.integrations.hf import LatentCallback
 
     model = _mlp()
     cb = LatentCallback(tmp_path, study="cb", metric_variant="paper")
@@ -260,7 +260,7 @@ def test_hf_callback_passes_the_variant_to_its_recorder(tmp_path):
 
 
 def test_lightning_callback_passes_the_variant_to_its_recorder(tmp_path):
-    from collect.integrations.lightning import LatentCallback
+    from latent.collect.integrations.lightning import LatentCallback
 
     model = _mlp()
     cb = LatentCallback(tmp_path, study="cb", seed=2, metric_variant="paper")

@@ -1,4 +1,4 @@
-"""collect.metrics against hand-computed values and a brute-force SVD."""
+"""latent.collect.metrics against hand-computed values and a brute-force SVD."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from collect.metrics import REFERENCE_COLUMNS, WeightGroups, distribution_stats, matrix_metrics, reference_metrics
+from latent.collect.metrics import REFERENCE_COLUMNS, WeightGroups, distribution_stats, matrix_metrics, reference_metrics
 
 
 def _vals(d):
@@ -110,7 +110,7 @@ def test_reference_metrics_average_over_matrices_and_nanmean_variance():
 
 
 def test_conv_tensor_metrics_by_hand():
-    from collect.metrics import tensor_metrics
+    from latent.collect.metrics import tensor_metrics
 
     # out=1, in=2, 2x2 kernels: slice 0 = [[3, 0], [0, 4]] (l1 7, l2 5), slice 1 = [[1, 1], [1, 1]] (l1 4, l2 2).
     w = torch.tensor([[[[3.0, 0.0], [0.0, -4.0]], [[1.0, 1.0], [1.0, 1.0]]]])

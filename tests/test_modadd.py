@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from collect.metrics import reference_metrics, matrix_metrics
-from collect.seeds import RunSeeds
-from collect.tasks.modadd import PRESETS, ModAddConfig, ModAddProblem, pair_table, split_indices
+from latent.collect.metrics import reference_metrics, matrix_metrics
+from latent.collect.seeds import RunSeeds
+from latent.collect.tasks.modadd import PRESETS, ModAddConfig, ModAddProblem, pair_table, split_indices
 
 from reference_models import mlp_forward, transformer_forward
 
@@ -98,7 +98,7 @@ def test_seed_streams_are_fixed_and_distinct():
 
 
 def test_every_operations_answers_by_hand():
-    from collect.tasks.modadd import op_table
+    from latent.collect.tasks.modadd import op_table
 
     p = 7
     for op, f in (("add", lambda a, b: (a + b) % p), ("sub", lambda a, b: (a - b) % p), ("mul", lambda a, b: a * b % p)):
@@ -112,7 +112,7 @@ def test_every_operations_answers_by_hand():
 
 
 def test_each_operation_is_split_on_its_own_and_add_alone_splits_as_before():
-    from collect.tasks.modadd import split_ops
+    from latent.collect.tasks.modadd import split_ops
 
     cfg = ModAddConfig(p=11, op="add,sub,div", train_frac=0.3)
     train, val = split_ops(cfg, RunSeeds.derive(2).split)
@@ -129,7 +129,7 @@ def test_each_operation_is_split_on_its_own_and_add_alone_splits_as_before():
 
 @pytest.mark.parametrize("model", ["mlp", "transformer"])
 def test_several_operations_match_the_plain_modules(model):
-    from collect.tasks.modadd import op_table
+    from latent.collect.tasks.modadd import op_table
 
     cfg = ModAddConfig(model=model, p=11, op="add,sub,mul", d_embed=6, d_hidden=16, d_model=16, n_heads=4, d_mlp=32)
     pr = _problem(cfg, [0, 1])
@@ -148,7 +148,7 @@ def test_several_operations_match_the_plain_modules(model):
 def test_per_operation_metrics_are_each_operations_own_loss_and_accuracy():
     import torch.nn.functional as F
 
-    from collect.tasks.modadd import op_table
+    from latent.collect.tasks.modadd import op_table
 
     cfg = ModAddConfig(p=11, op="add,mul", d_embed=6, d_hidden=16)
     pr = _problem(cfg, [0])

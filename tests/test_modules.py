@@ -1,4 +1,4 @@
-"""collect.modules: which tensors of any model count, checked against a brute-force numpy oracle.
+"""latent.collect.modules: which tensors of any model count, checked against a brute-force numpy oracle.
 
 The oracle (:func:`brute_force`) computes the reference's definitions (reference.md B1–B5)
 directly with numpy's SVD from matrices, kernels and bias vectors that each test lists by
@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import nn
 
-from collect.modules import (describe, module_metrics, select_module, select_state_dict, state_dict_metrics)
+from latent.collect.modules import (describe, module_metrics, select_module, select_state_dict, state_dict_metrics)
 from latent.errors import UserError
 from latent.store import REFERENCE_COLUMNS
 

@@ -84,7 +84,7 @@ def test_the_story_tells_the_states_in_order_with_their_numbers():
 @pytest.mark.slow
 def test_names_reach_the_analysis_the_map_and_the_report(tmp_path):
     from latent.cli import main
-    from reports.artifacts import load_fit
+    from latent.reports.artifacts import load_fit
 
     assert main(["simulate", "--study", "sim", "--store", str(tmp_path), "--runs", "12", "--checkpoints", "200"]) == 0
     assert main(["fit", "--store", str(tmp_path), "--study", "sim", "--max-states", "4", "--restarts", "1",

@@ -1,4 +1,4 @@
-"""Fourier progress measures (collect.progress) and the modadd problem's progress group.
+"""Fourier progress measures (latent.collect.progress) and the modadd problem's progress group.
 
 Expectations are independent of the code under test: embeddings and activations planted with
 known frequencies, the Gini coefficient by its pairwise definition, numpy's FFT, and the same
@@ -12,10 +12,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from collect.progress import (fourier_basis, frequency_energy, gini, restricted_excluded, sum_frequency_basis,
+from latent.collect.progress import (fourier_basis, frequency_energy, gini, restricted_excluded, sum_frequency_basis,
                               top_share)
-from collect.seeds import RunSeeds
-from collect.tasks.modadd import ModAddConfig, ModAddTask
+from latent.collect.seeds import RunSeeds
+from latent.collect.tasks.modadd import ModAddConfig, ModAddTask
 
 P = 23
 
@@ -144,7 +144,7 @@ def test_the_affine_readout_shortcut_gives_the_generic_readouts_numbers(model, o
 
 
 def test_discrete_logs_and_the_multiplicative_circle():
-    from collect.progress import discrete_log, op_combination, primitive_root
+    from latent.collect.progress import discrete_log, op_combination, primitive_root
 
     for p in (5, 7, 11, 23, 59):
         g, log = primitive_root(p), discrete_log(p)
@@ -162,7 +162,7 @@ def test_discrete_logs_and_the_multiplicative_circle():
 def test_restricted_loss_of_a_multiplication_circuit():
     """Activations that are cos/sin of frequency 3 of log(a·b) on the multiplicative circle: the
     multiplicative basis finds frequency 3 and restricting to it is the model itself."""
-    from collect.progress import cyclic_basis, op_combination
+    from latent.collect.progress import cyclic_basis, op_combination
 
     p = 13
     a = torch.arange(p).repeat_interleave(p)
@@ -185,7 +185,7 @@ def test_a_trained_transformer_has_the_fourier_structure_nanda_et_al_describe(tm
     """Two seeds of the contrast transformer trained to the end (they grok): the embedding settles
     on a few key frequencies, restricted loss falls far below excluded loss, the key frequencies
     stop changing, and the sum of squared weights falls from its peak (cleanup)."""
-    from collect.study import collect_study
+    from latent.collect.study import collect_study
     from latent.store import Study
 
     collect_study("modadd", 2, preset="contrast", store=tmp_path, threads=2, progress=False)

@@ -1,4 +1,4 @@
-"""collect.recorder: rows equal to brute-force statistics, a study fit accepts, safe under
+"""latent.collect.recorder: rows equal to brute-force statistics, a study fit accepts, safe under
 several processes, kills and misuse."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import pytest
 import torch
 from torch import nn
 
-from collect.modules import module_metrics
-from collect.recorder import Recorder
+from latent.collect.modules import module_metrics
+from latent.collect.recorder import Recorder
 from latent.errors import UserError
 from latent.store import REFERENCE_COLUMNS, Study
 from test_modules import assert_columns, brute_force
@@ -136,7 +136,7 @@ def test_a_second_recorder_of_a_live_seed_is_refused_and_a_done_seed_needs_overw
 KILLED = """
 import os, signal, sys, torch
 from torch import nn
-from collect.recorder import Recorder
+from latent.collect.recorder import Recorder
 torch.manual_seed(0)
 model = nn.Sequential(nn.Linear(4, 3))
 rec = Recorder(sys.argv[1], study="exp", seed=4, convergence="val_acc>0.9", flush_every=1)
@@ -180,7 +180,7 @@ def test_an_exception_in_the_with_block_leaves_the_run_unfinished(tmp_path):
 WRITER = """
 import sys, time, torch
 from torch import nn
-from collect.recorder import Recorder
+from latent.collect.recorder import Recorder
 seed = int(sys.argv[2])
 torch.manual_seed(seed)
 model = nn.Sequential(nn.Linear(4, 3))

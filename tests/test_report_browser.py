@@ -110,8 +110,8 @@ def report(tmp_path_factory):
     import matplotlib
 
     matplotlib.use("Agg")
-    from reports.artifacts import load_fit
-    from reports.html import write_report
+    from latent.reports.artifacts import load_fit
+    from latent.reports.html import write_report
 
     store = tmp_path_factory.mktemp("store")
     make_toy_fit(store)
@@ -182,8 +182,8 @@ def wide_report(tmp_path_factory):
     from latent.fit import FitConfig, fit_study, write_fit
     from latent.store import REFERENCE_COLUMNS, Study
     from planted import emit, run_table, well_separated_means, write_study
-    from reports.artifacts import load_fit
-    from reports.html import write_report
+    from latent.reports.artifacts import load_fit
+    from latent.reports.html import write_report
 
     rng = np.random.default_rng(5)
     features = list(REFERENCE_COLUMNS)

@@ -165,8 +165,8 @@ def test_warnings_section_near_the_top(rendered):
 
 
 def test_no_warnings_section_when_there_are_none(store):
-    from reports.artifacts import load_fit
-    from reports.html import page_html
+    from latent.reports.artifacts import load_fit
+    from latent.reports.html import page_html
 
     _set_key(store / TOY_NAME / "fits" / TOY_FIT_ID / "analysis.json", "warnings", [])
     page = page_html(load_fit(store), [], None)
@@ -175,8 +175,8 @@ def test_no_warnings_section_when_there_are_none(store):
 
 
 def test_not_estimable_state_reads_as_such(tmp_path):
-    from reports.artifacts import load_fit
-    from reports.html import page_html
+    from latent.reports.artifacts import load_fit
+    from latent.reports.html import page_html
 
     make_rare_fit(tmp_path)
     page = page_html(load_fit(tmp_path, "rare"), [], None)
@@ -215,7 +215,7 @@ def test_old_format_fit_renders(tmp_path, capsys):
 
 
 def test_choose_fit_and_study(store):
-    from reports.artifacts import load_fit
+    from latent.reports.artifacts import load_fit
 
     # a second, newer fit becomes the default; --fit picks the older one explicitly
     src = store / TOY_NAME / "fits" / TOY_FIT_ID
@@ -309,20 +309,20 @@ def test_failed_render_keeps_the_old_report_and_rerun_replaces_it(store, capsys,
     report_dir = store / TOY_NAME / "reports" / TOY_FIT_ID
     before = {p.name: p.read_bytes() for p in report_dir.iterdir()}
 
-    import reports.html
+    import latent.reports.html
 
-    real = reports.html.render_figures
+    real = latent.reports.html.render_figures
 
     def boom(*a, **k):  # fails after the temp directory exists, before anything is renamed
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(reports.html, "render_figures", boom)
+    monkeypatch.setattr(latent.reports.html, "render_figures", boom)
     with pytest.raises(RuntimeError):
         main(["report", "--store", str(store)])
     assert {p.name: p.read_bytes() for p in report_dir.iterdir()} == before
     assert [p.name for p in report_dir.parent.iterdir()] == [TOY_FIT_ID]  # temp dir cleaned up
 
-    monkeypatch.setattr(reports.html, "render_figures", real)
+    monkeypatch.setattr(latent.reports.html, "render_figures", real)
     (report_dir / "index.html").write_text("old")
     rc, _ = _report(store, capsys=capsys)
     assert rc == 0 and (report_dir / "index.html").read_text().startswith("<!DOCTYPE html>")
@@ -332,7 +332,7 @@ def test_failed_render_keeps_the_old_report_and_rerun_replaces_it(store, capsys,
 @pytest.fixture()
 def fake_write(monkeypatch):
     """Replace the (slow) rendering with a recorder, for tests of the command's own logic."""
-    import reports.html
+    import latent.reports.html
 
     calls = []
 
@@ -340,7 +340,7 @@ def fake_write(monkeypatch):
         calls.append({"fit": fit.fit_id, "metrics": metrics, "command": report_command})
         return fit.report_dir / "index.html"
 
-    monkeypatch.setattr(reports.html, "write_report", fake)
+    monkeypatch.setattr(latent.reports.html, "write_report", fake)
     return calls
 
 
@@ -411,8 +411,8 @@ def test_phase_table_recomputed_by_hand(store):
     cell is checked against the fixture's segments and run tables."""
     import pandas as pd
 
-    from reports.artifacts import load_fit
-    from reports.html import RenderedFigure, page_html
+    from latent.reports.artifacts import load_fit
+    from latent.reports.html import RenderedFigure, page_html
     from report_fixtures import TOY_FIRST_N, TOY_SEGMENTS, TOY_STEP_EVERY
 
     fit = load_fit(store)
@@ -443,8 +443,8 @@ def test_phase_table_recomputed_by_hand(store):
 
 
 def test_saved_phases_block_is_what_the_page_shows(store):
-    from reports.artifacts import load_fit
-    from reports.html import summary_rows
+    from latent.reports.artifacts import load_fit
+    from latent.reports.html import summary_rows
 
     path = store / TOY_NAME / "fits" / TOY_FIT_ID / "analysis.json"
     rows = [{"state": k, "checkpoints": 10, "runs": 6, "metrics": {"val_acc": 0.123 + k},
@@ -463,8 +463,8 @@ def test_saved_phases_block_is_what_the_page_shows(store):
 
 def test_detour_is_defined_and_none_is_explained(tmp_path):
     from report_fixtures import make_fit_study
-    from reports.artifacts import load_fit
-    from reports.html import DETOUR_DEFINITION, page_html
+    from latent.reports.artifacts import load_fit
+    from latent.reports.html import DETOUR_DEFINITION, page_html
 
     make_toy_fit(tmp_path)
     page = page_html(load_fit(tmp_path), [], None)
@@ -492,8 +492,8 @@ def test_detour_is_defined_and_none_is_explained(tmp_path):
 def test_coefficients_crossing_zero_and_equal_length_runs(store):
     import pandas as pd
 
-    from reports.artifacts import load_fit
-    from reports.html import page_html
+    from latent.reports.artifacts import load_fit
+    from latent.reports.html import page_html
 
     page = page_html(load_fit(store), [], None)
     # TOY_COEF ± TOY_CI_HALF: state 1 is +15 [-15, +45], the only interval containing 0

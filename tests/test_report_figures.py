@@ -41,9 +41,9 @@ from report_fixtures import (
     make_rare_fit,
     make_toy_fit,
 )
-from reports import figures as F
-from reports.artifacts import load_fit
-from reports.palette import STATE_COLORS, UNDECODED, state_color, state_colors
+from latent.reports import figures as F
+from latent.reports.artifacts import load_fit
+from latent.reports.palette import STATE_COLORS, UNDECODED, state_color, state_colors
 
 
 @pytest.fixture(scope="module")
@@ -429,7 +429,7 @@ def test_map_nodes_say_what_each_state_means(fit):
 
 
 def test_report_figures_keep_the_requested_trajectory_metrics(fit):
-    from reports.html import build_figures
+    from latent.reports.html import build_figures
 
     figs = {name: info for name, _, _, _, info in build_figures(fit)}
     assert list(figs["trajectories"]) == ["l2", "train_acc", "val_acc", TOY_TOP_FEATURE]
@@ -443,7 +443,7 @@ def test_progress_figure_only_with_progress_measures_and_the_median_runs_spectru
     import pandas as pd
 
     from latent.store import Study
-    from reports.html import build_figures
+    from latent.reports.html import build_figures
 
     store = tmp_path / "store"
     make_toy_fit(store)

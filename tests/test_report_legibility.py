@@ -22,8 +22,8 @@ from matplotlib.figure import Figure
 from matplotlib.text import Text
 
 from report_fixtures import make_fit_study, make_toy_fit
-from reports import figures as F
-from reports.artifacts import load_fit
+from latent.reports import figures as F
+from latent.reports.artifacts import load_fit
 
 PLOTS = {
     "model_selection": F.plot_model_selection,
@@ -138,7 +138,7 @@ def test_small_map_drops_texts_before_it_crowds(fits):
 def test_report_map_is_trimmed_to_what_it_draws(fits):
     """The report's map figure is as tall as its nodes, texts and arcs: the drawn content fills
     nearly all of the axes' height (it used to sit in a fixed 3 in + 1.8 in per lane)."""
-    from reports.html import build_figures
+    from latent.reports.html import build_figures
 
     for fit in fits.values():
         fig, ax = next((f, f.axes[0]) for name, _, _, f, _ in build_figures(fit) if name == "training_map")

@@ -14,7 +14,7 @@ from latent.settings import ConfigError, settings_of, validate_fields
 
 
 def _parse(argv):
-    from latent.commands.fit import config_from_args
+    from latent.cli.fit import config_from_args
 
     return config_from_args(build_parser().parse_args(["fit", *argv]))
 

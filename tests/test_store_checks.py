@@ -102,7 +102,7 @@ def test_more_features_than_the_runs_can_carry_is_refused_at_once(tmp_path, caps
 def test_trainer_state_that_is_absurdly_deep_or_holds_text_is_said_so(tmp_path, caplog):
     import logging
 
-    from collect.checkpoints import trainer_scalars
+    from latent.collect.checkpoints import trainer_scalars
     from latent.errors import UserError
 
     run = tmp_path / "run"

@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from collect.data.cifar import write_cifar_batch
-from collect.metrics import reference_metrics
-from collect.seeds import RunSeeds
-from collect.study import collect_study
-from collect.tasks import get_task
-from collect.tasks.cifar import PRESETS, CifarConfig, CifarData, CifarProblem, block_specs, load_data
+from latent.collect.data.cifar import write_cifar_batch
+from latent.collect.metrics import reference_metrics
+from latent.collect.seeds import RunSeeds
+from latent.collect.study import collect_study
+from latent.collect.tasks import get_task
+from latent.collect.tasks.cifar import PRESETS, CifarConfig, CifarData, CifarProblem, block_specs, load_data
 from latent.cli import main
 from latent.errors import UserError
 from latent.store import Study
@@ -271,7 +271,7 @@ def test_generated_study_is_recorded_and_fit_ready(tmp_path):
 
 
 def test_fit_accepts_the_study(tmp_path):
-    pytest.importorskip("latent.commands.fit")
+    pytest.importorskip("latent.cli.fit")
     _collect(tmp_path, 5, GEN[:-2] + ["epochs=4", "log_every=1", "threshold=0.15"])
     rc = main(["fit", "--store", str(tmp_path), "--study", "cifar", "--max-states", "2", "--restarts", "1",
                "--n-boot", "10", "--jobs", "1", "--quiet", "--test-fraction", "0.2"])

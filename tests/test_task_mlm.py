@@ -9,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from collect.data.text import CLS, MASK, SEP, SPECIALS, WordTokenizer
-from collect.metrics import reference_metrics
-from collect.seeds import RunSeeds
-from collect.study import collect_study
-from collect.tasks import get_task
-from collect.tasks.mlm import PRESETS, MlmConfig, MlmData, MlmProblem, load_data, mask_tokens, mlm_loss_acc
+from latent.collect.data.text import CLS, MASK, SEP, SPECIALS, WordTokenizer
+from latent.collect.metrics import reference_metrics
+from latent.collect.seeds import RunSeeds
+from latent.collect.study import collect_study
+from latent.collect.tasks import get_task
+from latent.collect.tasks.mlm import PRESETS, MlmConfig, MlmData, MlmProblem, load_data, mask_tokens, mlm_loss_acc
 from latent.cli import main
 from latent.errors import UserError
 from latent.store import Study
@@ -209,7 +209,7 @@ def test_pydoc_study_is_recorded_and_fit_ready(tmp_path):
 
 
 def test_fit_accepts_the_study(tmp_path):
-    pytest.importorskip("latent.commands.fit")
+    pytest.importorskip("latent.cli.fit")
     _collect(tmp_path, 5, SMALL[:-3] + ["epochs=5", "log_every=1", "warmup_steps=2", "threshold=5.2"])
     rc = main(["fit", "--store", str(tmp_path), "--study", "mlm", "--max-states", "2", "--restarts", "1",
                "--n-boot", "10", "--jobs", "1", "--quiet", "--test-fraction", "0.2"])

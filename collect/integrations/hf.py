@@ -2,7 +2,7 @@
 
 ::
 
-    from collect.integrations.hf import LatentCallback
+    from latent.collect.integrations.hf import LatentCallback
 
     trainer = Trainer(model, args, train_dataset=..., eval_dataset=...,
                       callbacks=[LatentCallback("data", study="bert-tiny", convergence="eval_loss<2.0")])
@@ -49,12 +49,12 @@ class LatentCallback(TrainerCallback):
     every : int, optional
         Log every ``every`` optimizer steps instead of at each save.
     metric_variant : {"reference", "paper"}
-        The definitions of the 14 columns (:func:`collect.metrics.reference_metrics`): the
+        The definitions of the 14 columns (:func:`latent.collect.metrics.reference_metrics`): the
         reference code's (the default) or the paper's wording (population variances, pooled
         singular values). Recorded in ``study.json``; a study keeps the variant it was created
         with.
     **options
-        Passed to :class:`collect.recorder.Recorder` (``include``, ``exclude``, ``overwrite``,
+        Passed to :class:`latent.collect.recorder.Recorder` (``include``, ``exclude``, ``overwrite``,
         ``flush_every``, ...).
     """
 

@@ -3,7 +3,7 @@
 ::
 
     import lightning as L
-    from collect.integrations.lightning import LatentCallback
+    from latent.collect.integrations.lightning import LatentCallback
 
     L.seed_everything(3)
     trainer = L.Trainer(max_epochs=20, callbacks=[LatentCallback("data", study="mlp", convergence="val_acc>0.9")])
@@ -65,12 +65,12 @@ class LatentCallback(pl.Callback):
     every : int, optional
         Log every ``every`` optimizer steps instead of at each epoch end.
     metric_variant : {"reference", "paper"}
-        The definitions of the 14 columns (:func:`collect.metrics.reference_metrics`): the
+        The definitions of the 14 columns (:func:`latent.collect.metrics.reference_metrics`): the
         reference code's (the default) or the paper's wording (population variances, pooled
         singular values). Recorded in ``study.json``; a study keeps the variant it was created
         with.
     **options
-        Passed to :class:`collect.recorder.Recorder` (``include``, ``exclude``, ``overwrite``, ...).
+        Passed to :class:`latent.collect.recorder.Recorder` (``include``, ``exclude``, ``overwrite``, ...).
     """
 
     def __init__(self, store: str | os.PathLike = "data", *, study: str, seed: int | None = None,

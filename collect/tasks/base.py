@@ -82,14 +82,14 @@ class BatchedProblem:
         """The matrices, weights and biases that the reference's statistics include."""
         raise NotImplementedError
 
-    # -- optional metric groups (collect.progress, collect.function_space) -------------------
+    # -- optional metric groups (latent.collect.progress, latent.collect.function_space) -------------------
 
     def progress_metrics(self) -> dict[str, torch.Tensor]:
         """The ``progress`` group (per-seed values, shape (S,)); only tasks that define it."""
         raise NotImplementedError
 
     def probe(self):
-        """The outputs on the probe set (:class:`collect.function_space.Probe`), for the
+        """The outputs on the probe set (:class:`latent.collect.function_space.Probe`), for the
         ``function`` group."""
         raise NotImplementedError
 
@@ -172,7 +172,7 @@ class RowProblem(BatchedProblem):
         """Per-seed loss *sums* over ``rows`` (S, B) with ``params`` (same names and shapes as
         :attr:`params`) in place of the model's own, in evaluation mode (no augmentation, stored
         BatchNorm statistics). Differentiable when gradients are enabled; chunked otherwise. The
-        LLC sampler (:mod:`collect.llc`) evaluates its draws with this."""
+        LLC sampler (:mod:`latent.collect.llc`) evaluates its draws with this."""
         saved = self.params
         self.params = params
         try:
@@ -287,7 +287,7 @@ class Task:
 
     def describe_data(self, cfg, data: Any = None) -> dict[str, Any]:
         """What data the study used (recorded in ``study.json``): at least ``source``, ``n_train``
-        (training examples per run) and ``fingerprint`` (:func:`collect.fingerprint.fingerprint`)."""
+        (training examples per run) and ``fingerprint`` (:func:`latent.collect.fingerprint.fingerprint`)."""
         raise NotImplementedError
 
     def schedule(self, cfg, data_info: Mapping[str, Any]) -> dict[str, int]:

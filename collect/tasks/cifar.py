@@ -24,7 +24,7 @@ every seed gets exactly its own gradient and one AdamW (elementwise) equals S op
 Data (``source``; ``study.json`` records it under ``data``): ``cifar10`` / ``cifar100`` read
 the python-pickle batches in ``data_dir`` (``--data-dir``; ``auto`` picks whichever is
 there); without a directory the task uses a **generated** CIFAR-style set
-(:func:`collect.data.cifar.generate_images`: 32×32 colour images, 10 shape/fill classes),
+(:func:`latent.collect.data.cifar.generate_images`: 32×32 colour images, 10 shape/fill classes),
 because no installed package ships CIFAR. Training images get the reference's augmentation —
 RandomCrop(32, padding 4, reflect), then a random horizontal flip — drawn per seed from its
 order stream; all images are normalised per channel (CIFAR-100: the reference's constants).

@@ -23,7 +23,7 @@ Data (``source``): ``pydoc`` — the English help texts bundled with CPython
 (``pydoc_data.topics``, ~65,000 words), the default; ``files`` — every ``*.txt`` under
 ``data_dir`` (``--data-dir``). The word stream is cut into ``[CLS] … [SEP]`` sequences of
 ``seq_len`` tokens; ``n_val`` of them are held out by the split seed, and the word-level
-vocabulary (:class:`collect.data.text.WordTokenizer`) is built from the training sequences only.
+vocabulary (:class:`latent.collect.data.text.WordTokenizer`) is built from the training sequences only.
 
 S seeds are one batched model: every weight has the seed on its leading axis and all products
 are batched matmuls; the loss is the sum of the per-seed means, so each seed's gradient is its

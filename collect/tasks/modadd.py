@@ -66,7 +66,7 @@ class ModAddConfig:
         Convergence: the first checkpoint with ``val_acc`` > threshold (reference.md E1: 0.9).
     key_freqs : int
         Key frequencies of the Fourier progress measures (restricted and excluded loss;
-        :mod:`collect.progress`); at most (p − 1) / 2 are used.
+        :mod:`latent.collect.progress`); at most (p − 1) / 2 are used.
     op : str
         The operation: ``add`` (a + b), ``sub`` (a − b), ``mul`` (a·b) or ``div`` (a·b⁻¹, b ≠ 0)
         mod p; mul and div need a prime p. Several, comma-separated (``add,sub,mul``), train
@@ -457,7 +457,7 @@ class ModAddProblem(RowProblem):
 
     @torch.no_grad()
     def progress_metrics(self) -> dict[str, torch.Tensor]:
-        """The Fourier progress measures of every seed (:mod:`collect.progress`)."""
+        """The Fourier progress measures of every seed (:mod:`latent.collect.progress`)."""
         cfg, p = self.cfg, self.cfg.p
         P = {k: v.detach() for k, v in self.params.items()}
         S = self.n_seeds
@@ -533,7 +533,7 @@ class ModAddProblem(RowProblem):
 
     @torch.no_grad()
     def probe(self) -> Probe:
-        """Outputs on each seed's probe rows (:func:`collect.function_space.probe_rows`)."""
+        """Outputs on each seed's probe rows (:func:`latent.collect.function_space.probe_rows`)."""
         if not hasattr(self, "_probe"):
             self._probe = probe_rows(self.val_idx)
         rows = self._probe

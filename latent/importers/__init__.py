@@ -1,7 +1,7 @@
 """Readers of runs logged elsewhere, and the checks every imported run passes.
 
 Each reader (:mod:`latent.importers.tables`, :mod:`latent.importers.tensorboard`, and
-``latent import checkpoints`` through ``collect.checkpoints``) returns :class:`Run` objects:
+``latent import checkpoints`` through ``latent.collect.checkpoints``) returns :class:`Run` objects:
 one per run, a ``step`` column of whole numbers and numeric metric columns. :func:`prepare`
 then checks them together, gives each a seed and builds the ``study.json``
 (:func:`latent.external.external_meta`) that :func:`latent.external.write_external_study`
@@ -439,7 +439,7 @@ def _runs_text(seeds: Sequence[int], names: Mapping[int, str], lengths: Mapping[
 
 
 def runs_from_frames(tables: Mapping[str, pd.DataFrame], where: str, notes: list[str]) -> tuple[list[Run], dict]:
-    """:class:`Run` objects from per-run frames with a ``step`` column (what ``collect.checkpoints``
+    """:class:`Run` objects from per-run frames with a ``step`` column (what ``latent.collect.checkpoints``
     returns), every column checked as an imported table's is; and the map of renamed columns.
 
     Raises

@@ -1,13 +1,7 @@
-"""One module per ``latent`` subcommand.
-
-Each module defines ``add_parser(subparsers)`` and ``run(args) -> int``. Modules import heavy
-packages (torch, matplotlib) inside ``run`` only, so ``latent fit`` never imports torch.
-"""
+"""What the ``latent`` subcommands share: help text, stderr logging, the -q and Dask options."""
 
 import logging
 import sys
-
-COMMANDS = ("collect", "fit", "report", "ls", "simulate", "compare", "predict", "watch", "import_")
 
 
 def plain(doc: str) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..store import list_studies
-from . import plain
+from .shared import plain
 
 
 def add_parser(sub) -> None:

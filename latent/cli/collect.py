@@ -5,10 +5,10 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import add_dask_options, add_quiet, log_to_stderr
+from .shared import add_dask_options, add_quiet, log_to_stderr
 
 
-#: ``collect.metrics.METRIC_VARIANTS``, spelled out so that building the parser imports no torch.
+#: ``latent.collect.metrics.METRIC_VARIANTS``, spelled out so that building the parser imports no torch.
 METRIC_VARIANTS = ("reference", "paper")
 
 
@@ -71,10 +71,10 @@ def run(args) -> int:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.save_every < 0:
         raise UserError(f"--save-every must be >= 0 seconds, got {args.save_every}")
-    import collect  # noqa: F401  (process settings before torch loads)
-    from collect.config import parse_overrides
-    from collect.study import collect_study
-    from collect.tasks import get_task
+    import latent.collect  # noqa: F401  (process settings before torch loads)
+    from latent.collect.config import parse_overrides
+    from latent.collect.study import collect_study
+    from latent.collect.tasks import get_task
 
     logger = logging.getLogger("latent.collect")
     log_to_stderr(logger, "collect")
@@ -153,7 +153,7 @@ def run(args) -> int:
 
 
 def _print_summary(result) -> None:
-    from collect.study import seed_label
+    from latent.collect.study import seed_label
 
     unit = result.convergence_unit
     done = f"{result.seeds_done}/{result.seeds_total} seeds done"

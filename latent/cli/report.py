@@ -10,7 +10,7 @@ import shlex
 import sys
 import time
 
-from . import add_quiet, open_in_browser, plain
+from .shared import add_quiet, open_in_browser, plain
 
 
 def add_parser(sub) -> None:
@@ -32,9 +32,9 @@ def run(args) -> int:
 
     matplotlib.use("Agg")  # headless: the report never needs a display
 
-    from reports.artifacts import load_fit
-    from reports.figures import DEFAULT_METRICS
-    from reports.html import write_report
+    from latent.reports.artifacts import load_fit
+    from latent.reports.figures import DEFAULT_METRICS
+    from latent.reports.html import write_report
 
     from ..errors import UserError
 

@@ -8,7 +8,7 @@ and docs/fit.md ("Validation").
 
 from __future__ import annotations
 
-from . import add_quiet, plain
+from .shared import add_quiet, plain
 
 
 def add_parser(sub) -> None:

@@ -1,5 +1,10 @@
 """The ``latent`` command line: a thin layer that parses arguments and calls library functions.
 
+This package sits above the core: one module per subcommand (``add_parser(subparsers)`` and
+``run(args) -> int``, heavy imports such as torch and matplotlib inside ``run`` only, so ``latent fit``
+never imports torch) and :mod:`latent.cli.shared`, the helpers they share. Nothing in the core
+imports it (tests/test_artifacts.py checks the import graph).
+
 User mistakes surface as :class:`latent.errors.UserError` and end as one line on stderr with
 exit status 2; argparse errors and operating-system errors (disk full, permissions) are folded
 into the same one-line form.
@@ -13,8 +18,10 @@ import os
 import shlex
 import sys
 
-from .errors import UserError, describe_os_error
-from .commands import COMMANDS
+from ..errors import UserError, describe_os_error
+
+#: one module per subcommand, in this package; each defines ``add_parser(subparsers)`` and ``run(args)``
+COMMANDS = ("collect", "fit", "report", "ls", "simulate", "compare", "predict", "watch", "import_")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,13 +36,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="latent",
         description="Latent state models of training dynamics: collect, fit, report.",
     )
-    from . import __version__
+    from .. import __version__
 
     parser.add_argument("--version", action="version", version=f"latent {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
     for name in COMMANDS:
-        module = importlib.import_module(f"latent.commands.{name}")
+        module = importlib.import_module(f"latent.cli.{name}")
         module.add_parser(sub)
     return parser
 
@@ -69,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except UserError as exc:
-        from .settings import ConfigError
+        from ..settings import ConfigError
 
         text = exc.for_cli() if isinstance(exc, ConfigError) else str(exc)  # a field's error names its flag
         print(f"latent {args.command}: error: {_one_line(text)}", file=sys.stderr)
@@ -81,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except MemoryError:
         # every store write is atomic, so what the store held is intact; one line, not a traceback
-        from .memory import available_bytes, gib
+        from ..memory import available_bytes, gib
 
         free = available_bytes()
         have = f" (about {gib(free)} free now)" if free else ""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from . import add_dask_options, add_quiet, log_to_stderr
+from .shared import add_dask_options, add_quiet, log_to_stderr
 
 
 DESCRIPTION = (

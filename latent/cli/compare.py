@@ -10,7 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
-from . import add_quiet, log_to_stderr, open_in_browser
+from .shared import add_quiet, log_to_stderr, open_in_browser
 
 DESCRIPTION = (
     "Put two or more studies side by side: K, detours and their stability, R², the trajectory dissimilarity, "
@@ -74,8 +74,8 @@ def run(args) -> int:
 
     matplotlib.use("Agg")
 
-    from reports.artifacts import load_fit
-    from reports.compare import check_out_dir, write_comparison
+    from latent.reports.artifacts import load_fit
+    from latent.reports.compare import check_out_dir, write_comparison
 
     from ..compare import compare_studies, ensure_fits, plan_fits, summarize_fit, text_table
     from ..equal_size import refit_subsamples

@@ -33,7 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import add_quiet, plain
+from .shared import add_quiet, plain
 from .collect import METRIC_VARIANTS
 
 SOURCES = ("table", "tensorboard", "checkpoints")
@@ -169,7 +169,7 @@ def _read_tables(args, notes):
 
 
 def _read_checkpoints(args, notes):
-    """Weight statistics of saved checkpoints (collect.checkpoints, torch), optionally joined with a metrics table."""
+    """Weight statistics of saved checkpoints (latent.collect.checkpoints, torch), optionally joined with a metrics table."""
     from pathlib import Path
 
     from ..errors import UserError
@@ -178,9 +178,9 @@ def _read_checkpoints(args, notes):
     if args.workers < 1:
         raise UserError(f"--workers must be at least 1, got {args.workers}")
     try:
-        from collect.checkpoints import checkpoint_runs
+        from latent.collect.checkpoints import checkpoint_runs
     except ImportError as exc:
-        raise UserError(f"latent import checkpoints needs torch and collect.checkpoints, which did not load ({exc}); "
+        raise UserError(f"latent import checkpoints needs torch and latent.collect.checkpoints, which did not load ({exc}); "
                         "install latent with torch (see README.md)") from None
     extra = {"heads": args.heads} if args.heads is not None else {}
     tables = checkpoint_runs(list(args.paths), step_pattern=args.step_pattern, include=tuple(args.include),
