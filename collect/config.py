@@ -1,13 +1,78 @@
-"""Presets and typed ``key=value`` overrides for frozen config dataclasses."""
+"""Presets and typed ``key=value`` overrides for frozen config dataclasses, and the training
+fields every task's config shares (:class:`TrainingConfig`, :class:`AdamWConfig`)."""
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 from latent.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class TrainingConfig:
+    """The training fields every task's config has, declared, typed and checked once.
+
+    A task's config subclasses this (or :class:`AdamWConfig`) and gives its own values: fields
+    without a default here (``batch_size``, ``epochs``, ``log_every``, ``threshold``) have no value
+    that suits every task, so each task must give one. Its docstring says what a field means for
+    it (the step unit of ``log_every``, what ``split_seed`` splits, the direction of ``threshold``).
+
+    Attributes
+    ----------
+    batch_size : int
+        Minibatch size per seed (modadd: 0 means full batch).
+    epochs : int
+        Training length in epochs.
+    log_every : int
+        Checkpoint interval, in the task's step unit (epochs or optimiser steps).
+    threshold : float
+        Convergence: the first checkpoint whose convergence metric crosses it.
+    lr, weight_decay : float
+        The optimiser's learning rate and (decoupled, for AdamW) weight decay.
+    split_seed : int or None
+        An integer: one data split for the whole study; None: each run's own, from its seed.
+    """
+
+    batch_size: int
+    epochs: int
+    log_every: int
+    threshold: float
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    split_seed: Optional[int] = 0
+
+    def validate_training(self) -> None:
+        """The checks every task's training fields must pass (a :class:`UserError` naming the field)."""
+        for name in ("epochs", "log_every"):
+            if getattr(self, name) < 1:
+                raise UserError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise UserError(f"lr must be positive, got {self.lr}")
+        if not self.weight_decay >= 0 or not math.isfinite(self.weight_decay):
+            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        if not math.isfinite(self.threshold):
+            raise UserError(f"threshold must be a finite number, got {self.threshold}")
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class AdamWConfig(TrainingConfig):
+    """:class:`TrainingConfig` for tasks trained with AdamW: its two betas and epsilon besides."""
+
+    beta1: float = 0.9
+    beta2: float = 0.999
+    eps: float = 1e-8
+
+    def validate_training(self) -> None:
+        super().validate_training()
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                raise UserError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not self.eps > 0:
+            raise UserError(f"eps must be positive, got {self.eps}")
 
 
 def config_fields(cls) -> dict[str, Any]:

@@ -166,9 +166,7 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height), layout="constrained")
 
 
-def build_figures(comparison: Comparison, fits: list[FitArtifacts]) -> list[tuple[str, str, str, object, dict]]:
-    """Every figure of the page: ``(name, title, caption, Figure, info)``."""
-    out = []
+def _draw_maps(comparison: Comparison, fits: list[FitArtifacts]):
     n = len(fits)
     # side by side while the maps are small; one under the other once a map has many states
     ncols = 2 if n > 1 and max(s.n_states for s in comparison.studies) <= 4 else 1
@@ -181,12 +179,13 @@ def build_figures(comparison: Comparison, fits: list[FitArtifacts]) -> list[tupl
     infos = {}
     for j, (fit, s) in enumerate(zip(fits, comparison.studies)):
         infos[s.name] = plot_study_map(fig.add_subplot(nrows, ncols, j + 1), fit, s)
-    out.append(("training_maps", "Training maps",
-                "Each study's training map as `latent report` draws it: states left to right in canonical order "
-                "(earliest mean first visit first; state numbers are per study and do not correspond across "
-                "studies), node area = share of checkpoints, arrow width = runs taking the transition, dashed "
-                "rings = detour states.", fig, infos))
+    return fig, infos, ("Each study's training map as `latent report` draws it: states left to right in canonical "
+                        "order (earliest mean first visit first; state numbers are per study and do not correspond "
+                        "across studies), node area = share of checkpoints, arrow width = runs taking the "
+                        "transition, dashed rings = detour states.")
 
+
+def _draw_convergence(comparison: Comparison, fits: list[FitArtifacts]):
     units = comparison.units
     fig = _figure(12.0, sum(1.3 + 0.75 * sum(s.step_unit == u for s in comparison.studies) for u in units) + 0.3)
     axes = fig.subplots(len(units), 2, squeeze=False)
@@ -201,7 +200,25 @@ def build_figures(comparison: Comparison, fits: list[FitArtifacts]) -> list[tupl
         caption += (" The studies count time in different units, so each unit has its own row of panels: "
                     + "; ".join(f"{_unit_label(u)}: " + ", ".join(s.name for s in comparison.studies
                                                                   if s.step_unit == u) for u in units) + ".")
-    out.append(("convergence", "Convergence time", caption, fig, infos))
+    return fig, infos, caption
+
+
+def figure_records() -> tuple[FigureRecord, ...]:
+    """The page's figures in order, each in one place: ``draw(comparison, fits)`` and the HTML under it
+    (``after(comparison)``)."""
+    return (
+        FigureRecord("training_maps", "Training maps", _draw_maps, anchor="maps"),
+        FigureRecord("convergence", "Convergence time", _draw_convergence,
+                     after=lambda comparison: _stats_html(comparison) + _pairs_html(comparison)),
+    )
+
+
+def build_figures(comparison: Comparison, fits: list[FitArtifacts]) -> list[tuple[str, str, str, object, dict]]:
+    """Every figure of the page: ``(name, title, caption, Figure, info)``."""
+    out = []
+    for rec in figure_records():
+        fig, info, caption = rec.draw(comparison, fits)
+        out.append((rec.name, rec.title, caption, fig, info))
     return out
 
 
@@ -507,8 +524,8 @@ def page_html(comparison: Comparison, fits: list[FitArtifacts], rendered: list[d
     nav = "".join(f"<a href='#{a}'>{t}</a>" for a, t in (
         ("notes", "Read this first") if comparison.notes else ("", ""),
         ("side-by-side", "Side by side"), ("equal-size", "At equal size") if comparison.spreads else ("", ""),
-        ("table1", "Table 1"), ("maps", "Training maps"),
-        ("convergence", "Convergence time"), ("warnings", "Fit warnings"), ("commands", "Commands")) if a)
+        ("table1", "Table 1"), *((rec.section, rec.title) for rec in figure_records()),
+        ("warnings", "Fit warnings"), ("commands", "Commands")) if a)
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
@@ -522,10 +539,9 @@ def page_html(comparison: Comparison, fits: list[FitArtifacts], rendered: list[d
         + (f"<h2 id='equal-size'>At equal size: {comparison.equal_n} runs</h2>{_equal_html(comparison)}"
            if comparison.spreads else "")
         + f"<h2 id='table1'>Table 1, as in the paper</h2>{_table1_html(comparison)}"
-        f"<section id='maps'><h2>Training maps</h2>{figure('training_maps')}</section>"
-        f"<section id='convergence'><h2>Convergence time</h2>{figure('convergence')}{_stats_html(comparison)}"
-        f"{_pairs_html(comparison)}</section>"
-        f"<h2 id='warnings'>Fit warnings</h2>{_warnings_html(comparison)}"
+        + "".join(f"<section id='{rec.section}'><h2>{rec.title}</h2>{figure(rec.name)}"
+                  f"{rec.after(comparison) if rec.after else ''}</section>" for rec in figure_records())
+        + f"<h2 id='warnings'>Fit warnings</h2>{_warnings_html(comparison)}"
         f"<h2 id='commands'>Commands</h2><p>{_commands_html(comparison, fits, command)}</p>"
         "</main></body></html>\n")
 

@@ -65,6 +65,11 @@ class FigureRecord:
         ``after(fit)`` → HTML placed under the figure (its tables).
     lead : str, optional
         HTML placed between the title and the figure.
+    anchor : str, optional
+        The section's id on the page when it differs from ``name``.
+
+    The comparison page (:mod:`latent.reports.compare`) lays out the same records, drawn from the
+    comparison and its fits instead of one fit.
     """
 
     name: str
@@ -72,6 +77,11 @@ class FigureRecord:
     draw: Callable
     after: Callable | None = None
     lead: str | None = None
+    anchor: str | None = None
+
+    @property
+    def section(self) -> str:
+        return self.anchor or self.name
 
 
 def _draw_model_selection(fit: FitArtifacts, metrics):

@@ -323,6 +323,32 @@ def test_paper_layernorm_variant_defaults_to_the_papers_300_epochs(tmp_path, mon
     assert seen["overrides"]["layernorm"] is True and seen["study"] == "modadd-paper-ln"
 
 
+def test_the_tasks_declare_their_variants_and_the_command_line_offers_exactly_those(tmp_path, monkeypatch, capsys):
+    import latent.collect.study
+    from latent.cli import build_parser
+    from latent.cli.collect import VARIANT_FLAGS
+    from latent.collect.tasks import TASKS
+
+    declared = {v.name: t.name for t in TASKS.values() for v in t.variants}
+    assert declared == {"layernorm": "modadd", "no-batchnorm": "cifar", "no-residual": "cifar"}
+    collect = build_parser()._subparsers._group_actions[0].choices["collect"]
+    help_text = " ".join(collect.format_help().split())
+    for name, task in declared.items():
+        assert f"{task}: " in help_text and name in help_text
+    assert set(VARIANT_FLAGS) <= set(declared)  # every shorthand flag is a declared variant
+    # the shorthand and --variant are one thing; the variant's preset defaults and suffix come from the task
+    seen = []
+    monkeypatch.setattr(latent.collect.study, "collect_study", lambda task, seeds, **kw: seen.append(kw) or (_ for _ in ()).throw(SystemExit(0)))
+    for flags in (["--layernorm"], ["--variant", "layernorm"], ["--variant", "layernorm", "--layernorm"]):
+        with pytest.raises(SystemExit):
+            main(["collect", "--task", "modadd", "--preset", "contrast", *flags, "--store", str(tmp_path)])
+    assert all(kw["study"] == "modadd-contrast-ln" and kw["overrides"] == {"layernorm": True, "batch_size": 256, "epochs": 400}
+               for kw in seen) and len(seen) == 3
+    capsys.readouterr()
+    assert main(["collect", "--task", "parity", "--variant", "layernorm", "--store", str(tmp_path)]) == 2
+    assert "does not apply to task 'parity' (it has none)" in capsys.readouterr().err
+
+
 @pytest.mark.cifar
 def test_cifar_variant_flags_name_the_study_and_set_the_threshold(tmp_path, capsys):
     base = ["collect", "--task", "cifar", "--seeds", "1", "--epochs", "1", "--log-every", "1", "--store", str(tmp_path),
@@ -335,7 +361,9 @@ def test_cifar_variant_flags_name_the_study_and_set_the_threshold(tmp_path, caps
     assert (cfg["batchnorm"], cfg["residual"], cfg["threshold"]) == (True, False, 0.6)
     capsys.readouterr()
     assert main(["collect", "--task", "modadd", "--no-batchnorm", "--store", str(tmp_path)]) == 2
-    assert "cifar only" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--variant no-batchnorm does not apply to task 'modadd' (its variants: layernorm)" in err
+    assert err.count("\n") == 1
 
 
 @pytest.mark.cifar

@@ -9,12 +9,14 @@ updates are elementwise (SGD, Adam, AdamW) then behave exactly like S separate o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Mapping
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from latent.errors import UserError
 
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
@@ -33,6 +35,43 @@ class Convergence:
 
     def reached(self, values: torch.Tensor) -> torch.Tensor:
         return values > self.threshold if self.direction == "above" else values < self.threshold
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A named change of a task's config, declared by the task beside its presets
+    (``latent collect --variant NAME``; docs/collect.md).
+
+    Attributes
+    ----------
+    name : str
+        What ``--variant`` calls it (``layernorm``, ``no-batchnorm``).
+    help : str
+        One line for ``--help`` and errors.
+    sets : mapping
+        Config fields it sets, whatever else was asked for.
+    suffix : str
+        Added to the default study name (``modadd-paper`` + ``-ln``).
+    preset_defaults : mapping
+        Per preset, fields it sets *unless* ``--set``, ``--epochs`` or ``--log-every`` gave them
+        (the paper's stabilised transformer trains at batch 256 for 290 epochs).
+    """
+
+    name: str
+    help: str
+    sets: Mapping[str, Any]
+    suffix: str
+    preset_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class VariantCombination:
+    """What several variants chosen together mean beyond each alone (cifar's ``no-batchnorm`` and
+    ``no-residual``: the paper's destabilised ResNet, its own threshold and study name)."""
+
+    names: frozenset
+    suffix: str
+    defaults: Mapping[str, Any] = field(default_factory=dict)
 
 
 class BatchedProblem:
@@ -257,6 +296,33 @@ class Task:
     #: CPU threads when ``--threads`` is not given (None: every core). A task sets 1 where a
     #: second thread measurably slows it down (bench/RESULTS.md).
     default_threads: ClassVar[int | None] = None
+    #: named config changes (``--variant``), declared beside the presets
+    variants: ClassVar[tuple[Variant, ...]] = ()
+    #: what some variants mean together, beyond each alone
+    variant_combinations: ClassVar[tuple[VariantCombination, ...]] = ()
+
+    def apply_variants(self, names, preset: str, overrides: dict[str, Any]) -> str:
+        """Put the variants ``names`` into ``overrides`` (in place) for ``preset``; return the suffix of
+        the default study name ("" for none). An unknown name is a :class:`UserError` listing this
+        task's variants."""
+        known = {v.name: v for v in self.variants}
+        for name in names:
+            if name not in known:
+                have = (f"its variants: {', '.join(known)}" if known else "it has none")
+                raise UserError(f"--variant {name} does not apply to task {self.name!r} ({have})")
+        chosen = [v for v in self.variants if v.name in set(names)]  # declaration order: one name per choice
+        suffix = ""
+        for v in chosen:
+            overrides.update(v.sets)
+            for key, value in v.preset_defaults.get(preset, {}).items():
+                overrides.setdefault(key, value)
+            suffix += v.suffix
+        for combo in self.variant_combinations:
+            if combo.names == frozenset(v.name for v in chosen):
+                for key, value in combo.defaults.items():
+                    overrides.setdefault(key, value)
+                suffix = combo.suffix
+        return suffix
 
     def convergence(self, cfg) -> Convergence:
         return Convergence(self.convergence_metric, cfg.threshold, self.convergence_direction)

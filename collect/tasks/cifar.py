@@ -51,7 +51,8 @@ from ..fingerprint import fingerprint
 from ..function_space import Probe, probe_rows
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
-from .base import RowProblem, Task, cross_entropy_sums, stack_params
+from ..config import AdamWConfig
+from .base import RowProblem, Task, Variant, VariantCombination, cross_entropy_sums, stack_params
 
 log = logging.getLogger("latent.collect")
 
@@ -63,7 +64,7 @@ BN_EPS, BN_MOMENTUM = 1e-5, 0.1
 
 
 @dataclass(frozen=True)
-class CifarConfig:
+class CifarConfig(AdamWConfig):
     """CIFAR ResNet-18 study config (every field can be set with ``--set key=value``).
 
     Attributes
@@ -114,25 +115,20 @@ class CifarConfig:
     batchnorm: bool = True
     residual: bool = True
     augment: bool = True
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
     batch_size: int = 16
     epochs: int = 10
     log_every: int = 20
-    split_seed: Optional[int] = 0
     threshold: float = 0.6
 
     def validate(self) -> None:
+        self.validate_training()
         if self.source not in SOURCES:
             raise UserError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.data_dir is not None and self.source not in ("auto", "cifar10", "cifar100"):
             raise UserError(f"data_dir (--data-dir) reads CIFAR python batches; it does not apply to source={self.source!r}")
         if self.source in ("cifar10", "cifar100") and self.data_dir is None:
             raise UserError(f"source={self.source} needs the directory with the CIFAR python batches: pass --data-dir DIR")
-        for name in ("width", "batch_size", "epochs", "log_every"):
+        for name in ("width", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("n_train", "n_val", "train_eval_size"):
@@ -140,10 +136,6 @@ class CifarConfig:
                 raise UserError(f"{name} must be >= 0, got {getattr(self, name)}")
         if self.resolved_source() == "generated" and (self.n_train < 1 or self.n_val < 1):
             raise UserError("the generated set needs n_train >= 1 and n_val >= 1 (0 means 'all' only for CIFAR files)")
-        if self.lr <= 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
     def resolved_source(self) -> str:
         if self.source != "auto":
@@ -453,6 +445,12 @@ class CifarTask(Task):
     name = "cifar"
     config_class = CifarConfig
     presets = PRESETS
+    variants = (
+        Variant("no-batchnorm", "drop every BatchNorm", sets={"batchnorm": False}, suffix="-nobn"),
+        Variant("no-residual", "drop the residual additions", sets={"residual": False}, suffix="-nores"),
+    )
+    # reference.md E1: without both, the paper's destabilised ResNet, converged at val_acc > 0.4
+    variant_combinations = (VariantCombination(frozenset({"no-batchnorm", "no-residual"}), "-destab", {"threshold": 0.4}),)
     problem_class = CifarProblem
     step_unit = "step"
     # Grouped convolutions got slower with a second thread: 40 default seeds took 690 s with 2

@@ -51,6 +51,7 @@ from ..fingerprint import fingerprint
 from ..function_space import Probe
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
+from ..config import AdamWConfig
 from .base import BatchedProblem, Task, stack_params
 
 SOURCES = ("auto", "pydoc", "files")
@@ -60,7 +61,7 @@ EVAL_CHUNK = 64  # sequences per evaluation chunk
 
 
 @dataclass(frozen=True)
-class MlmConfig:
+class MlmConfig(AdamWConfig):
     """Masked-LM study config (every field can be set with ``--set key=value``).
 
     Attributes
@@ -118,10 +119,6 @@ class MlmConfig:
     n_heads: int = 4
     d_ff: int = 256
     mask_prob: float = 0.15
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
     eps: float = 1e-6
     warmup_steps: int = 100
     decay: bool = True
@@ -132,13 +129,14 @@ class MlmConfig:
     threshold: float = 4.85
 
     def validate(self) -> None:
+        self.validate_training()
         if self.source not in SOURCES:
             raise UserError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.data_dir is not None and self.source == "pydoc":
             raise UserError("data_dir (--data-dir) reads *.txt files; it does not apply to source='pydoc'")
         if self.source == "files" and self.data_dir is None:
             raise UserError("source=files needs the directory with the *.txt files: pass --data-dir DIR")
-        for name in ("d_model", "n_layers", "n_heads", "d_ff", "n_val", "batch_size", "epochs", "log_every"):
+        for name in ("d_model", "n_layers", "n_heads", "d_ff", "n_val", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("n_train", "train_eval_size", "warmup_steps"):
@@ -152,8 +150,6 @@ class MlmConfig:
             raise UserError(f"vocab_size must exceed the {len(SPECIALS)} special tokens, got {self.vocab_size}")
         if not 0 < self.mask_prob < 1:
             raise UserError(f"mask_prob must be in (0, 1), got {self.mask_prob}")
-        if self.lr <= 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
 
     def resolved_source(self) -> str:
         if self.source != "auto":

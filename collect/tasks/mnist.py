@@ -35,6 +35,7 @@ from ..fingerprint import fingerprint
 from ..function_space import Probe, probe_rows
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
+from ..config import AdamWConfig
 from .base import RowProblem, Task, cross_entropy_sums, stack_params
 from .parity import xavier_uniform_
 
@@ -45,7 +46,7 @@ N_CLASSES = 10
 
 
 @dataclass(frozen=True)
-class MnistConfig:
+class MnistConfig(AdamWConfig):
     """MNIST-MLP study config (every field can be set with ``--set key=value``).
 
     Attributes
@@ -85,18 +86,13 @@ class MnistConfig:
     n_train: int = 0
     n_val: int = 1000
     train_eval_size: int = 1000
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    beta1: float = 0.9
-    beta2: float = 0.999
-    eps: float = 1e-8
     batch_size: int = 256
     epochs: int = 40
     log_every: int = 4
-    split_seed: Optional[int] = 0
     threshold: float = 0.92
 
     def validate(self) -> None:
+        self.validate_training()
         if self.source not in SOURCES:
             raise UserError(f"source must be one of {', '.join(SOURCES)}, got {self.source!r}")
         if self.data_dir is not None and self.source not in ("auto", "idx"):
@@ -105,14 +101,12 @@ class MnistConfig:
             raise UserError("source=idx needs the directory with the MNIST IDX files: pass --data-dir DIR")
         if not self.hidden or any(h < 1 for h in self.hidden):
             raise UserError(f"hidden must be one or more positive widths, got {self.hidden}")
-        for name in ("batch_size", "epochs", "log_every", "n_val"):
+        for name in ("batch_size", "n_val"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("n_train", "train_eval_size"):
             if getattr(self, name) < 0:
                 raise UserError(f"{name} must be >= 0 (0 = all), got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
 
     def resolved_source(self) -> str:
         if self.source != "auto":

@@ -32,10 +32,11 @@ from ..metrics import WeightGroups
 from ..progress import (cyclic_basis, discrete_log, frequency_energy, gini, op_combination, op_group, progress_columns,
                         restricted_excluded, sum_sq, top_share)
 from ..seeds import RunSeeds
-from .base import RowProblem, Task, cross_entropy_sums, normal_, stack_params
+from ..config import AdamWConfig
+from .base import RowProblem, Task, Variant, cross_entropy_sums, normal_, stack_params
 
 @dataclass(frozen=True)
-class ModAddConfig:
+class ModAddConfig(AdamWConfig):
     """Modular-addition study config (every field can be set with ``--set key=value``).
 
     Attributes
@@ -89,9 +90,7 @@ class ModAddConfig:
     init_scaling: float = 1.0
     lr: float = 3e-3
     weight_decay: float = 2.0
-    beta1: float = 0.9
     beta2: float = 0.98
-    eps: float = 1e-8
     batch_size: int = 0
     epochs: int = 2000
     log_every: int = 10
@@ -106,6 +105,7 @@ class ModAddConfig:
         return tuple(o.strip() for o in self.op.split(","))
 
     def validate(self) -> None:
+        self.validate_training()
         if self.model not in ("mlp", "transformer"):
             raise UserError(f"model must be 'mlp' or 'transformer', got {self.model!r}")
         if self.p < 3:
@@ -115,13 +115,11 @@ class ModAddConfig:
             raise UserError(f"train_frac must leave both splits non-empty, got {self.train_frac}")
         if self.model == "transformer" and self.d_model % self.n_heads:
             raise UserError(f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})")
-        for name in ("d_embed", "d_hidden", "d_model", "n_heads", "d_mlp", "epochs", "log_every"):
+        for name in ("d_embed", "d_hidden", "d_model", "n_heads", "d_mlp"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if self.batch_size < 0:
             raise UserError(f"batch_size must be >= 0 (0 = full batch), got {self.batch_size}")
-        if self.lr <= 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
         if self.key_freqs < 1:
             raise UserError(f"key_freqs must be at least 1, got {self.key_freqs}")
         ops = self.ops
@@ -578,6 +576,17 @@ class ModAddTask(Task):
     name = "modadd"
     config_class = ModAddConfig
     presets = PRESETS
+    variants = (
+        Variant("layernorm", "transformer with post-LayerNorm (reference.md A1: the stabilised side of the contrast)",
+                sets={"layernorm": True}, suffix="-ln",
+                preset_defaults={
+                    # the paper's stabilised setting (reference.md A1): batch 256, and runs of ~300
+                    # epochs (checkpoints 0-290, 30 points), not the 10,000 of the unstabilised runs
+                    "paper": {"batch_size": 256, "epochs": 290},
+                    # the stabilised side of the contrast preset (bench/search_contrast.py "t59f")
+                    "contrast": {"batch_size": 256, "epochs": 400},
+                }),
+    )
     problem_class = ModAddProblem
     step_unit = "epoch"
 

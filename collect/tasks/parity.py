@@ -29,12 +29,13 @@ from ..fingerprint import fingerprint
 from ..function_space import Probe, probe_rows
 from ..metrics import WeightGroups
 from ..seeds import RunSeeds
+from ..config import TrainingConfig
 from .base import RowProblem, Task, stack_params
 
 
 
 @dataclass(frozen=True)
-class ParityConfig:
+class ParityConfig(TrainingConfig):
     """Sparse-parity study config (every field can be set with ``--set key=value``).
 
     Attributes
@@ -67,7 +68,6 @@ class ParityConfig:
     hidden: int = 1000
     init_scaling: float = 1.0
     lr: float = 0.1
-    weight_decay: float = 0.01
     batch_size: int = 32
     epochs: int = 300
     log_every: int = 1
@@ -75,15 +75,12 @@ class ParityConfig:
     threshold: float = 0.9
 
     def validate(self) -> None:
-        for name in ("n_bits", "k", "n_train", "n_val", "hidden", "batch_size", "epochs", "log_every"):
+        self.validate_training()
+        for name in ("n_bits", "k", "n_train", "n_val", "hidden", "batch_size"):
             if getattr(self, name) < 1:
                 raise UserError(f"{name} must be positive, got {getattr(self, name)}")
         if self.k > self.n_bits:
             raise UserError(f"k ({self.k}) must not exceed n_bits ({self.n_bits})")
-        if self.lr <= 0:
-            raise UserError(f"lr must be positive, got {self.lr}")
-        if self.weight_decay < 0:
-            raise UserError(f"weight_decay must be >= 0, got {self.weight_decay}")
 
 
 PRESETS: dict[str, dict[str, Any]] = {

@@ -10,6 +10,8 @@ from .shared import add_dask_options, add_quiet, log_to_stderr
 
 #: ``latent.collect.metrics.METRIC_VARIANTS``, spelled out so that building the parser imports no torch.
 METRIC_VARIANTS = ("reference", "paper")
+#: the task variants with a flag of their own (``--layernorm`` is ``--variant layernorm``)
+VARIANT_FLAGS = ("layernorm", "no-batchnorm", "no-residual")
 
 
 def add_parser(sub) -> None:
@@ -27,11 +29,17 @@ def add_parser(sub) -> None:
     p.add_argument("--log-every", type=int, help="checkpoint interval in the task's step unit: epochs (modadd, parity) or optimiser steps (mnist, cifar, mlm)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one config field, typed (repeatable); an unknown key lists the valid ones")
-    p.add_argument("--layernorm", action="store_true",
-                   help="modadd transformer: post-LayerNorm (with --preset paper also batch 256 and 290 epochs: the paper's stabilised variant; with --preset contrast batch 256 and 400 epochs)")
-    p.add_argument("--no-batchnorm", action="store_true", help="cifar: drop every BatchNorm")
-    p.add_argument("--no-residual", action="store_true",
-                   help="cifar: drop the residual additions (with --no-batchnorm: the paper's destabilised variant, threshold 0.4)")
+    # the tasks declare their variants (Task.variants, collect/tasks/); the names are spelled out here so
+    # that building the parser imports no torch, and tests/test_collect.py checks them against the tasks
+    p.add_argument("--variant", dest="variants", action="append", default=[], metavar="NAME",
+                   help="a named variant the task declares, repeatable: modadd: layernorm (post-LayerNorm; with "
+                        "--preset paper also batch 256 and 290 epochs, the paper's stabilised variant; with --preset "
+                        "contrast batch 256 and 400 epochs); cifar: no-batchnorm, no-residual (both: the paper's "
+                        "destabilised ResNet, threshold 0.4); the study name gets a suffix (-ln, -nobn, -nores, "
+                        "-destab)")
+    for name in VARIANT_FLAGS:
+        p.add_argument(f"--{name}", dest="variants", action="append_const", const=name,
+                       help=f"the same as --variant {name}")
     p.add_argument("--data-dir", help="read the task's real data set from this directory (tasks with a data loader)")
     p.add_argument("--study", help="study name (default: the task, plus -<preset> for other presets)")
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
@@ -91,36 +99,9 @@ def run(args) -> int:
         if "data_dir" not in task.config_class.__dataclass_fields__:
             raise UserError(f"--data-dir does not apply to task {args.task!r} (it generates its data)")
         overrides["data_dir"] = args.data_dir
-    if args.no_batchnorm or args.no_residual:
-        if "batchnorm" not in task.config_class.__dataclass_fields__:
-            raise UserError(f"--no-batchnorm/--no-residual apply to cifar only, not {args.task!r}")
-        suffix = ""
-        if args.no_batchnorm:
-            overrides["batchnorm"] = False
-            suffix += "-nobn"
-        if args.no_residual:
-            overrides["residual"] = False
-            suffix += "-nores"
-        if args.no_batchnorm and args.no_residual:
-            overrides.setdefault("threshold", 0.4)  # reference.md E1: the destabilised CIFAR threshold
-            suffix = "-destab"
-        if name is None:
-            name = args.task + ("" if args.preset == "default" else f"-{args.preset}") + suffix
-    if args.layernorm:
-        if "layernorm" not in task.config_class.__dataclass_fields__:
-            raise UserError(f"--layernorm applies to modadd only, not {args.task!r}")
-        overrides["layernorm"] = True
-        if args.preset == "paper":
-            # the paper's stabilised setting (reference.md A1): batch 256, and runs of ~300 epochs
-            # (checkpoints 0-290, 30 points), not the 10,000 of the unstabilised runs
-            overrides.setdefault("batch_size", 256)
-            overrides.setdefault("epochs", 290)
-        elif args.preset == "contrast":
-            # the stabilised side of the contrast preset (bench/search_contrast.py "t59f")
-            overrides.setdefault("batch_size", 256)
-            overrides.setdefault("epochs", 400)
-        if name is None:
-            name = f"{args.task}-{args.preset}-ln" if args.preset != "default" else f"{args.task}-ln"
+    suffix = task.apply_variants(args.variants, args.preset, overrides)
+    if suffix and name is None:
+        name = args.task + ("" if args.preset == "default" else f"-{args.preset}") + suffix
     try:
         result = collect_study(
             args.task,
