@@ -89,6 +89,16 @@ def parse_convergence(text: str) -> dict:
     return {"metric": match["metric"], "threshold": threshold, "direction": direction}
 
 
+def converged_runs(tables: Mapping[int, pd.DataFrame], convergence: Mapping) -> list[int]:
+    """The runs of ``tables`` that meet ``convergence`` (:func:`parse_convergence`) at some checkpoint,
+    by the same first-crossing rule as every fit (:func:`latent.detours.convergence_step`)."""
+    from .detours import convergence_step
+
+    return [seed for seed, t in sorted(tables.items())
+            if convergence_step(t["step"].to_numpy(), t[convergence["metric"]].to_numpy(dtype=float),
+                                convergence["threshold"], convergence["direction"]) is not None]
+
+
 def default_features(columns: Iterable[str], convergence: Mapping | None = None) -> list[str]:
     """The HMM features of an external study with these numeric columns.
 

@@ -47,6 +47,21 @@ def test_parse_convergence_refuses_other_forms_in_one_line(text):
 # --------------------------------------------------------------------------- external_meta
 
 
+def test_converged_runs_uses_the_first_crossing_rule():
+    import pandas as pd
+
+    from latent.external import converged_runs, parse_convergence
+
+    tables = {
+        3: pd.DataFrame({"step": [0, 10, 20], "val_loss": [3.0, 1.5, 0.4]}),   # crosses at 20
+        1: pd.DataFrame({"step": [0, 10, 20], "val_loss": [3.0, 0.5, 0.5]}),   # never below 0.5
+        2: pd.DataFrame({"step": [0, 10], "val_loss": [float("nan"), 0.1]}),   # crosses at 10
+    }
+    assert converged_runs(tables, parse_convergence("val_loss<0.5")) == [2, 3]
+    assert converged_runs(tables, parse_convergence("val_loss<=0.5")) == [2, 3]  # the rule is strict either way
+    assert converged_runs(tables, parse_convergence("val_loss<0.6")) == [1, 2, 3]
+
+
 def test_meta_uses_the_14_reference_columns_in_their_order_when_all_are_present():
     columns = ["step", "val_acc", "epoch"] + list(reversed(REFERENCE_COLUMNS)) + ["train_loss"]
     meta = external_meta("ext", [2, 0, 1], columns, source={"kind": "table", "paths": ["a.csv"]},

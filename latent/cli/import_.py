@@ -202,7 +202,7 @@ def _read_checkpoints(args, notes):
 
 
 def _summary(study, prepared, args) -> None:
-    from ..detours import convergence_step
+    from ..external import converged_runs
 
     meta = prepared.meta
     seeds = sorted(prepared.tables)
@@ -220,9 +220,7 @@ def _summary(study, prepared, args) -> None:
     conv = meta.get("convergence")
     if conv:
         op = ">" if conv["direction"] == "above" else "<"
-        hit = sum(convergence_step(t["step"].to_numpy(), t[conv["metric"]].to_numpy(dtype=float),
-                                   conv["threshold"], conv["direction"]) is not None
-                  for t in prepared.tables.values())
+        hit = len(converged_runs(prepared.tables, conv))
         print(f"convergence: {conv['metric']} {op} {conv['threshold']:g} ({hit} of {len(seeds)} runs converge)")
         print(f"next: latent fit --store {args.store} --study {args.study}")
     else:
