@@ -81,6 +81,14 @@ class SimConfig:
         AR(1) coefficient of the noise in time (``"autocorrelated"``, ``"realistic"``; 0 otherwise).
     offset : float
         ``"realistic"``: sd of each run's offset of each state's mean, in that state's noise sds.
+    persistence : float
+        ``"realistic"``: correlation of a run's offsets across its states (0: drawn afresh in each
+        state; 1: one offset per run, shared by every state).
+    drift : float
+        ``"realistic"``: smooth drift inside states. Each state has a velocity (per feature, normal
+        with this sd, in noise sds per checkpoint) that every run follows while in the state,
+        centred on the visit so the visit's mean stays the state's (a state is then a regime of
+        change as well as a place, as in real runs).
     ramp : int
         ``"realistic"``: checkpoints a transition takes.
     shift, scale : float
@@ -110,6 +118,8 @@ class SimConfig:
     shift: float = 0.0
     scale: float = 0.0
     offset: float = 0.0
+    persistence: float = 0.0
+    drift: float = 0.0
     ramp: int = 0
     progress: float = 0.45
     step_every: int = 10
@@ -129,6 +139,10 @@ class SimConfig:
             raise UserError("a simulated study needs at least 1 run of 2 checkpoints")
         if not 0 <= self.n_uninformative < self.n_features:
             raise UserError("n_uninformative must leave at least one informative feature")
+        if not 0 <= self.persistence <= 1:
+            raise UserError(f"persistence must be in [0, 1], got {self.persistence}")
+        if not self.drift >= 0:
+            raise UserError(f"drift must be >= 0, got {self.drift}")
 
     @property
     def n_states(self) -> int | None:
@@ -276,9 +290,10 @@ def random_config(family: str, level: str, i: int, n_checkpoints: int = 300, n_r
         detour_scale=float(rng.uniform(0.5, 1.5)), n_runs=n_runs, n_checkpoints=n_checkpoints,
         separation=LEVELS[level], seed=int(rng.integers(2**31)), **RANDOM_FAMILIES[family],
     )
-    if family == "realistic":  # the ranges bench/measure_dynamics.py measures on real studies
-        cfg = replace(cfg, ar=float(1 - np.exp(rng.uniform(np.log(1e-3), np.log(0.1)))),
-                      offset=float(rng.uniform(0.3, 3.0)))
+    if family == "realistic":  # ranges whose draws measure as the real studies do (bench/measure_dynamics.py)
+        cfg = replace(cfg, ar=float(1 - np.exp(rng.uniform(np.log(1e-2), np.log(0.1)))),
+                      offset=float(rng.uniform(0.3, 1.5)), persistence=float(rng.uniform(0.5, 0.99)),
+                      drift=float(np.exp(rng.uniform(np.log(0.05), np.log(0.3)))))
     return cfg
 
 
@@ -426,14 +441,27 @@ def _noise(T: int, chol: np.ndarray, ar: float, rng: np.random.Generator) -> np.
     return e
 
 
-def _realistic_run(path: np.ndarray, means: np.ndarray, chols, cfg: SimConfig, rng: np.random.Generator) -> np.ndarray:
-    """One run of the ``"realistic"`` family: per-run state offsets, linear ramps between states,
-    and one AR(1) noise process through the whole run (each step's innovation in its state's
+def _realistic_run(path: np.ndarray, means: np.ndarray, chols, cfg: SimConfig, rng: np.random.Generator,
+                   velocity: np.ndarray | None = None) -> np.ndarray:
+    """One run of the ``"realistic"`` family: per-run state offsets (``persistence`` of them shared
+    across states), each state's drift ``velocity`` (K, d) inside its visits, linear ramps between
+    states, and one AR(1) noise process through the whole run (each step's innovation in its state's
     covariance, scaled so the stationary noise has that covariance)."""
     T, d = len(path), means.shape[1]
     K = len(means)
-    offsets = np.array([cfg.offset * (chols[k] @ rng.standard_normal(d)) for k in range(K)])
+    if cfg.persistence > 0:  # a run effect shared by every state, plus each state's own
+        shared = rng.standard_normal(d)
+        draws = [np.sqrt(cfg.persistence) * shared + np.sqrt(1 - cfg.persistence) * rng.standard_normal(d)
+                 for _ in range(K)]
+    else:
+        draws = [rng.standard_normal(d) for _ in range(K)]
+    offsets = np.array([cfg.offset * (chols[k] @ draws[k]) for k in range(K)])
     level = means[path] + offsets[path]
+    if velocity is not None:  # each visit moves at its state's velocity, centred on the visit
+        starts = np.flatnonzero(np.r_[True, path[1:] != path[:-1]])
+        stops = np.r_[starts[1:], T]
+        for a, b in zip(starts, stops):
+            level[a:b] += velocity[path[a]] * (np.arange(b - a) - (b - a - 1) / 2)[:, None]
     if cfg.ramp > 0:  # a causal moving average turns every jump into a linear ramp of ``ramp`` steps
         w = cfg.ramp + 1
         padded = np.vstack([np.repeat(level[:1], w - 1, axis=0), level])
@@ -475,12 +503,15 @@ def simulate(config: SimConfig) -> tuple[pd.DataFrame, Truth]:
     shifted = cfg.family == "shifted"
     realistic = cfg.family == "realistic"
     T, final = cfg.n_checkpoints, st.main[-1]
+    velocity = None
+    if realistic and cfg.drift > 0:  # per state, in its noise metric; drawn only then, so drift 0 draws as before
+        velocity = np.array([cfg.drift * (chols[k] @ rng.standard_normal(cfg.n_features)) for k in range(K)])
     frames, paths, conv = [], {}, {}
     for seed in range(cfg.n_runs):
         visits = _sample_visits(st, cfg, rng)
         path = _path(visits, final, T)
         if realistic:
-            x = _realistic_run(path, means, chols, cfg, rng)
+            x = _realistic_run(path, means, chols, cfg, rng, velocity)
         else:
             x = means[path].copy()
             for k in range(K):

@@ -186,6 +186,59 @@ def test_realistic_family_plants_what_it_says():
     assert steps.max() < 0.6 * np.linalg.norm(x[t0 + cfg.ramp] - x[t0 - 1])
 
 
+def _state_means_per_run(table, truth, state, skip):
+    feats = [c for c in table.columns if c not in ("seed", "step", "epoch", "val_acc")]
+    out = {}
+    for s, g in table.groupby("seed"):
+        rows = np.flatnonzero(truth.paths[s] == state)
+        rows = rows[rows >= rows[0] + skip] if rows.size else rows
+        if rows.size >= 40:
+            out[s] = g[feats].to_numpy()[rows]
+    return out
+
+
+@pytest.mark.parametrize("persistence", [0.0, 0.5, 1.0])
+def test_realistic_offsets_persist_across_states_as_asked(persistence):
+    # white noise (ar 0), no drift: a run's mean in a state is its offset there, up to the mean's noise
+    cfg = SimConfig(family="realistic", n_main=3, detours=0, forks=0, n_runs=200, n_checkpoints=300,
+                    ar=0.0, offset=2.0, persistence=persistence, ramp=0, correlation=0.0, n_uninformative=0,
+                    progress=0.6, seed=11)
+    table, truth = simulate(cfg)
+    first, last = _state_means_per_run(table, truth, 1, 0), _state_means_per_run(table, truth, 2, 0)
+    runs = sorted(set(first) & set(last))
+    assert len(runs) >= 60
+    a = np.array([first[r].mean(axis=0) for r in runs]) - truth.means[1]
+    b = np.array([last[r].mean(axis=0) for r in runs]) - truth.means[2]
+    corr = np.median([np.corrcoef(a[:, j], b[:, j])[0, 1] for j in range(a.shape[1])])
+    # offsets of sd 2 against the means' noise (sd ~ 1/sqrt(40+)): the correlation is ~ the persistence
+    assert abs(corr - persistence) < 0.12, corr
+
+
+def test_realistic_drift_moves_every_run_at_its_states_velocity_centred_on_the_visit():
+    base = dict(family="realistic", n_main=2, detours=0, forks=0, n_runs=40, n_checkpoints=300, ar=0.0,
+                offset=0.0, ramp=0, correlation=0.0, n_uninformative=0, seed=3)
+    t = np.arange(300)
+    for drift in (0.0, 0.1):
+        table, truth = simulate(SimConfig(**base, drift=drift))
+        visits = _state_means_per_run(table, truth, 1, 0)  # the final state: one visit per run, to the end
+        slopes, centred = [], []
+        for x in visits.values():
+            tt = t[: len(x)] - (len(x) - 1) / 2
+            slopes.append((tt[:, None] * x).sum(axis=0) / (tt * tt).sum())
+            centred.append(x.mean(axis=0) - truth.means[1])
+        slopes = np.array(slopes)
+        # the visit's mean is the state's mean: drift is centred on the visit (and offsets are 0)
+        assert np.abs(np.median(centred, axis=0)).max() < 0.25
+        if drift == 0:
+            assert np.abs(slopes).max() < 0.05
+        else:
+            # one velocity per state, the same for every run: per feature, the slopes agree across runs
+            # far beyond their spread, and their size is the drift's (sd 0.1 x the state's noise sd)
+            v = np.median(slopes, axis=0)
+            assert np.median(np.abs(v) / slopes.std(axis=0)) > 5
+            assert 0.03 < np.median(np.abs(v)) < 0.2
+
+
 def test_cli_simulate_realistic_takes_its_dynamics_and_refuses_them_elsewhere(tmp_path, capsys):
     from latent.cli import main
 
@@ -193,7 +246,7 @@ def test_cli_simulate_realistic_takes_its_dynamics_and_refuses_them_elsewhere(tm
                  "--checkpoints", "50", "--ar", "0.9"]) == 0
     import json
     cfg = json.loads((tmp_path / "simulated" / "truth.json").read_text())["config"]
-    assert (cfg["ar"], cfg["offset"], cfg["ramp"]) == (0.9, 1.0, 5)
+    assert (cfg["ar"], cfg["offset"], cfg["ramp"], cfg["persistence"], cfg["drift"]) == (0.9, 0.9, 5, 0.75, 0.12)
     capsys.readouterr()
     assert main(["simulate", "--store", str(tmp_path), "--study", "s2", "--offset", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

@@ -31,9 +31,13 @@ def add_parser(sub) -> None:
     p.add_argument("--separation", type=float, default=d.separation,
                    help=f"Mahalanobis distance between neighbouring states (default {d.separation})")
     p.add_argument("--ar", type=float, default=None,
-                   help="autocorrelation of the noise in time (autocorrelated: default 0.5; realistic: 0.99)")
+                   help="autocorrelation of the noise in time (autocorrelated: default 0.5; realistic: 0.97)")
     p.add_argument("--offset", type=float, default=None,
-                   help="realistic: sd of each run's offset of each state's mean, in noise sds (default 1.0)")
+                   help="realistic: sd of each run's offset of each state's mean, in noise sds (default 0.9)")
+    p.add_argument("--persistence", type=float, default=None,
+                   help="realistic: correlation of a run's offsets across its states, 0-1 (default 0.75)")
+    p.add_argument("--drift", type=float, default=None,
+                   help="realistic: sd of each state's drift velocity, noise sds per checkpoint (default 0.12)")
     p.add_argument("--ramp", type=int, default=None,
                    help="realistic: checkpoints a transition takes (default 5)")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seeds everything (default {d.seed})")
@@ -54,14 +58,16 @@ def run(args) -> int:
     if args.runs < 1 or args.checkpoints < 2 or args.seed < 0:
         raise UserError("--runs must be at least 1, --checkpoints at least 2 and --seed non-negative")
     dynamics = _FAMILY_DYNAMICS.get(args.family, {})
-    given = {k: getattr(args, k) for k in ("ar", "offset", "ramp") if getattr(args, k) is not None}
+    given = {k: getattr(args, k) for k in ("ar", "offset", "ramp", "persistence", "drift")
+             if getattr(args, k) is not None}
     if set(given) - set(dynamics):
         flags = ", ".join(f"--{k}" for k in sorted(set(given) - set(dynamics)))
         raise UserError(f"{flags}: not a setting of --family {args.family}; --ar applies to autocorrelated and "
-                        "realistic, --offset and --ramp to realistic")
+                        "realistic, --offset, --persistence, --drift and --ramp to realistic")
     dynamics = {**dynamics, **given}
-    if not 0 <= dynamics.get("ar", 0) < 1 or dynamics.get("offset", 0) < 0 or dynamics.get("ramp", 0) < 0:
-        raise UserError("--ar must be in [0, 1), --offset and --ramp non-negative")
+    if (not 0 <= dynamics.get("ar", 0) < 1 or dynamics.get("offset", 0) < 0 or dynamics.get("ramp", 0) < 0
+            or not 0 <= dynamics.get("persistence", 0) <= 1 or dynamics.get("drift", 0) < 0):
+        raise UserError("--ar must be in [0, 1), --persistence in [0, 1], --offset, --drift and --ramp non-negative")
     cfg = SimConfig(family=args.family, n_main=args.n_main, detours=args.detours, forks=args.forks,
                     p_take=args.p_take, n_runs=args.runs, n_checkpoints=args.checkpoints,
                     separation=args.separation, seed=args.seed, **dynamics)
@@ -81,6 +87,7 @@ def run(args) -> int:
     return 0
 
 
-#: per family, the dynamics settings it takes and their defaults (realistic: about the medians
-#: bench/measure_dynamics.py finds on the default studies)
-_FAMILY_DYNAMICS = {"autocorrelated": {"ar": 0.5}, "realistic": {"ar": 0.99, "offset": 1.0, "ramp": 5}}
+#: per family, the dynamics settings it takes and their defaults (realistic: about the middle of the
+#: ranges the recovery benchmark draws from, whose draws measure as the real studies do)
+_FAMILY_DYNAMICS = {"autocorrelated": {"ar": 0.5},
+                    "realistic": {"ar": 0.97, "offset": 0.9, "persistence": 0.75, "drift": 0.12, "ramp": 5}}
