@@ -154,8 +154,9 @@ def verdict(sharp: dict) -> str:
     discrete = [r for r in judged if r["discrete"]]
     if not discrete:
         return (f"no discrete transitions: at none of the {len(judged)} transitions judged do most boundaries jump "
-                "more than the runs move anyway, so the states cut continuous change into stretches (a "
-                "discretisation, not phases)")
+                "more than the runs move anyway, so nothing here shows the states to be phases rather than "
+                "stretches cut out of continuous change (read them as a discretisation; where runs drift inside "
+                "planted states, as real runs do, this is said too: docs/fit.md)")
     names = ", ".join(f"{r['source']}→{r['target']} ({r['jumps']}/{r['boundaries']})" for r in discrete)
     return (f"{len(discrete)} of {len(judged)} transitions judged are discrete (most boundaries jump): {names}; "
             "the others cut through continuous change")

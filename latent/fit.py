@@ -771,9 +771,9 @@ def _stage_checks(data: _Data, dec: _Decoded, det: _Detours, selector: HMMSelect
     boundaries["verdict"] = boundary_verdict(boundaries)
     if boundaries["judged_transitions"] and not boundaries["discrete_transitions"]:
         log.warning("no discrete transitions: at every boundary the runs move no more abruptly than they do "
-                    "inside the states (%d transitions judged); the %d states cut continuous change into "
-                    "stretches, so read them as a discretisation, not as phases (docs/fit.md, 'Discrete "
-                    "transitions')", boundaries["judged_transitions"], K)
+                    "inside the states (%d transitions judged); nothing shows the %d states to be phases rather "
+                    "than stretches of continuous change, so read them as a discretisation (docs/fit.md, "
+                    "'Discrete transitions')", boundaries["judged_transitions"], K)
     G = build_map(dec.run_paths, dec.run_raw, params, fm.features, conv_list, importance, phases=phases["states"],
                   boundaries=boundaries["transitions"])
     ppc = posterior_predictive(params, cfg.family, cfg.covariance, dec.run_z, dec.run_paths,
