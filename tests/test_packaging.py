@@ -6,11 +6,16 @@ from __future__ import annotations
 
 import importlib.util
 import sys
-import tomllib
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _pyproject() -> dict:
+    tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
+    return tomllib.loads((ROOT / "pyproject.toml").read_text())
 
 
 def _installed_name(folder: Path) -> str:
@@ -19,13 +24,14 @@ def _installed_name(folder: Path) -> str:
 
 
 def test_every_package_folder_is_installed_under_latent():
-    tool = PYPROJECT["tool"]["setuptools"]
+    pyproject = _pyproject()
+    tool = pyproject["tool"]["setuptools"]
     folders = sorted(p.parent for top in ("latent", "collect", "reports") for p in (ROOT / top).rglob("__init__.py"))
     assert sorted(tool["packages"]) == sorted(_installed_name(f) for f in folders)
     assert all(name == "latent" or name.startswith("latent.") for name in tool["packages"])
     assert tool["package-dir"] == {"latent": "latent", "latent.collect": "collect", "latent.reports": "reports"}
-    assert PYPROJECT["project"]["name"] not in {"latent", "collect", "reports"}
-    assert PYPROJECT["project"]["scripts"] == {"latent": "latent.cli:main"}
+    assert pyproject["project"]["name"] not in {"latent", "collect", "reports"}
+    assert pyproject["project"]["scripts"] == {"latent": "latent.cli:main"}
 
 
 def test_the_installed_packages_are_the_folders_and_the_old_names_are_not_installed(tmp_path, monkeypatch):
