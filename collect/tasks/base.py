@@ -46,8 +46,6 @@ class Variant:
     ----------
     name : str
         What ``--variant`` calls it (``layernorm``, ``no-batchnorm``).
-    help : str
-        One line for ``--help`` and errors.
     sets : mapping
         Config fields it sets, whatever else was asked for.
     suffix : str
@@ -58,7 +56,6 @@ class Variant:
     """
 
     name: str
-    help: str
     sets: Mapping[str, Any]
     suffix: str
     preset_defaults: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)

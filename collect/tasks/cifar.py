@@ -446,8 +446,8 @@ class CifarTask(Task):
     config_class = CifarConfig
     presets = PRESETS
     variants = (
-        Variant("no-batchnorm", "drop every BatchNorm", sets={"batchnorm": False}, suffix="-nobn"),
-        Variant("no-residual", "drop the residual additions", sets={"residual": False}, suffix="-nores"),
+        Variant("no-batchnorm", sets={"batchnorm": False}, suffix="-nobn"),  # drop every BatchNorm
+        Variant("no-residual", sets={"residual": False}, suffix="-nores"),  # drop the residual additions
     )
     # reference.md E1: without both, the paper's destabilised ResNet, converged at val_acc > 0.4
     variant_combinations = (VariantCombination(frozenset({"no-batchnorm", "no-residual"}), "-destab", {"threshold": 0.4}),)

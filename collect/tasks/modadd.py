@@ -577,8 +577,8 @@ class ModAddTask(Task):
     config_class = ModAddConfig
     presets = PRESETS
     variants = (
-        Variant("layernorm", "transformer with post-LayerNorm (reference.md A1: the stabilised side of the contrast)",
-                sets={"layernorm": True}, suffix="-ln",
+        # the transformer with post-LayerNorm (reference.md A1: the stabilised side of the contrast)
+        Variant("layernorm", sets={"layernorm": True}, suffix="-ln",
                 preset_defaults={
                     # the paper's stabilised setting (reference.md A1): batch 256, and runs of ~300
                     # epochs (checkpoints 0-290, 30 points), not the 10,000 of the unstabilised runs

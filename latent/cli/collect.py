@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 
 from .shared import add_dask_options, add_quiet, log_to_stderr
 
