@@ -36,6 +36,7 @@ import numpy as np
 
 from latent import locks
 from latent.errors import UserError, store_error
+from latent.snapshots import snapshot_steps
 from latent.store import STUDY_FORMAT, Study, check_study_name, schedule_steps
 
 from .config import config_to_dict, parse_overrides, resolve_config
@@ -253,6 +254,7 @@ def collect_study(
     metric_variant: str = "reference",
     metric_groups=None,
     llc=None,
+    snapshots: int | None = None,
 ) -> CollectResult:
     """Train ``seeds`` of ``task`` into a study, resuming or extending it if it exists.
 
@@ -314,6 +316,15 @@ def collect_study(
         Settings of the ``llc`` group (:class:`latent.collect.llc.LLCConfig`), recorded in
         ``study.json``; None: the study's own when resuming, else the defaults. A study is
         resumed and extended only with its own settings.
+    snapshots : int, optional
+        Store every run's token embedding and unembedding at this many checkpoints
+        (``<study>/snapshots/seed-NNN.npz``, read with :func:`latent.snapshots.read_snapshots`),
+        chosen from the schedule evenly by index, the first and the last always among them
+        (:func:`latent.snapshots.snapshot_steps`); more than the schedule has: every checkpoint,
+        with a warning. 0: none; otherwise at least 2, and only for tasks whose model has a token
+        embedding and an unembedding (modadd). None: what an existing study records, none for a
+        new one. Recorded in ``study.json`` (``snapshots``, only when there are some); a study is
+        resumed and extended only with its own.
 
     Returns
     -------
@@ -336,6 +347,7 @@ def collect_study(
     groups = _parse_groups(metric_groups, task_obj.metric_groups(cfg))
     llc_cfg = llc if isinstance(llc, LLCConfig) else parse_llc(llc)
     llc_cfg.validate()
+    snapshot_count = _parse_snapshots(snapshots, task, task_obj, cfg)
     seed_list = parse_seeds(seeds)
     name = check_study_name(study or (task if preset == "default" else f"{task}-{preset}"))
     on_dask = scheduler is not None or cluster is not None
@@ -361,7 +373,7 @@ def collect_study(
     request = dict(name=name, task=task, preset=preset, config=config_to_dict(cfg),
                    convergence=task_obj.convergence(cfg), command=command, metric_variant=metric_variant,
                    metric_groups=groups, group_columns=task_obj.metric_groups(cfg), llc=llc_cfg.as_dict(),
-                   llc_given=llc is not None)
+                   llc_given=llc is not None, snapshots=snapshot_count, snapshot_axes=task_obj.snapshot_axes(cfg))
     run = _Run(task=task, task_obj=task_obj, cfg=cfg, study=study_obj, request=request, data=_Data(task_obj, cfg),
                device=dev, threads=threads, overwrite=overwrite, seed_batch=seed_batch, save_every=save_every,
                progress=progress, poll=poll, timings={})
@@ -580,8 +592,9 @@ def _claim(study_obj: Study, task_obj, cfg, request: dict, seeds: list[int], dat
     variant, wanted = study_variant(meta), request["metric_variant"]
     if meta is not None and meta.get("task") == request["task"]:
         meta = _with_new_fields(meta, config, task_obj)
+    snapshots_differ = _snapshots_differ(meta, request)
     if meta is not None and (meta.get("task") != request["task"] or meta.get("config") != config
-                             or variant != wanted):
+                             or variant != wanted or snapshots_differ):
         if not overwrite:
             if meta.get("task") != request["task"] or meta.get("config") != config:
                 recorded = meta.get("config", {})
@@ -593,6 +606,13 @@ def _claim(study_obj: Study, task_obj, cfg, request: dict, seeds: list[int], dat
             if variant not in METRIC_VARIANTS:
                 raise UserError(f"{study_obj.study_file} records an unknown metric_variant {variant!r} (known: "
                                 f"{', '.join(METRIC_VARIANTS)}); fix the file or replace the study with --overwrite")
+            if variant == wanted:  # only the snapshots differ
+                had = len((meta.get("snapshots") or {}).get("steps", []))
+                raise UserError(f"study {name!r} in {study_obj.root.parent} stores "
+                                f"{f'{had} weight snapshots per run' if had else 'no weight snapshots'}, not "
+                                f"--snapshots {request['snapshots']}; leave --snapshots out (or pass --snapshots "
+                                f"{had}) to resume or extend it, pick another name with --study NAME, or replace it "
+                                "with --overwrite")
             raise UserError(f"study {name!r} in {study_obj.root.parent} was collected with --metric-variant "
                             f"{variant}, not {wanted}; pass --metric-variant {variant} to resume or extend it, "
                             "pick another name with --study NAME, or replace it with --overwrite")
@@ -607,6 +627,7 @@ def _claim(study_obj: Study, task_obj, cfg, request: dict, seeds: list[int], dat
         _check_data(meta, data.describe(), name)  # a new study, or one recorded before schedules and fingerprints
         checked = True
     schedule = meta["schedule"] if meta is not None and meta.get("schedule") else task_obj.schedule(cfg, data.info)
+    snapshot_plan = request["snapshot_plan"] = _snapshot_plan(meta, request, schedule, study_obj)
 
     claim = _Claim(meta={}, schedule=schedule, pending={}, leases={}, held=[])
     try:
@@ -619,7 +640,8 @@ def _claim(study_obj: Study, task_obj, cfg, request: dict, seeds: list[int], dat
                 continue
             claim.leases[s] = lease
             _remove_temporaries(study_obj, s)
-            plan = plan_run(study_obj, s, schedule, task_obj.step_unit, metrics) if meta is not None else RunStart(s)
+            plan = (plan_run(study_obj, s, schedule, task_obj.step_unit, metrics, snapshot_plan) if meta is not None
+                    else RunStart(s))
             if plan.done:
                 remove_state(study_obj, s)  # left behind by a kill just after the run finished
                 claim.release([s])
@@ -627,7 +649,7 @@ def _claim(study_obj: Study, task_obj, cfg, request: dict, seeds: list[int], dat
             claim.pending[s] = plan
         if claim.pending and not checked:
             _check_data(meta, data.describe(), name)
-        claim.meta = _updated_meta(meta, request, seeds, task_obj, data.info, schedule)
+        claim.meta = _updated_meta(meta, request, seeds, task_obj, data.info, schedule, snapshot_plan)
         if claim.meta != meta:
             study_obj.write_meta(claim.meta)
         split_seed = config.get("split_seed")
@@ -658,7 +680,7 @@ def _with_new_fields(meta: dict, config: dict, task_obj) -> dict:
 def _remove_temporaries(study_obj: Study, seed: int) -> None:
     """Delete temporary files a killed writer of ``seed`` left (its lease is held: nobody writes them now)."""
     stem = Path(study_obj.run_table_path(seed)).stem
-    for folder in (study_obj.runs_dir, study_obj.state_dir):
+    for folder in (study_obj.runs_dir, study_obj.state_dir, study_obj.snapshots_dir):
         for tmp in folder.glob(f".{stem}.*.tmp") if folder.is_dir() else []:
             try:
                 tmp.unlink()
@@ -685,7 +707,7 @@ def _check_data(meta: dict | None, info: dict, name: str) -> None:
 
 
 def _updated_meta(meta: dict | None, request: dict, seeds: list[int], task_obj, info: dict | None,
-                  schedule: dict) -> dict:
+                  schedule: dict, snapshot_plan: dict | None = None) -> dict:
     all_seeds = sorted(set(seeds) | set(meta.get("seeds", []) if meta else []))
     config, command = request["config"], request["command"]
     if meta is None:
@@ -713,6 +735,8 @@ def _updated_meta(meta: dict | None, request: dict, seeds: list[int], task_obj, 
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "metric_variant": request["metric_variant"],
             **({"llc": dict(request["llc"])} if "llc" in request["metric_groups"] else {}),
+            # only a study with snapshots records them: without, study.json is what it was before they existed
+            **({"snapshots": snapshot_plan} if snapshot_plan else {}),
         }
     # Same task and config: extend the seed list, remember any new command line, and pin the
     # schedule and data of a study recorded before latent kept them.
@@ -730,6 +754,77 @@ def _updated_meta(meta: dict | None, request: dict, seeds: list[int], task_obj, 
     if new != meta and "metric_groups" not in meta:
         new["metric_groups"] = list(request["metric_groups"])  # none: what a study before groups recorded
     return new
+
+
+def _supports_snapshots(task_obj) -> bool:
+    from .tasks.base import Task
+
+    return type(task_obj).snapshot_axes is not Task.snapshot_axes
+
+
+def _parse_snapshots(value, task: str, task_obj, cfg) -> int | None:
+    """``--snapshots``: None (decided per study) or a count, 0 or at least 2, refused in one line for
+    a task whose model has no token embedding and unembedding."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise UserError(f"--snapshots must be a whole number, got {value!r}")
+    count = int(value)
+    if count < 0 or count == 1:
+        raise UserError(f"--snapshots must be 0 (none) or at least 2 (the first and the last checkpoint are always "
+                        f"among them), got {count}")
+    if count and task_obj.snapshot_axes(cfg) is None:
+        from .tasks import TASKS
+
+        able = sorted(t.name for t in TASKS.values() if _supports_snapshots(t))
+        raise UserError(f"--snapshots applies only to task{'s' if len(able) > 1 else ''} {', '.join(able)} (a model "
+                        f"with a token embedding and an unembedding); task {task!r} has none, so leave --snapshots out")
+    return count
+
+
+def _recorded_snapshots(meta: dict | None) -> int | None:
+    """How many snapshots per run a study records (0: none, as a study from before them); None: no study."""
+    if meta is None:
+        return None
+    return len((meta.get("snapshots") or {}).get("steps", []))
+
+
+def _snapshots_differ(meta: dict | None, request: dict) -> bool:
+    """Whether an explicit ``--snapshots`` asks for other snapshots than the study stores (a count above
+    the schedule's checkpoints means all of them)."""
+    wanted, had = request["snapshots"], _recorded_snapshots(meta)
+    if wanted is None or had is None:
+        return False
+    if not wanted or not had:
+        return bool(wanted) != bool(had)
+    schedule = meta.get("schedule")
+    available = len(schedule_steps(schedule)) if schedule else wanted
+    return min(wanted, available) != had
+
+
+def _snapshot_plan(meta: dict | None, request: dict, schedule: dict, study_obj: Study) -> dict | None:
+    """``study.json``'s ``snapshots`` for this collection: the study's own, or (a new study, or one
+    replaced) ``--snapshots N`` checkpoints of ``schedule``; None for none."""
+    recorded = (meta or {}).get("snapshots")
+    if recorded:
+        available = set(schedule_steps(schedule))
+        stray = [s for s in recorded["steps"] if s not in available]
+        if stray:
+            raise UserError(f"{study_obj.study_file} records snapshot steps ({', '.join(map(str, stray[:4]))}) that "
+                            "are not checkpoints of its schedule; fix the file, or collect into a new study with "
+                            "--study NAME")
+        return recorded
+    count = request["snapshots"] if meta is None else 0  # an existing study without them stays without
+    if not count:
+        return None
+    steps = schedule_steps(schedule)
+    if count > len(steps) and not request.get("snapshots_noted"):
+        log.warning("--snapshots %d is more than the %d checkpoints of this schedule: storing a snapshot at every "
+                    "checkpoint", count, len(steps))
+        request["snapshots_noted"] = True
+    axes = request["snapshot_axes"]
+    chosen = snapshot_steps(steps, count)
+    return {"count": len(chosen), "steps": chosen, "axes": {k: list(v) for k, v in axes.items()}}
 
 
 def _parse_groups(value, available: Mapping[str, list[str]]):
@@ -889,7 +984,11 @@ def _train_batch(run: _Run, schedule: dict, plans: list[RunStart], start: int, l
     if start > 0:
         problem.load_seed_states([load_state(study_obj.run_state_path(s), study_obj, s) for s in seeds])
     existing = {p.seed: p.rows for p in plans if p.rows is not None}
-    writer = StudyWriter(study_obj, run_seeds, existing, step_unit=unit)
+    snapshot_plan = run.request.get("snapshot_plan")
+    writer = StudyWriter(study_obj, run_seeds, existing, step_unit=unit,
+                         snapshots={p.seed: p.snapshots for p in plans} if snapshot_plan else None)
+    # the snapshot steps as optimiser steps (the study's step unit may be epochs)
+    snap_at = [int(t) * (spe if unit == "epoch" else 1) for t in (snapshot_plan or {}).get("steps", [])]
 
     converged = np.zeros(len(seeds), dtype=bool)
     for i, s in enumerate(seeds):
@@ -926,7 +1025,8 @@ def _train_batch(run: _Run, schedule: dict, plans: list[RunStart], start: int, l
     try:
         train(problem, start_step=start, epochs=cfg.epochs, log_every=cfg.log_every, unit=unit,
               on_checkpoint=on_checkpoint, on_step=on_step, timings=timings,
-              metric_variant=run.request["metric_variant"], groups=tuple(metric_groups), llc=sampler)
+              metric_variant=run.request["metric_variant"], groups=tuple(metric_groups), llc=sampler,
+              snapshot_steps=snap_at)
     finally:
         bar.close()
     writer.save(total, None, done=True, info={k: round(v, 3) for k, v in timings.items()})

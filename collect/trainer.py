@@ -9,7 +9,7 @@ caller can decide when to save resume state. Metric computation lives in
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Collection
 
 import numpy as np
 import torch
@@ -32,11 +32,15 @@ class Checkpoint:
         Epochs completed (``step / steps_per_epoch``).
     values : dict of str to numpy.ndarray
         Column name -> array of shape ``(S,)`` (the 14 reference columns, losses, accuracies).
+    snapshot : dict of str to numpy.ndarray, optional
+        At a snapshot step (``train(snapshot_steps=...)``), the weights
+        :meth:`BatchedProblem.snapshot_arrays` names, as float32 copies ``(S, ...)``; else None.
     """
 
     step: int
     epoch: float
     values: dict[str, np.ndarray]
+    snapshot: dict[str, np.ndarray] | None = None
 
 
 def checkpoint_steps(epochs: int, log_every: int, steps_per_epoch: int, unit: str = "epoch") -> list[int]:
@@ -70,6 +74,7 @@ def train(
     metric_variant: str = "reference",
     groups: tuple[str, ...] = (),
     llc=None,
+    snapshot_steps: Collection[int] = (),
 ) -> None:
     """Train ``problem`` from ``start_step`` to ``epochs`` epochs, emitting every checkpoint on the way.
 
@@ -103,6 +108,10 @@ def train(
         checkpoints; NaN elsewhere).
     llc : latent.collect.llc.LLCSampler, optional
         The sampler of the ``"llc"`` group.
+    snapshot_steps : collection of int
+        Optimiser steps (checkpoints among them) at which the checkpoint also carries a copy of
+        the weights :meth:`BatchedProblem.snapshot_arrays` names (``Checkpoint.snapshot``), taken
+        with the weight statistics, before the next step.
     """
     import time
 
@@ -141,11 +150,19 @@ def train(
         clock["eval"] += time.perf_counter() - t1
         return values
 
+    def snapshot() -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        out = {k: v.detach().to("cpu", torch.float32, copy=True).numpy() for k, v in problem.snapshot_arrays().items()}
+        clock["metrics"] += time.perf_counter() - t0
+        return out
+
+    snapshot_steps = frozenset(int(s) for s in snapshot_steps)
     if on_step is not None:
         on_step(start_step)
     step = start_step
     while True:
         pending = measure(step) if step in marks else None
+        weights = snapshot() if pending is not None and step in snapshot_steps else None
         if pending is not None and (step == total or not problem.full_batch):
             t0 = time.perf_counter()
             train_loss, train_acc = problem.evaluate("train")
@@ -153,7 +170,7 @@ def train(
             clock["eval"] += time.perf_counter() - t0
         if step == total:
             if pending is not None:
-                on_checkpoint(Checkpoint(step, step / spe, pending))
+                on_checkpoint(Checkpoint(step, step / spe, pending, weights))
             return
         t0 = time.perf_counter()
         loss, acc = problem.train_step()
@@ -162,7 +179,7 @@ def train(
             if problem.full_batch:
                 # One full-batch step: its forward pass saw exactly the weights after `step` steps.
                 pending["train_loss"], pending["train_acc"] = _to_numpy(loss), _to_numpy(acc)
-            on_checkpoint(Checkpoint(step, step / spe, pending))
+            on_checkpoint(Checkpoint(step, step / spe, pending, weights))
         step += 1
         if on_step is not None:
             on_step(step)

@@ -1,11 +1,12 @@
 """Checkpoint rows and resume state into the store, kill-safe.
 
-A save point writes, for every seed: its trajectory table (all rows so far), then its resume
-state, then its manifest, each atomically. Because the table is written before the state, a
-kill between the two leaves a table with rows *newer* than the state; on resume those rows are
-dropped and recomputed (training is deterministic), so the final table equals an uninterrupted
-run's. Rows are buffered in memory between save points: fsyncing 40 files per checkpoint would
-cost more than the training.
+A save point writes, for every seed: its trajectory table (all rows so far), then its weight
+snapshots (``--snapshots N``: all so far, when there are new ones), then its resume state, then
+its manifest, each atomically. Because the table and snapshots are written before the state, a
+kill between them leaves rows and snapshots *newer* than the state; on resume those are
+dropped and recomputed (training is deterministic), so the final table and snapshots equal an
+uninterrupted run's. Rows are buffered in memory between save points: fsyncing 40 files per
+checkpoint would cost more than the training.
 
 Every write goes through :mod:`latent.store` (looked up at call time, so fault-injection tests
 can intercept the one place bytes reach the disk).
@@ -23,6 +24,7 @@ import pandas as pd
 
 from latent import store
 from latent.errors import UserError, store_error
+from latent.snapshots import RunSnapshots, snapshot_bytes
 from latent.store import RUN_FORMAT, Study
 
 from .metrics import REFERENCE_COLUMNS
@@ -104,23 +106,49 @@ class StudyWriter:
         Rows already on disk for each seed (already truncated to the resume point).
     step_unit : {"epoch", "step"}
         What the ``step`` column counts: epochs (modadd, parity, as the reference) or optimiser steps.
+    snapshots : dict of int to RunSnapshots or None, optional
+        Given (``--snapshots N``), the study stores weight snapshots: each seed's snapshots already
+        on disk (truncated to the resume point; None: none yet). Checkpoints that carry weights
+        (``Checkpoint.snapshot``) add to them, and save points write them to
+        ``snapshots/seed-NNN.npz``.
     """
 
-    def __init__(self, study: Study, seeds: list[RunSeeds], existing: dict[int, pd.DataFrame], step_unit: str = "epoch"):
+    def __init__(self, study: Study, seeds: list[RunSeeds], existing: dict[int, pd.DataFrame], step_unit: str = "epoch",
+                 snapshots: dict[int, RunSnapshots | None] | None = None):
         self.study = study
         self.step_unit = step_unit
         self.seeds = seeds
         self._tables = {rs.seed: existing.get(rs.seed) for rs in seeds}
         self._pending: dict[int, list[dict[str, Any]]] = {rs.seed: [] for rs in seeds}
         self._started = time.time()
+        self._snapshots: dict[int, list[tuple[int, dict[str, np.ndarray]]]] | None = None
+        if snapshots is not None:
+            self._snapshots = {}
+            for rs in seeds:
+                old = snapshots.get(rs.seed)
+                self._snapshots[rs.seed] = [] if old is None else [
+                    (int(t), {"embed": old.embed[j], "unembed": old.unembed[j]}) for j, t in enumerate(old.steps)]
+        # what is on disk may hold snapshots after the resume point: the first save rewrites it
+        self._snapshots_dirty = snapshots is not None
 
     def add(self, ckpt: Checkpoint) -> None:
-        """Buffer one checkpoint's row for every seed."""
+        """Buffer one checkpoint's row (and weight snapshot, if it carries one) for every seed."""
+        step = round(ckpt.epoch) if self.step_unit == "epoch" else ckpt.step
         for i, rs in enumerate(self.seeds):
-            step = round(ckpt.epoch) if self.step_unit == "epoch" else ckpt.step
             row: dict[str, Any] = {"seed": rs.seed, "step": int(step), "epoch": float(ckpt.epoch)}
             row.update({k: float(v[i]) for k, v in ckpt.values.items()})
             self._pending[rs.seed].append(row)
+            if self._snapshots is not None and ckpt.snapshot is not None:
+                self._snapshots[rs.seed].append((int(step), {k: v[i] for k, v in ckpt.snapshot.items()}))
+                self._snapshots_dirty = True
+
+    def snapshot_file(self, seed: int) -> bytes | None:
+        """``seed``'s snapshots so far as the bytes of its file (None: it has none)."""
+        snaps = None if self._snapshots is None else self._snapshots[seed]
+        if not snaps:
+            return None
+        return snapshot_bytes([t for t, _ in snaps], np.stack([w["embed"] for _, w in snaps]),
+                              np.stack([w["unembed"] for _, w in snaps]))
 
     def table(self, seed: int) -> pd.DataFrame | None:
         """All rows of ``seed`` so far (on disk and buffered)."""
@@ -146,11 +174,15 @@ class StudyWriter:
 
         frames = {rs.seed: self.table(rs.seed) for rs in self.seeds}
         wall = round(time.time() - self._started, 3)
+        write_snapshots = self._snapshots_dirty
 
         def write_one(i: int, rs: RunSeeds) -> None:
             frame = frames[rs.seed]
             if frame is not None:
                 store.atomic_write_parquet(self.study.run_table_path(rs.seed), frame)
+            snapshots = self.snapshot_file(rs.seed) if write_snapshots else None
+            if snapshots is not None:
+                store.atomic_write_bytes(self.study.run_snapshots_path(rs.seed), snapshots)
             if not done and states is not None:
                 save_state(self.study.run_state_path(rs.seed),
                            {**states[i], "meta/step": np.asarray(step), "meta/seed": np.asarray(rs.seed)})
@@ -174,3 +206,4 @@ class StudyWriter:
             if frames[rs.seed] is not None:
                 self._tables[rs.seed] = frames[rs.seed]
                 self._pending[rs.seed] = []
+        self._snapshots_dirty = False

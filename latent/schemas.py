@@ -76,6 +76,23 @@ class Schedule(Artifact):
     steps_per_epoch: Positive | None = None
 
 
+class SnapshotPlan(Artifact):
+    """``study.json``'s ``snapshots``: the checkpoints whose embedding and unembedding every run
+    stores (``snapshots/seed-NNN.npz``, :mod:`latent.snapshots`), and the axes of those arrays."""
+
+    count: Positive
+    steps: list[Count]
+    axes: dict[str, list[Name]] | None = None
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if len(self.steps) != self.count:
+            raise ValueError(f"lists {len(self.steps)} steps but its count is {self.count}")
+        if any(b <= a for a, b in zip(self.steps, self.steps[1:])):
+            raise ValueError("must list its steps in strictly increasing order")
+        return self
+
+
 class StudyFile(Artifact):
     """``study.json``: only ``task`` is required to list a study; ``latent fit`` also needs
     ``convergence`` and ``features`` (it says so when they are absent)."""
@@ -101,6 +118,7 @@ class StudyFile(Artifact):
     metric_groups: list[Name] | None = None
     groups: dict[str, list[Name]] | None = None
     llc: dict[str, Any] | None = None
+    snapshots: SnapshotPlan | None = None
     runs: dict[str, str] | None = None
     source: dict[str, Any] | None = None
 

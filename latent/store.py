@@ -6,6 +6,7 @@ Layout (one study = one task + one resolved config + a set of seeds)::
     <store>/<study>/runs/seed-007.parquet    one row per checkpoint (the trajectory table)
     <store>/<study>/runs/seed-007.json       run manifest: status, last step, seed streams, timings
     <store>/<study>/state/seed-007.npz       resume state while a run is unfinished (no pickle)
+    <store>/<study>/snapshots/seed-007.npz   embedding and unembedding at a few checkpoints (--snapshots N)
     <store>/<study>/fits/<fit-id>/...        written by ``latent fit``
     <store>/<study>/reports/<fit-id>/...     written by ``latent report``
 
@@ -461,6 +462,14 @@ class Study:
     def run_state_path(self, seed: int) -> Path:
         return self.state_dir / f"{run_stem(seed)}.npz"
 
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.root / "snapshots"
+
+    def run_snapshots_path(self, seed: int) -> Path:
+        """The run's weight snapshots (``latent collect --snapshots N``; :mod:`latent.snapshots`)."""
+        return self.snapshots_dir / f"{run_stem(seed)}.npz"
+
     def run_lease_path(self, seed: int) -> Path:
         """The lease a collector holds while it trains ``seed`` (:mod:`latent.locks`)."""
         return self.root / "locks" / f"{run_stem(seed)}.lock"
@@ -470,8 +479,8 @@ class Study:
 
     def remove_hint(self, seed: int) -> str:
         """What to delete to train ``seed`` again from scratch: every file of the run, together."""
-        files = [p for p in (self.run_table_path(seed), self.run_manifest_path(seed), self.run_state_path(seed))
-                 if p.exists()]
+        files = [p for p in (self.run_table_path(seed), self.run_manifest_path(seed), self.run_state_path(seed),
+                             self.run_snapshots_path(seed)) if p.exists()]
         names = [str(p.relative_to(self.root)) for p in files] or [f"runs/{run_stem(seed)}.*"]
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         return (f"remove {listed} from {self.root} together (then `latent collect` trains seed {seed} "

@@ -40,6 +40,7 @@ SNIPPETS = {
     'with connect(scheduler="tcp://10.1.2.3:41234")': ("compile", "needs a running Dask scheduler; tests/test_cluster.py runs "
                                                                   "collect_study and fit_study on a LocalCluster"),
     'res = collect_study("modadd", 8, overrides={"epochs": 500}': ("run", "collect"),
+    'runs = read_snapshots("data/modadd-snap")': ("run", "snapshots"),
     "comparison = compare_studies(summaries)": ("run", "compare"),
     'model, paths, analysis = load_fit("data/<study>/fits/<fit-id>")': ("run", "load_fit"),
     "result = fit_study(study, FitConfig(max_states=6))": ("run", "fit_api"),
@@ -137,6 +138,8 @@ def _prepare(kind: str, code: str, root: Path) -> tuple[str, dict]:
         code = code.replace("FitConfig(max_states=6)", "FitConfig(max_states=3, restarts=1, resamples=0, audit=False, folds=3)")
     elif kind == "collect":
         code = code.replace('overrides={"epochs": 500}', 'overrides={"epochs": 20, "log_every": 10}')
+    elif kind == "snapshots":
+        code = code.replace('overrides={"epochs": 2000}', 'overrides={"epochs": 20, "log_every": 5}')
     elif kind == "report":
         import matplotlib
 
@@ -155,13 +158,16 @@ def test_the_snippet_runs(page, line, code, store, monkeypatch, tmp_path):
         _check_imports(code)
         return
     # collect_study writes a real modadd study: beside the simulated one, not over it
-    monkeypatch.chdir(tmp_path if what == "collect" else store)
+    monkeypatch.chdir(tmp_path if what in ("collect", "snapshots") else store)
     code, ns = _prepare(what, code, store)
     exec(compile(code, f"{page}:{line}", "exec"), ns)
     if what == "recorder":
         assert ns["rec"].table()["seed"].tolist() == [0]
     if what == "collect":
         assert ns["res"].seeds_done == 8
+    if what == "snapshots":  # epochs 0, 5, …, 20: five checkpoints, all five kept
+        assert ns["run"].complete and ns["run"].steps.tolist() == [0, 5, 10, 15, 20]
+        assert ns["embed"].shape == (59, 32) and ns["unembed"].shape == (59, 128) and ns["pcs"].shape == (59, 2)
     if what == "fit_api":
         assert ns["sel"].n_states_ >= 1 and ns["result"].analysis["phases"]["states"]
     if what == "report":

@@ -129,6 +129,13 @@ class BatchedProblem:
         ``function`` group."""
         raise NotImplementedError
 
+    def snapshot_arrays(self) -> dict[str, torch.Tensor]:
+        """The weights ``latent collect --snapshots N`` stores (:mod:`latent.snapshots`): ``embed``
+        ``(S, vocab, width)`` and ``unembed`` ``(S, a, b)``, the seed axis first, as the model holds
+        them (the axes :meth:`Task.snapshot_axes` names); only tasks whose model has a token
+        embedding and an unembedding define it."""
+        raise NotImplementedError
+
     # -- per-seed state (for resume), as plain numpy arrays --------------------------------
 
     def seed_state(self, i: int) -> dict[str, np.ndarray]:
@@ -334,6 +341,13 @@ class Task:
         if issubclass(self.problem_class, RowProblem):  # the LLC sampler evaluates rows (RowProblem.loss_at)
             groups["llc"] = list(LLC_COLUMNS)
         return groups
+
+    def snapshot_axes(self, cfg) -> dict[str, tuple[str, str]] | None:
+        """The axes of the weights :meth:`BatchedProblem.snapshot_arrays` gives for ``cfg`` (after the
+        seed axis), ``{"embed": (...), "unembed": (...)}``, recorded in ``study.json``; None (the
+        default) for a task whose model has no token embedding and unembedding (``--snapshots``
+        is refused)."""
+        return None
 
     def load_data(self, cfg) -> Any:
         """The study's data set for ``cfg`` (None for tasks whose problem generates its own).

@@ -554,6 +554,15 @@ class ModAddProblem(RowProblem):
     def _loss_acc(self, rows: torch.Tensor, train: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         return cross_entropy_sums(self._logits(rows), self._y[rows])
 
+    @torch.no_grad()
+    def snapshot_arrays(self) -> dict[str, torch.Tensor]:
+        """The token embedding and the unembedding as the model holds them (:meth:`ModAddTask.snapshot_axes`):
+        the MLP's ``E`` (p, d_embed) and ``W2`` (p, d_hidden); the transformer's ``W_E`` (vocab, d_model)
+        and ``W_U`` (d_model, vocab), vocab = p numbers then one ``=`` token per operation."""
+        if self.cfg.model == "mlp":
+            return {"embed": self.params["E"].detach(), "unembed": self.params["W2"].detach()}
+        return {"embed": self.params["W_E"].detach(), "unembed": self.params["W_U"].detach()}
+
     def weight_groups(self) -> WeightGroups:
         P = {k: v.detach() for k, v in self.params.items()}
         if self.cfg.model == "mlp":
@@ -596,6 +605,14 @@ class ModAddTask(Task):
             groups["ops"] = [f"{split}_{what}_{o}" for o in cfg.ops for split in ("train", "val")
                              for what in ("loss", "acc")]
         return groups
+
+    def snapshot_axes(self, cfg: ModAddConfig) -> dict[str, tuple[str, str]]:
+        # the MLP: E (p, d_embed), logits = hidden · W2ᵀ + b2 with W2 (p, d_hidden) (an operation's own
+        # embedding O, with several operations, is not a token embedding and is not stored); the
+        # transformer: W_E (vocab, d_model), logits = residual · W_U with W_U (d_model, vocab)
+        if cfg.model == "mlp":
+            return {"embed": ("vocab", "d_embed"), "unembed": ("vocab", "d_hidden")}
+        return {"embed": ("vocab", "d_model"), "unembed": ("d_model", "vocab")}
 
     def describe_data(self, cfg: ModAddConfig, data: Any = None) -> dict[str, Any]:
         if cfg.ops == ("add",):

@@ -60,7 +60,14 @@ def add_parser(sub) -> None:
                    help="settings of the llc group, repeatable: every (checkpoints between estimates, default 20), "
                         "chains (2), draws (40), burnin (20), lr (1e-3), localization (100), nbeta (0: n/log n for n "
                         "training rows), batch_size (256); recorded in study.json (docs/collect.md)")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing study of the same name whose config, metric variant or metric groups differ")
+    p.add_argument("--snapshots", type=int, default=None, metavar="N",
+                   help="store every run's token embedding and unembedding at N checkpoints, evenly spread over "
+                        "the schedule with the first and the last among them (modadd, every model and variant), in "
+                        "<study>/snapshots/seed-NNN.npz (plain arrays; read them with latent.snapshots.read_snapshots); "
+                        "N above the number of checkpoints stores them all (with a warning). 0 for none, else at least 2 (default: 0 "
+                        "for a new study, what an existing study records when resuming it; recorded in study.json; "
+                        "docs/collect.md)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing study of the same name whose config, metric variant, metric groups or snapshots differ")
     add_quiet(p, "the study directory")
     p.add_argument("--no-progress", dest="no_progress", action="store_true",
                    help="no progress bar (off a terminal it already prints only a line a minute); the summary "
@@ -78,6 +85,9 @@ def run(args) -> int:
         raise UserError(f"--threads must be at least 1, got {args.threads}")
     if args.save_every < 0:
         raise UserError(f"--save-every must be >= 0 seconds, got {args.save_every}")
+    if args.snapshots is not None and (args.snapshots < 0 or args.snapshots == 1):
+        raise UserError(f"--snapshots must be 0 (none) or at least 2 (the first and the last checkpoint are always "
+                        f"among them), got {args.snapshots}")
     import latent.collect  # noqa: F401  (process settings before torch loads)
     from latent.collect.config import parse_overrides
     from latent.collect.study import collect_study
@@ -119,6 +129,7 @@ def run(args) -> int:
             scheduler=args.scheduler,
             cluster=args.cluster,
             metric_variant=args.metric_variant, metric_groups=args.metric_groups, llc=args.llc,
+            snapshots=args.snapshots,
         )
     except StoreError as exc:
         raise UserError(f"{exc}; every run keeps its last save point, so rerun the same command to resume "
