@@ -30,6 +30,11 @@ from . import figures as F
 from .artifacts import FitArtifacts
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+#: The policy of a page with the interactive view: inline scripts may run (BokehJS and the view are
+#: inlined; BokehJS compiles the view's callbacks from strings, hence 'unsafe-eval'), and still nothing
+#: may be fetched from anywhere (default-src 'none' covers connect-src).
+CSP_INTERACTIVE = ("default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; img-src data:; "
+                   "style-src 'unsafe-inline'")
 PNG_DPI = 150
 
 
@@ -848,6 +853,7 @@ body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sa
 main{max-width:1150px;margin:0 auto;padding:1.2em 1.5em 3em}
 h1{font-size:1.6em;margin:.2em 0 .1em}h2{font-size:1.2em;margin:1.6em 0 .3em;border-bottom:1px solid #ddd}
 nav a{margin-right:.9em;color:#0072B2}
+tr.latent-hl td{background:#fff1b8}
 table{border-collapse:collapse;margin:.5em 0}td,th{padding:.25em .6em;vertical-align:top;text-align:left}
 table.summary th{white-space:nowrap;color:#444}table.summary tr{border-bottom:1px solid #eee}
 table.num td{text-align:right;font-variant-numeric:tabular-nums}table.num td.l{text-align:left}table.num{font-size:.9em;display:block;
@@ -930,13 +936,29 @@ def _png_width(png: bytes) -> int:
     return int.from_bytes(png[16:20], "big")
 
 
-def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command: str | None) -> str:
-    """The whole ``index.html`` as a string."""
+def _explore_html(parts: tuple[str, str, str] | None) -> str:
+    if parts is None:
+        return ""
+    return ("<section id='explore'><h2>Explore</h2><p class=lead>The map, every run's curves and the slider are "
+            "linked: click a state to highlight the runs that visit it, its checkpoints on the curves and its row "
+            "in the phase table; click a run's marker or curve to draw its path through the map; drag the slider "
+            "to see where every run is at that step; choose any feature for the curves. The static figures below "
+            "show the same fit.</p><noscript><p class=dim>Scripts are off, so the interactive view is not drawn; "
+            f"the figures below are the whole report.</p></noscript>{parts[1]}</section>")
+
+
+def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command: str | None,
+              interactive: tuple[str, str, str] | None = None) -> str:
+    """The whole ``index.html`` as a string.
+
+    ``interactive``: ``(resources, div, script)`` from :func:`latent.reports.interactive.explore_parts`,
+    or None for a page without scripts.
+    """
     title = f"latent report: {fit.study.name} / {fit.fit_id}"
     summary = "".join(f"<tr><th>{_esc(k)}</th><td>{v}</td></tr>" for k, v in summary_rows(fit, report_command))
     warnings = _warnings_html(fit)
     nav = ((f"<a href='#warnings'>Warnings ({len(fit.warnings)})</a>" if warnings else "")
-           + "<a href='#summary'>Summary</a>"
+           + "<a href='#summary'>Summary</a>" + ("<a href='#explore'>Explore</a>" if interactive else "")
            + "".join(f"<a href='#{r.name}'>{_esc(r.title)}</a>"
                      + ("<a href='#phases'>What each state means</a>" if r.name == "training_map" else "")
                      + ("<a href='#robustness'>Robustness</a>"
@@ -964,13 +986,13 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
                         f"{_states_html(fit, heading=False)}</section>")
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-        f"<meta http-equiv='Content-Security-Policy' content=\"{CSP}\">"
+        f"<meta http-equiv='Content-Security-Policy' content=\"{CSP_INTERACTIVE if interactive else CSP}\">"
         "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-        f"<title>{_esc(title)}</title><style>{STYLE}</style></head><body><main>"
+        f"<title>{_esc(title)}</title><style>{STYLE}</style>{interactive[0] if interactive else ''}</head><body><main>"
         f"<h1>{_esc(title)}</h1><p class=dim>Drawn from the saved fit in {_esc(fit.fit_dir)}; "
         "nothing was refitted.</p>"
         f"<nav>{nav}</nav>{warnings}{_story_html(fit)}<h2 id='summary'>Summary</h2><table class=summary>{summary}</table>"
-        f"{''.join(sections)}</main></body></html>\n"
+        f"{_explore_html(interactive)}{''.join(sections)}</main>{interactive[2] if interactive else ''}</body></html>\n"
     )
 
 
@@ -978,8 +1000,11 @@ def page_html(fit: FitArtifacts, rendered: list[RenderedFigure], report_command:
 
 
 def write_report(fit: FitArtifacts, out_dir: str | Path | None = None, report_command: str | None = None,
-                 metrics=F.DEFAULT_METRICS) -> Path:
+                 metrics=F.DEFAULT_METRICS, interactive: bool = True) -> Path:
     """Render ``fit`` into ``out_dir`` (default ``<study>/reports/<fit-id>/``); return ``index.html``.
+
+    ``interactive``: add the linked, scriptable view (:mod:`latent.reports.interactive`) when Bokeh
+    (the ``serve`` extra) is installed; False writes a page without any script.
 
     Everything is written into a temporary sibling directory first and renamed into place at
     the end; an existing report is replaced only once the new one is complete.
@@ -991,10 +1016,11 @@ def write_report(fit: FitArtifacts, out_dir: str | Path | None = None, report_co
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     with locks.acquire(replace_lock_path(out_dir.parent, out_dir.name)):
         tidy_replaced(out_dir.parent, out_dir.name, f".{out_dir.name}.tmp-*", f".{out_dir.name}.old-*")
-        return _render_into(fit, out_dir, report_command, metrics)
+        return _render_into(fit, out_dir, report_command, metrics, interactive)
 
 
-def _render_into(fit: FitArtifacts, out_dir: Path, report_command: str | None, metrics) -> Path:
+def _render_into(fit: FitArtifacts, out_dir: Path, report_command: str | None, metrics,
+                 interactive: bool = True) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.tmp-"))
     umask = os.umask(0)
     os.umask(umask)
@@ -1004,7 +1030,12 @@ def _render_into(fit: FitArtifacts, out_dir: Path, report_command: str | None, m
         for r in rendered:
             (tmp / f"{r.name}.png").write_bytes(r.png)
             (tmp / f"{r.name}.svg").write_bytes(r.svg)
-        (tmp / "index.html").write_text(page_html(fit, rendered, report_command), encoding="utf-8")
+        parts = None
+        if interactive:
+            from . import interactive as I
+
+            parts = I.explore_parts(fit) if I.available() else None
+        (tmp / "index.html").write_text(page_html(fit, rendered, report_command, parts), encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

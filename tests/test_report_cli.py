@@ -62,6 +62,18 @@ def rendered(tmp_path_factory):
     return store, res.stdout.strip().splitlines()
 
 
+def test_static_page_has_no_script(tmp_path):
+    """``--static`` writes the page as it was before the interactive view: no script anywhere, and a
+    policy that forbids scripts."""
+    make_toy_fit(tmp_path)
+    from latent.cli import main
+
+    assert main(["report", "--store", str(tmp_path), "--static", "--quiet"]) == 0
+    page = (tmp_path / TOY_NAME / "reports" / TOY_FIT_ID / "index.html").read_text()
+    assert "<script" not in page.lower() and "script-src" not in page and "id='explore'" not in page
+    assert page.count("<img") == len(FIGURES)
+
+
 def test_report_does_not_import_torch(rendered):
     _, lines = rendered
     assert lines[-1] == "torch imported: False"
@@ -82,17 +94,24 @@ def test_report_writes_page_and_figures(rendered):
 
 def test_page_is_self_contained_and_has_the_summary(rendered):
     store, _ = rendered
-    page = (store / TOY_NAME / "reports" / TOY_FIT_ID / "index.html").read_text()
+    whole = (store / TOY_NAME / "reports" / TOY_FIT_ID / "index.html").read_text()
+    # the interactive view's scripts are all inline (BokehJS and the view's data); the markup around them
+    # is what the rest of this test reads
+    scripts = re.findall(r"<script\b([^>]*)>", whole, re.I)
+    assert scripts and not any("src" in attrs.lower() for attrs in scripts)
+    page = re.sub(r"<script\b.*?</script>", "", whole, flags=re.S | re.I)
     # every figure inlined as a PNG data URI, identical to the PNG written beside it
     imgs = re.findall(r"<img src='data:image/png;base64,([A-Za-z0-9+/=]+)'", page)
     assert len(imgs) == len(FIGURES) == page.count("<img")
     for data, f in zip(imgs, FIGURES):
         assert base64.b64decode(data) == (store / TOY_NAME / "reports" / TOY_FIT_ID / f"{f}.png").read_bytes()
-    # nothing that could load from anywhere else: no scripts, no stylesheet links, no remote URLs
-    assert "<script" not in page.lower() and "<link" not in page.lower()
+    # nothing that could load from anywhere else: no stylesheet links, no remote URLs, and a policy that
+    # lets inline scripts run but forbids every fetch (default-src 'none' covers connect-src)
+    assert "<link" not in page.lower()
     assert not re.search(r"""(src|href)\s*=\s*['"]?\s*(https?:|//)""", page, re.I)
     assert not re.search(r"url\(", page, re.I)
-    assert "Content-Security-Policy" in page and "default-src 'none'" in page
+    assert "Content-Security-Policy" in page
+    assert "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval';" in page and "connect-src" not in page
     # the summary: task, preset, seeds, features, K with procedure and fold agreement, detours with delay,
     # CI, adjusted p and stability, the detour rule, R² and p, median, commands
     for needle in ["modadd / default", "6 decoded: 0–5", "l1, l2, spectral, var_w",
@@ -117,7 +136,9 @@ def test_page_is_self_contained_and_has_the_summary(rendered):
 
 
 def _page(store, fit_id=TOY_FIT_ID, study=TOY_NAME) -> str:
-    return (store / study / "reports" / fit_id / "index.html").read_text()
+    """The page's markup, its inline scripts (BokehJS and the interactive view's data) left out."""
+    page = (store / study / "reports" / fit_id / "index.html").read_text()
+    return re.sub(r"<script\b.*?</script>", "", page, flags=re.S | re.I)
 
 
 def _cells(page: str, state: int) -> list[str]:
@@ -336,8 +357,8 @@ def fake_write(monkeypatch):
 
     calls = []
 
-    def fake(fit, out_dir=None, report_command=None, metrics=None):
-        calls.append({"fit": fit.fit_id, "metrics": metrics, "command": report_command})
+    def fake(fit, out_dir=None, report_command=None, metrics=None, interactive=True):
+        calls.append({"fit": fit.fit_id, "metrics": metrics, "command": report_command, "interactive": interactive})
         return fit.report_dir / "index.html"
 
     monkeypatch.setattr(latent.reports.html, "write_report", fake)

@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--metrics", default=None,
                    help="comma-separated metrics for the trajectory figure (default: l2,train_acc,val_acc; "
                         "the most important feature is always added)")
+    p.add_argument("--static", action="store_true",
+                   help="write the page without its interactive view (no scripts at all); the view needs the serve "
+                        "extra: pip install 'latent-dynamics[serve]'")
     p.add_argument("--open", action="store_true", help="open the report in the default browser, if there is one")
     add_quiet(p, "the page's path")
     p.set_defaults(run=run)
@@ -35,6 +38,7 @@ def run(args) -> int:
     from latent.reports.artifacts import load_fit
     from latent.reports.figures import DEFAULT_METRICS
     from latent.reports.html import write_report
+    from latent.reports.interactive import available
 
     from ..errors import UserError
 
@@ -50,8 +54,11 @@ def run(args) -> int:
         have = ", ".join(c for c in fit.runs.columns if c not in ("seed", "step", "epoch", "state"))
         raise UserError(f"unknown metric(s) {', '.join(unknown)} in --metrics; the run tables have: {have}")
     path = write_report(fit, report_command=getattr(args, "command_line", None) or _rebuild_command(args, fit),
-                        metrics=metrics)
+                        metrics=metrics, interactive=not args.static)
     print(path)
+    if not args.static and not available():
+        print("note: the page has no interactive view: Bokeh is not installed (pip install 'latent-dynamics[serve]')",
+              file=sys.stderr)
     if args.quiet:
         if args.open:
             open_in_browser(path)
@@ -71,4 +78,6 @@ def _rebuild_command(args, fit) -> str:
     parts = ["latent", "report", "--store", str(args.store), "--study", fit.study.name, "--fit", fit.fit_id]
     if args.metrics:
         parts += ["--metrics", args.metrics]
+    if args.static:
+        parts.append("--static")
     return " ".join(shlex.quote(p) for p in parts)
