@@ -21,7 +21,7 @@ import sys
 from ..errors import UserError, describe_os_error
 
 #: one module per subcommand, in this package; each defines ``add_parser(subparsers)`` and ``run(args)``
-COMMANDS = ("collect", "fit", "report", "ls", "simulate", "compare", "predict", "watch", "import_")
+COMMANDS = ("collect", "fit", "report", "ls", "simulate", "compare", "predict", "watch", "import_", "serve")
 
 
 class _Parser(argparse.ArgumentParser):
