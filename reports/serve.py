@@ -171,12 +171,14 @@ def _arg(doc, key: str) -> str | None:
 
 
 def _store_study(store: Path, name: str | None) -> Study:
-    """The study called ``name`` in the store, refusing paths and names that are not studies there."""
+    """The study called ``name`` in the store. A name that is not a study name (a path, ``..``) is
+    refused; a valid name with no study yet is waited for (the page says so at every look)."""
+    from latent.store import check_study_name
+
     if not name:
         raise UserError("name a study: /live?study=NAME")
-    names = {s.name for s in list_studies(store)}
-    if name not in names:
-        raise UserError(f"no study {name!r} in the store {store}")
+    if name not in {s.name for s in list_studies(store)}:
+        check_study_name(name)
     return Study(store / name)
 
 

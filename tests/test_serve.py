@@ -340,3 +340,23 @@ def test_imported_names_holding_markup_stay_text_on_the_live_page(tmp_path):
             assert page.evaluate("window.__pwned") is None and "marked" in page.inner_text("body")
     finally:
         s.stop()
+
+
+def test_live_page_refuses_paths_and_waits_for_a_new_study(toy_store, tmp_path):
+    need_browser()
+    store = tmp_path / "store"
+    store.mkdir()
+    s = Served("--store", str(store), "--interval", "0.5")
+    try:
+        with browser() as b:
+            for bad in ["..%2F" + TOY_NAME, "%2Fetc", ".."]:
+                page, seen = open_page(b, s.url + "live?study=" + bad)
+                assert "invalid study name" in prop(page, "live-status", "text"), bad
+                page.close()
+            page, seen = open_page(b, s.url + "live?study=later")
+            settle(page, 1200)
+            assert "waiting for later to appear in the store" in prop(page, "live-status", "text")
+            assert problems(page, seen) == []
+    finally:
+        s.stop()
+    assert list(store.iterdir()) == []  # nothing written
