@@ -38,7 +38,7 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".svg
                  ".json": "application/json", ".csv": "text/csv; charset=utf-8", ".md": "text/plain; charset=utf-8",
                  ".txt": "text/plain; charset=utf-8"}
 #: Names of the live page's models (the browser tests read them).
-LIVE_NAMES = {"status": "live-status", "warnings": "live-warnings", "table": "live-table", "rows": "live-rows"}
+LIVE_NAMES = {"header": "live-header", "status": "live-status", "warnings": "live-warnings", "table": "live-table", "rows": "live-rows"}
 
 
 # --------------------------------------------------------------------------- live data
@@ -198,6 +198,8 @@ def live_document(doc, cfg) -> None:
     try:
         study = _store_study(store, _arg(doc, "study"))
         fit_name = _arg(doc, "fit") or cfg.fit
+        if not fit_name and study.fits_dir.is_dir() and any(study.fits_dir.iterdir()):
+            fit_name = study.name  # the study's own latest fit
         fmap, fit = None, None
         if fit_name:
             fit_dir = resolve_fit(fit_name, str(store))
@@ -213,7 +215,7 @@ def live_document(doc, cfg) -> None:
                                     f"{', '.join(map(str, fmap.detours)) or 'none'})" if fmap else
                                     ", without a fit (add ?fit=STUDY/FIT, or start latent serve with --fit, "
                                     "for states, detour risk and forecasts)"))
-    header = Div(text=head, render_as_text=True, styles={"font-size": "1.2em", "font-weight": "bold"})
+    header = Div(text=head, render_as_text=True, name=LIVE_NAMES["header"], styles={"font-size": "1.2em", "font-weight": "bold"})
     status = Div(text=live.status_line(), render_as_text=True, name=LIVE_NAMES["status"])
     warn = Div(text="\n".join(live.warnings), render_as_text=True, name=LIVE_NAMES["warnings"],
                styles={"color": "#a00000", "font-weight": "bold", "white-space": "pre-line"})

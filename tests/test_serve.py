@@ -247,6 +247,12 @@ def test_index_and_report_pages_load_in_the_browser(toy_store):
             settle(page)
             assert len(data(page, "latent-markers")["seed"]) == 6
             assert seen == []
+            # a live page with no fit named uses the study's own latest fit: every run on its map
+            page, seen = open_page(b, s.url + f"live?study={TOY_NAME}")
+            assert f"on the map of fit {TOY_NAME}/{TOY_FIT_ID}" in prop(page, "live-header", "text")
+            assert sorted(data(page, "latent-markers")["seed"]) == list(range(6))
+            assert len(data(page, "live-rows")["run"]) == 6
+            assert problems(page, seen) == []
     finally:
         s.stop()
 
