@@ -155,8 +155,9 @@ def write_quickstart(r: dict) -> None:
             + (" (the top of the range searched)" if v["K_at_top"] else "")
             + f", finds **{detours}**, and R² {v['r2']:.2f} for the occupancy regression. It also says what K is worth "
             f"here: {trans}"
-            + (": the 14 weight statistics of the default MLP change smoothly, and the states cut that change into "
-               "stretches" if not v["discrete"] else "")
+            + (": at none of them do most boundaries jump more than the runs move anyway, so nothing shows its states "
+               "to be phases rather than stretches cut out of the continuous change of the 14 weight statistics"
+               if not v["discrete"] else "")
             + f". The posterior predictive checks the Gaussian HMM fails: {ppc}. The phases of grokking are in the "
             f"progress measures (`latent fit --features progress`), not in the weight statistics: "
             f"[docs/results.md](docs/results.md#the-phases-of-grokking-from-the-progress-measures)."
