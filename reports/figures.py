@@ -1398,3 +1398,299 @@ def plot_forecast_backtest(ax, fit: FitArtifacts, backtest: dict | None = None) 
     return {"fractions": x.tolist(), "coverage": cov.tolist(), "width": width.tolist(), "n": [s["n"] for s in rows],
             "baseline_width": [None if s.get("baseline_median_width") is None else 100 * s["baseline_median_width"] / span
                                for s in rows]}
+
+
+# --------------------------------------------------------------------------- weight snapshots
+
+#: Most snapshots drawn per run in the weight figure (evenly by index, the first and the last kept).
+MAX_SNAPSHOT_PANELS = 6
+#: The cyclic colour map tokens are coloured by (token a at a/p of the way round).
+TOKEN_CMAP = "twilight"
+
+
+def snapshot_modulus(fit: FitArtifacts) -> int | None:
+    """The modulus p of a modular-arithmetic study (``study.json``'s ``config.p``), else None."""
+    p = ((fit.meta or {}).get("config") or {}).get("p")
+    try:
+        p = int(p)
+    except (TypeError, ValueError):
+        return None
+    return p if p >= 3 else None
+
+
+def weight_snapshots(fit: FitArtifacts, warn=None) -> dict:
+    """The fit's runs' weight snapshots (:func:`latent.snapshots.read_snapshots`), by seed, or ``{}``.
+
+    ``{}`` for a study without snapshots or without a modulus p. A snapshot file that cannot be
+    read (damaged, truncated, inconsistent with ``study.json``) or whose embedding has fewer
+    than p rows gives ``{}`` too, after one line to ``warn`` (default: ``latent report: warning:
+    …`` on stderr) that names the file: the report is then drawn without its weight views.
+    """
+    import sys
+
+    from latent.errors import UserError
+    from latent.snapshots import read_snapshots
+
+    p = snapshot_modulus(fit)
+    if p is None or not fit.study.snapshots_dir.is_dir():
+        return {}
+    if warn is None:
+        def warn(line):
+            print(f"latent report: warning: {line}", file=sys.stderr)
+    try:
+        snaps = read_snapshots(fit.study, seeds=fit.seeds)
+        for run in snaps.values():
+            if run.embed.shape[1] < p:
+                raise UserError(f"snapshots file {run.path} holds an embedding of {run.embed.shape[1]} tokens, fewer "
+                                f"than the modulus p = {p} in study.json")
+    except UserError as exc:
+        warn(f"{exc}; the report is written without its weight views")
+        return {}
+    return {s: r for s, r in snaps.items() if len(r)}
+
+
+def token_embedding(run, i: int, p: int) -> np.ndarray:
+    """Run ``run``'s token embedding at its ``i``-th snapshot: the first ``p`` rows of ``embed`` (the
+    numbers 0..p-1; a transformer's ``=`` tokens left out), as float64."""
+    return np.asarray(run.embed[i][:p], dtype=np.float64)
+
+
+def _fourier_coefficients(embed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(C, S)``, each (K, width): the embedding's coefficients on the orthonormal cos(2πka/p) and
+    sin(2πka/p) vectors over the tokens a = 0..p-1, k = 1..K = (p-1)//2 (collect/progress.py's basis)."""
+    p = embed.shape[0]
+    a = np.arange(p)
+    k = np.arange(1, (p - 1) // 2 + 1)
+    ang = 2 * np.pi * k[:, None] * a[None, :] / p
+    scale = math.sqrt(2.0 / p)
+    return (np.cos(ang) * scale) @ embed, (np.sin(ang) * scale) @ embed
+
+
+def frequency_energy(embed: np.ndarray) -> np.ndarray:
+    """Energy of each frequency k = 1..(p-1)//2 of a (p, width) token embedding over the token axis:
+    ‖C_k‖² + ‖S_k‖², C_k and S_k its coefficients on the orthonormal cos(2πka/p) and sin(2πka/p)
+    (= 2 |DFT_k|² / p summed over the width; the constant term, k = 0, is left out). Index k-1 is k."""
+    c, s = _fourier_coefficients(np.asarray(embed, dtype=np.float64))
+    return (c * c).sum(axis=1) + (s * s).sum(axis=1)
+
+
+def key_frequency(embed: np.ndarray) -> int:
+    """The frequency k in 1..(p-1)//2 with the most energy in a (p, width) token embedding
+    (:func:`frequency_energy`; the smallest k on a tie)."""
+    return int(np.argmax(frequency_energy(embed))) + 1
+
+
+def embedding_pcs(embed: np.ndarray) -> np.ndarray:
+    """Each token's coordinates on the top two principal components of a (p, width) embedding.
+
+    The rows are centred (the mean token subtracted) and decomposed by SVD, ``E - Ē = U Σ Vᵀ``;
+    token a's coordinates are ``(E[a] - Ē) · V[:, :2]`` (= ``U[a, :2] Σ[:2]``). Each component's
+    sign is fixed so that its largest coordinate in absolute value is positive (sklearn's
+    ``svd_flip`` rule); a component the embedding does not have (width 1, or rank < 2) is 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (p, 2), float64.
+    """
+    x = np.asarray(embed, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    out = np.zeros((x.shape[0], 2))
+    if not x.size:
+        return out
+    u, sv, _ = np.linalg.svd(x, full_matrices=False)
+    scores = u * sv
+    for j in range(min(2, scores.shape[1])):
+        col = scores[:, j]
+        if sv[j] <= 1e-12 * max(sv[0], 1e-300):
+            continue
+        out[:, j] = col * (1.0 if col[np.argmax(np.abs(col))] >= 0 else -1.0)
+    return out
+
+
+def fourier_circle(embed: np.ndarray, k: int) -> np.ndarray:
+    """Each token's coordinates on frequency ``k``'s Fourier circle of a (p, width) embedding.
+
+    With C_k = Σ_a cos(2πka/p) E[a] and S_k = Σ_a sin(2πka/p) E[a] (vectors in the embedding's
+    width; up to a factor, the real part and minus the imaginary part of the DFT of E over the
+    token axis at k), token a's coordinates are ``((E[a] - Ē) · C_k/‖C_k‖, (E[a] - Ē) · S_k/‖S_k‖)``.
+    An embedding E[a] = r (cos(2πka/p + φ) u + sin(2πka/p + φ) v) (+ other frequencies in directions
+    orthogonal to u, v) comes out as token a at angle 2πka/p on a circle of radius r. A direction
+    of norm 0 gives coordinate 0.
+
+    Returns
+    -------
+    numpy.ndarray
+        Shape (p, 2), float64.
+    """
+    x = np.asarray(embed, dtype=np.float64)
+    x = x - x.mean(axis=0)
+    c, s = _fourier_coefficients(x)
+    out = np.zeros((x.shape[0], 2))
+    for j, d in enumerate((c[k - 1], s[k - 1])):
+        norm = float(np.linalg.norm(d))
+        if norm > 1e-12:
+            out[:, j] = x @ (d / norm)
+    return out
+
+
+def circle_order(p: int, k: int) -> np.ndarray:
+    """The tokens in the order they sit around frequency ``k``'s circle: sorted by k·a mod p
+    (for a prime p: 0, k⁻¹, 2k⁻¹, … mod p)."""
+    return np.argsort((k * np.arange(p)) % p, kind="stable")
+
+
+def snapshot_runs(fit: FitArtifacts, snapshots: dict, count: int = 3) -> list[tuple[str, int]]:
+    """Up to ``count`` (3) runs with snapshots to draw, in rank order: the fastest, the median and the
+    slowest to converge, as ``(role, seed)``. Runs are ranked by convergence step (ties by seed), runs
+    that never converge last; the median is the run at rank n // 2. Two runs give the fastest and the
+    slowest, one run ``("only run", seed)``."""
+    have = [s for s in fit.seeds if s in snapshots]
+    conv = fit.convergence_times
+    ranked = sorted(have, key=lambda s: (conv.get(s) is None, conv.get(s) or 0.0, s))
+    if not ranked:
+        return []
+    n = len(ranked)
+    if n == 1:
+        return [("only run", ranked[0])]
+    picks: dict[int, str] = {}
+    for role, i in (("fastest", 0), ("slowest", n - 1), ("median", n // 2))[:count]:
+        picks.setdefault(i, role)  # two runs: the fastest and the slowest
+    return [(picks[i], ranked[i]) for i in sorted(picks)]
+
+
+def state_at(fit: FitArtifacts, seed: int, step) -> int:
+    """Run ``seed``'s decoded state at ``step``: the state of its last checkpoint at or before it
+    (-1 where that checkpoint was not decoded, or there is none)."""
+    run = fit.runs[fit.runs["seed"] == seed]
+    steps = run["step"].to_numpy(dtype=float)
+    at = steps <= float(step)
+    if not at.any():
+        return -1
+    return int(run["state"].to_numpy()[at][np.argmax(steps[at])])
+
+
+def _state_words(fit: FitArtifacts, state: int) -> str:
+    if state < 0:
+        return "not decoded"
+    name = fit.state_names.get(int(state))
+    return f"state {state}" + (f": {name}" if name else "")
+
+
+def plot_embedding_snapshot(ax, fit: FitArtifacts, run, index: int, view: str = "pcs", k: int | None = None,
+                            title: bool = True) -> dict:
+    """One run's token embedding at one snapshot, on its top two principal components (``view="pcs"``,
+    :func:`embedding_pcs`) or on frequency ``k``'s Fourier circle (``view="fourier"``,
+    :func:`fourier_circle`; ``k`` defaults to the run's key frequency at its last snapshot).
+
+    Points are the tokens a = 0..p-1 coloured by a on a cyclic map (:data:`TOKEN_CMAP`); on the
+    Fourier circle a grey line joins them in the order they sit on a formed circle
+    (:func:`circle_order`). The frame takes the colour of the run's decoded state at that step;
+    the title gives the step and the state.
+
+    Returns
+    -------
+    dict
+        ``seed, step, index, view, k, state, coords`` ((p, 2) array), ``share`` (the Fourier view:
+        frequency k's share of the embedding's non-constant energy).
+    """
+    from matplotlib.colors import Normalize
+
+    p = snapshot_modulus(fit)
+    embed = token_embedding(run, index, p)
+    step = int(run.steps[index])
+    state = state_at(fit, run.seed, step)
+    share = None
+    if view == "fourier":
+        k = key_frequency(token_embedding(run, len(run) - 1, p)) if k is None else int(k)
+        coords = fourier_circle(embed, k)
+        energy = frequency_energy(embed)
+        share = float(energy[k - 1] / energy.sum()) if energy.sum() > 0 else 0.0
+        order = circle_order(p, k)
+        ring = np.append(order, order[0])
+        ax.plot(coords[ring, 0], coords[ring, 1], color="#999999", lw=0.6, zorder=1)
+    elif view == "pcs":
+        coords = embedding_pcs(embed)
+    else:
+        raise ValueError(f"view must be 'pcs' or 'fourier', got {view!r}")
+    ax.scatter(coords[:, 0], coords[:, 1], c=np.arange(p), cmap=TOKEN_CMAP, norm=Normalize(0, p), s=9,
+               linewidths=0.3, edgecolors="#333333", zorder=2)
+    span = float(np.abs(coords).max()) if coords.size else 0.0
+    span = span * 1.12 if span > 0 else 1.0
+    ax.set_xlim(-span, span)
+    ax.set_ylim(-span, span)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    color = state_color(state) if state >= 0 else UNDECODED
+    for spine in ax.spines.values():
+        spine.set_edgecolor(color)
+        spine.set_linewidth(2.0)
+    if title:
+        w, _ = axes_points(ax)
+        text = f"{fit.step_unit} {step}\n{_state_words(fit, state)}"
+        if share is not None:
+            text += f"\nk = {k}: {100 * share:.0f} % of energy"
+        ax.set_title(wrap_text(text, w + 12, 7), fontsize=7, linespacing=1.1)
+    return {"seed": int(run.seed), "step": step, "index": int(index), "view": view, "k": k, "state": state,
+            "coords": coords, "share": share}
+
+
+def plot_weight_snapshots(axes, fit: FitArtifacts, snapshots: dict, runs: list[tuple[str, int]] | None = None,
+                          most: int = MAX_SNAPSHOT_PANELS) -> dict:
+    """The token embedding of a few runs at their snapshots, two ways: ``axes`` is a grid (rows ×
+    columns) with two rows per run, its top principal components above and its key frequency's
+    Fourier circle below (:func:`plot_embedding_snapshot`), one column per snapshot shown (at most
+    ``most``, evenly thinned by index, the first and the last kept). Unused axes are switched off.
+
+    Parameters
+    ----------
+    axes : 2-D array of Axes
+        At least ``2 * len(runs)`` rows and ``min(most, snapshots)`` columns.
+    snapshots : dict of int to RunSnapshots
+        :func:`weight_snapshots`.
+    runs : list of (role, seed), optional
+        Default :func:`snapshot_runs`.
+
+    Returns
+    -------
+    dict
+        ``runs``: one dict per run (``role, seed, k, convergence, steps, indices, states``);
+        ``panels``: every panel's info (:func:`plot_embedding_snapshot`) with its ``row`` and ``col`` in ``axes``.
+    """
+    from latent.trainmap import format_step
+
+    from .interactive import thin_index
+
+    axes = np.asarray(axes, dtype=object).reshape(len(axes), -1)
+    runs = snapshot_runs(fit, snapshots) if runs is None else runs
+    p = snapshot_modulus(fit)
+    out_runs, panels = [], []
+    for r, (role, seed) in enumerate(runs):
+        run = snapshots[seed]
+        idx = thin_index(len(run), most)
+        k = key_frequency(token_embedding(run, len(run) - 1, p))
+        conv = fit.convergence_times.get(seed)
+        steps, states = [], []
+        for c in range(axes.shape[1]):
+            for view, row in (("pcs", 2 * r), ("fourier", 2 * r + 1)):
+                ax = axes[row, c]
+                if c >= len(idx):
+                    ax.set_axis_off()
+                    continue
+                info = plot_embedding_snapshot(ax, fit, run, int(idx[c]), view, k)
+                panels.append({**info, "row": row, "col": c})
+                if c == 0:
+                    when = (f"converges at {format_step(conv)}" if conv is not None else "never converges")
+                    label = (f"run {seed} ({role};\n{when})\n" if view == "pcs" else "") + (
+                        "top 2 PCs" if view == "pcs" else f"Fourier circle\nk = {k}")
+                    ax.set_ylabel(label, fontsize=7)
+            if c < len(idx):
+                steps.append(int(run.steps[idx[c]]))
+                states.append(panels[-1]["state"])
+        out_runs.append({"role": role, "seed": int(seed), "k": k, "convergence": conv, "steps": steps,
+                         "indices": [int(i) for i in idx], "states": states})
+    for row in range(2 * len(runs), axes.shape[0]):
+        for ax in axes[row]:
+            ax.set_axis_off()
+    return {"runs": out_runs, "panels": panels}

@@ -72,6 +72,9 @@ class FigureRecord:
         HTML placed between the title and the figure.
     anchor : str, optional
         The section's id on the page when it differs from ``name``.
+    snapshots : bool
+        Whether ``draw`` also takes the runs' weight snapshots: ``draw(fit, metrics, snapshots)``
+        with ``snapshots`` from :func:`latent.reports.figures.weight_snapshots` (``{}`` when there are none).
 
     The comparison page (:mod:`latent.reports.compare`) lays out the same records, drawn from the
     comparison and its fits instead of one fit.
@@ -83,6 +86,7 @@ class FigureRecord:
     after: Callable | None = None
     lead: str | None = None
     anchor: str | None = None
+    snapshots: bool = False
 
     @property
     def section(self) -> str:
@@ -179,6 +183,56 @@ def _draw_progress(fit: FitArtifacts, metrics):
            if infos["spectrum"].get("top_at_end") else "") + ".")
 
 
+def _draw_weights(fit: FitArtifacts, metrics, snapshots):
+    if not snapshots:
+        return None
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    runs = F.snapshot_runs(fit, snapshots)
+    ncols = min(F.MAX_SNAPSHOT_PANELS, max(len(snapshots[s]) for _, s in runs))
+    nrows = 2 * len(runs)
+    # a fixed grid in inches (the panels have no ticks, so nothing to measure): a constrained layout
+    # of up to 36 axes would cost more than drawing them
+    panel, title, gap, left, right, edge = 1.45, 0.46, 0.14, 0.95, 0.85, 0.08
+    width = left + ncols * panel + (ncols - 1) * gap + right
+    height = edge + nrows * (title + panel) + edge
+    fig = Figure(figsize=(width, height))
+    grid = fig.add_gridspec(nrows, ncols, left=left / width, right=1 - right / width, bottom=edge / height,
+                            top=1 - (edge + title) / height, wspace=gap / panel, hspace=title / panel)
+    axes = grid.subplots(squeeze=False)
+    info = F.plot_weight_snapshots(axes, fit, snapshots, runs)
+    p = F.snapshot_modulus(fit)
+    bar_h = min(2.4, 0.8 * height)
+    cax = fig.add_axes([(width - right + 0.18) / width, (height - bar_h) / 2 / height, 0.14 / width, bar_h / height])
+    bar = fig.colorbar(ScalarMappable(Normalize(0, p), F.TOKEN_CMAP), cax=cax)
+    bar.set_label("token a (cyclic)", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    shown = {len(r["steps"]) for r in info["runs"]}
+    total = {len(snapshots[r["seed"]]) for r in info["runs"]}
+    words = {"fastest": "the fastest to converge", "median": "the median", "slowest": "the slowest"}
+    if len(info["runs"]) == 1:
+        which = f"the only run with snapshots (run {info['runs'][0]['seed']})"
+    else:
+        roles = [f"{words[r['role']]} (run {r['seed']})" for r in info["runs"]]
+        which = f"{len(roles)} of the runs with snapshots: " + ", ".join(roles[:-1]) + " and " + roles[-1] + ","
+    return fig, info, (
+        f"The token embedding (the first p = {p} rows of each weight snapshot's embedding: the numbers 0..{p - 1}) "
+        f"of {which} at "
+        + (f"{min(shown)} of {'its' if len(info['runs']) == 1 else 'their'} {max(total)} snapshots (evenly by "
+           "index, the first and the last kept)"
+           if shown != total else "every snapshot")
+        + ". Upper row of each run: the tokens on the embedding's top two principal components (rows centred, by "
+        "SVD; each component's sign set so its largest coordinate is positive), coloured by token a on a cyclic "
+        "map. Lower row: the tokens on the Fourier circle of the run's key frequency k (the frequency with the most "
+        "energy in the embedding over the token axis at its last snapshot): token a's centred embedding projected "
+        "on the unit directions of Σ_a cos(2πka/p)·E[a] and Σ_a sin(2πka/p)·E[a]. Once the circuit has formed, "
+        "the tokens lie on a circle at angle 2πka/p, and the grey line, which joins them in that order, is a "
+        "regular polygon. Above each panel: the step, the run's decoded state there (also the frame's colour) and, "
+        "on the circle, k's share of the embedding's non-constant Fourier energy.")
+
+
 def _draw_occupancy(fit: FitArtifacts, metrics):
     n = len(fit.seeds)
     fig = _new_figure(11, 1.2 + 0.22 * n)
@@ -257,6 +311,7 @@ def figure_records() -> tuple[FigureRecord, ...]:
         FigureRecord("training_map", "Training map", _draw_training_map, _map_tables),
         FigureRecord("trajectories", "Trajectories", _draw_trajectories),
         FigureRecord("progress", "Progress measures (Nanda et al.)", _draw_progress),
+        FigureRecord("weights", "Weights: the token embedding at its snapshots", _draw_weights, snapshots=True),
         FigureRecord("occupancy", "State occupancy per run", _draw_occupancy),
         FigureRecord("detours", "Detours", _draw_detours, lambda fit: _states_html(fit),
                      lead=f"<p class=lead><b>What a detour is.</b> {_esc(DETOUR_DEFINITION)}</p>"),
@@ -266,11 +321,18 @@ def figure_records() -> tuple[FigureRecord, ...]:
     )
 
 
-def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[tuple[str, str, str, object, dict]]:
-    """Draw every report figure; returns ``(name, title, caption, Figure, info)`` tuples."""
+def build_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS,
+                  snapshots: dict | None = None) -> list[tuple[str, str, str, object, dict]]:
+    """Draw every report figure; returns ``(name, title, caption, Figure, info)`` tuples.
+
+    ``snapshots``: the runs' weight snapshots (:func:`latent.reports.figures.weight_snapshots`, which
+    reads them when None is given).
+    """
+    if snapshots is None:
+        snapshots = F.weight_snapshots(fit)
     out = []
     for rec in figure_records():
-        drawn = rec.draw(fit, metrics)
+        drawn = rec.draw(fit, metrics, snapshots) if rec.snapshots else rec.draw(fit, metrics)
         if drawn is not None:
             fig, info, caption = drawn
             out.append((rec.name, rec.title, caption, fig, info))
@@ -284,15 +346,16 @@ def _save(fig, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def render_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS) -> list[RenderedFigure]:
-    """Draw and encode every figure as PNG and SVG (headless, no pyplot)."""
+def render_figures(fit: FitArtifacts, metrics=F.DEFAULT_METRICS, snapshots: dict | None = None) -> list[RenderedFigure]:
+    """Draw and encode every figure as PNG and SVG (headless, no pyplot); ``snapshots`` as for
+    :func:`build_figures`."""
     import matplotlib
 
     rendered = []
     # text.parse_math off: every name a user gave (studies, features, metrics) is drawn as written,
     # never as TeX ("$x$" stays "$x$", and an odd "$" cannot crash the drawing)
     with matplotlib.rc_context({"svg.hashsalt": "latent", "font.size": 9, "text.parse_math": False}):
-        for name, title, caption, fig, info in build_figures(fit, metrics):
+        for name, title, caption, fig, info in build_figures(fit, metrics, snapshots):
             rendered.append(RenderedFigure(name, title, caption, _save(fig, "png"), _save(fig, "svg"), info))
     return rendered
 
@@ -942,8 +1005,10 @@ def _explore_html(parts: tuple[str, str, str] | None) -> str:
     return ("<section id='explore'><h2>Explore</h2><p class=lead>The map, every run's curves and the slider are "
             "linked: click a state to highlight the runs that visit it, its checkpoints on the curves and its row "
             "in the phase table; click a run's marker or curve to draw its path through the map; drag the slider "
-            "to see where every run is at that step; choose any feature for the curves. The static figures below "
-            "show the same fit.</p><noscript><p class=dim>Scripts are off, so the interactive view is not drawn; "
+            "to see where every run is at that step; choose any feature for the curves. Under them, where the study "
+            "has them, the picked run's embedding spectrum and its tokens on their Fourier circle (from its weight "
+            "snapshots) follow the slider. The static figures below show the same fit.</p><noscript>"
+            "<p class=dim>Scripts are off, so the interactive view is not drawn; "
             f"the figures below are the whole report.</p></noscript>{parts[1]}</section>")
 
 
@@ -1006,6 +1071,11 @@ def write_report(fit: FitArtifacts, out_dir: str | Path | None = None, report_co
     ``interactive``: add the linked, scriptable view (:mod:`latent.reports.interactive`) when Bokeh
     (the ``serve`` extra) is installed; False writes a page without any script.
 
+    The study's weight snapshots, when it has them, are read once (only the fit's runs) for the
+    weights figure and the view's Fourier-circle panel. A snapshot file that cannot be read costs
+    the page those two and nothing else: one ``latent report: warning: …`` line on stderr names it
+    (:func:`latent.reports.figures.weight_snapshots`).
+
     Everything is written into a temporary sibling directory first and renamed into place at
     the end; an existing report is replaced only once the new one is complete.
     """
@@ -1026,7 +1096,9 @@ def _render_into(fit: FitArtifacts, out_dir: Path, report_command: str | None, m
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; a report should be as readable as its siblings
     try:
-        rendered = render_figures(fit, metrics)
+        # read once for the figure and the view; a damaged file is one warning line and no weight views
+        snapshots = F.weight_snapshots(fit)
+        rendered = render_figures(fit, metrics, snapshots)
         for r in rendered:
             (tmp / f"{r.name}.png").write_bytes(r.png)
             (tmp / f"{r.name}.svg").write_bytes(r.svg)
@@ -1034,7 +1106,7 @@ def _render_into(fit: FitArtifacts, out_dir: Path, report_command: str | None, m
         if interactive:
             from . import interactive as I
 
-            parts = I.explore_parts(fit) if I.available() else None
+            parts = I.explore_parts(fit, snapshots=snapshots) if I.available() else None
         (tmp / "index.html").write_text(page_html(fit, rendered, report_command, parts), encoding="utf-8")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,6 @@
 """The report's interactive view, drawn with Bokeh (the ``serve`` extra).
 
-One layout, three linked figures and two widgets:
+One layout, linked figures (three, plus one for a study with weight snapshots) and two widgets:
 
 * **the training map**: states where the static map puts them; every run is a small marker
   beside the state it is in at the step the slider shows. Click a state to highlight the runs
@@ -10,6 +10,11 @@ One layout, three linked figures and two widgets:
   its decoded state. Hover for run, step, state and value; click a curve to pick that run.
 * **the embedding spectrum** (modular arithmetic studies that record ``embed_fNN``): the picked
   run's Fourier spectrum at the slider's step.
+* **the embedding on its Fourier circle** (studies with weight snapshots, ``latent collect
+  --snapshots N``): the picked run's tokens on the circle of its key frequency, at its last
+  snapshot at or before the slider's step. The coordinates are computed here, in Python
+  (:func:`latent.reports.figures.fourier_circle`), and travel as flat arrays; the page only picks
+  the snapshot to show.
 
 The page stays self-contained: BokehJS is inlined (no CDN), the figures' data travel inside the
 page, and the glue is a few lines of JavaScript in :data:`GLUE` that only set Bokeh data and CSS
@@ -42,7 +47,10 @@ NOT_FEATURES = ("seed", "step", "epoch", "state")
 #: Names the glue looks models up by (the browser tests use them too).
 NAMES = {"map": "latent-map", "curves": "latent-curves", "nodes": "latent-nodes", "markers": "latent-markers",
          "segments": "latent-segments", "path": "latent-path", "slider": "latent-slider",
-         "feature": "latent-feature", "info": "latent-info", "spectrum": "latent-spectrum"}
+         "feature": "latent-feature", "info": "latent-info", "spectrum": "latent-spectrum",
+         "weights": "latent-weights", "weights_line": "latent-weights-line",
+         "weights_index": "latent-weights-index", "weights_coords": "latent-weights-coords",
+         "weights_figure": "latent-weights-figure", "ui": "latent-ui"}
 
 
 def available() -> bool:
@@ -78,6 +86,62 @@ def thin_index(n: int, most: int = MAX_POINTS) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class WeightData:
+    """Every snapshot of every run that has them, each run's tokens on its key frequency's Fourier circle.
+
+    Attributes
+    ----------
+    index : DataFrame
+        One row per (run, snapshot), runs in seed order and snapshots in step order: ``seed, step,
+        k`` (the run's key frequency at its last snapshot, the same on all its rows) and ``start``
+        (where the snapshot's p tokens begin in ``x`` and ``y``).
+    x, y : numpy.ndarray
+        float32: token a of row i at ``start[i] + a``
+        (:func:`latent.reports.figures.fourier_circle` of the snapshot's first p embedding rows).
+    p : int
+        The modulus: tokens 0..p-1.
+    """
+
+    index: pd.DataFrame
+    x: np.ndarray
+    y: np.ndarray
+    p: int
+
+    def at(self, seed: int, step: float) -> int | None:
+        """The row of ``index`` the view shows for run ``seed`` at slider step ``step``: its last
+        snapshot at or before it (None: no such snapshot)."""
+        rows = self.index[(self.index["seed"] == int(seed)) & (self.index["step"] <= step)]
+        return int(rows.index[-1]) if len(rows) else None
+
+
+def weight_data(fit: FitArtifacts, snapshots) -> WeightData | None:
+    """The Fourier-circle coordinates of every run's snapshots (``snapshots``: :func:`latent.reports.
+    figures.weight_snapshots`), or None when there are none."""
+    from . import figures as F
+
+    p = F.snapshot_modulus(fit)
+    if not snapshots or p is None:
+        return None
+    rows, xs, ys = [], [], []
+    start = 0
+    for seed in sorted(snapshots):
+        run = snapshots[seed]
+        if not len(run):
+            continue
+        k = F.key_frequency(F.token_embedding(run, len(run) - 1, p))
+        for i, step in enumerate(run.steps.tolist()):
+            xy = F.fourier_circle(F.token_embedding(run, i, p), k)
+            rows.append({"seed": int(seed), "step": int(step), "k": k, "start": start})
+            xs.append(xy[:, 0])
+            ys.append(xy[:, 1])
+            start += p
+    if not rows:
+        return None
+    return WeightData(pd.DataFrame(rows, columns=["seed", "step", "k", "start"]),
+                      np.concatenate(xs).astype(np.float32), np.concatenate(ys).astype(np.float32), p)
+
+
+@dataclass(frozen=True)
 class ExploreData:
     """What the interactive view draws, as plain columns.
 
@@ -93,6 +157,11 @@ class ExploreData:
         One row per state: ``state, x, y, share, runs, label, detour``.
     edges : DataFrame
         One row per observed transition between two states: ``source, target, runs``.
+    weights : WeightData or None
+        The runs' embeddings on their Fourier circles, for a study with weight snapshots.
+    first_run : int or None
+        The run picked when the page opens: the one that converges at the median time (the median
+        seed when none converges).
     """
 
     points: pd.DataFrame
@@ -103,6 +172,18 @@ class ExploreData:
     spectrum: list[str]
     step_unit: str
     n_states: int
+    weights: WeightData | None = None
+    first_run: int | None = None
+
+
+def median_run(convergence: dict[int, float | None]) -> int | None:
+    """The run that converges at the median time (rank n // 2 of the converging runs by step, then
+    seed), or the median seed when none converges; None without runs."""
+    done = sorted((t, s) for s, t in convergence.items() if t is not None)
+    if done:
+        return int(done[len(done) // 2][1])
+    seeds = sorted(convergence)
+    return int(seeds[len(seeds) // 2]) if seeds else None
 
 
 def state_changes(table: pd.DataFrame) -> pd.DataFrame:
@@ -116,9 +197,16 @@ def state_changes(table: pd.DataFrame) -> pd.DataFrame:
     return t[keep].reset_index(drop=True)
 
 
-def explore_data(fit: FitArtifacts) -> ExploreData:
-    """The columns :func:`explore_layout` draws, from a loaded fit."""
+def explore_data(fit: FitArtifacts, snapshots=None) -> ExploreData:
+    """The columns :func:`explore_layout` draws, from a loaded fit.
+
+    ``snapshots``: the runs' weight snapshots as plain arrays (``{seed: RunSnapshots}``,
+    :func:`latent.reports.figures.weight_snapshots`; read from the study when None; ``{}`` for none).
+    """
     from . import figures as F
+
+    if snapshots is None:
+        snapshots = F.weight_snapshots(fit)
 
     runs = fit.runs.sort_values(["seed", "step"], kind="stable").reset_index(drop=True)
     features = curve_features(runs)
@@ -143,7 +231,8 @@ def explore_data(fit: FitArtifacts) -> ExploreData:
                           for a, b, d in g.edges(data=True) if int(a) != int(b)],
                          columns=["source", "target", "runs"])
     return ExploreData(points=points, changes=state_changes(runs), nodes=nodes, edges=edges, features=features,
-                       spectrum=spectrum, step_unit=fit.step_unit, n_states=fit.n_states)
+                       spectrum=spectrum, step_unit=fit.step_unit, n_states=fit.n_states,
+                       weights=weight_data(fit, snapshots), first_run=median_run(fit.convergence_times))
 
 
 # --------------------------------------------------------------------------- sources
@@ -236,6 +325,28 @@ function drawSpectrum() {
   spectrum.data = {k: spectrum.data.k, top: top};
   spectrum_title.text = "run " + M.seed[r] + " at " + unit + " " + P.step[i] + ": embedding spectrum";
 }
+function drawWeights() {
+  if (weights === null) return;
+  const seed = ui.data.run[0], W = wix.data, n = weights.data.token.length;
+  let j = -1;  // rows are in seed, then step order: the last of this run at or before the slider
+  for (let i = 0; i < W.seed.length; i++) if (W.seed[i] === seed && W.step[i] <= slider.value) j = i;
+  if (j < 0) {
+    weights.data = {token: weights.data.token, color: weights.data.color,
+                    x: new Float32Array(n).fill(NaN), y: new Float32Array(n).fill(NaN)};
+    weights_line.data = {x: [], y: []};
+    weights_title.text = "run " + seed + ": no weight snapshot at or before " + unit + " " + slider.value;
+    return;
+  }
+  const s = W.start[j], k = W.k[j], X = wxy.data.x.slice(s, s + n), Y = wxy.data.y.slice(s, s + n);
+  weights.data = {token: weights.data.token, color: weights.data.color, x: X, y: Y};
+  const order = Array.from({length: n}, function (_, a) { return a; })
+    .sort(function (a, b) { return (k * a) % n - (k * b) % n; });
+  order.push(order[0]);
+  weights_line.data = {x: order.map(function (a) { return X[a]; }), y: order.map(function (a) { return Y[a]; })};
+  const r = M.seed.indexOf(seed), st = r < 0 ? -1 : stateAt(r, W.step[j]), q = N.state.indexOf(st);
+  weights_title.text = "run " + seed + " at " + unit + " " + W.step[j] + " (" + (q < 0 ? "not decoded" : N.label[q]) +
+    ")\ntokens on its Fourier circle, k = " + k;
+}
 function paint(segAlpha, segWidth, markHl) {
   for (let j = 0; j < S.seed.length; j++) { S.alpha[j] = segAlpha(j); S.width[j] = segWidth(j); }
   segs.change.emit();
@@ -284,6 +395,7 @@ function showRun(seed) {
   info.text = "run " + seed + ": " + seq.join(" \u2192 ") + ". Its path is drawn on the map, its curve in bold.";
   ui.data = {run: [seed], state: [-1]};
   drawSpectrum();
+  drawWeights();
 }
 function clearAll() {
   paint(function () { return 0.8; }, function () { return 1.2; }, function () { return null; });
@@ -388,8 +500,45 @@ def curve_figure(data: ExploreData, feature: str | None, height: int = 360):
     return fig, seg_src
 
 
+def weights_figure(data: ExploreData, size: int = 380):
+    """The picked run's tokens on its Fourier circle (:class:`WeightData`) as a Bokeh figure, drawn by
+    the glue's ``drawWeights``; ``(None, args)`` without snapshots. Returns ``(figure, callback args)``."""
+    from bokeh.models import ColumnDataSource, HoverTool
+    from bokeh.plotting import figure
+
+    w = data.weights
+    if w is None:
+        return None, dict(weights=None, wix=None, wxy=None, weights_line=None, weights_title=None)
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    from . import figures as F
+
+    cmap = colormaps[F.TOKEN_CMAP]
+    shown = ColumnDataSource({"token": np.arange(w.p, dtype=np.int32),
+                              "color": [to_hex(cmap(a / w.p)) for a in range(w.p)],
+                              "x": np.full(w.p, np.nan, dtype=np.float32), "y": np.full(w.p, np.nan, dtype=np.float32)},
+                             name=NAMES["weights"])
+    line = ColumnDataSource({"x": [], "y": []}, name=NAMES["weights_line"])
+    index = ColumnDataSource({"seed": w.index["seed"].to_numpy(dtype=np.int32),
+                              "step": w.index["step"].to_numpy(dtype=float),
+                              "k": w.index["k"].to_numpy(dtype=np.int32),
+                              "start": w.index["start"].to_numpy(dtype=np.int32)}, name=NAMES["weights_index"])
+    coords = ColumnDataSource({"x": w.x, "y": w.y}, name=NAMES["weights_coords"])
+    fig = figure(name=NAMES["weights_figure"], width=size, height=size, match_aspect=True,
+                 tools="pan,wheel_zoom,reset,save", toolbar_location="right",
+                 title="the picked run's embedding on its Fourier circle")
+    fig.xaxis.visible = False
+    fig.yaxis.visible = False
+    fig.line("x", "y", source=line, line_color="#999999", line_width=1)
+    dots = fig.scatter("x", "y", source=shown, size=8, fill_color="color", line_color="#333333", line_width=0.5)
+    fig.add_tools(HoverTool(renderers=[dots], tooltips=[("token", "@token")]))
+    return fig, dict(weights=shown, wix=index, wxy=coords, weights_line=line, weights_title=fig.title)
+
+
 def explore_layout(data: ExploreData, feature: str | None = None):
-    """The whole interactive view (map, curves, spectrum, feature menu, step slider) as a Bokeh layout."""
+    """The whole interactive view (map, curves, spectrum, Fourier circle, feature menu, step slider) as a
+    Bokeh layout; the spectrum and the circle only where ``data`` has them."""
     from bokeh.layouts import column, row
     from bokeh.models import ColumnDataSource, Div, Select, Slider, Span
     from bokeh.plotting import figure
@@ -417,8 +566,9 @@ def explore_layout(data: ExploreData, feature: str | None = None):
             "click a run's marker or curve to draw its path; drag the slider to move the runs; click empty space "
             "to clear.")
     info = Div(name=NAMES["info"], text=hint, render_as_text=True, sizing_mode="stretch_width")
-    conv = data.changes.groupby("seed")["step"].max()
-    ui = ColumnDataSource({"run": [int(conv.index[len(conv) // 2]) if len(conv) else -1], "state": [-1]})
+    first = data.first_run if data.first_run is not None else median_run(
+        {int(x): None for x in data.changes["seed"].unique()})
+    ui = ColumnDataSource({"run": [first if first is not None else -1], "state": [-1]}, name=NAMES["ui"])
     spectrum_src, spectrum_fig = None, None
     if data.spectrum:
         ks = [int(c[len("embed_f"):]) for c in data.spectrum]
@@ -426,14 +576,15 @@ def explore_layout(data: ExploreData, feature: str | None = None):
         spectrum_fig = figure(height=220, sizing_mode="stretch_width", tools="save", title="embedding spectrum",
                               x_axis_label="frequency k", y_axis_label="share of energy")
         spectrum_fig.vbar(x="k", top="top", width=0.8, source=spectrum_src, color="#555555")
+    weights_fig, weights_args = weights_figure(data)
     cursor = Span(location=hi, dimension="height", line_color="black", line_dash="dotted", line_width=1)
     curves.add_layout(cursor)
     args = dict(nodes=src["nodes"], markers=src["markers"], path=src["path"], changes=changes, segs=segs,
                 points=points, slider=slider, info=info, ui=ui, hint=hint, spectrum=spectrum_src,
                 spectrum_title=spectrum_fig.title if spectrum_fig is not None else None,
-                freqs=list(data.spectrum), unit=data.step_unit)
-    slider.js_on_change("value", _callback("placeMarkers(slider.value); cursor.location = slider.value; drawSpectrum();",
-                                           cursor=cursor, **args))
+                freqs=list(data.spectrum), unit=data.step_unit, **weights_args)
+    slider.js_on_change("value", _callback("placeMarkers(slider.value); cursor.location = slider.value; drawSpectrum(); "
+                                           "drawWeights();", cursor=cursor, **args))
     menu.js_on_change("value", _callback(
         "const f = menu.value, v = P[f];\n"
         "for (let j = 0; j < S.i.length; j++) { S.y0[j] = v[S.i[j]]; S.y1[j] = v[S.i[j] + 1]; }\n"
@@ -448,24 +599,27 @@ def explore_layout(data: ExploreData, feature: str | None = None):
     # place the markers and draw the spectrum once the page is up
     from bokeh.events import DocumentReady
 
-    init = _callback("placeMarkers(slider.value); drawSpectrum();", **args)
+    init = _callback("placeMarkers(slider.value); drawSpectrum(); drawWeights();", **args)
     top = row(map_fig, curves, sizing_mode="stretch_width")
     parts = [info, row(slider, menu, sizing_mode="stretch_width"), top]
-    if spectrum_fig is not None:
-        parts.append(spectrum_fig)
+    below = [f for f in (spectrum_fig, weights_fig) if f is not None]
+    if len(below) == 2:
+        parts.append(row(*below, sizing_mode="stretch_width"))
+    elif below:
+        parts.append(below[0])
     layout = column(*parts, sizing_mode="stretch_width")
     return layout, init
 
 
-def explore_parts(fit: FitArtifacts) -> tuple[str, str, str]:
+def explore_parts(fit: FitArtifacts, snapshots=None) -> tuple[str, str, str]:
     """``(resources, div, script)``: BokehJS inlined, the view's placeholder ``div`` and the ``script``
-    that draws it, for :func:`latent.reports.html.page_html`."""
+    that draws it, for :func:`latent.reports.html.page_html`; ``snapshots`` as for :func:`explore_data`."""
     from bokeh.document import Document
     from bokeh.embed import components
     from bokeh.events import DocumentReady
     from bokeh.resources import Resources
 
-    layout, init = explore_layout(explore_data(fit))
+    layout, init = explore_layout(explore_data(fit, snapshots))
     doc = Document()
     doc.add_root(layout)
     doc.js_on_event(DocumentReady, init)

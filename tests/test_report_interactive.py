@@ -75,6 +75,9 @@ def test_loads_clean_offline_with_runs_at_their_last_state(toy):
     fetched = page.evaluate("performance.getEntriesByType('resource').map(r => r.name)")
     assert [u for u in fetched if not u.startswith("data:")] == []
     assert set(_node_xy(page)) == {0, 1, 2, 3}
+    # the run picked at first converges at the median time: seeds 1, 2, 0, 3, 4 converge at 150, 160, 170,
+    # 220, 240 (seed 5 never), so seed 0
+    assert data(page, "latent-ui")["run"] == [0]
     _check_markers(page, fit, float(fit.runs["step"].max()))
     # the curves carry every run's checkpoints (the toy has fewer than the thinning limit)
     segs = data(page, "latent-segments")
@@ -207,6 +210,15 @@ def test_with_scripts_off_the_static_figures_remain(toy):
     assert page.locator("img").first.evaluate("i => i.complete && i.naturalWidth > 0")
     assert "Scripts are off" in page.locator("#explore").inner_text()
     ctx.close()
+
+
+def test_median_run_by_hand():
+    from latent.reports.interactive import median_run
+
+    assert median_run({0: 170.0, 1: 150.0, 2: 160.0, 3: 220.0, 4: 240.0, 5: None}) == 0
+    assert median_run({7: 10.0, 3: 10.0}) == 7  # ties by seed: (10, 3), (10, 7); rank 1 is seed 7
+    assert median_run({4: None, 2: None, 9: None}) == 4
+    assert median_run({}) is None
 
 
 def test_without_bokeh_the_page_is_static(tmp_path, monkeypatch):
