@@ -53,3 +53,24 @@ def test_quiet_prints_only_the_path_on_every_command_that_writes(tmp_path, capsy
                  "--store", store, "--set", "n_bits=10", "--set", "hidden=8", "--set", "n_train=40", "--set", "n_val=20",
                  "--set", "batch_size=16", "-q"]) == 0
     assert only_path(capsys) == tmp_path / "parity"
+
+
+def test_commands_take_their_stderr_log_handlers_away(tmp_path, capsys):
+    """A command's log handler lives as long as the command: a second command in the same process (a
+    test, a notebook calling latent.cli.main) never prints its warnings under the first one's name too."""
+    import logging
+
+    from latent.cli import main
+    from latent.cli.shared import StderrHandler
+
+    def stderr_handlers():
+        return [h for name in ("latent", "latent.collect") for h in logging.getLogger(name).handlers
+                if isinstance(h, StderrHandler)]
+
+    assert stderr_handlers() == []
+    assert main(["fit", "--store", str(tmp_path), "--study", "nosuch"]) == 2
+    assert main(["collect", "--task", "modadd", "--seeds", "2", "--epochs", "10", "--log-every", "5",
+                 "--store", str(tmp_path), "--study", "tiny", "-q"]) == 0
+    assert main(["fit", "--store", str(tmp_path), "--study", "tiny", "--max-states", "2", "-q"]) in (0, 2)
+    assert stderr_handlers() == []
+    capsys.readouterr()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from .shared import add_dask_options, add_quiet, log_to_stderr
+from .shared import add_dask_options, add_quiet, run_logging_to_stderr
 
 
 #: ``latent.collect.metrics.METRIC_VARIANTS``, spelled out so that building the parser imports no torch.
@@ -79,6 +79,10 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    return run_logging_to_stderr(logging.getLogger("latent.collect"), "collect", _run, args)
+
+
+def _run(args) -> int:
     from latent.errors import StoreError, UserError
 
     if args.threads is not None and args.threads < 1:
@@ -94,7 +98,6 @@ def run(args) -> int:
     from latent.collect.tasks import get_task
 
     logger = logging.getLogger("latent.collect")
-    log_to_stderr(logger, "collect")
     # notes such as "resuming seed(s) ... from step ..." show too, unless --quiet
     logger.setLevel(logging.WARNING if args.quiet else logging.INFO)
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import sys
 
-from .shared import add_dask_options, add_quiet, log_to_stderr
+from .shared import add_dask_options, add_quiet, run_logging_to_stderr
 
 
 DESCRIPTION = (
@@ -59,6 +59,10 @@ def config_from_args(args):
 
 
 def run(args) -> int:
+    return run_logging_to_stderr(logging.getLogger("latent"), "fit", _run, args)
+
+
+def _run(args) -> int:
     import numpy as np
 
     from ..cluster import fit_pool
@@ -67,7 +71,6 @@ def run(args) -> int:
     from ..store import resolve_study
 
     logger = logging.getLogger("latent")
-    log_to_stderr(logger, "fit")
     if logger.level == logging.NOTSET or logger.level > logging.WARNING:
         logger.setLevel(logging.WARNING)
 

@@ -58,6 +58,18 @@ def log_to_stderr(logger: logging.Logger, command: str) -> StderrHandler | None:
     return handler
 
 
+def run_logging_to_stderr(logger: logging.Logger, command: str, body, *args) -> int:
+    """``body(*args)`` with ``logger``'s records printed on stderr as ``latent <command>: ...``; the
+    handler is removed afterwards, so a later command in the same process (a test, a notebook calling
+    :func:`latent.cli.main`) never prints its warnings under this command's name too."""
+    handler = log_to_stderr(logger, command)
+    try:
+        return body(*args)
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+
+
 QUIET_HELP = ("print only {what} on stdout, for scripts: no progress bars, summaries or next-step hints "
               "(warnings and errors still go to stderr)")
 
