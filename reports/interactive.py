@@ -40,8 +40,9 @@ from .palette import UNDECODED, state_color
 
 #: Most checkpoints per run drawn on the curves (the slider and the map use all of them).
 MAX_POINTS = 200
-#: Run markers sit on a ring of this radius (map units: one state apart is 1) around their state.
-RING = 0.3
+#: Run markers sit on a ring of this radius (map units: one state apart is 1) around their state,
+#: just outside the largest node, so the state's number stays readable under a crowd of runs.
+RING = 0.45
 #: Columns of a run table that are not features.
 NOT_FEATURES = ("seed", "step", "epoch", "state")
 #: Names the glue looks models up by (the browser tests use them too).
@@ -258,7 +259,7 @@ def segment_columns(points: pd.DataFrame, feature: str | None) -> dict:
 
 def _ring(n: int) -> tuple[np.ndarray, np.ndarray]:
     angle = 2 * math.pi * np.arange(n) / max(n, 1) + math.pi / 2
-    return RING * np.cos(angle), RING * 0.8 * np.sin(angle)
+    return RING * np.cos(angle), RING * 0.85 * np.sin(angle)
 
 
 def marker_columns(changes: pd.DataFrame, points: pd.DataFrame) -> dict:
@@ -277,7 +278,7 @@ def marker_columns(changes: pd.DataFrame, points: pd.DataFrame) -> dict:
             "pfirst": pfirst.astype(np.int32), "plast": plast.astype(np.int32),
             "x": np.full(len(seeds), np.nan), "y": np.full(len(seeds), np.nan),
             "state": np.full(len(seeds), -1, dtype=np.int32), "hl": np.zeros(len(seeds), dtype=np.int32),
-            "alpha": np.full(len(seeds), 0.85), "size": np.full(len(seeds), 7.0)}
+            "alpha": np.full(len(seeds), 0.85), "size": np.full(len(seeds), 6.0)}
 
 
 def _float32_columns(frame: pd.DataFrame, columns: list[str]) -> dict:
@@ -354,7 +355,7 @@ function paint(segAlpha, segWidth, markHl) {
     const on = markHl(r);
     M.hl[r] = on ? 1 : 0;
     M.alpha[r] = on === null ? 0.85 : (on ? 1.0 : 0.15);
-    M.size[r] = on ? 10 : 7;
+    M.size[r] = on ? 9 : 6;
   }
   markers.change.emit();
 }
