@@ -186,7 +186,7 @@ def live_document(doc, cfg) -> None:
     """Build the live page of the study the URL names into ``doc`` (a Bokeh server document); ``cfg``
     is the command's :class:`latent.cli.serve.ServeConfig`."""
     from bokeh.layouts import column, row
-    from bokeh.models import ColumnDataSource, DataTable, Div, Select, TableColumn
+    from bokeh.models import ColumnDataSource, Div, Select
 
     from latent.artifacts import resolve_fit
     from latent.predict import FittedMap
@@ -227,13 +227,12 @@ def live_document(doc, cfg) -> None:
                        str(_meta(study).get("step_unit", "step")), n_states=fmap.k if fmap else 0)
     curves, segs = curve_figure(data, feature, height=380)
     menu = Select(title="Feature on the curves", value=feature or "", options=features, width=260)
+    # the table is a Div of escaped HTML (Bokeh's DataTable did not redraw when its data was replaced
+    # from the server); its columns also stay in a data source, for scripts and tests
+    heads = (("run", "run"), ("status", "status"), ("checkpoints", "checkpoints"), ("step", data.step_unit),
+             ("state", "state (p)"), ("risk", "detour risk"), ("forecast", "convergence forecast"))
     rows = ColumnDataSource(live.rows(), name=LIVE_NAMES["rows"])
-    cols = [TableColumn(field=f, title=t) for f, t in (("run", "run"), ("status", "status"),
-                                                       ("checkpoints", "checkpoints"), ("step", data.step_unit),
-                                                       ("state", "state (p)"), ("risk", "detour risk"),
-                                                       ("forecast", "convergence forecast"))]
-    table = DataTable(source=rows, columns=cols, height=260, sizing_mode="stretch_width", name=LIVE_NAMES["table"],
-                      index_position=None)
+    table = Div(text=rows_html(rows.data, heads), name=LIVE_NAMES["table"], sizing_mode="stretch_width")
     markers, where = None, {}
     parts = [header, status, warn]
     if fit is not None:
@@ -248,6 +247,7 @@ def live_document(doc, cfg) -> None:
         parts.append(curves)
     parts += [menu, table]
     doc.add_root(column(*parts, sizing_mode="stretch_width"))
+    doc.add_root(rows)  # drawn by no glyph: a root of its own, so that it reaches the page
 
     def redraw():
         pts = live.points()
@@ -270,11 +270,23 @@ def live_document(doc, cfg) -> None:
                                   menu.options[0] if menu.options else "")
             redraw()
             rows.data = live.rows()
+            table.text = rows_html(rows.data, heads)
             warn.text = "\n".join(live.warnings)
             if markers is not None:
                 markers.data = live_markers(live, where)
 
     doc.add_periodic_callback(tick, int(cfg.interval * 1000))
+
+
+def rows_html(rows: dict, heads) -> str:
+    """The live table as HTML, every cell escaped (``heads``: ``(column, title)`` pairs)."""
+    style = ("<style>table.live{border-collapse:collapse;font:13px system-ui,sans-serif}table.live td,"
+             "table.live th{border-bottom:1px solid #ddd;padding:.25em .7em;text-align:left}</style>")
+    head = "".join(f"<th>{html.escape(str(t))}</th>" for _, t in heads)
+    n = len(next(iter(rows.values()))) if rows else 0
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(rows[c][i]))}</td>" for c, _ in heads) + "</tr>"
+                   for i in range(n))
+    return f"{style}<table class=live><tr>{head}</tr>{body}</table>"
 
 
 def _meta(study: Study) -> dict:

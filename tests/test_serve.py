@@ -304,6 +304,9 @@ def test_live_page_grows_while_a_real_collect_runs(toy_store, tmp_path):
             markers = data(page, "latent-markers")
             assert sorted(markers["seed"]) == [0, 1] and all(st in range(4) for st in markers["state"])
             assert "2 run(s) with checkpoints" in prop(page, "live-status", "text")
+            # the table on the screen (not only its data) has moved on with the rows: run 0's step
+            cells = page.locator("table.live tr").nth(1).locator("td").all_inner_texts()
+            assert cells[0] == "0" and float(cells[3].replace(",", "")) >= last, cells
             assert problems(page, seen) == []
     finally:
         collect.kill() if collect.poll() is None else None
