@@ -371,3 +371,12 @@ def test_live_page_refuses_paths_and_waits_for_a_new_study(toy_store, tmp_path):
     finally:
         s.stop()
     assert list(store.iterdir()) == []  # nothing written
+
+
+def test_without_bokeh_serve_says_what_to_install(tmp_path, capsys, monkeypatch):
+    from latent.cli import main
+
+    monkeypatch.setitem(sys.modules, "bokeh", None)  # `import bokeh` now raises ImportError
+    assert main(["serve", "--store", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'latent-dynamics[serve]'" in err[0], err
