@@ -327,7 +327,9 @@ def index_html(cfg) -> str:
     for study in list_studies(store):
         meta = _meta(study)
         seeds = meta.get("seeds") or []
-        fits = sorted(p.name for p in study.fits_dir.iterdir() if p.is_dir()) if study.fits_dir.is_dir() else []
+        # hidden names are a fit being written or replaced
+        fits = (sorted(p.name for p in study.fits_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+                if study.fits_dir.is_dir() else [])
         fit_cells = []
         for fid in fits:
             report = study.reports_dir / fid / "index.html"
@@ -336,8 +338,7 @@ def index_html(cfg) -> str:
             else:
                 fit_cells.append(html.escape(fid) + " <span class=dim>(no report yet: latent report --study "
                                  f"{html.escape(study.name)} --fit {html.escape(fid)})</span>")
-        live = f"/live?study={quote(study.name)}" + (f"&fit={quote(f'{study.name}/{fits[-1]}')}"
-                                                      if fits and not cfg.fit else "")
+        live = f"/live?study={quote(study.name)}"  # the live page picks the fit: --fit, else the study's latest
         rows.append(f"<tr><td>{html.escape(study.name)}</td><td>{html.escape(str(meta.get('task', '?')))}</td>"
                     f"<td>{len(seeds)}</td><td>{'<br>'.join(fit_cells) or '<span class=dim>none</span>'}</td>"
                     f"<td>{_link(live, 'live')}</td></tr>")
