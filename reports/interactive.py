@@ -584,7 +584,8 @@ def explore_layout(data: ExploreData, feature: str | None = None):
                 points=points, slider=slider, info=info, ui=ui, hint=hint, spectrum=spectrum_src,
                 spectrum_title=spectrum_fig.title if spectrum_fig is not None else None,
                 freqs=list(data.spectrum), unit=data.step_unit, **weights_args)
-    slider.js_on_change("value", _callback("placeMarkers(slider.value); cursor.location = slider.value; drawSpectrum(); "
+    slider.js_on_change("value", _callback("placeMarkers(slider.value); cursor.location = slider.value; "
+                                           "drawSpectrum(); "
                                            "drawWeights();", cursor=cursor, **args))
     menu.js_on_change("value", _callback(
         "const f = menu.value, v = P[f];\n"
@@ -597,9 +598,7 @@ def explore_layout(data: ExploreData, feature: str | None = None):
         **args))
     curves.js_on_event("tap", _callback(
         "const si = segs.selected.indices;\nif (si.length) showRun(S.seed[si[0]]); else clearAll();", **args))
-    # place the markers and draw the spectrum once the page is up
-    from bokeh.events import DocumentReady
-
+    # place the markers and draw the spectrum once the page is up (explore_parts attaches it)
     init = _callback("placeMarkers(slider.value); drawSpectrum(); drawWeights();", **args)
     top = row(map_fig, curves, sizing_mode="stretch_width")
     parts = [info, row(slider, menu, sizing_mode="stretch_width"), top]

@@ -19,7 +19,6 @@ otherwise. A checkpoint reaches the page within ``interval`` seconds of reaching
 from __future__ import annotations
 
 import html
-import os
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -30,7 +29,7 @@ import pandas as pd
 from latent.errors import UserError
 from latent.store import Study, list_studies
 
-from .interactive import (ExploreData, NAMES, _ring, curve_features, curve_figure, explore_data, map_figure,
+from .interactive import (ExploreData, _ring, curve_features, curve_figure, explore_data, map_figure,
                           segment_columns, thin_index)
 
 #: What /store/ serves, by suffix; anything else is refused.
@@ -38,7 +37,8 @@ CONTENT_TYPES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".svg
                  ".json": "application/json", ".csv": "text/csv; charset=utf-8", ".md": "text/plain; charset=utf-8",
                  ".txt": "text/plain; charset=utf-8"}
 #: Names of the live page's models (the browser tests read them).
-LIVE_NAMES = {"header": "live-header", "status": "live-status", "warnings": "live-warnings", "table": "live-table", "rows": "live-rows"}
+LIVE_NAMES = {"header": "live-header", "status": "live-status", "warnings": "live-warnings", "table": "live-table",
+              "rows": "live-rows"}
 
 
 # --------------------------------------------------------------------------- live data
@@ -215,7 +215,8 @@ def live_document(doc, cfg) -> None:
                                     f"{', '.join(map(str, fmap.detours)) or 'none'})" if fmap else
                                     ", without a fit (add ?fit=STUDY/FIT, or start latent serve with --fit, "
                                     "for states, detour risk and forecasts)"))
-    header = Div(text=head, render_as_text=True, name=LIVE_NAMES["header"], styles={"font-size": "1.2em", "font-weight": "bold"})
+    header = Div(text=head, render_as_text=True, name=LIVE_NAMES["header"],
+                 styles={"font-size": "1.2em", "font-weight": "bold"})
     status = Div(text=live.status_line(), render_as_text=True, name=LIVE_NAMES["status"])
     warn = Div(text="\n".join(live.warnings), render_as_text=True, name=LIVE_NAMES["warnings"],
                styles={"color": "#a00000", "font-weight": "bold", "white-space": "pre-line"})
@@ -343,8 +344,8 @@ def index_html(cfg) -> str:
                     f"<td>{len(seeds)}</td><td>{'<br>'.join(fit_cells) or '<span class=dim>none</span>'}</td>"
                     f"<td>{_link(live, 'live')}</td></tr>")
     comparisons = sorted((store / "comparisons").glob("*/*/index.html")) if (store / "comparisons").is_dir() else []
-    comp = "".join(f"<li>{_link('/store/' + quote(p.relative_to(store).as_posix()), p.parent.parent.name + ' / ' + p.parent.name)}</li>"
-                   for p in comparisons)
+    comp = "".join("<li>" + _link("/store/" + quote(p.relative_to(store).as_posix()),
+                                  f"{p.parent.parent.name} / {p.parent.name}") + "</li>" for p in comparisons)
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>latent serve</title>"
             "<meta http-equiv='Content-Security-Policy' content=\"default-src 'none'; style-src 'unsafe-inline'\">"
             "<style>body{font:15px/1.45 system-ui,sans-serif;margin:1.5em auto;max-width:1100px;color:#222}"
@@ -374,7 +375,8 @@ def resolve_store_file(store: Path, rel: str) -> Path:
 
 
 def make_server(cfg):
-    """The Bokeh server (not started; ``cfg`` a :class:`latent.cli.serve.ServeConfig`) with the index, the store's files and the live pages."""
+    """The Bokeh server (not started; ``cfg`` a :class:`latent.cli.serve.ServeConfig`) with the index, the
+    store's files and the live pages."""
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server

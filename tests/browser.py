@@ -74,7 +74,7 @@ def data(page, name: str) -> dict:
 
 
 def prop(page, name: str, attr: str):
-    return page.evaluate("([n, a]) => { const v = Bokeh.documents[0].get_model_by_name(n)[a]; return v; }", [name, attr])
+    return page.evaluate("([n, a]) => Bokeh.documents[0].get_model_by_name(n)[a]", [name, attr])
 
 
 def set_prop(page, name: str, attr: str, value) -> None:

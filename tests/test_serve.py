@@ -8,7 +8,6 @@ store's own files, that every checkpoint the store gains reaches the page within
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import signal
 import subprocess

@@ -63,7 +63,8 @@ def add_parser(sub) -> None:
                        description=DESCRIPTION)
     p.add_argument("--store", default=d.store, help=f"store directory (default: ./{d.store})")
     p.add_argument("--host", default=d.host,
-                   help=f"address to bind (default {d.host}: this machine only; 0.0.0.0 exposes the store to the network)")
+                   help=f"address to bind (default {d.host}: this machine only; 0.0.0.0 exposes the store to "
+                        "the network)")
     p.add_argument("--port", type=int, default=d.port, help=f"port (default {d.port}; 0: any free port)")
     p.add_argument("--fit", default=None,
                    help="the fit live pages place runs on: a study name (its latest fit), STUDY/FIT_ID or a fit "
