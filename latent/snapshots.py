@@ -33,8 +33,8 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from .errors import UserError, store_error
-from .store import STUDY_FILE, Study
+from .errors import UserError
+from .store import STUDY_FILE, Study, read_store_bytes
 
 #: the folder of a study that holds the snapshot files
 SNAPSHOTS_DIR = "snapshots"
@@ -204,12 +204,7 @@ def read_run_snapshots(path: str | os.PathLike, seed: int | None = None, *, hint
     def bad(what: str) -> UserError:
         return UserError(f"snapshots file {path} is invalid: {what}; {hint}")
 
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"snapshots file not found: {path}") from None
-    except OSError as exc:
-        raise store_error(exc, "read", path) from None
+    raw = read_store_bytes(path, "snapshots file")
     try:
         archive = np.load(io.BytesIO(raw), allow_pickle=False)
     except Exception as exc:  # noqa: BLE001 - zipfile, numpy and OS errors all mean "not a whole archive"

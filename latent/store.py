@@ -171,15 +171,24 @@ def atomic_write_parquet(path: str | os.PathLike, frame: pd.DataFrame, sync: boo
     atomic_write_bytes(path, buf.getvalue(), sync)
 
 
-def read_json(path: str | os.PathLike, what: str = "file", hint: str = "restore or delete it") -> Any:
-    """Read a JSON file, turning a missing, unreadable or corrupt file into a :class:`UserError`."""
+def read_store_bytes(path: str | os.PathLike, what: str = "file") -> bytes:
+    """A file's bytes, read in one call; a missing file is a :class:`UserError` naming ``what``, any
+    other OS error the :func:`latent.errors.store_error` for reading it."""
     path = Path(path)
     try:
-        return json.loads(path.read_bytes())
+        return path.read_bytes()
     except FileNotFoundError:
         raise UserError(f"{what} not found: {path}") from None
     except OSError as exc:
         raise store_error(exc, "read", path) from None
+
+
+def read_json(path: str | os.PathLike, what: str = "file", hint: str = "restore or delete it") -> Any:
+    """Read a JSON file, turning a missing, unreadable or corrupt file into a :class:`UserError`."""
+    path = Path(path)
+    raw = read_store_bytes(path, what)
+    try:
+        return json.loads(raw)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{what} {path} is corrupt ({exc}); {hint}") from None
 
@@ -199,12 +208,7 @@ def read_parquet(path: str | os.PathLike, what: str = "file", hint: str = "resto
     path = Path(path)
     previous = None
     for _ in range(READ_ATTEMPTS):
-        try:
-            raw = path.read_bytes()
-        except FileNotFoundError:
-            raise UserError(f"{what} not found: {path}") from None
-        except OSError as exc:
-            raise store_error(exc, "read", path) from None
+        raw = read_store_bytes(path, what)
         try:
             # no Arrow thread pool: its teardown at exit aborts a few processes in a hundred
             # ("terminate called without an active exception", apache/arrow#34314), and run
