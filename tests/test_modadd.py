@@ -8,7 +8,7 @@ import torch
 
 from latent.collect.metrics import reference_metrics, matrix_metrics
 from latent.collect.seeds import RunSeeds
-from latent.collect.tasks.modadd import PRESETS, ModAddConfig, ModAddProblem, pair_table, split_indices
+from latent.collect.tasks.modadd import PRESETS, ModAddConfig, ModAddProblem, op_table, pair_table, split_indices
 
 from reference_models import mlp_forward, transformer_forward
 
@@ -98,7 +98,6 @@ def test_seed_streams_are_fixed_and_distinct():
 
 
 def test_every_operations_answers_by_hand():
-    from latent.collect.tasks.modadd import op_table
 
     p = 7
     for op, f in (("add", lambda a, b: (a + b) % p), ("sub", lambda a, b: (a - b) % p), ("mul", lambda a, b: a * b % p)):
@@ -129,7 +128,6 @@ def test_each_operation_is_split_on_its_own_and_add_alone_splits_as_before():
 
 @pytest.mark.parametrize("model", ["mlp", "transformer"])
 def test_several_operations_match_the_plain_modules(model):
-    from latent.collect.tasks.modadd import op_table
 
     cfg = ModAddConfig(model=model, p=11, op="add,sub,mul", d_embed=6, d_hidden=16, d_model=16, n_heads=4, d_mlp=32)
     pr = _problem(cfg, [0, 1])
@@ -148,7 +146,6 @@ def test_several_operations_match_the_plain_modules(model):
 def test_per_operation_metrics_are_each_operations_own_loss_and_accuracy():
     import torch.nn.functional as F
 
-    from latent.collect.tasks.modadd import op_table
 
     cfg = ModAddConfig(p=11, op="add,mul", d_embed=6, d_hidden=16)
     pr = _problem(cfg, [0])
@@ -165,3 +162,26 @@ def test_per_operation_metrics_are_each_operations_own_loss_and_accuracy():
             assert got[f"{split}_acc_{name}"][0].item() == pytest.approx((logits.argmax(1) == y[rows]).float().mean().item())
     with pytest.raises(Exception, match="prime"):
         ModAddConfig(p=12, op="mul").validate()
+
+
+@pytest.mark.parametrize("overrides", [{}, {"model": "transformer", "d_model": 16, "d_mlp": 32, "batch_size": 40}])
+def test_a_step_that_does_not_measure_trains_the_same_and_says_nothing_of_accuracy(overrides):
+    """``train_step(measure=False)`` skips only the accuracy: the weights after it are the same to the bit
+    as after a measuring step, its loss is the same, and its accuracy is NaN, never a made-up number;
+    a measuring step's accuracy is the share of its batch argmax gets right (hand-computed)."""
+    cfg = ModAddConfig(p=13, d_embed=8, d_hidden=16, **overrides)
+    measuring, quiet = _problem(cfg, [0, 1]), _problem(cfg, [0, 1])
+    for step in range(6):
+        before = {k: v.detach().clone() for k, v in measuring.params.items()}
+        rows = measuring.train_idx if measuring.full_batch else None
+        loss_m, acc_m = measuring.train_step()
+        loss_q, acc_q = quiet.train_step(measure=False)
+        assert torch.equal(loss_m, loss_q)
+        assert torch.isnan(acc_q).all()
+        for k in measuring.params:
+            assert torch.equal(measuring.params[k], quiet.params[k]), k
+        if rows is not None and step == 0:
+            a, b, _, y = op_table(cfg.p, cfg.ops)
+            for i in range(2):
+                logits = mlp_forward({k: v[i] for k, v in before.items()}, a[rows[i]], b[rows[i]], cfg.d_embed)
+                assert acc_m[i].item() == pytest.approx((logits.argmax(1) == y[rows[i]]).float().mean().item())

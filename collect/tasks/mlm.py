@@ -391,7 +391,7 @@ class MlmProblem(BatchedProblem):
             return cfg.lr
         return cfg.lr * max(0.0, (self.total_steps - step) / max(1, self.total_steps - cfg.warmup_steps))
 
-    def train_step(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def train_step(self, measure: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         bs = self.cfg.batch_size
         if self._cursor == 0:
             # A new epoch: each seed shuffles the training sequences with its own generator.
