@@ -399,18 +399,28 @@ def test_open_uses_the_default_browser(store, capsys, monkeypatch, fake_write):
 
 @pytest.mark.slow
 def test_big_fit_renders_within_15_seconds(tmp_path):
-    """40 runs × 1,000 checkpoints, the whole command in a fresh process (imports included)."""
+    """40 runs × 1,000 checkpoints, the whole command in a fresh process (imports included).
+
+    The budget is the command's CPU time on one thread (user + system, of the child process), which
+    on an idle machine is its wall time: the suite runs two tests at once on two cores, and a wall
+    clock would time the neighbour too. bench/bench_report.py times the wall clock on its own."""
+    import os
+    import resource
     import time
 
     from report_fixtures import make_big_fit
 
     make_big_fit(tmp_path)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     res = subprocess.run([sys.executable, "-m", "latent", "report", "--store", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120, env=env)
     elapsed = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     assert res.returncode == 0, res.stderr
-    assert elapsed <= 15.0, f"report took {elapsed:.1f} s"
+    assert cpu <= 15.0, f"report took {cpu:.1f} s of CPU ({elapsed:.1f} s wall)"
 
 
 # --------------------------------------------------------------------------- what each state means, detours explained
