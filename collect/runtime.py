@@ -43,12 +43,21 @@ def prepare_process() -> dict[str, str]:
     return applied
 
 
+def default_threads() -> int:
+    """``OMP_NUM_THREADS`` when it is set to a positive integer (a job scheduler's or the user's
+    share of the machine), else every core this process may run on."""
+    env = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if env.isdigit() and int(env) > 0:
+        return int(env)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def set_threads(n: int | None) -> int:
-    """Use ``n`` intra-op threads (default: every core this process may run on)."""
+    """Use ``n`` intra-op threads (default: :func:`default_threads`)."""
     import torch
 
     if n is None:
-        n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        n = default_threads()
     torch.set_num_threads(max(1, int(n)))
     return torch.get_num_threads()
 

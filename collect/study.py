@@ -274,7 +274,8 @@ def collect_study(
         Store directory.
     device : {"cpu", "cuda", "cuda:N"}
     threads : int, optional
-        Intra-op threads (default: the task's ``default_threads``, else all cores).
+        Intra-op threads (default: the task's ``default_threads``, else ``$OMP_NUM_THREADS`` when set, else
+        all cores).
     overwrite : bool
         Replace an existing study of the same name whose config differs.
     seed_batch : int

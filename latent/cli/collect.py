@@ -43,7 +43,9 @@ def add_parser(sub) -> None:
     p.add_argument("--study", help="study name (default: the task, plus -<preset> for other presets)")
     p.add_argument("--store", default="data", help="store directory (default: ./data)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--threads", type=int, help="CPU threads (default: all cores; 1 for cifar, where a second thread is slower)")
+    p.add_argument("--threads", type=int,
+                   help="CPU threads (default: $OMP_NUM_THREADS when set, else all cores; 1 for cifar, where a "
+                        "second thread is slower)")
     p.add_argument("--seed-batch", type=int, default=0, help="most seeds trained together in one batched model (default: all)")
     p.add_argument("--save-every", type=float, default=30.0, help="seconds between resume save points (default: 30)")
     p.add_argument("--metric-variant", choices=METRIC_VARIANTS, default="reference",
