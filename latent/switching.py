@@ -18,8 +18,13 @@ make). φ = 0 is the Gaussian HMM.
 
 The model is exact as an HMM over pairs (s_{t−1}, s_t): K² hidden states with the transition
 (i, j) → (j, k) of probability A[j, k] and every other pair transition impossible. hmmlearn's
-``BaseHMM`` runs forward-backward and Viterbi on the pairs; this module gives it the pair
-emission densities, aggregates the pair transition counts into A, and does the emission M-step
+``BaseHMM`` is the engine (its EM loop, convergence monitor, scoring and decoding API); its dense
+forward-backward and Viterbi would cost O(T·K⁴) on the pairs, so this module runs them in the
+pair chain's own structure, O(T·K²) and batched over runs of equal length
+(:func:`pair_forward_backward`, :func:`pair_viterbi`; the dense ones are the tests' reference):
+a pair's forward mass needs only the column sums of the last step's, Σ_i α(i, j), and its
+backward mass depends only on its current state. This module also gives the pair emission
+densities, aggregates the pair transition counts into A, and does the emission M-step
 as an expectation-conditional maximisation (exact for each block given the others: μ by
 generalised least squares given φ and Σ, then φ given μ and Σ by coordinate ascent inside
 [0, ``PHI_MAX``], then Σ and σ0²), from the moments
@@ -31,6 +36,7 @@ element; posteriors summed over the first), so nothing downstream sees the pairs
 from __future__ import annotations
 
 import numpy as np
+from hmmlearn import _utils
 from hmmlearn.base import BaseHMM
 
 from .autoregressive import moments
@@ -58,6 +64,109 @@ def pair_transmat(transmat: np.ndarray) -> np.ndarray:
         for j in range(K):
             out[i * K + j, j * K : (j + 1) * K] = transmat[j]
     return out
+
+
+def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:
+    """log Σ exp along ``axis`` (dropped), -inf where every term is -inf."""
+    mx = np.max(a, axis=axis, keepdims=True)
+    mx = np.where(np.isfinite(mx), mx, 0.0)
+    with np.errstate(divide="ignore", under="ignore"):
+        out = np.log(np.exp(a - mx).sum(axis=axis, keepdims=True)) + mx
+    return np.squeeze(out, axis=axis)
+
+
+def _log(x: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore"):
+        return np.log(np.asarray(x, dtype=float))
+
+
+def pair_forward_backward(logb: np.ndarray, pi: np.ndarray, A: np.ndarray, posteriors: bool = True):
+    """Forward-backward over the pair chain of N runs of equal length, in O(T·K²) per run.
+
+    Parameters
+    ----------
+    logb : ndarray, shape (N, T, K, K)
+        ``[n, t, j, k]`` = log p(z_t | s_{t−1} = j, s_t = k, z_{t−1}) (:meth:`SwitchingMeanHMM.pair_log_likelihood`);
+        at t = 0, log p(z_0 | s_0 = k) for every j.
+    pi, A : ndarray
+        The K-state start and transition probabilities.
+    posteriors : bool
+        Also run the backward pass and return the posteriors and expected transitions.
+
+    Returns
+    -------
+    log_prob : ndarray, shape (N,)
+    post : ndarray, shape (N, T, K²), or None
+        p(s_{t−1} = i, s_t = j | the run) at pair i·K + j (t = 0: the pair (k, k)).
+    counts : ndarray, shape (N, K, K), or None
+        Expected transitions j → k over the run, Σ_t p(s_t = j, s_{t+1} = k | the run).
+
+    Notes
+    -----
+    Forward: α_0(k, k) = π_k b_0(k) and α_t(j, k) = b_t(j, k) A[j, k] m_{t−1}(j) with
+    m_t(j) = Σ_i α_t(i, j). Backward: β_t(i, j) = Σ_k A[j, k] b_{t+1}(j, k) β_{t+1}(j, k) does not
+    depend on i, so it is one vector per step. Everything is in logs.
+    """
+    N, T, K, _ = logb.shape
+    log_pi, log_A = _log(pi), _log(A)
+    la = np.full((N, T, K, K), -np.inf)
+    diag = np.arange(K)
+    la[:, 0, diag, diag] = log_pi[None, :] + logb[:, 0, 0, :]
+    lm = np.empty((N, T, K))  # log m_t(j)
+    lm[:, 0] = la[:, 0, diag, diag]
+    for t in range(1, T):
+        la[:, t] = logb[:, t] + log_A[None] + lm[:, t - 1, :, None]
+        lm[:, t] = _logsumexp(la[:, t], axis=1)
+    log_prob = _logsumexp(lm[:, T - 1], axis=1) if T else np.zeros(N)
+    if not posteriors:
+        return log_prob, None, None
+    lb = np.zeros((N, T, K))  # log β_t(·, j): by the current state j only
+    for t in range(T - 2, -1, -1):
+        lb[:, t] = _logsumexp(log_A[None] + logb[:, t + 1] + lb[:, t + 1, None, :], axis=2)
+    with np.errstate(under="ignore"):
+        lg = la + lb[:, :, None, :]
+        lg -= _logsumexp(lg.reshape(N, T, K * K), axis=2)[:, :, None, None]  # each row sums to 1
+        post = np.exp(lg).reshape(N, T, K * K)
+        counts = np.zeros((N, K, K))
+        if T > 1:
+            lx = lm[:, :-1, :, None] + log_A[None, None] + logb[:, 1:] + lb[:, 1:, None, :] - log_prob[:, None, None, None]
+            counts = np.exp(lx).sum(axis=1)
+    return log_prob, post, counts
+
+
+def pair_viterbi(logb: np.ndarray, pi: np.ndarray, A: np.ndarray) -> tuple[float, np.ndarray]:
+    """The most probable pair path of one run, in O(T·K²): ``(log prob, pair states (T,))``, pair i·K + j.
+
+    ``logb`` (T, K, K) as in :func:`pair_forward_backward`. The best predecessor of pair (j, k) is the
+    best pair (i, j), which depends on j only, so one back-pointer per state and step suffices.
+    """
+    T, K, _ = logb.shape
+    log_pi, log_A = _log(pi), _log(A)
+    delta = np.full((K, K), -np.inf)
+    diag = np.arange(K)
+    delta[diag, diag] = log_pi + logb[0, 0]
+    back = np.zeros((T, K), dtype=int)  # back[t, j] = argmax_i δ_{t−1}(i, j)
+    for t in range(1, T):
+        best_i = np.argmax(delta, axis=0)
+        best = delta[best_i, diag]  # max_i δ_{t−1}(i, j)
+        back[t] = best_i
+        delta = logb[t] + log_A + best[:, None]
+    p = int(np.argmax(delta))
+    log_prob = float(delta.flat[p])
+    path = np.empty(T, dtype=int)
+    i, j = divmod(p, K)
+    path[T - 1] = p
+    for t in range(T - 1, 0, -1):
+        i, j = back[t, i], i  # the pair before (i, j) is (back[t, i], i)
+        path[t - 1] = i * K + j
+    return log_prob, path
+
+
+def _equal_length_groups(lengths) -> dict[int, list[int]]:
+    groups: dict[int, list[int]] = {}
+    for n, length in enumerate(lengths):
+        groups.setdefault(int(length), []).append(n)
+    return groups
 
 
 class SwitchingMeanHMM(BaseHMM):
@@ -179,20 +288,82 @@ class SwitchingMeanHMM(BaseHMM):
     def _initialize_sufficient_statistics(self):
         stats = super()._initialize_sufficient_statistics()
         K, d = self.n_states, self.n_features
+        stats["counts"] = np.zeros((K, K))  # expected K-state transitions j → k
         stats["moments"] = np.zeros((K * K, 2 * d + 1, 2 * d + 1))
         stats["first"] = np.zeros((K, d + 1))  # Σ γ_0(k) (z_0, 1)
         stats["first_sq"] = np.zeros((K, d))  # Σ γ_0(k) z_0²
         return stats
 
-    def _accumulate_sufficient_statistics(self, stats, X, lattice, posteriors, fwdlattice, bwdlattice):
-        super()._accumulate_sufficient_statistics(stats=stats, X=X, lattice=lattice, posteriors=posteriors,
-                                                  fwdlattice=fwdlattice, bwdlattice=bwdlattice)
+    def _runs(self, X, lengths, posteriors: bool):
+        """Forward(-backward) of every run, batched by length: yields ``(run indices, runs, log_prob,
+        post, counts)`` (:func:`pair_forward_backward`)."""
+        runs = list(_utils.split_X_lengths(X, lengths))
+        for length, idx in _equal_length_groups([len(r) for r in runs]).items():
+            group = [runs[i] for i in idx]
+            logb = np.stack([self.pair_log_likelihood(r) for r in group]) if length else np.zeros((len(idx), 0, 0, 0))
+            yield (idx, group, *pair_forward_backward(logb, self.pi_, self.A_, posteriors))
+
+    def _do_estep(self, X, lengths):
+        stats = self._initialize_sufficient_statistics()
+        self._estep_begin()
+        total = 0.0
+        for _, group, log_prob, post, counts in self._runs(X, lengths, posteriors=True):
+            self._accumulate(stats, np.stack(group), post, counts)
+            total += float(log_prob.sum())
+        return stats, total
+
+    def _accumulate(self, stats, runs, posteriors, counts):
+        """Sufficient statistics of N runs of equal length ``runs`` (N, T, d) from their pair
+        posteriors (N, T, K²) and expected transitions (N, K, K)."""
+        K = self.n_states
+        N, T, d = runs.shape
+        stats["nobs"] += N
+        if "s" in self.params:
+            stats["start"] += posteriors[:, 0].sum(axis=0)
+        if "t" in self.params:
+            stats["counts"] += counts.sum(axis=0)
         if any(c in self.params for c in "mac"):
-            K = self.n_states
-            stats["moments"] += moments(X, posteriors)
-            g0 = posteriors[0].reshape(K, K).sum(axis=0)
-            stats["first"] += g0[:, None] * np.append(X[0], 1.0)[None, :]
-            stats["first_sq"] += g0[:, None] * (X[0] ** 2)[None, :]
+            if T > 1:
+                # Σ_t γ_t(p) u_t u_tᵀ of every pair p (:func:`latent.autoregressive.moments`), all
+                # runs' rows at once as one matrix product over the flattened outer products
+                g = posteriors[:, 1:].reshape(-1, K * K)
+                stats["moments"] += (g.T @ self._outer(runs)).reshape(K * K, 2 * d + 1, 2 * d + 1)
+            g0 = posteriors[:, 0].reshape(N, K, K).sum(axis=1)  # (N, K): p(s_0 = k)
+            stats["first"] += g0.T @ np.concatenate([runs[:, 0], np.ones((N, 1))], axis=1)
+            stats["first_sq"] += g0.T @ runs[:, 0] ** 2
+
+    def _outer(self, runs: np.ndarray) -> np.ndarray:
+        """The flattened outer products u_t u_tᵀ, u_t = (z_t, z_{t−1}, 1), of every row t ≥ 1 of
+        ``runs`` (N, T, d): (N·(T − 1), (2d + 1)²). EM asks for the same runs at every iteration, so
+        the last few are kept (by content: a fit's data do not change between its iterations)."""
+        key = (runs.shape, hash(runs.tobytes()))
+        cache = self.__dict__.setdefault("_outer_cache", {})
+        if key not in cache:
+            N, T, d = runs.shape
+            U = np.concatenate([runs[:, 1:], runs[:, :-1], np.ones((N, T - 1, 1))], axis=2).reshape(-1, 2 * d + 1)
+            if len(cache) >= 4:
+                cache.pop(next(iter(cache)))
+            cache[key] = (U[:, :, None] * U[:, None, :]).reshape(len(U), -1)
+        return cache[key]
+
+    def _score(self, X, lengths=None, *, compute_posteriors):
+        from sklearn.utils.validation import check_is_fitted
+
+        check_is_fitted(self, "startprob_")
+        self._check()
+        X = np.asarray(X, dtype=float)
+        runs_post: dict[int, np.ndarray] = {}
+        total = 0.0
+        for idx, _, log_prob, post, _ in self._runs(X, lengths, posteriors=compute_posteriors):
+            total += float(log_prob.sum())
+            if compute_posteriors:
+                runs_post.update({i: post[n] for n, i in enumerate(idx)})
+        if not compute_posteriors:
+            return total, np.empty((0, self.n_components))
+        return total, np.concatenate([runs_post[i] for i in sorted(runs_post)] or [np.empty((0, self.n_components))])
+
+    def _decode_viterbi(self, X):
+        return pair_viterbi(self.pair_log_likelihood(np.asarray(X, dtype=float)), self.pi_, self.A_)
 
     def _do_mstep(self, stats):
         K = self.n_states
@@ -203,10 +374,7 @@ class SwitchingMeanHMM(BaseHMM):
                 pi = np.where(self.pi_ == 0, 0, start)
                 pi = pi / pi.sum() if pi.sum() > 0 else self.pi_
             if "t" in self.params:
-                # pair transitions (i, j) → (j, k), summed over i, are the K-state counts j → k
-                trans = stats["trans"].reshape(K, K, K, K).sum(axis=0)  # [j, j', k]
-                counts = np.einsum("jjk->jk", trans)
-                A = np.where(self.A_ == 0, 0, counts)
+                A = np.where(self.A_ == 0, 0, stats["counts"])
                 rows = A.sum(axis=1, keepdims=True)
                 A = np.where(rows > 0, A / np.where(rows > 0, rows, 1), self.A_)
             self.set_chain(pi, A)

@@ -292,6 +292,72 @@ def test_hamilton_em_recovers_a_planted_switching_model_with_run_offsets():
     assert gauss.n_states_ > HK  # the offsets cost the place model extra states
 
 
+def _random_hamilton(K, d, rng, zeros=True):
+    trans = rng.dirichlet(np.ones(K), size=K)
+    if zeros:  # impossible transitions, as a left-to-right chain has
+        trans[np.triu_indices(K, 2)] = 0.0
+        trans /= trans.sum(axis=1, keepdims=True)
+    a = rng.normal(size=(K, d, d))
+    return get_family("hamilton").check({
+        "startprob": rng.dirichlet(np.ones(K)), "transmat": trans, "means": rng.normal(0, 2, (K, d)),
+        "covars": np.einsum("kab,kcb->kac", a, a) + 0.5 * np.eye(d), "phi": rng.uniform(0, 0.99, d),
+        "start_var": rng.uniform(0.5, 2, d)}, "full")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_hamilton_structured_pair_chain_equals_hmmlearns_dense_algorithms(seed):
+    """The O(T·K²) forward-backward, expected transitions and Viterbi on the pair chain give what
+    hmmlearn's own dense O(T·K⁴) routines give on the same K² pair states (runs of unequal length,
+    batched by length; a start probability and transitions of 0 included)."""
+    from hmmlearn import _hmmc
+
+    from latent.switching import pair_index
+
+    rng = np.random.default_rng(seed)
+    K, d = 4, 3
+    p = _random_hamilton(K, d, rng)
+    p["startprob"][1] = 0.0
+    p["startprob"] /= p["startprob"].sum()
+    model = get_family("hamilton").build(p, "full")
+    lengths = [30, 1, 30, 17, 2]
+    X = rng.normal(0, 2, (sum(lengths), d))
+    with np.errstate(divide="ignore"):
+        start, trans = np.log(model.startprob_), np.log(model.transmat_)
+    off = np.concatenate([[0], np.cumsum(lengths)])
+    want_ll, want_post, want_counts, want_paths = 0.0, [], np.zeros((K, K)), []
+    prev, cur = pair_index(K)
+    for i in range(len(lengths)):
+        lat = model._compute_log_likelihood(X[off[i]:off[i + 1]])
+        ll, fwd = _hmmc.forward_log(model.startprob_, model.transmat_, lat)
+        bwd = _hmmc.backward_log(model.startprob_, model.transmat_, lat)
+        want_ll += ll
+        g = fwd + bwd
+        want_post.append(np.exp(g - np.logaddexp.reduce(g, axis=1, keepdims=True)))
+        if lengths[i] > 1:
+            xi = np.exp(_hmmc.compute_log_xi_sum(fwd, model.transmat_, bwd, lat))  # (K², K²)
+            for a in range(K * K):
+                for b in range(K * K):
+                    if cur[a] == prev[b]:
+                        want_counts[cur[a], cur[b]] += xi[a, b]
+        vl, vp = _hmmc.viterbi(model.startprob_, model.transmat_, lat)
+        want_paths.append((vl, vp))
+    ll, post = model._score(X, lengths, compute_posteriors=True)
+    assert ll == pytest.approx(want_ll, rel=1e-10)
+    np.testing.assert_allclose(post, np.concatenate(want_post), atol=1e-9)
+    assert model.score(X, lengths) == pytest.approx(want_ll, rel=1e-10)
+    model.params = "stmac"  # build() freezes them; EM's statistics need them
+    model.n_features = d
+    stats, ll2 = model._do_estep(X, lengths)
+    assert ll2 == pytest.approx(want_ll, rel=1e-10)
+    np.testing.assert_allclose(stats["counts"], want_counts, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(stats["start"], sum(w[0] for w in want_post), atol=1e-9)
+    for i, (vl, vp) in enumerate(want_paths):
+        got_l, got_p = model._decode_viterbi(X[off[i]:off[i + 1]])
+        assert got_l == pytest.approx(vl, rel=1e-10)
+        np.testing.assert_array_equal(got_p, vp)
+    assert start[0] > -np.inf and trans.max() <= 0
+
+
 def test_damaged_hamilton_parameters_are_refused_in_words():
     params = {k: np.asarray(v).tolist() for k, v in hamilton_params().items()}
     params["phi"][0] = 1.2
