@@ -222,6 +222,7 @@ class SwitchingMeanHMM(BaseHMM):
 
     def _init(self, X, lengths=None):
         self._check_and_set_n_features(X)
+        self.fit_floor_ = self._floor(X, lengths)
         for name in ("pi_", "A_", "means_", "phi_", "covars_", "start_var_"):
             if not hasattr(self, name):
                 raise ValueError(f"SwitchingMeanHMM needs {name} set before fitting (init_params is not supported)")
@@ -284,6 +285,18 @@ class SwitchingMeanHMM(BaseHMM):
         return self.pair_log_likelihood(X).reshape(len(X), -1)
 
     # -- EM ------------------------------------------------------------------------------------
+
+    def _floor(self, X, lengths) -> float:
+        """The covariance floor of this fit: ``min_covar`` times the median variance of the runs'
+        one-step changes. The innovations of smooth runs are tiny in z units (variances of 0.003 on
+        drifting planted studies), so a floor of ``min_covar`` itself inflated them by a third and
+        made EM lose likelihood; relative to the changes it is as negligible as intended."""
+        diffs = [np.diff(r, axis=0) for r in _utils.split_X_lengths(np.asarray(X, dtype=float), lengths)
+                 if len(r) > 1]
+        if not diffs:
+            return self.min_covar
+        scale = float(np.median(np.var(np.concatenate(diffs), axis=0)))
+        return self.min_covar * min(1.0, scale) if scale > 0 else self.min_covar
 
     def _initialize_sufficient_statistics(self):
         stats = super()._initialize_sufficient_statistics()
@@ -387,11 +400,12 @@ class SwitchingMeanHMM(BaseHMM):
         if "a" in self.params:
             phi = update_phi(S, mu, cov, K, phi)
         if "c" in self.params:
-            full = update_covars(S, mu, phi, K, self.min_covar)
+            floor = getattr(self, "fit_floor_", self.min_covar)
+            full = update_covars(S, mu, phi, K, floor)
             weight = S[:, -1, -1].reshape(K, K).sum(axis=0)
             cov = expand_covars(reduce_covars(full, self.covariance_type, weight), self.covariance_type, K,
                                 self.n_features)
-            var0 = update_start_var(first, stats["first_sq"], mu, self.min_covar)
+            var0 = update_start_var(first, stats["first_sq"], mu, floor)
         self.means_, self.phi_, self.covars_, self.start_var_ = mu, phi, cov, var0
 
     # -- the K states to the outside -------------------------------------------------------------
