@@ -312,8 +312,10 @@ class SwitchingMeanHMM(BaseHMM):
         post, counts)`` (:func:`pair_forward_backward`)."""
         runs = list(_utils.split_X_lengths(X, lengths))
         for length, idx in _equal_length_groups([len(r) for r in runs]).items():
+            if length == 0:  # an empty run has probability 1 and no rows: nothing to add
+                continue
             group = [runs[i] for i in idx]
-            logb = np.stack([self.pair_log_likelihood(r) for r in group]) if length else np.zeros((len(idx), 0, 0, 0))
+            logb = np.stack([self.pair_log_likelihood(r) for r in group])
             yield (idx, group, *pair_forward_backward(logb, self.pi_, self.A_, posteriors))
 
     def _do_estep(self, X, lengths):
@@ -351,13 +353,14 @@ class SwitchingMeanHMM(BaseHMM):
         the last few are kept (by content: a fit's data do not change between its iterations)."""
         key = (runs.shape, hash(runs.tobytes()))
         cache = self.__dict__.setdefault("_outer_cache", {})
-        if key not in cache:
+        hit = cache.get(key)
+        if hit is None or not np.array_equal(hit[0], runs):
             N, T, d = runs.shape
             U = np.concatenate([runs[:, 1:], runs[:, :-1], np.ones((N, T - 1, 1))], axis=2).reshape(-1, 2 * d + 1)
             if len(cache) >= 4:
                 cache.pop(next(iter(cache)))
-            cache[key] = (U[:, :, None] * U[:, None, :]).reshape(len(U), -1)
-        return cache[key]
+            hit = cache[key] = (runs.copy(), (U[:, :, None] * U[:, None, :]).reshape(len(U), -1))
+        return hit[1]
 
     def _score(self, X, lengths=None, *, compute_posteriors):
         from sklearn.utils.validation import check_is_fitted
