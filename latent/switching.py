@@ -191,6 +191,9 @@ class SwitchingMeanHMM(BaseHMM):
     covars_ : ndarray, shape (K, d, d)
         Innovation covariances (full, whatever ``covariance_type``; its structure is imposed in
         the M-step).
+    fit_floor_ : float
+        The floor added to the innovation and start variances in the last fit's M-steps:
+        ``min_covar`` times the median variance of the runs' one-step changes (at most ``min_covar``).
     """
 
     def __init__(self, n_states=1, covariance_type="full", min_covar=1e-3, algorithm="viterbi",
