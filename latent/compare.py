@@ -702,6 +702,8 @@ class Comparison:
     equal: tuple = ()
     #: subsamples asked per larger study (0 with ``--all-runs``)
     subsamples: int = 0
+    #: the level the equal-size tests call a difference at (the fits' ``--alpha``)
+    alpha: float = 0.05
 
     @property
     def n_tested(self) -> int:
@@ -775,7 +777,7 @@ def compare_studies(summaries: Sequence[StudySummary], spreads: Sequence = (), s
     tests = equal_tests(summaries, {sp.study: sp for sp in spreads}, alpha) if subsamples else ()
     return Comparison(studies=summaries, pairs=pairs, correction=CORRECTION,
                       notes=tuple(_notes(summaries, pairs, bool(subsamples))), equal_n=equal_n, spreads=spreads,
-                      equal=tests, subsamples=int(subsamples or 0))
+                      equal=tests, subsamples=int(subsamples or 0), alpha=float(alpha))
 
 
 def _notes(summaries: Sequence[StudySummary], pairs: Sequence[PairTest], equal: bool = False) -> list[str]:
@@ -823,7 +825,7 @@ def _notes(summaries: Sequence[StudySummary], pairs: Sequence[PairTest], equal: 
                      + (f"They are also compared at {n} runs ('at equal size'), each larger study refitted on subsamples "
                         f"of {n} of its runs; the full-study values are not comparable across sizes."
                         if equal else
-                        "This comparison uses all runs (--all-runs): read the full-study values as describing "
+                        "This comparison uses all runs, without equal-size refits: read the full-study values as describing "
                         "studies of different sizes, not a difference in dynamics."))
     counts = {s.name: s.checkpoints for s in summaries if s.checkpoints is not None}
     if len(set(counts.values())) > 1:
@@ -969,11 +971,11 @@ def equal_verdicts(comparison: Comparison) -> list[str]:
 
         floor = max((t.min_p for t in comparison.equal if t.min_p is not None), default=None)
         m = sum(t.p is not None for t in comparison.equal)
-        need = subsamples_for(0.05, m)
+        need = subsamples_for(comparison.alpha, m)
         if floor is not None and need > comparison.subsamples:
             out.append(f"{comparison.subsamples} subsamples cannot give a p below {_fmt(floor, 2)}, so no difference "
-                       f"can be claimed from them; --subsamples {need} can test the {m} quantities at 0.05 "
-                       "after Holm's adjustment")
+                       f"can be claimed from them; --subsamples {need} can test the {m} quantities at "
+                       f"{comparison.alpha:g} after Holm's adjustment")
     return out
 
 

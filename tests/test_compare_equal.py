@@ -149,6 +149,12 @@ def test_equal_tests_holm_over_pairs_and_quantities_by_hand():
     assert any(line.startswith("small vs twin: both have 6 runs, so neither was refitted") for line in lines)
     assert any(line.startswith("small vs big at 6 runs: ") for line in lines)
     assert not any("no subsample refit succeeded" in line for line in lines)
+    # the hint for more subsamples is worked out at the fits' level, not at 0.05
+    hint = [line for line in lines if "cannot give a p below" in line]
+    assert hint and "--subsamples 319 " in hint[0] and "at 0.05 after Holm" in hint[0]  # 2 · 8 / 0.05 − 1
+    strict = equal_verdicts(compare_studies([small, twin, big], [_spread("big", [3] * 20)], subsamples=20, alpha=0.01))
+    hint = [line for line in strict if "cannot give a p below" in line]
+    assert hint and "--subsamples 1599 " in hint[0] and "at 0.01 after Holm" in hint[0]  # 2 · 8 / 0.01 − 1
 
 
 # --------------------------------------------------------------------------- end to end
@@ -199,7 +205,7 @@ def test_cache_default_count_all_runs_and_errors(store, capsys, tmp_path, monkey
     # --all-runs: no equal-size block; the note says the sizes differ and are not evened out
     assert compare(store, "big", "twin", "--all-runs") == 0
     out = capsys.readouterr().out
-    assert "at equal size" not in out and "uses all runs (--all-runs)" in out
+    assert "at equal size" not in out and "uses all runs, without equal-size refits" in out
     assert result(store, "big", "twin")["equal_size"] is None
     # --no-fit with a cache too small: one line, exit 2, nothing refitted
     cache[0].unlink()
