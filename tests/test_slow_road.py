@@ -1,0 +1,48 @@
+"""bench/slow_road.py: the slow group, the weight-norm rise and the slow runs' own states, by hand."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from slow_road import convergence_by_run, own_states, rises, slowest_runs  # noqa: E402
+
+
+def _table():
+    # three runs, checkpoints every 100 epochs; seed 2 never converges, seed 1 converges at 600
+    rows = []
+    for seed, conv, l2 in [(0, 300, [5, 4, 3, 3, 3, 3, 3, 3]),
+                           (1, 600, [5, 4, 3, 3.2, 3.3, 3.1, 3, 3]),
+                           (2, None, [5, 4, 3, 3.04, 3.0, 3.0, 3, 3])]:
+        for i, x in enumerate(l2):
+            step = 100 * i
+            rows.append({"seed": seed, "step": step, "l2": x,
+                         "val_acc": 0.95 if conv is not None and step >= conv else 0.1})
+    return pd.DataFrame(rows)
+
+
+def test_slow_group_and_rise_by_hand():
+    t = _table()
+    conv = convergence_by_run(t, {"metric": "val_acc", "threshold": 0.9, "direction": "above"})
+    assert conv == {0: 300, 1: 600, 2: None}
+    assert slowest_runs(conv, 1) == [2] and slowest_runs(conv, 2) == [1, 2]
+    # window 200..500: value at epoch 200 is 3; seed 1 reaches 3.3 (> 3.05), seed 2 only 3.04
+    assert rises(t, "l2", 200, 500, 0.05) == {0: False, 1: True, 2: False}
+    # a window starting between checkpoints takes the first checkpoint at or after it (epoch 300)
+    assert rises(t, "l2", 250, 500, 0.05) == {0: False, 1: True, 2: False}
+    assert rises(t, "l2", 250, 500, 0.2) == {0: False, 1: False, 2: False}
+    # a window after the last checkpoint has no run in it
+    assert rises(t, "l2", 900, 1000, 0.05) == {}
+
+
+def test_own_states_by_hand():
+    paths = pd.DataFrame({"seed": [0, 0, 1, 1, 2, 2, 3, 3, 4, 4],
+                          "state": [0, 2, 0, 1, 0, 1, 0, 2, 0, 2]})
+    rows, own = own_states(paths, slow=[1, 2])
+    shares = {r["state"]: (r["slow"], r["rest"]) for r in rows}
+    assert shares == {0: (1.0, 1.0), 1: (1.0, 0.0), 2: (0.0, 1.0)}
+    assert own == [1]
+    # a state half the slow runs and a third of the others visit is not theirs (1/3 > 1/4)
+    rows, own = own_states(paths, slow=[0, 1])
+    assert own == []
