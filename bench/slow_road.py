@@ -24,7 +24,6 @@ Writes the ``slow-road-<study>`` block of bench/RESULTS.md (``--no-write``: prin
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
