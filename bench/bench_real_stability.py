@@ -14,8 +14,10 @@ and 2, and on three random 30-run subsets (seeded; random state 0). The first fi
 
     python bench/bench_real_stability.py                       # modadd, parity, mnist (+ contrast pair if collected)
     python bench/bench_real_stability.py --studies modadd --families gaussian
+    python bench/bench_real_stability.py --table-only           # the block again from the raw results
 
-Raw results: bench/results/real-stability.json; the ``real-stability`` block of bench/RESULTS.md.
+Raw results: bench/results/real-stability.json (a run replaces the rows of the studies and families
+it measures and keeps the others); the ``real-stability`` block of bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -88,7 +90,8 @@ def measure(name: str, store: str, family: str) -> dict:
             sub = subset_study(study, chosen, Path(tmp) / name)
             fits.append(one_fit(sub, FitConfig(family=family, resamples=0, audit=False), f"subset {i}"))
         print(f"  {name} {family} subset {i}: K = {fits[-1]['K']}", flush=True)
-    return {"study": name, "family": family, "fits": fits}
+    return {"study": name, "family": family, "fits": fits,
+            "measured": time.strftime("%Y-%m-%d", time.gmtime())}
 
 
 def verdict(row: dict) -> dict:
@@ -124,8 +127,8 @@ def table(rows: list[dict]) -> str:
     lines = ["| study | family | K: random state 0, 1, 2 | K: 30-run subsets | K at the edge | same K (6 fits) | "
              "folds choosing K | least state recurrence | robust states (audit) | detours (robust) | R² (all six) | "
              "discrete transitions (of judged, six fits) | posterior predictive checks failed (first fit) | "
-             "meets the criteria |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "meets the criteria | measured |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         v = verdict(r)
         f = r["fits"]
@@ -135,8 +138,9 @@ def table(rows: list[dict]) -> str:
             f"{v['fold_share']:.0%} | {_pct(v['recurrence'])} | {f[0]['robust_states']} of {f[0]['K']} | "
             f"{_detours(f[0])} | "
             f"{', '.join(_r2(x['r2']) for x in f)} | "
-            f"{', '.join(str(x.get('discrete', '?')) + '/' + str(x.get('judged', '?')) for x in f)} | "
-            f"{', '.join(f[0].get('ppc_outside') or []) or 'none'} | {'yes' if v['ok'] else 'no'} |")
+            + (", ".join(f"{x['discrete']}/{x['judged']}" for x in f) if all("discrete" in x for x in f) else "–")
+            + " | " + ((", ".join(f[0]["ppc_outside"]) or "none") if "ppc_outside" in f[0] else "–")
+            + f" | {'yes' if v['ok'] else 'no'} | {r.get('measured', '–')} |")
     return "\n".join(lines)
 
 
@@ -146,21 +150,33 @@ def main(argv=None) -> int:
     ap.add_argument("--studies", default=",".join(DEFAULT_STUDIES))
     ap.add_argument("--families", default=",".join(FAMILIES))
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--table-only", action="store_true", help="rewrite the block from the raw results, fitting nothing")
     args = ap.parse_args(argv)
     rows = []
-    for name in present_studies(args.store, args.studies):
+    for name in [] if args.table_only else present_studies(args.store, args.studies):
         for family in args.families.split(","):
             rows.append(measure(name, args.store, family))
+    if args.table_only and RAW.exists():
+        rows = json.loads(RAW.read_text())
     if not rows:
         print("no study measured; collect the default studies first", file=sys.stderr)
         return 2
+    # rows of other studies and families measured before are kept (one run need not redo them all)
+    fresh = {(r["study"], r["family"]) for r in rows}
+    kept = json.loads(RAW.read_text()) if RAW.exists() else []
+    rows = [r for r in kept if (r["study"], r["family"]) not in fresh] + rows
+    order = {name: i for i, name in enumerate(DEFAULT_STUDIES)}
+    rows.sort(key=lambda r: (order.get(r["study"], len(order)), r["study"],
+                             FAMILIES.index(r["family"]) if r["family"] in FAMILIES else len(FAMILIES)))
     body = (table(rows) + "\n\nEach row: `latent fit` with its defaults and `--family`, on all runs with three "
             "random states and on three random 30-run subsets; the first fit also runs the 20 resamples and "
             "the robustness audit (robust: surviving 75 % of the alternative fits, docs/fit.md). Criteria "
             "(issue 20): K never at the edge "
             f"(`--max-states` {FitConfig().max_states}), the same K in at least 80 % of the six fits and of the "
             "folds, every reported state reappearing in at least 90 % of the 20 resamples. Raw: "
-            "bench/results/real-stability.json. Command: `python bench/bench_real_stability.py`.")
+            "bench/results/real-stability.json (the date each row was measured is its last column; rows of "
+            "2026-12-02 predate the transitions and posterior predictive columns). Command: "
+            "`python bench/bench_real_stability.py` (`--studies`, `--families` to redo some rows).")
     print(body)
     if not args.no_write:
         RAW.parent.mkdir(exist_ok=True)
