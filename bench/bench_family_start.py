@@ -20,11 +20,13 @@ left-to-right start). Per family and start the table says:
 * in how many draws EM from the segmentation (or the time pieces) reached a *higher* training
   log-likelihood than EM from the truth (the model prefers another structure to the planted one),
   and in how many it came within 0.1 % of it or above (the likelihood cannot tell the two apart);
-* for ``hamilton``, the median over features of its AR coefficient φ after EM;
+* for ``hamilton``, the median over features of its AR coefficient φ after EM; the variant
+  ``hamilton-phi0.9`` caps φ at 0.9 (the deviation forgets within ~10 checkpoints, so a run's
+  level has to be carried by its state), to see whether the transition states come from φ ≈ 1;
 * how many stretches the segmentation cuts a run into (its noise scale is the checkpoint-to-
   checkpoint change, which slow wander makes small).
 
-    python bench/bench_family_start.py                  # 10 medium draws, gaussian, ar, hamilton
+    python bench/bench_family_start.py                  # 10 medium draws, every family and variant
     python bench/bench_family_start.py --draws 10 --level easy
 
 Raw lines: bench/results/family-start.jsonl; the ``family-start`` block of bench/RESULTS.md.
@@ -45,6 +47,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from results import write_block  # noqa: E402
 
+from latent import switching  # noqa: E402
 from latent.family import get_family  # noqa: E402
 from latent.features import zscore  # noqa: E402
 from latent.hmm import min_state_rows  # noqa: E402
@@ -52,7 +55,9 @@ from latent.segments import labels_from_segments, run_segments  # noqa: E402
 from latent.simulate import random_config, simulate  # noqa: E402
 
 RAW = Path(__file__).with_name("results") / "family-start.jsonl"
-FAMILIES = ("gaussian", "ar", "hamilton")
+FAMILIES = ("gaussian", "ar", "hamilton", "hamilton-phi0.9")
+#: variants: a family with a setting changed (hamilton with its AR coefficient capped at 0.9)
+VARIANTS = {"hamilton-phi0.9": ("hamilton", 0.9)}
 N_ITER, TOL = 32, 1e-2
 #: relative distance below which two training log-likelihoods count as equal
 NEAR = 1e-3
@@ -115,13 +120,19 @@ def one(level: str, i: int, families) -> list[dict]:
     by_time = np.concatenate([np.arange(T) * K // T for T in lengths])
     out = []
     for family in families:
-        fam = get_family(family)
+        base, phi_max = VARIANTS.get(family, (family, None))
+        fam = get_family(base)
         t0 = time.perf_counter()
         rec = {"level": level, "draw": i, "family": family, "k": K, "n": int(len(X)),
                "transition_rows": float(in_transition.mean()),
                "segments_per_run": float(np.median([len(s) for s in segments]))}
-        for start, lab in (("truth", labels), ("segments", segmented), ("time", by_time)):
-            rec[start] = describe(em(fam, X, lengths, lab, K), X, lengths, labels, in_transition, need)
+        saved = switching.PHI_MAX
+        switching.PHI_MAX = phi_max if phi_max is not None else saved
+        try:
+            for start, lab in (("truth", labels), ("segments", segmented), ("time", by_time)):
+                rec[start] = describe(em(fam, X, lengths, lab, K), X, lengths, labels, in_transition, need)
+        finally:
+            switching.PHI_MAX = saved
         rec["seconds"] = time.perf_counter() - t0
         out.append(rec)
     return out
