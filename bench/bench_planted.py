@@ -22,6 +22,7 @@ flagged.
 
     python bench/bench_planted.py                                # modadd, gaussian, 3 draws per cell
     python bench/bench_planted.py --families gaussian,hamilton --draws 5
+    python bench/bench_planted.py --families gaussian,ar,hamilton --kinds displaced
 
 Raw: bench/results/planted.jsonl (one line per fit; a rerun skips fits already there); the
 ``planted`` block of bench/RESULTS.md.
@@ -110,10 +111,14 @@ def main(argv=None) -> int:
     ap.add_argument("--study", default="modadd")
     ap.add_argument("--families", default="gaussian")
     ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--kinds", default="displaced,pause,slow",
+                    help="which regimes to plant (cells of other kinds are neither fitted nor tabled)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     logging.getLogger("latent").setLevel(logging.ERROR)
     families = args.families.split(",")
+    kinds = set(args.kinds.split(","))
+    cells = [(label, fields) for label, fields in CELLS if fields["kind"] in kinds]
     study = resolve_study(args.store, args.study)
     meta = study.read_meta()
     table_in = pd.concat([pd.read_parquet(p) for p in sorted((study.root / "runs").glob("seed-*.parquet"))])
@@ -121,7 +126,7 @@ def main(argv=None) -> int:
     have = {(r["study"], r["family"], r["cell"], r["seed"]) for r in done}
     RAW.parent.mkdir(exist_ok=True)
     with RAW.open("a") as fh:
-        for label, fields in CELLS:
+        for label, fields in cells:
             for seed in range(args.draws):
                 for fam in families:
                     if (args.study, fam, label, seed) in have:
@@ -142,7 +147,9 @@ def main(argv=None) -> int:
             "delaying it by 20 checkpoints; controls: in every run, or replacing checkpoints (no delay). "
             "Recovered: one fitted state holds the planted checkpoints with Jaccard index ≥ 0.5.\n\n"
             + text + f"\n\nRaw: bench/results/planted.jsonl. Command: `python bench/bench_planted.py --study "
-            f"{args.study} --families {args.families} --draws {args.draws}`."),
+            f"{args.study} --families {args.families} --draws {args.draws}`, with `--kinds displaced` for the "
+            "families that have only the displaced rows; the raw file keeps every fit and a rerun skips the fits "
+            "it has."),
             title="Detours planted into real runs (`bench/bench_planted.py`)")
     return 0
 
