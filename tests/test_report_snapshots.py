@@ -181,6 +181,17 @@ def test_the_study_has_what_the_views_need(study):
     assert sum(t is not None for t in conv.values()) >= 3
 
 
+def test_ls_names_the_studies_with_snapshots(study, tmp_path, capsys):
+    from latent.cli import main
+
+    store, _, _ = study
+    assert main(["ls", "--store", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert f"  snap: 9 per run, in {Path(store) / 'snap' / 'snapshots'}" in out.splitlines()
+    assert main(["ls", "--store", str(tmp_path)]) == 0  # no study, no snapshot line
+    assert "snapshots" not in capsys.readouterr().out
+
+
 def test_the_figure_draws_the_fastest_median_and_slowest_runs_at_thinned_snapshots(study):
     store, fit, index = study
     from latent.reports.html import build_figures

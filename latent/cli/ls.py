@@ -1,5 +1,6 @@
 """``latent ls``: list the studies in a store with their task, seeds done/total, status and fits,
-then the comparison pages ``latent compare`` wrote.
+then the studies that hold weight snapshots (``latent collect --snapshots``) and the comparison
+pages ``latent compare`` wrote.
 
 A study's status is ``done``, ``partial`` (unfinished runs that ``latent collect`` resumes),
 ``running`` (a collection holds some of its seeds right now), ``damaged`` (a run whose files are
@@ -48,6 +49,7 @@ def run(args) -> int:
         return 0
     rows = [("STUDY", "TASK", "PRESET", "SEEDS", "STATUS", "FITS")]
     notes = []
+    snapshots = []
     for study in studies:
         try:
             meta = study.read_meta()
@@ -57,6 +59,9 @@ def run(args) -> int:
             notes.append(f"  {study.name}: {exc}")
             continue
         notes += [f"  {study.name}: {line} (left by a killed fit or report)" for line in study.tidy()]
+        plan = meta.get("snapshots") or {}
+        if plan.get("steps"):
+            snapshots.append(f"  {study.name}: {len(plan['steps'])} per run, in {study.root / 'snapshots'}")
         fits = study.fit_ids()
         rows.append(
             (
@@ -76,6 +81,10 @@ def run(args) -> int:
         print("damaged studies and runs (`latent collect` trains a run marked done with a missing or short "
               "table again; files that fail their checks must be fixed or removed as said):")
         for line in notes:
+            print(line)
+    if snapshots:
+        print("weight snapshots (latent collect --snapshots; `latent report` draws them):")
+        for line in snapshots:
             print(line)
     if pages:
         print("comparisons (latent compare):")
