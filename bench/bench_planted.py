@@ -82,7 +82,7 @@ def run_one(study, family: str, label: str, fields: dict, seed: int, table, meta
     return {"study": study, "family": family, "cell": label, "seed": seed, "control": control,
             "k": res.selector.n_states_, "max_states": res.config.max_states, "jaccard": sc["jaccard"],
             "recovered": sc["recovered"], "found": sc["found"], "false": len(sc["false"]),
-            "flagged": sc["flagged"], "seconds": seconds}
+            "flagged": sc["flagged"], "seconds": seconds, "measured": time.strftime("%Y-%m-%d", time.gmtime())}
 
 
 def table(records: list[dict], families: list[str]) -> str:
@@ -112,7 +112,8 @@ def main(argv=None) -> int:
     ap.add_argument("--families", default="gaussian")
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--kinds", default="displaced,pause,slow",
-                    help="which regimes to plant (cells of other kinds are neither fitted nor tabled)")
+                    help="which regimes to plant and fit now (rows of other kinds already in the raw file are "
+                         "still tabled)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     logging.getLogger("latent").setLevel(logging.ERROR)
@@ -147,9 +148,9 @@ def main(argv=None) -> int:
             "delaying it by 20 checkpoints; controls: in every run, or replacing checkpoints (no delay). "
             "Recovered: one fitted state holds the planted checkpoints with Jaccard index ≥ 0.5.\n\n"
             + text + f"\n\nRaw: bench/results/planted.jsonl. Command: `python bench/bench_planted.py --study "
-            f"{args.study} --families {args.families} --draws {args.draws}`, with `--kinds displaced` for the "
-            "families that have only the displaced rows; the raw file keeps every fit and a rerun skips the fits "
-            "it has."),
+            f"{args.study} --families FAMILIES --draws {args.draws} --kinds KINDS` (the rows of a family are the "
+            "kinds it was run with); the raw file keeps every fit (lines from 2026-12-07 on carry their date) and a "
+            "rerun skips the fits it has."),
             title="Detours planted into real runs (`bench/bench_planted.py`)")
     return 0
 

@@ -174,15 +174,17 @@ def main(argv=None) -> int:
             "(issue 20): K never at the edge "
             f"(`--max-states` {FitConfig().max_states}), the same K in at least 80 % of the six fits and of the "
             "folds, every reported state reappearing in at least 90 % of the 20 resamples. Raw: "
-            "bench/results/real-stability.json (the date each row was measured is its last column; rows of "
-            "2026-12-02 predate the transitions and posterior predictive columns). Command: "
+            "bench/results/real-stability.json (the date each row was measured is its last column; a – in the "
+            "transitions or posterior predictive column: the row predates it). Command: "
             "`python bench/bench_real_stability.py` (`--studies`, `--families` to redo some rows).")
     print(body)
     if not args.no_write:
         RAW.parent.mkdir(exist_ok=True)
         RAW.write_text(json.dumps(rows, indent=1) + "\n")
         write_block("real-stability", body, title="The answer on real studies, across seeds, runs and families "
-                    "(`bench/bench_real_stability.py`)")
+                    "(`bench/bench_real_stability.py`)",
+                    stamp_label="Tabled from the stored rows (each dated in its last column)" if args.table_only
+                    else "Last rows measured")
     return 0
 
 

@@ -9,14 +9,16 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "# Benchmark results\n\nWritten by the scripts in `bench/`; each owns one block below.\n"
 
 
-def write_block(name: str, body: str, path: Path = RESULTS, title: str | None = None) -> None:
+def write_block(name: str, body: str, path: Path = RESULTS, title: str | None = None,
+                stamp_label: str = "Measured") -> None:
     """Replace the ``<!-- name:begin -->`` … ``<!-- name:end -->`` block of ``path`` (appending it if absent).
 
-    The block gets the heading ``title`` (default ``name``) and the UTC time of measurement.
+    The block gets the heading ``title`` (default ``name``) and the UTC time, labelled
+    ``stamp_label`` ("Measured"; a block rebuilt from stored results says so instead).
     """
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     stamp = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    block = f"{begin}\n## {title or name}\n\n_Measured {stamp}._\n\n{body.rstrip()}\n{end}"
+    block = f"{begin}\n## {title or name}\n\n_{stamp_label} {stamp}._\n\n{body.rstrip()}\n{end}"
     text = path.read_text() if path.exists() else HEADER
     if begin in text and end in text:
         head, rest = text.split(begin, 1)

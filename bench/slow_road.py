@@ -53,17 +53,21 @@ def convergence_by_run(table: pd.DataFrame, rule: dict) -> dict[int, int | None]
     return out
 
 
-def slowest_runs(conv: dict[int, int | None], n: int) -> list[int]:
-    """The ``n`` runs that converge last; runs that never converge first among them, ties by seed."""
+def slowest_runs(conv: dict[int, int | None], n: int) -> tuple[list[int], list[int]]:
+    """The ``n`` runs that converge last (runs that never converge are the latest), and the runs
+    tied with the last of them that were left out (ties are broken by seed)."""
     inf = float("inf")
-    order = sorted(conv, key=lambda s: (-(inf if conv[s] is None else conv[s]), s))
-    return sorted(order[:n])
+    key = {s: inf if conv[s] is None else conv[s] for s in conv}
+    order = sorted(conv, key=lambda s: (-key[s], s))
+    chosen, left = order[:n], order[n:]
+    cut = key[chosen[-1]] if chosen else None
+    return sorted(chosen), sorted(s for s in left if key[s] == cut)
 
 
 def rises(table: pd.DataFrame, feature: str, start: float, stop: float, by: float) -> dict[int, bool]:
     """Per run: does ``feature`` exceed its value at the first checkpoint at or after ``start`` by
     more than ``by`` at some checkpoint in ``(that checkpoint, stop]``? Runs with no checkpoint in
-    the window are left out."""
+    the window, or no value at its first checkpoint, are left out."""
     out = {}
     for seed, run in table.groupby("seed", sort=True):
         run = run.sort_values("step", kind="stable")
@@ -72,32 +76,38 @@ def rises(table: pd.DataFrame, feature: str, start: float, stop: float, by: floa
         if not first.size or steps[first[0]] > stop:
             continue
         i = first[0]
+        if not np.isfinite(x[i]):
+            continue
         inside = (steps > steps[i]) & (steps <= stop)
         out[int(seed)] = bool(np.any(x[inside] > x[i] + by))
     return out
 
 
-def own_states(paths: pd.DataFrame, slow: list[int]) -> tuple[list[dict], list[int]]:
-    """Per state, the shares of slow and other runs that visit it; and the states that are the slow
-    runs' own (visited by ≥ ``OWN_SLOW`` of them and ≤ ``OWN_REST`` of the others)."""
+def own_states(paths: pd.DataFrame, slow: list[int]) -> tuple[list[dict], list[int], int, int]:
+    """Per state, the shares of slow and other runs that visit it (a visit: at least one checkpoint
+    decoded in the state); the states that are the slow runs' own (visited by ≥ ``OWN_SLOW`` of
+    them and ≤ ``OWN_REST`` of the others; none when either group is absent from ``paths``); and
+    how many slow and other runs ``paths`` holds."""
     visits = paths.groupby("seed")["state"].agg(lambda s: set(int(v) for v in s))
     slow_set = set(slow)
     slow_runs = [v for s, v in visits.items() if int(s) in slow_set]
     rest_runs = [v for s, v in visits.items() if int(s) not in slow_set]
     rows, own = [], []
+    if not slow_runs or not rest_runs:
+        return [], [], len(slow_runs), len(rest_runs)
     for k in sorted(set().union(*visits.tolist())):
         a = sum(k in v for v in slow_runs) / max(1, len(slow_runs))
         b = sum(k in v for v in rest_runs) / max(1, len(rest_runs))
         rows.append({"state": k, "slow": a, "rest": b})
         if a >= OWN_SLOW and b <= OWN_REST:
             own.append(k)
-    return rows, own
+    return rows, own, len(slow_runs), len(rest_runs)
 
 
 def _mean_sd(values) -> str:
     v = np.asarray([x for x in values if x is not None], dtype=float)
     if not v.size:
-        return "–"
+        return "– (none converges)"
     return f"{v.mean():,.0f} ± {v.std(ddof=1) if v.size > 1 else 0:,.0f}"
 
 
@@ -106,20 +116,26 @@ def report(store: str, name: str, slowest: int, feature: str, window: tuple[floa
 
     study = resolve_study(store, name)
     meta = study.read_meta()
+    rule = meta.get("convergence")
+    if not rule or rule.get("metric") is None:
+        raise SystemExit(f"slow_road: study {name!r} records no convergence rule (study.json 'convergence')")
     table = study.read_runs()
     unit = meta.get("step_unit", "step")
-    conv = convergence_by_run(table, meta["convergence"])
-    slow = slowest_runs(conv, slowest)
+    conv = convergence_by_run(table, rule)
+    if not 0 < slowest < len(conv):
+        raise SystemExit(f"slow_road: --slowest must be between 1 and {len(conv) - 1} (the study has {len(conv)} runs)")
+    slow, tied = slowest_runs(conv, slowest)
     rest = [s for s in conv if s not in slow]
     never = [s for s in conv if conv[s] is None]
-    rule = meta["convergence"]
     lines = [f"Study `{name}`: {len(conv)} runs, convergence at {rule['metric']} "
              f"{'>' if rule.get('direction', 'above') == 'above' else '<'} {rule['threshold']}"
              f" ({len(conv) - len(never)} converge).", "",
              f"- **The {len(slow)} slowest runs** (seeds {', '.join(map(str, slow))}) converge at "
              f"{_mean_sd(conv[s] for s in slow)} {unit}s"
              + (f" ({sum(conv[s] is None for s in slow)} never)" if any(conv[s] is None for s in slow) else "")
-             + f"; the other {len(rest)} at {_mean_sd(conv[s] for s in rest)}."]
+             + f"; the other {len(rest)} at {_mean_sd(conv[s] for s in rest)}."
+             + (f" Seeds {', '.join(map(str, tied))} converge with the last of the slow group and were left "
+                "out by seed number." if tied else "")]
     if feature in table.columns:
         up = rises(table, feature, *window, by)
         a, b = sum(up.get(s, False) for s in slow), sum(up.get(s, False) for s in rest)
@@ -135,14 +151,20 @@ def report(store: str, name: str, slowest: int, feature: str, window: tuple[floa
         lines.append("- No fit of this study yet (`latent fit --study " + name + "`).")
     for fit in fits:
         model, paths, analysis = load_fit(study.fits_dir / fit)
-        rows, own = own_states(paths, slow)
+        rows, own, n_slow, n_rest = own_states(paths, slow)
         detours = [d["state"] for d in analysis.get("detours", [])]
         fam = (model.get("config") or {}).get("family") or model.get("family") or "gaussian"
+        held = "" if (n_slow, n_rest) == (len(slow), len(rest)) else \
+            f" (its paths hold {n_slow} of the slow runs and {n_rest} of the others)"
+        if not rows:
+            lines.append(f"- Fit `{fit}` (K = {model['n_states']}, {fam}){held}: cannot compare the groups.")
+            continue
         shares = ", ".join(f"{r['state']}: {r['slow']:.0%}/{r['rest']:.0%}" for r in rows)
-        lines.append(f"- Fit `{fit}` (K = {model['n_states']}, {fam}): "
+        lines.append(f"- Fit `{fit}` (K = {model['n_states']}, {fam}){held}: "
                      + (f"state(s) {', '.join(map(str, own))} are the slow runs' own" if own else
-                        "no state of the slow runs' own (they stay longer in the states the others visit)")
-                     + f"; detours: {', '.join(map(str, detours)) or 'none'}. Visited by slow/other runs: {shares}.")
+                        "no state of the slow runs' own")
+                     + f"; detours: {', '.join(map(str, detours)) or 'none'}. Share of slow/other runs visiting each "
+                     f"state: {shares}.")
     return "\n".join(lines)
 
 

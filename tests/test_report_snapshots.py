@@ -182,14 +182,23 @@ def test_the_study_has_what_the_views_need(study):
 
 
 def test_ls_names_the_studies_with_snapshots(study, tmp_path, capsys):
+    import json
+
     from latent.cli import main
 
     store, _, _ = study
-    assert main(["ls", "--store", str(store)]) == 0
-    out = capsys.readouterr().out
-    assert f"  snap: 9 per run, in {Path(store) / 'snap' / 'snapshots'}" in out.splitlines()
-    assert main(["ls", "--store", str(tmp_path)]) == 0  # no study, no snapshot line
-    assert "snapshots" not in capsys.readouterr().out
+    # a copy of the study, and beside it the same study without snapshots (as collected without them)
+    shutil.copytree(Path(store) / "snap", tmp_path / "snap", ignore=shutil.ignore_patterns("fits"))
+    shutil.copytree(Path(store) / "snap", tmp_path / "plain", ignore=shutil.ignore_patterns("fits", "snapshots"))
+    meta = json.loads((tmp_path / "plain" / "study.json").read_text())
+    del meta["snapshots"]
+    (tmp_path / "plain" / "study.json").write_text(json.dumps(meta))
+    assert main(["ls", "--store", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "weight snapshots (latent collect --snapshots; `latent report` draws them):" in lines
+    assert f"  snap: 9 per finished run, in {tmp_path / 'snap' / 'snapshots'}" in lines
+    assert not any(line.startswith("  plain:") for line in lines)
+    assert any(line.startswith("plain ") and "6/6" in line and "done" in line for line in lines)
 
 
 def test_the_figure_draws_the_fastest_median_and_slowest_runs_at_thinned_snapshots(study):

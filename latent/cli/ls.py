@@ -61,7 +61,7 @@ def run(args) -> int:
         notes += [f"  {study.name}: {line} (left by a killed fit or report)" for line in study.tidy()]
         plan = meta.get("snapshots") or {}
         if plan.get("steps"):
-            snapshots.append(f"  {study.name}: {len(plan['steps'])} per run, in {study.root / 'snapshots'}")
+            snapshots.append(f"  {study.name}: {len(plan['steps'])} per finished run, in {study.root / 'snapshots'}")
         fits = study.fit_ids()
         rows.append(
             (
