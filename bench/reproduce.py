@@ -67,10 +67,23 @@ def conv_stats(times: dict) -> dict:
     return {"n": len(times), "median": float(med), "iqr": float(q3 - q1), "cv": float(y.std(ddof=1) / y.mean())}
 
 
+def was_started(store: Path, study: str) -> bool:
+    """Whether ``study`` already has some training done in ``store`` (collect will resume it, so its
+    time is that of the last piece only)."""
+    from latent.store import Study
+
+    root = Path(store) / study
+    if not (root / "study.json").is_file():
+        return False
+    st = Study(root).status()
+    return st["done"] > 0 or any(r.status != "pending" for r in st["runs"].values())
+
+
 def run_row(name: str, store: Path) -> dict:
     args, study, paper = ROWS[name]
     collect = f"latent collect {args} --store {store} --quiet"
     fit = f"latent fit --store {store} --study {study} -q"
+    resumed = was_started(store, study)
     t_collect = run(collect)
     t_fit = run(fit)
     fits = store / study / "fits"
@@ -84,6 +97,7 @@ def run_row(name: str, store: Path) -> dict:
         "discrete": bounds.get("discrete_transitions"), "judged": bounds.get("judged_transitions"),
         "ppc_outside": (a.get("ppc") or {}).get("outside_names"),
         "row": name, "collect": f"latent collect {args}", "fit": "latent fit", "collect_s": t_collect, "fit_s": t_fit,
+        "collect_resumed": resumed,
         "K": model["n_states"], "K_at_top": model["n_states"] == model["config"]["max_states"],
         "detours": [{"state": d["state"], "delay": d["delay"], "p": d["p_adjusted"],
                      "stability": (a["states"][d["state"]].get("stability") or {})} for d in a["detours"]],
@@ -121,7 +135,8 @@ def table(done: dict) -> str:
             f"| {name} | {cmd} | {r['K']}{' (top of range)' if r['K_at_top'] else ''} | {det} | "
             f"{fmt(r['r2'], '.3f')} ({fmt(r['reg_p'], '.2g')}) | {c['n'] - r['never']}/{c['n']}; "
             f"{c['median']:.0f} / {c['iqr']:.0f} / {c['cv']:.2f} {r['unit']}s | "
-            f"{r['collect_s']:.0f} + {r['fit_s']:.0f} s | {ptxt} |")
+            f"{r['collect_s']:.0f}" + (" (resumed: its last piece only)" if r.get("collect_resumed") else "")
+            + f" + {r['fit_s']:.0f} s | {ptxt} |")
     return "\n".join(lines)
 
 
