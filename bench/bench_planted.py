@@ -87,7 +87,8 @@ def run_one(study, family: str, label: str, fields: dict, seed: int, table, meta
 
 def table(records: list[dict], families: list[str]) -> str:
     lines = ["| planted | family | draws | K (range) | regime recovered (one state) | found as a detour | "
-             "draws with a false detour | clean (nothing flagged) | median s/fit |", "|---|---|---|---|---|---|---|---|---|"]
+             "draws with a false detour | clean (nothing flagged) | median s/fit | measured |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for label, fields in CELLS:
         for fam in families:
             rs = [r for r in records if r["cell"] == label and r["family"] == fam and "error" not in r]
@@ -101,7 +102,8 @@ def table(records: list[dict], families: list[str]) -> str:
             lines.append(
                 f"| {label} | {fam} | {len(rs)}" + (f" ({failed} failed)" if failed else "") + f" | {min(ks)}–{max(ks)}" + (f" ({edge} at the edge)" if edge else "")
                 + f" | {sum(r['recovered'] for r in rs)}/{len(rs)} | {found} | {sum(r['false'] > 0 for r in rs)}/{len(rs)}"
-                f" | {sum(not r['flagged'] for r in rs)}/{len(rs)} | {np.median([r['seconds'] for r in rs]):.0f} |")
+                f" | {sum(not r['flagged'] for r in rs)}/{len(rs)} | {np.median([r['seconds'] for r in rs]):.0f} | "
+                + ", ".join(sorted({r.get("measured", "before 2026-12-07") for r in rs})) + " |")
     return "\n".join(lines)
 
 
@@ -151,7 +153,7 @@ def main(argv=None) -> int:
             f"{args.study} --families FAMILIES --draws {args.draws} --kinds KINDS` (the rows of a family are the "
             "kinds it was run with); the raw file keeps every fit (lines from 2026-12-07 on carry their date) and a "
             "rerun skips the fits it has."),
-            title="Detours planted into real runs (`bench/bench_planted.py`)")
+            title="Detours planted into real runs (`bench/bench_planted.py`)", stamp_label="Last rows measured")
     return 0
 
 
