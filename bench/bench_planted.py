@@ -116,6 +116,7 @@ def main(argv=None) -> int:
     ap.add_argument("--kinds", default="displaced,pause,slow",
                     help="which regimes to plant and fit now (rows of other kinds already in the raw file are "
                          "still tabled)")
+    ap.add_argument("--redo", action="store_true", help="fit again what the raw file has (the newest line of a fit is tabled)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     logging.getLogger("latent").setLevel(logging.ERROR)
@@ -132,14 +133,15 @@ def main(argv=None) -> int:
         for label, fields in cells:
             for seed in range(args.draws):
                 for fam in families:
-                    if (args.study, fam, label, seed) in have:
+                    if (args.study, fam, label, seed) in have and not args.redo:
                         continue
                     rec = run_one(args.study, fam, label, fields, seed, table_in, meta)
                     print(json.dumps(rec), flush=True)
                     fh.write(json.dumps(rec) + "\n")
                     fh.flush()
                     done.append(rec)
-    mine = [r for r in done if r["study"] == args.study and r["family"] in families and r["seed"] < args.draws]
+    newest = {(r["study"], r["family"], r["cell"], r["seed"]): r for r in done}  # later lines replace earlier ones
+    mine = [r for r in newest.values() if r["study"] == args.study and r["family"] in families and r["seed"] < args.draws]
     text = table(mine, families)
     print(text)
     if not args.no_write:
@@ -152,7 +154,7 @@ def main(argv=None) -> int:
             + text + f"\n\nRaw: bench/results/planted.jsonl. Command: `python bench/bench_planted.py --study "
             f"{args.study} --families FAMILIES --draws {args.draws} --kinds KINDS` (the rows of a family are the "
             "kinds it was run with); the raw file keeps every fit (lines from 2026-12-07 on carry their date) and a "
-            "rerun skips the fits it has."),
+            "rerun skips the fits it has (`--redo` fits them again; the newest line of each fit is tabled)."),
             title="Detours planted into real runs (`bench/bench_planted.py`)", stamp_label="Last rows measured")
     return 0
 
