@@ -1,4 +1,5 @@
-"""bench/slow_road.py: the slow group, the weight-norm rise and the slow runs' own states, by hand."""
+"""bench/slow_road.py (the slow group, the weight-norm rise and the slow runs' own states) and the
+family-start bench's transition mask, by hand."""
 
 import sys
 from pathlib import Path
@@ -52,3 +53,12 @@ def test_own_states_by_hand():
     assert own_states(paths, slow=[0, 1])[1] == []
     # slow runs missing from the paths: nothing is compared, and the counts say so
     assert own_states(paths, slow=[8, 9]) == ([], [], 0, 5)
+
+
+def test_transition_rows_of_the_family_start_bench_by_hand():
+    import numpy as np
+    from bench_family_start import transition_rows
+
+    # switches at 2 and 5 in the first run, none in the second; ramp 2: a switch and 2 checkpoints after it
+    got = transition_rows([np.array([0, 0, 1, 1, 1, 2, 2]), np.array([3, 3, 3])], ramp=2)
+    assert got.tolist() == [False, False, True, True, True, True, True, False, False, False]
