@@ -156,15 +156,16 @@ def main(argv=None) -> int:
     for name in [] if args.table_only else present_studies(args.store, args.studies):
         for family in args.families.split(","):
             rows.append(measure(name, args.store, family))
-    if args.table_only and RAW.exists():
-        rows = json.loads(RAW.read_text())
-    if not rows:
+    if not rows and not args.table_only:
         print("no study measured; collect the default studies first", file=sys.stderr)
         return 2
     # rows of other studies and families measured before are kept (one run need not redo them all)
     fresh = {(r["study"], r["family"]) for r in rows}
     kept = json.loads(RAW.read_text()) if RAW.exists() else []
     rows = [r for r in kept if (r["study"], r["family"]) not in fresh] + rows
+    if not rows:
+        print("no rows to table; run without --table-only first", file=sys.stderr)
+        return 2
     order = {name: i for i, name in enumerate(DEFAULT_STUDIES)}
     rows.sort(key=lambda r: (order.get(r["study"], len(order)), r["study"],
                              FAMILIES.index(r["family"]) if r["family"] in FAMILIES else len(FAMILIES)))
