@@ -1,0 +1,146 @@
+"""bench/segment_model.py, the trial segment model: its segment evidence against a multivariate normal
+written out in full, its Viterbi against every segmentation of a short run, and hard EM on a planted
+study drawn from the model itself."""
+
+import itertools
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy.stats import multivariate_normal
+from sklearn.metrics import adjusted_rand_score
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from segment_model import SegmentParams, fit, segment_loglik, viterbi  # noqa: E402
+
+
+def _params(rng, K=2, D=3, d_min=2):
+    trans = np.ones((K, K)) / (K - 1)
+    np.fill_diagonal(trans, 0)
+    with np.errstate(divide="ignore"):
+        log_trans = np.log(trans)
+    return SegmentParams(mu=rng.normal(size=(K, D)), nu=0.1 * rng.normal(size=(K, D)),
+                         tau2=rng.uniform(0.1, 1, (K, D)), om2=rng.uniform(1e-3, 1e-2, (K, D)),
+                         sig2=rng.uniform(0.1, 1, (K, D)), phi=np.array([0.0, 0.5, 0.9])[:D],
+                         log_start=np.full(K, -np.log(K)), log_trans=log_trans,
+                         stay=rng.uniform(0.5, 0.9, K), d_min=np.full(K, d_min))
+
+
+def test_segment_evidence_is_the_full_gaussian_marginal():
+    rng = np.random.default_rng(0)
+    P = _params(rng)
+    x = rng.normal(size=(12, 3))
+    starts, stops = np.array([0, 3, 5, 9]), np.array([4, 12, 7, 12])
+    got = segment_loglik(x, starts, stops, P)
+    for i, (s, e) in enumerate(zip(starts, stops)):
+        n = e - s
+        c = np.arange(n) - (n - 1) / 2
+        lag = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+        for k in range(2):
+            want = 0.0
+            for j in range(3):
+                f = P.phi[j]
+                # offset + trend + stationary AR(1): the covariance written out
+                cov = P.tau2[k, j] + P.om2[k, j] * np.outer(c, c) + P.sig2[k, j] * f**lag / (1 - f**2)
+                want += multivariate_normal(P.mu[k, j] + P.nu[k, j] * c, cov).logpdf(x[s:e, j])
+            assert abs(got[i, k] - want) < 1e-9
+
+
+def _brute(x, P):
+    """The best score over every segmentation (each visit at least its state's d_min, no state twice
+    in a row), every segment's evidence computed once."""
+    T, K = len(x), P.n_states
+    pairs = [(a, b) for a in range(T) for b in range(a + 1, T + 1)]
+    ll = segment_loglik(x, np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]), P)
+    seg = dict(zip(pairs, ll))
+    best = (-np.inf, None)
+    for cuts_n in range(T):
+        for cuts in itertools.combinations(range(1, T), cuts_n):
+            bounds = list(zip([0, *cuts], [*cuts, T]))
+            for states in itertools.product(range(K), repeat=len(bounds)):
+                if any(s == r for s, r in zip(states, states[1:])) or any(
+                        b - a < P.d_min[k] for (a, b), k in zip(bounds, states)):
+                    continue
+                score = P.log_start[states[0]]
+                for v, ((a, b), k) in enumerate(zip(bounds, states)):
+                    score += seg[(a, b)][k] + (b - a - P.d_min[k]) * np.log(P.stay[k])
+                    score += 0 if b == T else np.log1p(-P.stay[k])
+                    if v:
+                        score += P.log_trans[states[v - 1], k]
+                if score > best[0]:
+                    best = (score, [(a, b, k) for (a, b), k in zip(bounds, states)])
+    return best
+
+
+def test_viterbi_is_the_best_segmentation():
+    rng = np.random.default_rng(1)
+    for K, T, d_min in ((2, 9, [2, 2]), (3, 8, [2, 2, 2]), (3, 7, [3, 2, 1])):  # the last: a 1-checkpoint state
+        P = _params(rng, K=K)
+        P.d_min = np.array(d_min)
+        x = rng.normal(size=(T, 3)) + P.mu[rng.integers(K, size=T)]
+        score, visits = viterbi(x, P)
+        want_score, want_visits = _brute(x, P)
+        assert abs(score - want_score) < 1e-9 and visits == want_visits
+
+
+def test_hard_em_recovers_planted_visits():
+    # a study drawn from the model: 12 runs, three states visited 0 -> 1 -> 2 at random times, each visit
+    # with its own offset and trend and AR(1) noise; EM from equal time pieces finds the planted states
+    rng = np.random.default_rng(2)
+    D, runs, lengths, truth = 4, [], [], []
+    mu = np.array([[0.0] * D, [3.0] * D, [-3.0, 3.0, -3.0, 3.0]])
+    for _ in range(12):
+        T = 60
+        a, b = sorted(rng.choice(np.arange(10, 51), 2, replace=False))
+        if b - a < 6:
+            b = a + 6
+        path = np.r_[np.zeros(a, int), np.ones(b - a, int), np.full(T - b, 2)]
+        noise = np.zeros((T, D))
+        for t in range(1, T):
+            noise[t] = 0.8 * noise[t - 1] + 0.3 * rng.normal(size=D)
+        x = mu[path] + noise
+        for k in range(3):
+            idx = np.flatnonzero(path == k)
+            c = idx - idx.mean()
+            x[idx] += 0.5 * rng.normal(size=D) + np.outer(c, 0.02 * rng.normal(size=D))
+        runs.append(x), lengths.append(T), truth.append(path)
+    X, labels = np.vstack(runs), np.concatenate(truth)
+    start = np.concatenate([np.arange(T) * 3 // T for T in lengths])
+    f = fit(X, lengths, start, 3)
+    assert adjusted_rand_score(labels, f.labels) > 0.95
+    assert f.score >= max(f.scores) - 1e-9  # the kept decoding is the best one seen
+
+
+def test_place_labels_give_a_move_to_the_place_it_leads_to():
+    from segment_model import place_labels
+
+    # places 0 and 1, moves (state 2) between, before the first place and after the last
+    visits = [(0, 2, 2), (2, 5, 0), (5, 7, 2), (7, 10, 1), (10, 12, 2)]
+    assert place_labels(visits, 12, 2).tolist() == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+    assert place_labels([(0, 4, 1)], 4, 1).tolist() == [-1] * 4
+
+
+def test_moves_take_the_planted_ramps():
+    # three places with 4-checkpoint linear ramps between them
+    rng = np.random.default_rng(3)
+    D, R = 4, 4
+    mu = np.array([[0.0] * D, [4.0] * D, [-4.0, 4.0, -4.0, 4.0]])
+    runs, truth, ramps = [], [], []
+    for _ in range(12):
+        a, b = sorted(rng.choice(np.arange(12, 49, 6), 2, replace=False))
+        path = np.r_[np.zeros(a, int), np.ones(b - a, int), np.full(60 - b, 2)]
+        level = mu[path].copy()
+        ramp = np.zeros(60, bool)
+        for s in (a, b):  # the level moves linearly over R checkpoints after each switch
+            for j in range(R):
+                level[s + j] = level[s - 1] + (j + 1) / (R + 1) * (mu[path[s]] - level[s - 1])
+            ramp[s:s + R] = True
+        runs.append(level + 0.2 * rng.normal(size=(60, D))), truth.append(path), ramps.append(ramp)
+    X, labels, ramp = np.vstack(runs), np.concatenate(truth), np.concatenate(ramps)
+    # from the planted places: without a move the places must fit the ramps; with one, the ramps go
+    # to the move (its rows lie in the ramps, ten times as often as outside) and the score rises
+    plain = fit(X, [60] * 12, labels, 3)
+    f = fit(X, [60] * 12, labels, 3, moves=True)
+    assert f.score > plain.score + 100
+    assert adjusted_rand_score(labels, f.labels) > 0.85
+    assert f.in_move[ramp].mean() > 0.4 and f.in_move[~ramp].mean() < 0.04
