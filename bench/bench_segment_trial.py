@@ -137,7 +137,6 @@ def main(argv=None) -> int:
     todo = [(args.level, i, s, model) for i in range(args.draws) for s in STARTS
             if (args.level, i, s, model) not in have]
     RAW.parent.mkdir(exist_ok=True)
-    t0 = time.perf_counter()
     with RAW.open("a") as fh, ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(one, todo):
             print(json.dumps(rec), flush=True)
@@ -145,17 +144,21 @@ def main(argv=None) -> int:
             fh.flush()
             done.append(rec)
     text = table(done)
+    secs = [r["seconds"] for r in done]
     print(text)
     if not args.no_write:
         write_block("segment-trial", (
             "The trial segment model (`bench/segment_model.py`: visits of at least "
-            f"{D_MIN} checkpoints, each with its own offset and trend integrated out, AR(1) residuals; hard EM) "
+            f"{D_MIN} checkpoints, each with its own offset and trend integrated out, AR(1) residuals; hard EM; "
+            "`segment+moves`: also a move between places, a segment of any length with a broad level and trend that is "
+            "not a place, its checkpoints given to the place it leads to) "
             "at the true K of the `realistic` draws of `family-start`, from the same three starts. The Gaussian HMM "
             "and `hamilton` columns are those draws' and starts' adjusted Rand in bench/results/family-start.jsonl "
             "(EM with the fit's settings). Not tested here: choosing K, detours, the drift-only control, real studies."
-            f"\n\n{text}\n\nRaw: bench/results/segment-trial.jsonl (every record in it). This run: "
-            f"{len(todo)} fits in {time.perf_counter() - t0:.0f} s with {args.workers} workers. Command: "
-            "`python bench/bench_segment_trial.py --draws 5 --level medium --workers 2`, then `--level easy`."),
+            f"\n\n{text}\n\nRaw: bench/results/segment-trial.jsonl (every record in it; seconds per fit "
+            f"{min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}, one worker each of 2 on 2 cores). Command: "
+            "`python bench/bench_segment_trial.py --draws 5 --level medium --workers 2`, then `--level easy`, and "
+            "both again with `--moves`."),
             title="A segment model with per-visit offsets and trends, on trial (`bench/bench_segment_trial.py`)")
     return 0
 
