@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -43,7 +44,7 @@ MIN_ROWS = 15
 
 def one(task: tuple) -> dict:
     """Fit the trial model (``segment``, or ``segment+moves``) to one draw from one start."""
-    level, i, start, model = task
+    level, i, start, model, workers = task
     from sklearn.metrics import adjusted_rand_score
 
     from bench_family_start import TRANSITION_SHARE, transition_rows
@@ -75,7 +76,7 @@ def one(task: tuple) -> dict:
 
     t0 = time.perf_counter()
     f = fit(X, lengths, lab, K, d_min=D_MIN, moves=model == "segment+moves")
-    return {"level": level, "draw": i, "start": start, "model": model, "k": K, "in_move": float(f.in_move.mean()),
+    return {"level": level, "draw": i, "start": start, "model": model, "workers": workers, "k": K, "in_move": float(f.in_move.mean()),
             "true_in_transition": float(in_transition.mean()), "ari": float(adjusted_rand_score(labels, f.labels)),
             "score": f.score, "iterations": f.iterations, "transition_states": moves(f.labels),
             "truth_transition_states": moves(labels), "states_used": int(len(np.unique(f.labels))),
@@ -134,7 +135,7 @@ def main(argv=None) -> int:
     done = [json.loads(line) for line in RAW.read_text().splitlines()] if RAW.exists() else []
     model = "segment+moves" if args.moves else "segment"
     have = {(r["level"], r["draw"], r["start"], r.get("model", "segment")) for r in done}
-    todo = [(args.level, i, s, model) for i in range(args.draws) for s in STARTS
+    todo = [(args.level, i, s, model, args.workers) for i in range(args.draws) for s in STARTS
             if (args.level, i, s, model) not in have]
     RAW.parent.mkdir(exist_ok=True)
     with RAW.open("a") as fh, ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -156,7 +157,9 @@ def main(argv=None) -> int:
             "and `hamilton` columns are those draws' and starts' adjusted Rand in bench/results/family-start.jsonl "
             "(EM with the fit's settings). Not tested here: choosing K, detours, the drift-only control, real studies."
             f"\n\n{text}\n\nRaw: bench/results/segment-trial.jsonl (every record in it; seconds per fit "
-            f"{min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}, one worker each of 2 on 2 cores). Command: "
+            f"{min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}, with "
+            f"{'/'.join(str(w) for w in sorted({r.get('workers', 2) for r in done}))} fits at a time on "
+            f"{os.cpu_count()} cores). Command: "
             "`python bench/bench_segment_trial.py --draws 5 --level medium --workers 2`, then `--level easy`, and "
             "both again with `--moves`."),
             title="A segment model with per-visit offsets and trends, on trial (`bench/bench_segment_trial.py`)")

@@ -78,6 +78,13 @@ def _time_sums(n: np.ndarray, phi: np.ndarray):
 
 def segment_loglik(x: np.ndarray, starts: np.ndarray, stops: np.ndarray, params: SegmentParams) -> np.ndarray:
     """Log evidence of ``x[s:e]`` (x: (T, D)) as one visit of each state: (P, K) for P segments."""
+    return segment_loglik_features(x, starts, stops, params).sum(2)
+
+
+def segment_loglik_features(x: np.ndarray, starts: np.ndarray, stops: np.ndarray, params: SegmentParams,
+                            states=None) -> np.ndarray:
+    """Each feature's share of :func:`segment_loglik` (features are independent given the state):
+    (P, K, D), or (P, len(states), D) for the ``states`` given."""
     T, D = x.shape
     phi = params.phi
     xt = x.copy()
@@ -98,8 +105,9 @@ def segment_loglik(x: np.ndarray, starts: np.ndarray, stops: np.ndarray, params:
     v0_scale = 1 - phi**2  # first row: variance σ²/(1−φ²)
     c_first = (-(n - 1) / 2.0)[:, None]
     x_first = x[starts]  # (P, D)
-    out = np.empty((len(starts), params.n_states))
-    for k in range(params.n_states):
+    states = range(params.n_states) if states is None else states
+    out = np.empty((len(starts), len(states), D))
+    for i, k in enumerate(states):
         mu, nu, tau2, om2, sig2 = (params.mu[k], params.nu[k], params.tau2[k], params.om2[k], params.sig2[k])
         v0 = sig2 / v0_scale
         # observations minus the state's level: o_first = x_s − μ; o_t = x̃_t − (1−φ)μ
@@ -116,7 +124,7 @@ def segment_loglik(x: np.ndarray, starts: np.ndarray, stops: np.ndarray, params:
         quad = (lam22 * b1**2 - 2 * lam12 * b1 * b2 + lam11 * b2**2) / det
         ll = -0.5 * (n[:, None] * LOG2PI + np.log(v0) + m * np.log(sig2) + o_first**2 / v0 + soo / sig2
                      + nu**2 / om2 - quad + np.log(det) + np.log(tau2) + np.log(om2))
-        out[:, k] = ll.sum(1)
+        out[:, i] = ll
     return out
 
 
@@ -124,13 +132,13 @@ def segment_loglik(x: np.ndarray, starts: np.ndarray, stops: np.ndarray, params:
 
 
 def _log_duration(n: np.ndarray, stay: np.ndarray, d_min: np.ndarray, censored: bool) -> np.ndarray:
-    """(P, K): log P(length = n), or log P(length ≥ n) for a run's last (censored) segment; -inf
-    below a state's shortest visit."""
+    """(P, K): log P(length = n), -inf below a state's shortest visit; or, for a run's last (censored)
+    segment, log P(length ≥ n), which is 0 below the shortest visit (the visit goes on after the run)."""
     extra = (n[:, None] - d_min[None, :]).astype(float)
     log_stay = np.log(np.clip(stay, 1e-12, 1 - 1e-12))
-    out = extra * log_stay[None, :]
-    if not censored:
-        out = out + np.log1p(-np.clip(stay, 1e-12, 1 - 1e-12))[None, :]
+    if censored:
+        return np.maximum(extra, 0) * log_stay[None, :]
+    out = extra * log_stay[None, :] + np.log1p(-np.clip(stay, 1e-12, 1 - 1e-12))[None, :]
     return np.where(extra >= 0, out, -np.inf)
 
 
@@ -138,9 +146,9 @@ def viterbi(x: np.ndarray, params: SegmentParams) -> tuple[float, list[tuple[int
     """The best segmentation of one run: its log score and its visits ``(start, stop, state)``."""
     T = len(x)
     K = params.n_states
-    d_min = np.minimum(params.d_min, T)  # a run shorter than a state's shortest visit can be one visit
+    d_min = np.asarray(params.d_min)
     d0 = int(d_min.min())
-    s_idx, e_idx = np.triu_indices(T + 1, k=d0)
+    s_idx, e_idx = np.triu_indices(T + 1, k=1)
     seg = segment_loglik(x, s_idx, e_idx, params)
     n = e_idx - s_idx
     dur = np.where((e_idx == T)[:, None], _log_duration(n, params.stay, d_min, True),
@@ -154,8 +162,11 @@ def viterbi(x: np.ndarray, params: SegmentParams) -> tuple[float, list[tuple[int
     Wk = np.zeros((T + 1, K), dtype=int)
     W[0] = params.log_start
     Wk[0] = -1
-    for e in range(d0, T + 1):
-        cand = W[: e - d0 + 1] + table[: e - d0 + 1, e]  # (starts, K)
+    for e in range(1, T + 1):
+        hi = e if e == T else e - d0 + 1  # only the run's last visit may be shorter than d_min
+        if hi <= 0:
+            continue
+        cand = W[:hi] + table[:hi, e]  # (starts, K)
         s_best = np.argmax(cand, axis=0)
         V[e] = cand[s_best, np.arange(K)]
         back[e, :, 0], back[e, :, 1] = s_best, Wk[s_best, np.arange(K)]
@@ -178,11 +189,15 @@ def viterbi(x: np.ndarray, params: SegmentParams) -> tuple[float, list[tuple[int
 
 def _visit_fit(x: np.ndarray, phi: np.ndarray):
     """GLS of one visit (n, D) on ``(1, c_t)`` with AR(1) errors: intercepts, trends, their
-    sampling-variance factors (× σ²) and the innovation sum of squares and its rows."""
+    sampling-variance factors (× σ²; inf for a trend a visit of < 3 checkpoints cannot show) and the
+    innovation sum of squares and its degrees of freedom. A visit of 1-2 checkpoints gives its mean, whose
+    variance factor is that of a mean of n stationary AR(1) draws."""
     n, D = x.shape
     c = np.arange(n) - (n - 1) / 2.0
     if n < 3:
-        return x.mean(0), np.zeros(D), np.full(D, np.inf), np.full(D, np.inf), np.zeros(D), 0
+        lag = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
+        va = np.array([(f ** lag).sum() / n**2 / (1 - f**2) for f in phi])
+        return x.mean(0), np.zeros(D), va, np.full(D, np.inf), np.zeros(D), 0
     a_hat, v_hat, va, vv, ss = (np.empty(D) for _ in range(5))
     for j in range(D):
         f = phi[j]
@@ -197,76 +212,101 @@ def _visit_fit(x: np.ndarray, phi: np.ndarray):
     return a_hat, v_hat, va, vv, ss, n - 2
 
 
-def estimate(X: np.ndarray, lengths, visits_per_run, K: int, d_min: np.ndarray, moves: bool = False) -> SegmentParams:
-    """Moment estimates from decoded visits (``visits_per_run``: per run, ``(start, stop, state)``;
-    with ``moves``, state K − 1 is the move). A move never decoded yet starts broad: level N(0, 1)
-    per z-scored feature, trend N(0, 0.5²) per checkpoint, half its segments longer than its shortest."""
-    D = X.shape[1]
-    runs = np.split(X, np.cumsum(lengths)[:-1])
-    # φ: lag-1 autocorrelation of the visits' residuals around their own line, pooled
-    num, den = np.zeros(D), np.zeros(D)
-    for x, visits in zip(runs, visits_per_run):
-        for s, e, _ in visits:
-            if e - s >= 3:
-                c = np.arange(e - s) - (e - s - 1) / 2.0
-                y = x[s:e] - x[s:e].mean(0)
-                slope = (c @ y) / (c @ c)
-                r = y - c[:, None] * slope
-                num += (r[1:] * r[:-1]).sum(0)
-                den += (r[:-1] ** 2).sum(0)
-    phi = np.clip(num / np.maximum(den, 1e-12), 0.0, PHI_MAX)
+#: the AR(1) coefficients tried for each feature (the one whose decoded visits have the most evidence is kept)
+PHI_GRID = (0.0, 0.3, 0.5, 0.7, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
+#: a move (or a place) with too few visits to measure its own spread gets this broad one
+BROAD_TAU2, BROAD_OM2 = 1.0, 0.25
+
+
+def _moments(runs, visits_per_run, K: int, phi: np.ndarray, moves: bool):
+    """State levels, trends, their spreads and innovation variances for given φ: (mu, nu, tau2, om2, sig2),
+    each (K, D). A spread is measured from a state's visits long enough to show it (≥ 2 of them); a place
+    without gets the median of the places that have one, a move the broad default."""
+    D = len(phi)
     per_state = [[] for _ in range(K)]
     for x, visits in zip(runs, visits_per_run):
         for s, e, k in visits:
             per_state[k].append(_visit_fit(x[s:e], phi))
-    mu, nu, tau2, om2, sig2 = (np.zeros((K, D)) for _ in range(5))
+    mu, nu, tau2, om2, sig2 = (np.full((K, D), np.nan) for _ in range(5))
     pooled_ss, pooled_df = np.zeros(D), 0
     for k, fits in enumerate(per_state):
         if not fits:
             continue
         a = np.array([f[0] for f in fits])
-        v = np.array([f[1] for f in fits])
-        ss = sum(f[4] for f in fits)
-        df = sum(f[5] for f in fits)
+        va = np.array([f[2] for f in fits])
+        ss, df = sum(f[4] for f in fits), sum(f[5] for f in fits)
         pooled_ss, pooled_df = pooled_ss + ss, pooled_df + df
-        sig2[k] = ss / df if df > 0 else np.nan
-        mu[k], nu[k] = a.mean(0), v.mean(0)
-        ok = np.array([np.isfinite(f[2]).all() for f in fits])
+        if df > 0:
+            sig2[k] = ss / df
+        mu[k] = a.mean(0)
+        trended = [f for f in fits if np.isfinite(f[3]).all()]
+        nu[k] = np.mean([f[1] for f in trended], axis=0) if trended else 0.0
+        s2 = sig2[k] if df > 0 else pooled_ss / max(pooled_df, 1)
         if len(fits) >= 2:
-            va = np.array([f[2] for f in fits])[ok].mean(0) if ok.any() else 0
-            vv = np.array([f[3] for f in fits])[ok].mean(0) if ok.any() else 0
-            tau2[k] = a.var(0, ddof=1) - va * np.nan_to_num(sig2[k])
-            om2[k] = v.var(0, ddof=1) - vv * np.nan_to_num(sig2[k])
-        else:
-            tau2[k], om2[k] = np.nan, np.nan
-    pooled = pooled_ss / max(pooled_df, 1)
+            tau2[k] = a.var(0, ddof=1) - va.mean(0) * s2
+        if len(trended) >= 2:
+            v = np.array([f[1] for f in trended])
+            om2[k] = v.var(0, ddof=1) - np.array([f[3] for f in trended]).mean(0) * s2
+    pooled = pooled_ss / max(pooled_df, 1) if pooled_df else np.ones(D)
     sig2 = np.where(np.isfinite(sig2) & (sig2 > 0), sig2, pooled)
-    # a state seen once borrows the spread of the others
-    for arr, floor in ((tau2, TAU2_MIN), (om2, OM2_MIN)):
-        fill = np.nanmedian(np.where(np.isfinite(arr), arr, np.nan), axis=0) if np.isfinite(arr).any() else floor
-        arr[:] = np.where(np.isfinite(arr), arr, fill)
+    places = K - int(moves)
+    for arr, floor, broad in ((tau2, TAU2_MIN, BROAD_TAU2), (om2, OM2_MIN, BROAD_OM2)):
+        have = np.isfinite(arr[:places]).all(1)
+        fill = np.median(arr[:places][have], axis=0) if have.any() else np.full(D, broad)
+        arr[:places] = np.where(np.isfinite(arr[:places]), arr[:places], fill)
+        if moves:
+            arr[K - 1] = np.where(np.isfinite(arr[K - 1]), arr[K - 1], broad)
         np.maximum(arr, floor, out=arr)
+    mu = np.nan_to_num(mu)  # a state never decoded sits at the global mean
+    nu = np.nan_to_num(nu)
     np.maximum(sig2, SIG2_MIN, out=sig2)
-    starts = np.full(K, 0.5)
+    return mu, nu, tau2, om2, sig2
+
+
+def estimate(X: np.ndarray, lengths, visits_per_run, K: int, d_min: np.ndarray, moves: bool = False) -> SegmentParams:
+    """Estimates from decoded visits (``visits_per_run``: per run, ``(start, stop, state)``; with
+    ``moves``, state K − 1 is the move): each feature's φ from :data:`PHI_GRID`, the one under which the
+    decoded visits have the most evidence (moments re-measured for each); then the moments; a
+    segment's continuation with the run's last visit censored; transitions and first states counted
+    (+ 0.5 each)."""
+    D = X.shape[1]
+    runs = np.split(X, np.cumsum(lengths)[:-1])
+    d_min = np.asarray(d_min)
     trans = np.full((K, K), 0.5)
     np.fill_diagonal(trans, 0.0)
-    extra_sum, count = np.zeros(K), np.zeros(K)
+    best_ev, best_phi = np.full(D, -np.inf), np.zeros(D)
+    for g in PHI_GRID:
+        phi = np.full(D, g)
+        params = SegmentParams(*_moments(runs, visits_per_run, K, phi, moves), phi, np.zeros(K), np.zeros((K, K)),
+                               np.full(K, 0.5), d_min, moves)
+        ev = np.zeros(D)
+        for x, visits in zip(runs, visits_per_run):
+            for k in {v[2] for v in visits}:
+                mine = [(s, e) for s, e, kk in visits if kk == k]
+                ev += segment_loglik_features(x, np.array([s for s, _ in mine]), np.array([e for _, e in mine]),
+                                              params, states=[k])[:, 0].sum(0)
+        better = ev > best_ev
+        best_ev[better], best_phi[better] = ev[better], g
+    phi = best_phi
+    mu, nu, tau2, om2, sig2 = _moments(runs, visits_per_run, K, phi, moves)
+    starts = np.full(K, 0.5)
+    extra_sum, ended = np.zeros(K), np.zeros(K)
     for visits in visits_per_run:
         starts[visits[0][2]] += 1
-        for (s, e, k), nxt in zip(visits, visits[1:] + [None]):
+        for i, (s, e, k) in enumerate(visits):
             extra_sum[k] += max(e - s - d_min[k], 0)
-            count[k] += 1
-            if nxt is not None and nxt[2] != k:
-                trans[k, nxt[2]] += 1
-    mean_extra = extra_sum / np.maximum(count, 1)
-    stay = np.where(count > 0, mean_extra / (mean_extra + 1), 0.5)
-    if moves and not per_state[K - 1]:
-        mu[K - 1], nu[K - 1], tau2[K - 1], om2[K - 1] = 0.0, 0.0, 1.0, 0.25
-        sig2[K - 1] = np.median(sig2[:K - 1], axis=0)
-    with np.errstate(divide="ignore"):
-        log_trans = np.log(trans / trans.sum(1, keepdims=True))
+            if i + 1 < len(visits):  # the run's last visit is censored: it had not ended
+                ended[k] += 1
+                trans[k, visits[i + 1][2]] += 1
+    # geometric continuation with censoring: Σ extra / (Σ extra + visits that ended)
+    stay = np.where(extra_sum + ended > 0, extra_sum / np.maximum(extra_sum + ended, 1e-12), 0.5)
+    if K == 1:
+        log_trans = np.full((1, 1), -np.inf)
+    else:
+        with np.errstate(divide="ignore"):
+            log_trans = np.log(trans / trans.sum(1, keepdims=True))
     return SegmentParams(mu, nu, tau2, om2, sig2, phi, np.log(starts / starts.sum()), log_trans,
-                         np.clip(stay, 1e-6, 1 - 1e-6), np.asarray(d_min), moves)
+                         np.clip(stay, 1e-6, 1 - 1e-6), d_min, moves)
 
 
 def visits_from_labels(labels: np.ndarray) -> list[tuple[int, int, int]]:

@@ -47,8 +47,8 @@ def test_segment_evidence_is_the_full_gaussian_marginal():
 
 
 def _brute(x, P):
-    """The best score over every segmentation (each visit at least its state's d_min, no state twice
-    in a row), every segment's evidence computed once."""
+    """The best score over every segmentation (each visit but the last at least its state's d_min, no
+    state twice in a row), every segment's evidence computed once."""
     T, K = len(x), P.n_states
     pairs = [(a, b) for a in range(T) for b in range(a + 1, T + 1)]
     ll = segment_loglik(x, np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]), P)
@@ -58,13 +58,16 @@ def _brute(x, P):
         for cuts in itertools.combinations(range(1, T), cuts_n):
             bounds = list(zip([0, *cuts], [*cuts, T]))
             for states in itertools.product(range(K), repeat=len(bounds)):
+                # a visit lasts its state's d_min or more, except the run's last, which goes on after it
                 if any(s == r for s, r in zip(states, states[1:])) or any(
-                        b - a < P.d_min[k] for (a, b), k in zip(bounds, states)):
+                        b - a < P.d_min[k] for (a, b), k in zip(bounds[:-1], states)):
                     continue
                 score = P.log_start[states[0]]
                 for v, ((a, b), k) in enumerate(zip(bounds, states)):
-                    score += seg[(a, b)][k] + (b - a - P.d_min[k]) * np.log(P.stay[k])
-                    score += 0 if b == T else np.log1p(-P.stay[k])
+                    if b == T:  # P(length ≥ n): 1 up to d_min, then the geometric tail
+                        score += seg[(a, b)][k] + max(b - a - P.d_min[k], 0) * np.log(P.stay[k])
+                    else:
+                        score += seg[(a, b)][k] + (b - a - P.d_min[k]) * np.log(P.stay[k]) + np.log1p(-P.stay[k])
                     if v:
                         score += P.log_trans[states[v - 1], k]
                 if score > best[0]:
@@ -144,3 +147,21 @@ def test_moves_take_the_planted_ramps():
     assert f.score > plain.score + 100
     assert adjusted_rand_score(labels, f.labels) > 0.85
     assert f.in_move[ramp].mean() > 0.4 and f.in_move[~ramp].mean() < 0.04
+
+
+def test_estimate_phi_stay_and_one_state():
+    from segment_model import estimate
+
+    # 20 runs of one visit each (censored: it never ends), AR(1) noise with φ 0.9 around a line
+    rng = np.random.default_rng(4)
+    runs = []
+    for _ in range(20):
+        e = np.zeros((80, 2))
+        for t in range(1, 80):
+            e[t] = 0.9 * e[t - 1] + 0.3 * rng.normal(size=2)
+        runs.append(1.0 + 0.01 * np.arange(80)[:, None] + e)
+    X, lengths = np.vstack(runs), [80] * 20
+    P = estimate(X, lengths, [[(0, 80, 0)]] * 20, 1, np.array([5]))
+    assert np.all((P.phi >= 0.85) & (P.phi <= 0.93))  # the grid's neighbours of 0.9
+    assert P.stay[0] > 0.999  # no visit ended: the continuation is not cut short by the run's end
+    assert np.isfinite(fit(X, lengths, np.zeros(len(X), int), 1).score)  # one state: one visit a run
