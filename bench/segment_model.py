@@ -7,8 +7,11 @@ another structure (transition states, emptied states) to them. This model writes
 family's own story into the likelihood:
 
 * a run is a sequence of *segments* (visits); consecutive segments have different states (a
-  transition matrix with a zero diagonal), and a segment lasts ``d_min`` checkpoints or more, its
-  length beyond that geometric with a mean of the state's own (the last segment of a run censored);
+  transition matrix with a zero diagonal), and a segment lasts its state's ``d_min`` checkpoints or
+  more, its length beyond that geometric with a mean of the state's own (a run's last segment is
+  censored: it goes on after the run, so it may be shorter);
+* optionally (``moves``) one more state, the *move*: the way between places, not a place, as short as
+  one checkpoint, whose checkpoints :func:`place_labels` gives to the place it leads to;
 * inside a visit of state k, feature j moves as ``x_t = μ_kj + u + v·c_t + ε_t``: ``c_t`` the time
   from the visit's centre, ``u ~ N(0, τ²_kj)`` the visit's offset, ``v ~ N(ν_kj, ω²_kj)`` its trend,
   and ``ε`` an AR(1) process with coefficient ``φ_j`` and innovation variance ``σ²_kj``
@@ -17,8 +20,9 @@ family's own story into the likelihood:
 The offset and trend are integrated out, so a segment's log-likelihood is a 2-coefficient Bayesian
 regression's evidence, exact and O(1) per (segment, state, feature) from prefix sums of the
 quasi-differenced series ``x_t − φ x_{t−1}``. Decoding is the exact segment Viterbi (O(T² K) per
-run). Fitting is hard EM ("segmental k-means"): decode, then re-estimate from the decoded visits by
-moments (GLS per visit; state means, spreads and pooled innovations), until the labels stop changing.
+run). Fitting is hard EM ("segmental k-means"): decode, then re-estimate from the decoded visits
+(each feature's φ from a grid, by the decoded visits' evidence; then moments: GLS per visit, state
+means, spreads and pooled innovations), until the labels stop changing.
 The moments are not the exact maximiser of the segment evidence, so the score is tracked and the
 best decoding kept.
 """
