@@ -77,6 +77,33 @@ def transition_rows(paths: list[np.ndarray], ramp: int) -> np.ndarray:
     return np.concatenate(out)
 
 
+def realistic_draw(level: str, i: int):
+    """The i-th ``realistic`` draw of a level as a fit sees it: ``(cfg, truth, X, lengths, paths)``, X the
+    globally z-scored features, ``paths`` each run's true states."""
+    cfg = random_config("realistic", level, i)
+    table, truth = simulate(cfg)
+    feats = [c for c in table.columns if c not in ("seed", "step", "epoch", "val_acc")]
+    X, *_ = zscore(table[feats].to_numpy(float))
+    seeds = table["seed"].unique()
+    lengths = table.groupby("seed", sort=False).size().loc[seeds].to_numpy()
+    return cfg, truth, X, lengths, [np.asarray(truth.paths[s]) for s in seeds]
+
+
+def plain_starts(X, lengths, K: int, segments=None) -> dict[str, np.ndarray]:
+    """The two starts that know nothing of the truth: the segmentation `latent fit`'s first restart
+    starts from (from ``segments``, :func:`latent.segments.run_segments`'s, when given), and K equal
+    pieces of each run's time."""
+    segments = run_segments(X, lengths) if segments is None else segments
+    return {"segments": labels_from_segments(X, lengths, segments, K, 0, 0.5),
+            "time": np.concatenate([np.arange(T) * K // T for T in lengths])}
+
+
+def transition_states(labels: np.ndarray, in_transition: np.ndarray, K: int, need: int) -> int:
+    """States with at least ``need`` decoded rows, ``TRANSITION_SHARE`` of them in planted transitions."""
+    return sum(1 for k in range(K) if (labels == k).sum() >= need
+               and in_transition[labels == k].mean() >= TRANSITION_SHARE)
+
+
 def em(fam, X, lengths, labels, K):
     """EM at K from a hard labelling, as `latent fit` runs a restart; the fitted model."""
     model = fam.new_model(K, "full", n_iter=N_ITER, tol=TOL, random_state=0)
@@ -95,8 +122,7 @@ def describe(model, X, lengths, truth_labels, in_transition, need) -> dict:
         ll, post = model.score_samples(X, lengths)
         fitted = model.predict(X, lengths)
     rows = post.sum(axis=0)
-    moves = sum(1 for k in range(model.n_components) if (fitted == k).sum() >= need
-                and in_transition[fitted == k].mean() >= TRANSITION_SHARE)
+    moves = transition_states(fitted, in_transition, model.n_components, need)
     out = {"thinnest": float(rows.min()), "thin": bool(rows.min() < need), "loglik": float(ll),
            "ari": float(adjusted_rand_score(truth_labels, fitted)), "transition_states": moves}
     if hasattr(model, "phi_"):
@@ -105,20 +131,13 @@ def describe(model, X, lengths, truth_labels, in_transition, need) -> dict:
 
 
 def one(level: str, i: int, families) -> list[dict]:
-    cfg = random_config("realistic", level, i)
-    table, truth = simulate(cfg)
-    feats = [c for c in table.columns if c not in ("seed", "step", "epoch", "val_acc")]
-    X, *_ = zscore(table[feats].to_numpy(float))
-    seeds = table["seed"].unique()
-    lengths = table.groupby("seed", sort=False).size().loc[seeds].to_numpy()
-    paths = [np.asarray(truth.paths[s]) for s in seeds]
+    cfg, truth, X, lengths, paths = realistic_draw(level, i)
     labels = np.concatenate(paths)
     in_transition = transition_rows(paths, cfg.ramp)
     K, d = truth.n_states, X.shape[1]
     need = min_state_rows("full", d)
     segments = run_segments(X, lengths)
-    segmented = labels_from_segments(X, lengths, segments, K, 0, 0.5)
-    by_time = np.concatenate([np.arange(T) * K // T for T in lengths])
+    plain = plain_starts(X, lengths, K, segments)
     out = []
     for family in families:
         base, phi_max = VARIANTS.get(family, (family, None))
@@ -130,7 +149,7 @@ def one(level: str, i: int, families) -> list[dict]:
         saved = switching.PHI_MAX
         switching.PHI_MAX = phi_max if phi_max is not None else saved
         try:
-            for start, lab in (("truth", labels), ("segments", segmented), ("time", by_time)):
+            for start, lab in (("truth", labels), ("segments", plain["segments"]), ("time", plain["time"])):
                 rec[start] = describe(em(fam, X, lengths, lab, K), X, lengths, labels, in_transition, need)
         finally:
             switching.PHI_MAX = saved

@@ -48,32 +48,17 @@ def one(task: tuple) -> dict:
     level, i, start, model, workers = task
     from sklearn.metrics import adjusted_rand_score
 
-    from bench_family_start import TRANSITION_SHARE, transition_rows
-    from latent.features import zscore
-    from latent.segments import labels_from_segments, run_segments
-    from latent.simulate import random_config, simulate
+    from bench_family_start import plain_starts, realistic_draw, transition_rows, transition_states
     from segment_model import fit
 
-    cfg = random_config("realistic", level, i)
-    table, truth = simulate(cfg)
-    feats = [c for c in table.columns if c not in ("seed", "step", "epoch", "val_acc")]
-    X, *_ = zscore(table[feats].to_numpy(float))
-    seeds = table["seed"].unique()
-    lengths = table.groupby("seed", sort=False).size().loc[seeds].to_numpy()
-    paths = [np.asarray(truth.paths[s]) for s in seeds]
+    cfg, truth, X, lengths, paths = realistic_draw(level, i)
     labels = np.concatenate(paths)
     K = truth.n_states
     in_transition = transition_rows(paths, cfg.ramp)
-    if start == "truth":
-        lab = labels
-    elif start == "segments":
-        lab = labels_from_segments(X, lengths, run_segments(X, lengths), K, 0, 0.5)
-    else:
-        lab = np.concatenate([np.arange(T) * K // T for T in lengths])
+    lab = labels if start == "truth" else plain_starts(X, lengths, K)[start]
 
     def moves(lab):
-        return sum(1 for k in range(K) if (lab == k).sum() >= MIN_ROWS
-                   and in_transition[lab == k].mean() >= TRANSITION_SHARE)
+        return transition_states(lab, in_transition, K, MIN_ROWS)
 
     t0 = time.perf_counter()
     f = fit(X, lengths, lab, K, d_min=D_MIN, max_iter=MAX_ITER, moves=model == "segment+moves")
