@@ -77,16 +77,16 @@ def transition_rows(paths: list[np.ndarray], ramp: int) -> np.ndarray:
     return np.concatenate(out)
 
 
-def realistic_draw(level: str, i: int):
-    """The i-th ``realistic`` draw of a level as a fit sees it: ``(cfg, truth, X, lengths, paths)``, X the
-    globally z-scored features, ``paths`` each run's true states."""
-    cfg = random_config("realistic", level, i)
+def realistic_draw(level: str, i: int, family: str = "realistic"):
+    """The i-th draw of a level (of ``family``, ``realistic`` unless named) as a fit sees it: ``(cfg, truth,
+    X, lengths, paths)``, X the globally z-scored features, ``paths`` each run's true states (none for ``drift``)."""
+    cfg = random_config(family, level, i)
     table, truth = simulate(cfg)
     feats = [c for c in table.columns if c not in ("seed", "step", "epoch", "val_acc")]
     X, *_ = zscore(table[feats].to_numpy(float))
     seeds = table["seed"].unique()
     lengths = table.groupby("seed", sort=False).size().loc[seeds].to_numpy()
-    return cfg, truth, X, lengths, [np.asarray(truth.paths[s]) for s in seeds]
+    return cfg, truth, X, lengths, [np.asarray(truth.paths[s]) for s in seeds] if truth.paths else []
 
 
 def plain_starts(X, lengths, K: int, segments=None) -> dict[str, np.ndarray]:

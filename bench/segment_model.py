@@ -146,46 +146,84 @@ def _log_duration(n: np.ndarray, stay: np.ndarray, d_min: np.ndarray, censored: 
     return np.where(extra >= 0, out, -np.inf)
 
 
-def viterbi(x: np.ndarray, params: SegmentParams) -> tuple[float, list[tuple[int, int, int]]]:
-    """The best segmentation of one run: its log score and its visits ``(start, stop, state)``."""
-    T = len(x)
-    K = params.n_states
-    d_min = np.asarray(params.d_min)
-    d0 = int(d_min.min())
-    s_idx, e_idx = np.triu_indices(T + 1, k=1)
+def candidate_cuts(T: int, stride: int = 1, extra=(), width: int = 1) -> np.ndarray:
+    """The checkpoints a visit may start at: every ``stride``-th one, every checkpoint within ``width`` of
+    one of ``extra`` (boundaries found before), and 0 and ``T``; sorted and unique."""
+    grid = np.arange(0, T + 1, max(int(stride), 1))
+    near = np.asarray(list(extra), dtype=int)
+    if len(near):
+        near = (near[:, None] + np.arange(-width, width + 1)[None, :]).ravel()
+    out = np.unique(np.concatenate([grid, near, [0, T]]))
+    return out[(out >= 0) & (out <= T)]
+
+
+def _scores(x: np.ndarray, params: SegmentParams, cuts) -> tuple[np.ndarray, np.ndarray]:
+    """``(cuts, table)``: table[i, j, k] the log evidence plus duration of ``x[cuts[i]:cuts[j]]`` as one
+    visit of state k (the run's last visit censored), -inf for i ≥ j or a visit shorter than its state allows."""
+    T, K = len(x), params.n_states
+    cuts = np.arange(T + 1) if cuts is None else np.asarray(cuts, dtype=int)
+    if cuts[0] != 0 or cuts[-1] != T or np.any(np.diff(cuts) <= 0):
+        raise ValueError("cuts must rise strictly from 0 to the run's length")
+    i_idx, j_idx = np.triu_indices(len(cuts), k=1)
+    s_idx, e_idx = cuts[i_idx], cuts[j_idx]
     seg = segment_loglik(x, s_idx, e_idx, params)
     n = e_idx - s_idx
+    d_min = np.asarray(params.d_min)
     dur = np.where((e_idx == T)[:, None], _log_duration(n, params.stay, d_min, True),
                    _log_duration(n, params.stay, d_min, False))
-    score = seg + dur
-    table = np.full((T + 1, T + 1, K), -np.inf)
-    table[s_idx, e_idx] = score
-    V = np.full((T + 1, K), -np.inf)
-    back = np.zeros((T + 1, K, 2), dtype=int)  # (start, previous state)
-    W = np.full((T + 1, K), -np.inf)  # best way into a new visit of k starting at s
-    Wk = np.zeros((T + 1, K), dtype=int)
+    table = np.full((len(cuts), len(cuts), K), -np.inf)
+    table[i_idx, j_idx] = seg + dur
+    return cuts, table
+
+
+def viterbi(x: np.ndarray, params: SegmentParams, cuts=None) -> tuple[float, list[tuple[int, int, int]]]:
+    """The best segmentation of one run: its log score and its visits ``(start, stop, state)``; with
+    ``cuts`` (from :func:`candidate_cuts`), visits start and stop at those checkpoints only."""
+    K = params.n_states
+    cuts, table = _scores(x, params, cuts)
+    m = len(cuts) - 1
+    V = np.full((m + 1, K), -np.inf)
+    back = np.zeros((m + 1, K, 2), dtype=int)  # (start's cut index, previous state)
+    W = np.full((m + 1, K), -np.inf)  # best way into a new visit of k starting at cut i
+    Wk = np.zeros((m + 1, K), dtype=int)
     W[0] = params.log_start
     Wk[0] = -1
-    for e in range(1, T + 1):
-        hi = e if e == T else e - d0 + 1  # only the run's last visit may be shorter than d_min
-        if hi <= 0:
-            continue
-        cand = W[:hi] + table[:hi, e]  # (starts, K)
-        s_best = np.argmax(cand, axis=0)
-        V[e] = cand[s_best, np.arange(K)]
-        back[e, :, 0], back[e, :, 1] = s_best, Wk[s_best, np.arange(K)]
-        if e < T:
-            into = V[e][:, None] + params.log_trans  # (from, to)
-            Wk[e] = np.argmax(into, axis=0)
-            W[e] = into[Wk[e], np.arange(K)]
-    k = int(np.argmax(V[T]))
-    best = float(V[T, k])
-    visits, e = [], T
-    while e > 0:
-        s, prev = back[e, k]
-        visits.append((int(s), int(e), k))
-        e, k = int(s), int(prev)
+    for j in range(1, m + 1):
+        cand = W[:j] + table[:j, j]  # (starts, K)
+        i_best = np.argmax(cand, axis=0)
+        V[j] = cand[i_best, np.arange(K)]
+        back[j, :, 0], back[j, :, 1] = i_best, Wk[i_best, np.arange(K)]
+        if j < m:
+            into = V[j][:, None] + params.log_trans  # (from, to)
+            Wk[j] = np.argmax(into, axis=0)
+            W[j] = into[Wk[j], np.arange(K)]
+    k = int(np.argmax(V[m]))
+    best = float(V[m, k])
+    visits, j = [], m
+    while j > 0:
+        i, prev = back[j, k]
+        visits.append((int(cuts[i]), int(cuts[j]), k))
+        j, k = int(i), int(prev)
     return best, visits[::-1]
+
+
+def forward(x: np.ndarray, params: SegmentParams, cuts=None) -> float:
+    """The log likelihood of one run, summed over every segmentation (on ``cuts`` when given) and
+    every state sequence: the held-out score."""
+    from scipy.special import logsumexp
+
+    K = params.n_states
+    cuts, table = _scores(x, params, cuts)
+    m = len(cuts) - 1
+    F = np.full((m + 1, K), -np.inf)
+    W = np.full((m + 1, K), -np.inf)
+    W[0] = params.log_start
+    with np.errstate(invalid="ignore"):
+        for j in range(1, m + 1):
+            F[j] = logsumexp(W[:j] + table[:j, j], axis=0)
+            if j < m:
+                W[j] = logsumexp(F[j][:, None] + params.log_trans, axis=0)
+    return float(logsumexp(F[m]))
 
 
 # --------------------------------------------------------------------------- estimation
@@ -202,17 +240,18 @@ def _visit_fit(x: np.ndarray, phi: np.ndarray):
         lag = np.abs(np.subtract.outer(np.arange(n), np.arange(n)))
         va = np.array([(f ** lag).sum() / n**2 / (1 - f**2) for f in phi])
         return x.mean(0), np.zeros(D), va, np.full(D, np.inf), np.zeros(D), 0
-    a_hat, v_hat, va, vv, ss = (np.empty(D) for _ in range(5))
-    for j in range(D):
-        f = phi[j]
-        w0 = np.sqrt(1 - f**2)
-        R = np.vstack([[w0, w0 * c[0]], np.column_stack([np.full(n - 1, 1 - f), c[1:] - f * c[:-1]])])
-        o = np.r_[w0 * x[0, j], x[1:, j] - f * x[:-1, j]]
-        G = R.T @ R
-        beta = np.linalg.solve(G, R.T @ o)
-        inv = np.linalg.inv(G)
-        a_hat[j], v_hat[j], va[j], vv[j] = beta[0], beta[1], inv[0, 0], inv[1, 1]
-        ss[j] = np.sum((o - R @ beta) ** 2)
+    # the whitened design per feature, all features at once: row 0 (w0, w0·c_0), rows t ≥ 1
+    # (1 − φ, c_t − φ c_{t−1}); observations w0·x_0 and x_t − φ x_{t−1}
+    w0 = np.sqrt(1 - phi**2)  # (D,)
+    r1 = np.vstack([w0, np.broadcast_to(1 - phi, (n - 1, D))])  # (n, D)
+    r2 = np.vstack([w0 * c[0], c[1:, None] - phi * c[:-1, None]])
+    o = np.vstack([w0 * x[0], x[1:] - phi * x[:-1]])
+    g11, g12, g22 = (r1 * r1).sum(0), (r1 * r2).sum(0), (r2 * r2).sum(0)
+    h1, h2 = (r1 * o).sum(0), (r2 * o).sum(0)
+    det = g11 * g22 - g12**2
+    a_hat, v_hat = (g22 * h1 - g12 * h2) / det, (g11 * h2 - g12 * h1) / det
+    va, vv = g22 / det, g11 / det
+    ss = ((o - r1 * a_hat - r2 * v_hat) ** 2).sum(0)
     return a_hat, v_hat, va, vv, ss, n - 2
 
 
@@ -349,10 +388,41 @@ class SegmentFit:
     scores: list  # per iteration
 
 
+def visit_cuts(T: int, stride: int, visits) -> np.ndarray | None:
+    """The cuts a decoding with ``stride`` uses after ``visits``: the grid, and every checkpoint within
+    ``stride // 2`` of a boundary of ``visits`` (so a boundary the grid put near is placed exactly next
+    time); None (every checkpoint) for a stride of 1."""
+    if stride <= 1:
+        return None
+    return candidate_cuts(T, stride, [s for s, _, _ in visits[1:]], width=stride // 2)
+
+
+def score_runs(X: np.ndarray, lengths, params: SegmentParams, stride: int = 1) -> np.ndarray:
+    """Each run's :func:`forward` log likelihood (the held-out score). With ``stride`` > 1, on the cuts
+    near the run's decoding on the grid, as :func:`fit` decodes."""
+    runs = np.split(X, np.cumsum(lengths)[:-1])
+    out = []
+    for x in runs:
+        cuts = None
+        if stride > 1:  # decode on the grid, then sum over the cuts near that decoding
+            cuts = visit_cuts(len(x), stride, viterbi(x, params, candidate_cuts(len(x), stride))[1])
+        out.append(forward(x, params, cuts))
+    return np.array(out)
+
+
+def n_parameters(params: SegmentParams) -> int:
+    """Free parameters: per state five per feature (level, trend, two spreads, innovation) and its
+    continuation; φ per feature; first states and transitions (zero diagonal; a move's d_min is fixed)."""
+    K, D = params.mu.shape
+    return 5 * K * D + K + D + (K - 1) + K * max(K - 2, 0)
+
+
 def fit(X: np.ndarray, lengths, labels: np.ndarray, K: int, d_min: int = 5, max_iter: int = 15,
-        moves: bool = False) -> SegmentFit:
+        moves: bool = False, stride: int = 1) -> SegmentFit:
     """Hard EM from a labelling of every checkpoint (``labels`` in 0..K−1) with K places; with
-    ``moves``, also a move between places (shortest 1 checkpoint), which is not a place."""
+    ``moves``, also a move between places (shortest 1 checkpoint), which is not a place. With ``stride``
+    > 1, visits start and stop on every ``stride``-th checkpoint and near the last decoding's boundaries
+    (:func:`visit_cuts`): far fewer segments to score, and boundaries still to the checkpoint."""
     lengths = np.asarray(lengths)
     runs = np.split(X, np.cumsum(lengths)[:-1])
     visits = [visits_from_labels(lab) for lab in np.split(np.asarray(labels), np.cumsum(lengths)[:-1])]
@@ -361,7 +431,7 @@ def fit(X: np.ndarray, lengths, labels: np.ndarray, K: int, d_min: int = 5, max_
     best, history, it = None, [], 0
     for it in range(1, max_iter + 1):
         params = estimate(X, lengths, visits, n_states, mins, moves)
-        decoded = [viterbi(x, params) for x in runs]
+        decoded = [viterbi(x, params, visit_cuts(len(x), stride, v)) for x, v in zip(runs, visits)]
         score = float(sum(s for s, _ in decoded))
         new = [v for _, v in decoded]
         history.append(score)

@@ -11,7 +11,8 @@ from scipy.stats import multivariate_normal
 from sklearn.metrics import adjusted_rand_score
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
-from segment_model import SegmentParams, fit, segment_loglik, viterbi  # noqa: E402
+from scipy.special import logsumexp  # noqa: E402
+from segment_model import SegmentParams, fit, forward, segment_loglik, viterbi  # noqa: E402
 
 
 def _params(rng, K=2, D=3, d_min=2):
@@ -46,16 +47,18 @@ def test_segment_evidence_is_the_full_gaussian_marginal():
             assert abs(got[i, k] - want) < 1e-9
 
 
-def _brute(x, P):
+def _brute(x, P, inner=None):
     """The best score over every segmentation (each visit but the last at least its state's d_min, no
-    state twice in a row), every segment's evidence computed once."""
+    state twice in a row; boundaries among ``inner`` when given), every segment's evidence computed
+    once; and the log of the sum of every segmentation's likelihood."""
     T, K = len(x), P.n_states
+    inner = list(range(1, T)) if inner is None else list(inner)
     pairs = [(a, b) for a in range(T) for b in range(a + 1, T + 1)]
     ll = segment_loglik(x, np.array([a for a, _ in pairs]), np.array([b for _, b in pairs]), P)
     seg = dict(zip(pairs, ll))
-    best = (-np.inf, None)
-    for cuts_n in range(T):
-        for cuts in itertools.combinations(range(1, T), cuts_n):
+    best, every = (-np.inf, None), []
+    for cuts_n in range(len(inner) + 1):
+        for cuts in itertools.combinations(inner, cuts_n):
             bounds = list(zip([0, *cuts], [*cuts, T]))
             for states in itertools.product(range(K), repeat=len(bounds)):
                 # a visit lasts its state's d_min or more, except the run's last, which goes on after it
@@ -70,9 +73,10 @@ def _brute(x, P):
                         score += seg[(a, b)][k] + (b - a - P.d_min[k]) * np.log(P.stay[k]) + np.log1p(-P.stay[k])
                     if v:
                         score += P.log_trans[states[v - 1], k]
+                every.append(score)
                 if score > best[0]:
                     best = (score, [(a, b, k) for (a, b), k in zip(bounds, states)])
-    return best
+    return best, logsumexp(every)
 
 
 def test_viterbi_is_the_best_segmentation():
@@ -82,8 +86,46 @@ def test_viterbi_is_the_best_segmentation():
         P.d_min = np.array(d_min)
         x = rng.normal(size=(T, 3)) + P.mu[rng.integers(K, size=T)]
         score, visits = viterbi(x, P)
-        want_score, want_visits = _brute(x, P)
+        (want_score, want_visits), want_sum = _brute(x, P)
         assert abs(score - want_score) < 1e-9 and visits == want_visits
+        assert abs(forward(x, P) - want_sum) < 1e-9
+
+
+def test_visits_on_candidate_cuts_are_the_best_and_the_sum_over_those_segmentations():
+    from segment_model import candidate_cuts
+
+    assert candidate_cuts(10, 4, [6]).tolist() == [0, 4, 5, 6, 7, 8, 10]
+    assert candidate_cuts(5, 1, [0, 5]).tolist() == [0, 1, 2, 3, 4, 5]  # neighbours outside the run dropped
+    rng = np.random.default_rng(5)
+    for K, T, d_min, stride, extra in ((2, 10, [2, 2], 3, [5]), (3, 9, [2, 1, 2], 2, []), (2, 11, [3, 2], 4, [2, 9])):
+        P = _params(rng, K=K)
+        P.d_min = np.array(d_min)
+        x = rng.normal(size=(T, 3)) + P.mu[rng.integers(K, size=T)]
+        cuts = candidate_cuts(T, stride, extra)
+        score, visits = viterbi(x, P, cuts)
+        (want_score, want_visits), want_sum = _brute(x, P, inner=cuts[1:-1])
+        assert abs(score - want_score) < 1e-9 and visits == want_visits
+        assert abs(forward(x, P, cuts) - want_sum) < 1e-9
+        assert forward(x, P, cuts) < forward(x, P)  # fewer segmentations, less mass
+
+
+def test_visit_fit_is_the_whitened_least_squares_line():
+    from segment_model import _visit_fit
+
+    rng = np.random.default_rng(6)
+    phi = np.array([0.0, 0.6, 0.95])
+    x = rng.normal(size=(9, 3)).cumsum(0)
+    a, v, va, vv, ss, df = _visit_fit(x, phi)
+    n, c = 9, np.arange(9) - 4.0
+    for j, f in enumerate(phi):
+        # Prais-Winsten: the first row scaled by √(1 − φ²), the rest quasi-differenced
+        R = np.column_stack([np.ones(n), c])
+        Rw = np.vstack([np.sqrt(1 - f**2) * R[0], R[1:] - f * R[:-1]])
+        ow = np.r_[np.sqrt(1 - f**2) * x[0, j], x[1:, j] - f * x[:-1, j]]
+        beta, res, *_ = np.linalg.lstsq(Rw, ow, rcond=None)
+        inv = np.linalg.inv(Rw.T @ Rw)
+        assert np.allclose([a[j], v[j], va[j], vv[j], ss[j]], [beta[0], beta[1], inv[0, 0], inv[1, 1], res[0]])
+    assert df == n - 2
 
 
 def test_hard_em_recovers_planted_visits():

@@ -1,0 +1,154 @@
+"""Can the trial segment model choose K? (issue 20; the step after ``bench/bench_segment_trial.py``)
+
+The trial model (``bench/segment_model.py``, with the move between places, visits on a grid of
+``--stride`` checkpoints refined to the checkpoint near each boundary) is fitted at K = 1..8 by hard
+EM from the segmentation start that `latent fit`'s first restart uses, on half of the runs (even
+seeds, then odd), and each held-out run is scored by the segment forward algorithm (every
+segmentation summed, offsets and trends integrated out). K is chosen two ways from the 40 held-out
+runs' scores:
+
+* ``best``: the K with the highest held-out total;
+* ``paired 1-SE``: the smallest K whose per-run score is within one standard error of the best K's,
+  the standard error of the per-run *differences* (a run's offset moves its score under every K alike,
+  so differences do not carry it, the failure issue 20 measured for `latent fit`'s one-SE rule).
+
+Draws: the ``realistic`` draws of ``family-start`` and ``segment-trial`` (true K 2-8), and the
+``drift`` family (smooth drift, no states: the negative control, where K = 1 is "no discrete phases").
+This is cheaper than `latent fit`'s procedure (2 folds, one start, no restarts), so it measures the
+model's held-out evidence, not a finished selection rule.
+
+    python bench/bench_segment_k.py --family realistic --level medium --draws 5 --workers 2
+    python bench/bench_segment_k.py --family realistic --level easy --draws 5 --workers 2
+    python bench/bench_segment_k.py --family drift --level medium --draws 5 --workers 2
+
+Raw lines (one per draw, K and fold, with every held-out run's score): bench/results/segment-k.jsonl;
+the ``segment-k`` block of bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import write_block  # noqa: E402
+
+RAW = Path(__file__).with_name("results") / "segment-k.jsonl"
+KS = range(1, 9)
+FOLDS = 2
+D_MIN = 5
+
+
+def one(task: tuple) -> dict:
+    """Fit K places (+ the move) to one fold's training runs; score the other runs."""
+    family, level, i, K, fold, stride = task
+    from bench_family_start import plain_starts, realistic_draw
+    from segment_model import fit, score_runs
+
+    _, truth, X, lengths, _ = realistic_draw(level, i, family)
+    runs = np.split(X, np.cumsum(lengths)[:-1])
+    train = [r for r in range(len(runs)) if r % FOLDS != fold]
+    test = [r for r in range(len(runs)) if r % FOLDS == fold]
+    Xtr, ltr = np.vstack([runs[r] for r in train]), lengths[train]
+    t0 = time.perf_counter()
+    start = plain_starts(Xtr, ltr, K)["segments"] if K > 1 else np.zeros(len(Xtr), int)
+    f = fit(Xtr, ltr, start, K, d_min=D_MIN, moves=True, stride=stride)
+    held = score_runs(np.vstack([runs[r] for r in test]), lengths[test], f.params, stride)
+    return {"family": family, "level": level, "draw": i, "k": K, "fold": fold, "stride": stride,
+            "true_k": int(truth.n_states) if family != "drift" else 0, "runs": test, "held_out": held.tolist(),
+            "train_score": f.score, "iterations": f.iterations, "seconds": time.perf_counter() - t0}
+
+
+def choose(records: list[dict]) -> dict:
+    """One draw's choices from its records: ``best`` and ``paired 1-SE`` (None when a K is missing)."""
+    per_run = {}
+    for r in records:
+        for run, s in zip(r["runs"], r["held_out"]):
+            per_run.setdefault(r["k"], {})[run] = s
+    ks = sorted(per_run)
+    if ks != list(KS) or len({len(v) for v in per_run.values()}) != 1:
+        return {}
+    runs = sorted(per_run[ks[0]])
+    S = np.array([[per_run[k][r] for r in runs] for k in ks])  # (K, runs)
+    best = int(np.argmax(S.sum(1)))
+    diff = S - S[best]
+    se = diff.std(1, ddof=1) / np.sqrt(len(runs))
+    within = [j for j in range(len(ks)) if diff[j].mean() >= -se[j]]
+    return {"best": ks[best], "one_se": ks[min(within)], "gap": float(S[best].sum() - np.sort(S.sum(1))[-2])}
+
+
+def table(done: list[dict]) -> str:
+    lines = ["| family | level | draws | true K | K (best held-out) | K (paired 1-SE) | right (best; 1-SE) | "
+             "no discrete phases (K = 1) |", "|---|---|---|---|---|---|---|---|"]
+    groups = sorted({(r["family"], r["level"]) for r in done})
+    for fam, level in groups:
+        draws = sorted({r["draw"] for r in done if (r["family"], r["level"]) == (fam, level)})
+        picks = []
+        for d in draws:
+            rs = [r for r in done if (r["family"], r["level"], r["draw"]) == (fam, level, d)]
+            c = choose(rs)
+            if c:
+                picks.append((rs[0]["true_k"], c["best"], c["one_se"]))
+        if not picks:
+            continue
+        truth = ", ".join(str(t) if t else "–" for t, _, _ in picks)
+        right = ("–" if fam == "drift" else
+                 f"{sum(b == t for t, b, _ in picks)}/{len(picks)}; {sum(o == t for t, _, o in picks)}/{len(picks)}")
+        flat = f"{sum(b == 1 for _, b, _ in picks)}/{len(picks)}; {sum(o == 1 for _, _, o in picks)}/{len(picks)}"
+        lines.append(f"| {fam} | {level} | {len(picks)} | {truth} | {', '.join(str(b) for _, b, _ in picks)} | "
+                     f"{', '.join(str(o) for _, _, o in picks)} | {right} | {flat} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--family", default="realistic", choices=("realistic", "drift"))
+    ap.add_argument("--level", default="medium")
+    ap.add_argument("--draws", type=int, default=5)
+    ap.add_argument("--stride", type=int, default=6, help="grid of the visits' boundaries (refined near each)")
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args(argv)
+    done = [json.loads(line) for line in RAW.read_text().splitlines()] if RAW.exists() else []
+    have = {(r["family"], r["level"], r["draw"], r["k"], r["fold"], r["stride"]) for r in done}
+    # the largest K first: the slowest fits start while the others fill in around them
+    todo = [(args.family, args.level, i, K, fold, args.stride) for i in range(args.draws)
+            for K in sorted(KS, reverse=True) for fold in range(FOLDS)
+            if (args.family, args.level, i, K, fold, args.stride) not in have]
+    RAW.parent.mkdir(exist_ok=True)
+    with RAW.open("a") as fh, ProcessPoolExecutor(max_workers=args.workers) as pool:
+        for rec in pool.map(one, todo):
+            print(json.dumps({k: v for k, v in rec.items() if k not in ("held_out", "runs")}), flush=True)
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            done.append(rec)
+    done = [r for r in done if r["stride"] == args.stride]
+    text = table(done)
+    secs = [r["seconds"] for r in done]
+    print(text)
+    if not args.no_write and done:
+        write_block("segment-k", (
+            "The trial segment model with the move (`bench/segment_model.py`; visits of at least "
+            f"{D_MIN} checkpoints on a grid of {args.stride} refined near each boundary) fitted at K = "
+            f"{min(KS)}..{max(KS)} on half the runs (even seeds, then odd) from the segmentation start, every "
+            "held-out run scored by the segment forward algorithm. `best`: the K with the highest held-out total; "
+            "`paired 1-SE`: the smallest K within one standard error of the best, the error of per-run differences. "
+            "`drift` draws have no states (the negative control: K = 1 is \"no discrete phases\"). Two folds, one "
+            "start, no restarts: cheaper than `latent fit`'s selection."
+            f"\n\n{text}\n\nRaw: bench/results/segment-k.jsonl (per draw, K and fold; seconds per fit and "
+            f"held-out scoring {min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}, on {os.cpu_count()} "
+            "cores). Commands: `python bench/bench_segment_k.py --family realistic --level medium --draws 5 "
+            "--workers 2`, then `--level easy`, then `--family drift --level medium`."),
+            title="Choosing K with the trial segment model (`bench/bench_segment_k.py`)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
