@@ -42,15 +42,19 @@ from results import write_block  # noqa: E402
 
 RAW = Path(__file__).with_name("results") / "segment-k.jsonl"
 KS = range(1, 9)
+MIN_ROWS = 15  # a place with fewer decoded rows is not counted as used (as in bench_segment_trial.py)
 FOLDS = 2
 D_MIN = 5
 
 
 def one(task: tuple) -> dict:
-    """Fit K places (+ the move) to one fold's training runs; score the other runs."""
-    family, level, i, K, fold, stride = task
+    """Fit K places (+ the move) to one fold's training runs from ``starts`` starts, keep the best training
+    score, and score the other runs."""
+    family, level, i, K, fold, stride, starts = task
     from bench_family_start import plain_starts, realistic_draw
     from segment_model import fit, score_runs
+
+    from latent.segments import labels_from_segments, run_segments
 
     _, truth, X, lengths, _ = realistic_draw(level, i, family)
     runs = np.split(X, np.cumsum(lengths)[:-1])
@@ -58,12 +62,22 @@ def one(task: tuple) -> dict:
     test = [r for r in range(len(runs)) if r % FOLDS == fold]
     Xtr, ltr = np.vstack([runs[r] for r in train]), lengths[train]
     t0 = time.perf_counter()
-    start = plain_starts(Xtr, ltr, K)["segments"] if K > 1 else np.zeros(len(Xtr), int)
-    f = fit(Xtr, ltr, start, K, d_min=D_MIN, moves=True, stride=stride)
+    if K == 1:
+        tries = [np.zeros(len(Xtr), int)]
+    else:  # the segmentation start (`latent fit`'s first restart), equal time pieces, then other KMeans seeds
+        segs = run_segments(Xtr, ltr)
+        plain = plain_starts(Xtr, ltr, K, segs)
+        tries = [plain["segments"], plain["time"]] + [labels_from_segments(Xtr, ltr, segs, K, seed, 0.5)
+                                                      for seed in range(1, starts - 1)]
+        tries = tries[:starts]
+    fits = [fit(Xtr, ltr, lab, K, d_min=D_MIN, moves=True, stride=stride) for lab in tries]
+    f = max(fits, key=lambda g: g.score)
     held = score_runs(np.vstack([runs[r] for r in test]), lengths[test], f.params, stride)
     return {"family": family, "level": level, "draw": i, "k": K, "fold": fold, "stride": stride,
             "true_k": int(truth.n_states) if family != "drift" else 0, "runs": test, "held_out": held.tolist(),
-            "train_score": f.score, "iterations": f.iterations, "seconds": time.perf_counter() - t0}
+            "train_score": f.score, "train_scores": [g.score for g in fits], "starts": starts,
+            "place_rows": np.bincount(f.labels[f.labels >= 0], minlength=K).tolist(),
+            "iterations": f.iterations, "seconds": time.perf_counter() - t0}
 
 
 def choose(records: list[dict]) -> dict:
@@ -81,30 +95,90 @@ def choose(records: list[dict]) -> dict:
     diff = S - S[best]
     se = diff.std(1, ddof=1) / np.sqrt(len(runs))
     within = [j for j in range(len(ks)) if diff[j].mean() >= -se[j]]
-    return {"best": ks[best], "one_se": ks[min(within)], "gap": float(S[best].sum() - np.sort(S.sum(1))[-2])}
+    used = [sum(n >= MIN_ROWS for n in r["place_rows"]) for r in records if r["k"] == ks[best] and "place_rows" in r]
+    return {"best": ks[best], "one_se": ks[min(within)], "used": min(used) if used else None}
+
+
+RECOVERY = Path(__file__).with_name("results") / "recovery.jsonl"
+PEERS = {"default": "Gaussian HMM", "ar": "`ar`", "hamilton": "`hamilton`"}
+
+
+def _peer_k() -> dict:
+    """(family, level, option, draw) → the K `latent fit` chose on the same 300 × 40 draw
+    (bench/results/recovery.jsonl; its latest record of each)."""
+    out = {}
+    if RECOVERY.exists():
+        for line in RECOVERY.read_text().splitlines():
+            r = json.loads(line)
+            fam, level, option, i, T, n = r["key"]
+            if (T, n) == (300, 40) and option in PEERS:
+                out[(fam, level, option, i)] = r["score"]["k_fit"]
+    return out
 
 
 def table(done: list[dict]) -> str:
-    lines = ["| family | level | draws | true K | K (best held-out) | K (paired 1-SE) | right (best; 1-SE) | "
-             "no discrete phases (K = 1) |", "|---|---|---|---|---|---|---|---|"]
-    groups = sorted({(r["family"], r["level"]) for r in done})
-    for fam, level in groups:
-        draws = sorted({r["draw"] for r in done if (r["family"], r["level"]) == (fam, level)})
-        picks = []
-        for d in draws:
-            rs = [r for r in done if (r["family"], r["level"], r["draw"]) == (fam, level, d)]
-            c = choose(rs)
+    peers = _peer_k()
+    lines = ["| family | level | starts per K | draws | true K | K (best held-out) | places the best K's fits use "
+             f"(≥ {MIN_ROWS} rows; fewer of the two folds) | K (paired 1-SE) | right (best; 1-SE) | "
+             "mean distance from the true K (best; 1-SE) | no discrete phases (K = 1; best; 1-SE) | "
+             + " | ".join(f"{name}'s K, same draws (`latent fit`)" for name in PEERS.values()) + " |",
+             "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(PEERS)]
+    groups = sorted({(r["family"], r["level"], r.get("starts", 1)) for r in done})
+    for fam, level, starts in groups:
+        mine = [r for r in done if (r["family"], r["level"], r.get("starts", 1)) == (fam, level, starts)]
+        picks, chosen, used = [], [], []
+        for d in sorted({r["draw"] for r in mine}):
+            c = choose([r for r in mine if r["draw"] == d])
             if c:
-                picks.append((rs[0]["true_k"], c["best"], c["one_se"]))
+                picks.append((next(r["true_k"] for r in mine if r["draw"] == d), c["best"], c["one_se"]))
+                chosen.append(d)
+                used.append("–" if c["used"] is None else str(c["used"]))
         if not picks:
             continue
+        n = len(picks)
         truth = ", ".join(str(t) if t else "–" for t, _, _ in picks)
-        right = ("–" if fam == "drift" else
-                 f"{sum(b == t for t, b, _ in picks)}/{len(picks)}; {sum(o == t for t, _, o in picks)}/{len(picks)}")
-        flat = f"{sum(b == 1 for _, b, _ in picks)}/{len(picks)}; {sum(o == 1 for _, _, o in picks)}/{len(picks)}"
-        lines.append(f"| {fam} | {level} | {len(picks)} | {truth} | {', '.join(str(b) for _, b, _ in picks)} | "
-                     f"{', '.join(str(o) for _, _, o in picks)} | {right} | {flat} |")
+        drift = fam == "drift"
+        right = "–" if drift else f"{sum(b == t for t, b, _ in picks)}/{n}; {sum(o == t for t, _, o in picks)}/{n}"
+        off = ("–" if drift else f"{np.mean([abs(b - t) for t, b, _ in picks]):.1f}; "
+               f"{np.mean([abs(o - t) for t, _, o in picks]):.1f}")
+        flat = f"{sum(b == 1 for _, b, _ in picks)}/{n}; {sum(o == 1 for _, _, o in picks)}/{n}"
+        peer_cells = []
+        for option in PEERS:
+            ks = [peers.get((fam, level, option, d)) for d in chosen]
+            peer_cells.append(", ".join("not run" if k is None else str(k) for k in ks)
+                              + ("" if drift or None in ks else
+                                 f" (mean distance {np.mean([abs(k - t) for k, (t, _, _) in zip(ks, picks)]):.1f})"))
+        lines.append(f"| {fam} | {level} | {starts} | {n} | {truth} | {', '.join(str(b) for _, b, _ in picks)} | "
+                     f"{', '.join(used)} | "
+                     f"{', '.join(str(o) for _, _, o in picks)} | {right} | {off} | {flat} | "
+                     + " | ".join(peer_cells) + " |")
     return "\n".join(lines)
+
+
+def at_truth(level: str, i: int) -> str:
+    """What the model makes of a draw's true states (all runs): its estimates from the true visits, and
+    where one decoding with them puts the rows. Lines of text."""
+    from bench_family_start import realistic_draw
+    from segment_model import estimate, place_labels, viterbi, visits_from_labels
+
+    _, truth, X, lengths, paths = realistic_draw(level, i)
+    K = truth.n_states
+    visits = [visits_from_labels(p) for p in paths]
+    P = estimate(X, lengths, visits, K, np.full(K, D_MIN))
+    stationary = np.sqrt(P.sig2 / (1 - P.phi**2))  # (K, D)
+    runs = np.split(X, np.cumsum(lengths)[:-1])
+    decoded = np.concatenate([place_labels(viterbi(x, P)[1], len(x), K) for x in runs])
+    true = np.concatenate(paths)
+    out = [f"{level} draw {i}: true K {K}; from the true visits, φ per feature {sorted(set(P.phi.round(2)))}",
+           "per state (median over features): offset spread τ² "
+           + ", ".join(f"{v:.2g}" for v in np.median(P.tau2, 1))
+           + "; stationary AR(1) sd " + ", ".join(f"{v:.2g}" for v in np.median(stationary, 1)),
+           "state means apart, in the nearer state's stationary sds (median over features): "
+           + ", ".join(f"{a}-{b}: {np.median(np.abs(P.mu[a] - P.mu[b]) / np.minimum(stationary[a], stationary[b])):.1f}"
+                       for a in range(K) for b in range(a + 1, K)),
+           "rows per true state: " + ", ".join(str(int((true == k).sum())) for k in range(K))
+           + "; one decoding with these estimates: " + ", ".join(str(int((decoded == k).sum())) for k in range(K))]
+    return "\n".join(out)
 
 
 def main(argv=None) -> int:
@@ -113,15 +187,23 @@ def main(argv=None) -> int:
     ap.add_argument("--level", default="medium")
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--stride", type=int, default=6, help="grid of the visits' boundaries (refined near each)")
+    ap.add_argument("--starts", type=int, default=1, help="starts per K and fold (the best training score is kept): "
+                    "the segmentation, equal time pieces, then KMeans of the segments with other seeds")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
+    ap.add_argument("--at-truth", metavar="LEVEL:DRAW", help="print what the model makes of one realistic draw's true "
+                    "states (its estimates from them, and one decoding), and stop")
     args = ap.parse_args(argv)
+    if args.at_truth:
+        level, draw = args.at_truth.split(":")
+        print(at_truth(level, int(draw)))
+        return 0
     done = [json.loads(line) for line in RAW.read_text().splitlines()] if RAW.exists() else []
-    have = {(r["family"], r["level"], r["draw"], r["k"], r["fold"], r["stride"]) for r in done}
+    have = {(r["family"], r["level"], r["draw"], r["k"], r["fold"], r["stride"], r.get("starts", 1)) for r in done}
     # the largest K first: the slowest fits start while the others fill in around them
-    todo = [(args.family, args.level, i, K, fold, args.stride) for i in range(args.draws)
+    todo = [(args.family, args.level, i, K, fold, args.stride, args.starts) for i in range(args.draws)
             for K in sorted(KS, reverse=True) for fold in range(FOLDS)
-            if (args.family, args.level, i, K, fold, args.stride) not in have]
+            if (args.family, args.level, i, K, fold, args.stride, args.starts) not in have]
     RAW.parent.mkdir(exist_ok=True)
     with RAW.open("a") as fh, ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(one, todo):
@@ -137,15 +219,19 @@ def main(argv=None) -> int:
         write_block("segment-k", (
             "The trial segment model with the move (`bench/segment_model.py`; visits of at least "
             f"{D_MIN} checkpoints on a grid of {args.stride} refined near each boundary) fitted at K = "
-            f"{min(KS)}..{max(KS)} on half the runs (even seeds, then odd) from the segmentation start, every "
+            f"{min(KS)}..{max(KS)} on half the runs (even seeds, then odd) from the segmentation start (or the best of "
+            "3 starts), every "
             "held-out run scored by the segment forward algorithm. `best`: the K with the highest held-out total; "
             "`paired 1-SE`: the smallest K within one standard error of the best, the error of per-run differences. "
-            "`drift` draws have no states (the negative control: K = 1 is \"no discrete phases\"). Two folds, one "
-            "start, no restarts: cheaper than `latent fit`'s selection."
+            "`drift` draws have no states (the negative control: K = 1 is \"no discrete phases\"). Two folds and 1 "
+            "or 3 starts: cheaper than `latent fit`'s selection (5 folds, 5 restarts). The peers' K are "
+            "`latent fit`'s on the same draws (bench/results/recovery.jsonl, its latest record of each)."
             f"\n\n{text}\n\nRaw: bench/results/segment-k.jsonl (per draw, K and fold; seconds per fit and "
             f"held-out scoring {min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}, on {os.cpu_count()} "
             "cores). Commands: `python bench/bench_segment_k.py --family realistic --level medium --draws 5 "
-            "--workers 2`, then `--level easy`, then `--family drift --level medium`."),
+            "--workers 2`, then `--level easy`, then `--family drift --level medium`; the rows of 3 starts per K "
+            "with `--starts 3` (the segmentation, equal time pieces, KMeans with another seed; the best training "
+            "score kept)."),
             title="Choosing K with the trial segment model (`bench/bench_segment_k.py`)")
     return 0
 

@@ -45,7 +45,7 @@ MIN_ROWS = 15
 
 def one(task: tuple) -> dict:
     """Fit the trial model (``segment``, or ``segment+moves``) to one draw from one start."""
-    level, i, start, model, workers = task
+    level, i, start, model, workers, stride = task
     from sklearn.metrics import adjusted_rand_score
 
     from bench_family_start import plain_starts, realistic_draw, transition_rows, transition_states
@@ -61,8 +61,9 @@ def one(task: tuple) -> dict:
         return transition_states(lab, in_transition, K, MIN_ROWS)
 
     t0 = time.perf_counter()
-    f = fit(X, lengths, lab, K, d_min=D_MIN, max_iter=MAX_ITER, moves=model == "segment+moves")
-    return {"level": level, "draw": i, "start": start, "model": model, "workers": workers, "k": K, "in_move": float(f.in_move.mean()),
+    f = fit(X, lengths, lab, K, d_min=D_MIN, max_iter=MAX_ITER, moves="+moves" in model, stride=stride)
+    return {"level": level, "draw": i, "start": start, "model": model, "workers": workers, "stride": stride, "k": K,
+            "in_move": float(f.in_move.mean()),
             "true_in_transition": float(in_transition.mean()), "ari": float(adjusted_rand_score(labels, f.labels)),
             "score": f.score, "iterations": f.iterations, "transition_states": moves(f.labels),
             "truth_transition_states": moves(labels), "states_used": int(len(np.unique(f.labels))),
@@ -133,12 +134,14 @@ def main(argv=None) -> int:
     ap.add_argument("--level", default="medium")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--moves", action="store_true", help="the model with a move between places")
+    ap.add_argument("--stride", type=int, default=1,
+                    help="visits on a grid of STRIDE checkpoints, refined near each boundary (1: every checkpoint)")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     done = [json.loads(line) for line in RAW.read_text().splitlines()] if RAW.exists() else []
-    model = "segment+moves" if args.moves else "segment"
+    model = ("segment+moves" if args.moves else "segment") + (f" (grid {args.stride})" if args.stride > 1 else "")
     have = {(r["level"], r["draw"], r["start"], r.get("model", "segment")) for r in done}
-    todo = [(args.level, i, s, model, args.workers) for i in range(args.draws) for s in STARTS
+    todo = [(args.level, i, s, model, args.workers, args.stride) for i in range(args.draws) for s in STARTS
             if (args.level, i, s, model) not in have]
     RAW.parent.mkdir(exist_ok=True)
     with RAW.open("a") as fh, ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -148,7 +151,8 @@ def main(argv=None) -> int:
             fh.flush()
             done.append(rec)
     text = table(done)
-    secs = [r["seconds"] for r in done]
+    secs = [r["seconds"] for r in done if r.get("stride", 1) == 1]
+    grid_secs = [r["seconds"] for r in done if r.get("stride", 1) > 1]
     print(text)
     if not args.no_write:
         write_block("segment-trial", (
@@ -160,11 +164,13 @@ def main(argv=None) -> int:
             "and `hamilton` columns are those draws' and starts' adjusted Rand in bench/results/family-start.jsonl "
             "(EM with the fit's settings). Not tested here: choosing K, detours, the drift-only control, real studies."
             f"\n\n{text}\n\nRaw: bench/results/segment-trial.jsonl (every record in it; seconds per fit "
-            f"{min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}, with "
+            f"{min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}"
+            + (f"; on the grid {min(grid_secs):.0f}-{max(grid_secs):.0f}, median {np.median(grid_secs):.0f}"
+               if grid_secs else "") + ", with "
             f"{'/'.join(str(w) for w in sorted({r.get('workers', 2) for r in done}))} fits at a time on "
             f"{os.cpu_count()} cores). Command: "
             "`python bench/bench_segment_trial.py --draws 5 --level medium --workers 2`, then `--level easy`, and "
-            "both again with `--moves`."),
+            "both again with `--moves`; the grid rows with `--moves --stride 6`."),
             title="A segment model with per-visit offsets and trends, on trial (`bench/bench_segment_trial.py`)")
     return 0
 

@@ -207,3 +207,23 @@ def test_estimate_phi_stay_and_one_state():
     assert np.all((P.phi >= 0.85) & (P.phi <= 0.93))  # the grid's neighbours of 0.9
     assert P.stay[0] > 0.999  # no visit ended: the continuation is not cut short by the run's end
     assert np.isfinite(fit(X, lengths, np.zeros(len(X), int), 1).score)  # one state: one visit a run
+
+
+def test_k_choice_pairs_runs_so_a_run_offset_does_not_widen_the_error():
+    from bench_segment_k import KS, choose
+
+    # held-out scores per K for 4 runs, two folds (runs 0, 2 and 1, 3); K = 3 best; K = 2 is 0.05 a run
+    # below it with a paired standard error of 0.065 (differences -0.1, 0.1, -0.2, 0), so within one;
+    # K = 1 is 2 below with no spread, so not. Run 0 sits 1000 above the others under every K: a
+    # shared offset, which pairing removes (unpaired, K = 1's error would be ~500 and it would be chosen)
+    scores = {k: [9.0] * 4 for k in KS}
+    scores[3], scores[2], scores[1] = [10.0] * 4, [9.9, 10.1, 9.8, 10.0], [8.0] * 4
+    records = []
+    for k in KS:
+        s = np.array(scores[k]) + np.array([1000.0, 0, 0, 0])
+        for fold, runs in enumerate(([0, 2], [1, 3])):
+            records.append({"k": k, "fold": fold, "runs": runs, "held_out": s[runs].tolist(),
+                            "place_rows": [20] * (k - 1) + [3]})
+    c = choose(records)
+    assert (c["best"], c["one_se"], c["used"]) == (3, 2, 2)  # K = 3's fits: two places with ≥ 15 rows
+    assert choose(records[:-1]) == {}  # a K with a fold missing: no choice
