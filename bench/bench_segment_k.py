@@ -156,28 +156,30 @@ def table(done: list[dict]) -> str:
 
 
 def at_truth(level: str, i: int) -> str:
-    """What the model makes of a draw's true states (all runs): its estimates from the true visits, and
-    where one decoding with them puts the rows. Lines of text."""
+    """What the model (without the move) makes of a draw's true states, all runs: its estimates from the
+    true visits, with φ from the grid and fixed at the draw's true autocorrelation, and the adjusted Rand
+    of one decoding with each against the truth. Lines of text."""
     from bench_family_start import realistic_draw
     from segment_model import estimate, place_labels, viterbi, visits_from_labels
+    from sklearn.metrics import adjusted_rand_score
 
-    _, truth, X, lengths, paths = realistic_draw(level, i)
+    cfg, truth, X, lengths, paths = realistic_draw(level, i)
     K = truth.n_states
     visits = [visits_from_labels(p) for p in paths]
-    P = estimate(X, lengths, visits, K, np.full(K, D_MIN))
-    stationary = np.sqrt(P.sig2 / (1 - P.phi**2))  # (K, D)
     runs = np.split(X, np.cumsum(lengths)[:-1])
-    decoded = np.concatenate([place_labels(viterbi(x, P)[1], len(x), K) for x in runs])
     true = np.concatenate(paths)
-    out = [f"{level} draw {i}: true K {K}; from the true visits, φ per feature {sorted(set(P.phi.round(2)))}",
-           "per state (median over features): offset spread τ² "
-           + ", ".join(f"{v:.2g}" for v in np.median(P.tau2, 1))
-           + "; stationary AR(1) sd " + ", ".join(f"{v:.2g}" for v in np.median(stationary, 1)),
-           "state means apart, in the nearer state's stationary sds (median over features): "
-           + ", ".join(f"{a}-{b}: {np.median(np.abs(P.mu[a] - P.mu[b]) / np.minimum(stationary[a], stationary[b])):.1f}"
-                       for a in range(K) for b in range(a + 1, K)),
-           "rows per true state: " + ", ".join(str(int((true == k).sum())) for k in range(K))
-           + "; one decoding with these estimates: " + ", ".join(str(int((decoded == k).sum())) for k in range(K))]
+    out = [f"{level} draw {i}: true K {K}, true autocorrelation {cfg.ar:.3f}; rows per true state "
+           + ", ".join(str(int((true == k).sum())) for k in range(K))]
+    for name, grid in (("φ from the grid", None), (f"φ fixed at {cfg.ar:.3f}", (cfg.ar,))):
+        P = estimate(X, lengths, visits, K, np.full(K, D_MIN), **({} if grid is None else {"grid": grid}))
+        stationary = np.sqrt(P.sig2 / (1 - P.phi**2))  # (K, D)
+        apart = [np.median(np.abs(P.mu[a] - P.mu[b]) / np.minimum(stationary[a], stationary[b]))
+                 for a in range(K) for b in range(a + 1, K)]
+        decoded = np.concatenate([place_labels(viterbi(x, P)[1], len(x), K) for x in runs])
+        out.append(f"  {name} ({', '.join(f'{v:.2f}' for v in sorted(set(P.phi.round(2))))}): offset spread τ² "
+                   f"(median) {np.median(P.tau2):.2g}; state means apart {min(apart):.1f}-{max(apart):.1f} stationary "
+                   f"sds (median feature); one decoding: adjusted Rand {adjusted_rand_score(true, decoded):.2f}, rows "
+                   + ", ".join(str(int((decoded == k).sum())) for k in range(K)))
     return "\n".join(out)
 
 

@@ -306,10 +306,12 @@ def _moments(runs, visits_per_run, K: int, phi: np.ndarray, moves: bool):
     return mu, nu, tau2, om2, sig2
 
 
-def estimate(X: np.ndarray, lengths, visits_per_run, K: int, d_min: np.ndarray, moves: bool = False) -> SegmentParams:
+def estimate(X: np.ndarray, lengths, visits_per_run, K: int, d_min: np.ndarray, moves: bool = False,
+             grid=PHI_GRID) -> SegmentParams:
     """Estimates from decoded visits (``visits_per_run``: per run, ``(start, stop, state)``; with
-    ``moves``, state K − 1 is the move): each feature's φ from :data:`PHI_GRID`, the one under which the
-    decoded visits have the most evidence (moments re-measured for each); then the moments; a
+    ``moves``, state K − 1 is the move): each feature's φ from ``grid`` (:data:`PHI_GRID`; one value
+    fixes it), the one under which the decoded visits have the most evidence (moments re-measured for
+    each); then the moments; a
     segment's continuation with the run's last visit censored; transitions and first states counted
     (+ 0.5 each)."""
     D = X.shape[1]
@@ -318,7 +320,7 @@ def estimate(X: np.ndarray, lengths, visits_per_run, K: int, d_min: np.ndarray, 
     trans = np.full((K, K), 0.5)
     np.fill_diagonal(trans, 0.0)
     best_ev, best_phi = np.full(D, -np.inf), np.zeros(D)
-    for g in PHI_GRID:
+    for g in grid:
         phi = np.full(D, g)
         params = SegmentParams(*_moments(runs, visits_per_run, K, phi, moves), phi, np.zeros(K), np.zeros((K, K)),
                                np.full(K, 0.5), d_min, moves)
