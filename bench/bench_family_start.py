@@ -80,7 +80,12 @@ def transition_rows(paths: list[np.ndarray], ramp: int) -> np.ndarray:
 def realistic_draw(level: str, i: int, family: str = "realistic"):
     """The i-th draw of a level (of ``family``, ``realistic`` unless named) as a fit sees it: ``(cfg, truth,
     X, lengths, paths)``, X the globally z-scored features, ``paths`` each run's true states (none for ``drift``)."""
-    cfg = random_config(family, level, i)
+    return prepared(random_config(family, level, i))
+
+
+def prepared(cfg):
+    """A simulated study of ``cfg`` as a fit sees it: ``(cfg, truth, X, lengths, paths)`` (see
+    :func:`realistic_draw`)."""
     table, truth = simulate(cfg)
     feats = [c for c in table.columns if c not in ("seed", "step", "epoch", "val_acc")]
     X, *_ = zscore(table[feats].to_numpy(float))

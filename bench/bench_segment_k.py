@@ -155,34 +155,6 @@ def table(done: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def at_truth(level: str, i: int) -> str:
-    """What the model (without the move) makes of a draw's true states, all runs: its estimates from the
-    true visits, with φ from the grid and fixed at the draw's true autocorrelation, and the adjusted Rand
-    of one decoding with each against the truth. Lines of text."""
-    from bench_family_start import realistic_draw
-    from segment_model import estimate, place_labels, viterbi, visits_from_labels
-    from sklearn.metrics import adjusted_rand_score
-
-    cfg, truth, X, lengths, paths = realistic_draw(level, i)
-    K = truth.n_states
-    visits = [visits_from_labels(p) for p in paths]
-    runs = np.split(X, np.cumsum(lengths)[:-1])
-    true = np.concatenate(paths)
-    out = [f"{level} draw {i}: true K {K}, true autocorrelation {cfg.ar:.3f}; rows per true state "
-           + ", ".join(str(int((true == k).sum())) for k in range(K))]
-    for name, grid in (("φ from the grid", None), (f"φ fixed at {cfg.ar:.3f}", (cfg.ar,))):
-        P = estimate(X, lengths, visits, K, np.full(K, D_MIN), **({} if grid is None else {"grid": grid}))
-        stationary = np.sqrt(P.sig2 / (1 - P.phi**2))  # (K, D)
-        apart = [np.median(np.abs(P.mu[a] - P.mu[b]) / np.minimum(stationary[a], stationary[b]))
-                 for a in range(K) for b in range(a + 1, K)]
-        decoded = np.concatenate([place_labels(viterbi(x, P)[1], len(x), K) for x in runs])
-        out.append(f"  {name} ({', '.join(f'{v:.2f}' for v in sorted(set(P.phi.round(2))))}): offset spread τ² "
-                   f"(median) {np.median(P.tau2):.2g}; state means apart {min(apart):.1f}-{max(apart):.1f} stationary "
-                   f"sds (median feature); one decoding: adjusted Rand {adjusted_rand_score(true, decoded):.2f}, rows "
-                   + ", ".join(str(int((decoded == k).sum())) for k in range(K)))
-    return "\n".join(out)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", default="realistic", choices=("realistic", "drift"))
@@ -193,13 +165,7 @@ def main(argv=None) -> int:
                     "the segmentation, equal time pieces, then KMeans of the segments with other seeds")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
-    ap.add_argument("--at-truth", metavar="LEVEL:DRAW", help="print what the model makes of one realistic draw's true "
-                    "states (its estimates from them, and one decoding), and stop")
     args = ap.parse_args(argv)
-    if args.at_truth:
-        level, draw = args.at_truth.split(":")
-        print(at_truth(level, int(draw)))
-        return 0
     done = [json.loads(line) for line in RAW.read_text().splitlines()] if RAW.exists() else []
     have = {(r["family"], r["level"], r["draw"], r["k"], r["fold"], r["stride"], r.get("starts", 1)) for r in done}
     # the largest K first: the slowest fits start while the others fill in around them

@@ -45,7 +45,7 @@ MIN_ROWS = 15
 
 def one(task: tuple) -> dict:
     """Fit the trial model (``segment``, or ``segment+moves``) to one draw from one start."""
-    level, i, start, model, workers, stride = task
+    level, i, start, model, workers, stride, move_start = task
     from sklearn.metrics import adjusted_rand_score
 
     from bench_family_start import plain_starts, realistic_draw, transition_rows, transition_states
@@ -61,9 +61,10 @@ def one(task: tuple) -> dict:
         return transition_states(lab, in_transition, K, MIN_ROWS)
 
     t0 = time.perf_counter()
-    f = fit(X, lengths, lab, K, d_min=D_MIN, max_iter=MAX_ITER, moves="+moves" in model, stride=stride)
-    return {"level": level, "draw": i, "start": start, "model": model, "workers": workers, "stride": stride, "k": K,
-            "in_move": float(f.in_move.mean()),
+    f = fit(X, lengths, lab, K, d_min=D_MIN, max_iter=MAX_ITER, moves="+moves" in model, stride=stride,
+            move_start=move_start)
+    return {"level": level, "draw": i, "start": start, "model": model, "workers": workers, "stride": stride,
+            "move_start": move_start, "k": K, "in_move": float(f.in_move.mean()),
             "true_in_transition": float(in_transition.mean()), "ari": float(adjusted_rand_score(labels, f.labels)),
             "score": f.score, "iterations": f.iterations, "transition_states": moves(f.labels),
             "truth_transition_states": moves(labels), "states_used": int(len(np.unique(f.labels))),
@@ -136,12 +137,16 @@ def main(argv=None) -> int:
     ap.add_argument("--moves", action="store_true", help="the model with a move between places")
     ap.add_argument("--stride", type=int, default=1,
                     help="visits on a grid of STRIDE checkpoints, refined near each boundary (1: every checkpoint)")
+    ap.add_argument("--move-start", type=int, default=0,
+                    help="with --moves: the move first estimated from the N rows after every switch of the start")
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     done = [json.loads(line) for line in RAW.read_text().splitlines()] if RAW.exists() else []
-    model = ("segment+moves" if args.moves else "segment") + (f" (grid {args.stride})" if args.stride > 1 else "")
+    model = (("segment+moves" if args.moves else "segment") + (f" (grid {args.stride})" if args.stride > 1 else "")
+             + (f" (move from {args.move_start} rows)" if args.moves and args.move_start else ""))
     have = {(r["level"], r["draw"], r["start"], r.get("model", "segment")) for r in done}
-    todo = [(args.level, i, s, model, args.workers, args.stride) for i in range(args.draws) for s in STARTS
+    todo = [(args.level, i, s, model, args.workers, args.stride, args.move_start)
+            for i in range(args.draws) for s in STARTS
             if (args.level, i, s, model) not in have]
     RAW.parent.mkdir(exist_ok=True)
     with RAW.open("a") as fh, ProcessPoolExecutor(max_workers=args.workers) as pool:
@@ -170,7 +175,8 @@ def main(argv=None) -> int:
             f"{'/'.join(str(w) for w in sorted({r.get('workers', 2) for r in done}))} fits at a time on "
             f"{os.cpu_count()} cores). Command: "
             "`python bench/bench_segment_trial.py --draws 5 --level medium --workers 2`, then `--level easy`, and "
-            "both again with `--moves`; the grid rows with `--moves --stride 6`."),
+            "both again with `--moves`; the grid rows with `--moves --stride 6`, and `--move-start 3` (the move "
+            "first estimated from the 3 rows after every switch of the start, not broad)."),
             title="A segment model with per-visit offsets and trends, on trial (`bench/bench_segment_trial.py`)")
     return 0
 

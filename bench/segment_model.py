@@ -420,14 +420,21 @@ def n_parameters(params: SegmentParams) -> int:
 
 
 def fit(X: np.ndarray, lengths, labels: np.ndarray, K: int, d_min: int = 5, max_iter: int = 15,
-        moves: bool = False, stride: int = 1) -> SegmentFit:
+        moves: bool = False, stride: int = 1, move_start: int = 0) -> SegmentFit:
     """Hard EM from a labelling of every checkpoint (``labels`` in 0..K−1) with K places; with
     ``moves``, also a move between places (shortest 1 checkpoint), which is not a place. With ``stride``
     > 1, visits start and stop on every ``stride``-th checkpoint and near the last decoding's boundaries
-    (:func:`visit_cuts`): far fewer segments to score, and boundaries still to the checkpoint."""
+    (:func:`visit_cuts`): far fewer segments to score, and boundaries still to the checkpoint. With
+    ``moves`` and ``move_start`` > 0, the move's first estimate is from the ``move_start`` rows after
+    every switch of ``labels`` (else it is broad until moves are decoded)."""
     lengths = np.asarray(lengths)
     runs = np.split(X, np.cumsum(lengths)[:-1])
-    visits = [visits_from_labels(lab) for lab in np.split(np.asarray(labels), np.cumsum(lengths)[:-1])]
+    start = [lab.copy() for lab in np.split(np.asarray(labels), np.cumsum(lengths)[:-1])]
+    if moves and move_start > 0:  # the move starts as the first rows after every switch of the start
+        for lab in start:
+            for s in np.flatnonzero(lab[1:] != lab[:-1]) + 1:
+                lab[s : s + move_start] = K
+    visits = [visits_from_labels(lab) for lab in start]
     n_states = K + int(moves)
     mins = np.r_[np.full(K, d_min), [1] * int(moves)]
     best, history, it = None, [], 0

@@ -165,8 +165,8 @@ def test_place_labels_give_a_move_to_the_place_it_leads_to():
     assert place_labels([(0, 4, 1)], 4, 1).tolist() == [-1] * 4
 
 
-def test_moves_take_the_planted_ramps():
-    # three places with 4-checkpoint linear ramps between them
+def _ramp_study():
+    """Three places with 4-checkpoint linear ramps between them, 12 runs of 60: (X, labels, ramp rows, R)."""
     rng = np.random.default_rng(3)
     D, R = 4, 4
     mu = np.array([[0.0] * D, [4.0] * D, [-4.0, 4.0, -4.0, 4.0]])
@@ -181,7 +181,11 @@ def test_moves_take_the_planted_ramps():
                 level[s + j] = level[s - 1] + (j + 1) / (R + 1) * (mu[path[s]] - level[s - 1])
             ramp[s:s + R] = True
         runs.append(level + 0.2 * rng.normal(size=(60, D))), truth.append(path), ramps.append(ramp)
-    X, labels, ramp = np.vstack(runs), np.concatenate(truth), np.concatenate(ramps)
+    return np.vstack(runs), np.concatenate(truth), np.concatenate(ramps), R
+
+
+def test_moves_take_the_planted_ramps():
+    X, labels, ramp, _ = _ramp_study()
     # from the planted places: without a move the places must fit the ramps; with one, the ramps go
     # to the move (its rows lie in the ramps, ten times as often as outside) and the score rises
     plain = fit(X, [60] * 12, labels, 3)
@@ -227,3 +231,14 @@ def test_k_choice_pairs_runs_so_a_run_offset_does_not_widen_the_error():
     c = choose(records)
     assert (c["best"], c["one_se"], c["used"]) == (3, 2, 2)  # K = 3's fits: two places with ≥ 15 rows
     assert choose(records[:-1]) == {}  # a K with a fold missing: no choice
+
+
+def test_a_move_started_from_the_rows_after_each_switch_takes_the_ramps_at_once():
+    # from the planted places: a broad move takes few ramp rows in the first decoding; a move first
+    # estimated from the R rows after every switch takes most of them, and EM ends higher
+    X, labels, ramp, R = _ramp_study()
+    broad1 = fit(X, [60] * 12, labels, 3, moves=True, max_iter=1)
+    start1 = fit(X, [60] * 12, labels, 3, moves=True, max_iter=1, move_start=R)
+    assert broad1.in_move[ramp].mean() < 0.2 and start1.in_move[ramp].mean() > 0.8
+    assert start1.in_move[~ramp].mean() < 0.02
+    assert fit(X, [60] * 12, labels, 3, moves=True, move_start=R).score > fit(X, [60] * 12, labels, 3, moves=True).score
