@@ -50,7 +50,7 @@ D_MIN = 5
 def one(task: tuple) -> dict:
     """Fit K places (+ the move) to one fold's training runs from ``starts`` starts, keep the best training
     score, and score the other runs."""
-    family, level, i, K, fold, stride, starts = task
+    family, level, i, K, fold, stride, starts, move_start = task
     from bench_family_start import plain_starts, realistic_draw
     from segment_model import fit, score_runs
 
@@ -70,12 +70,12 @@ def one(task: tuple) -> dict:
         tries = [plain["segments"], plain["time"]] + [labels_from_segments(Xtr, ltr, segs, K, seed, 0.5)
                                                       for seed in range(1, starts - 1)]
         tries = tries[:starts]
-    fits = [fit(Xtr, ltr, lab, K, d_min=D_MIN, moves=True, stride=stride) for lab in tries]
+    fits = [fit(Xtr, ltr, lab, K, d_min=D_MIN, moves=True, stride=stride, move_start=move_start) for lab in tries]
     f = max(fits, key=lambda g: g.score)
     held = score_runs(np.vstack([runs[r] for r in test]), lengths[test], f.params, stride)
     return {"family": family, "level": level, "draw": i, "k": K, "fold": fold, "stride": stride,
             "true_k": int(truth.n_states) if family != "drift" else 0, "runs": test, "held_out": held.tolist(),
-            "train_score": f.score, "train_scores": [g.score for g in fits], "starts": starts,
+            "train_score": f.score, "train_scores": [g.score for g in fits], "starts": starts, "move_start": move_start,
             "place_rows": np.bincount(f.labels[f.labels >= 0], minlength=K).tolist(),
             "iterations": f.iterations, "seconds": time.perf_counter() - t0}
 
@@ -118,14 +118,16 @@ def _peer_k() -> dict:
 
 def table(done: list[dict]) -> str:
     peers = _peer_k()
-    lines = ["| family | level | starts per K | draws | true K | K (best held-out) | places the best K's fits use "
-             f"(≥ {MIN_ROWS} rows; fewer of the two folds) | K (paired 1-SE) | right (best; 1-SE) | "
+    lines = ["| family | level | starts per K | move's start | draws | true K | K (best held-out) | "
+             f"places the best K's fits use (≥ {MIN_ROWS} rows; fewer of the two folds) | K (paired 1-SE) | "
+             "right (best; 1-SE) | "
              "mean distance from the true K (best; 1-SE) | no discrete phases (K = 1; best; 1-SE) | "
              + " | ".join(f"{name}'s K, same draws (`latent fit`)" for name in PEERS.values()) + " |",
-             "|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(PEERS)]
-    groups = sorted({(r["family"], r["level"], r.get("starts", 1)) for r in done})
-    for fam, level, starts in groups:
-        mine = [r for r in done if (r["family"], r["level"], r.get("starts", 1)) == (fam, level, starts)]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(PEERS)]
+    groups = sorted({(r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0)) for r in done})
+    for fam, level, starts, move_start in groups:
+        mine = [r for r in done if (r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0))
+                == (fam, level, starts, move_start)]
         picks, chosen, used = [], [], []
         for d in sorted({r["draw"] for r in mine}):
             c = choose([r for r in mine if r["draw"] == d])
@@ -148,7 +150,9 @@ def table(done: list[dict]) -> str:
             peer_cells.append(", ".join("not run" if k is None else str(k) for k in ks)
                               + ("" if drift or None in ks else
                                  f" (mean distance {np.mean([abs(k - t) for k, (t, _, _) in zip(ks, picks)]):.1f})"))
-        lines.append(f"| {fam} | {level} | {starts} | {n} | {truth} | {', '.join(str(b) for _, b, _ in picks)} | "
+        start_of_move = f"{move_start} rows" if move_start else "broad"
+        lines.append(f"| {fam} | {level} | {starts} | {start_of_move} | {n} | {truth} | "
+                     f"{', '.join(str(b) for _, b, _ in picks)} | "
                      f"{', '.join(used)} | "
                      f"{', '.join(str(o) for _, _, o in picks)} | {right} | {off} | {flat} | "
                      + " | ".join(peer_cells) + " |")
@@ -163,15 +167,19 @@ def main(argv=None) -> int:
     ap.add_argument("--stride", type=int, default=6, help="grid of the visits' boundaries (refined near each)")
     ap.add_argument("--starts", type=int, default=1, help="starts per K and fold (the best training score is kept): "
                     "the segmentation, equal time pieces, then KMeans of the segments with other seeds")
+    ap.add_argument("--move-start", type=int, default=0,
+                    help="the move first estimated from the N rows after every switch of each start (0: broad)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
     done = [json.loads(line) for line in RAW.read_text().splitlines()] if RAW.exists() else []
-    have = {(r["family"], r["level"], r["draw"], r["k"], r["fold"], r["stride"], r.get("starts", 1)) for r in done}
+    have = {(r["family"], r["level"], r["draw"], r["k"], r["fold"], r["stride"], r.get("starts", 1),
+             r.get("move_start", 0)) for r in done}
     # the largest K first: the slowest fits start while the others fill in around them
-    todo = [(args.family, args.level, i, K, fold, args.stride, args.starts) for i in range(args.draws)
+    todo = [(args.family, args.level, i, K, fold, args.stride, args.starts, args.move_start)
+            for i in range(args.draws)
             for K in sorted(KS, reverse=True) for fold in range(FOLDS)
-            if (args.family, args.level, i, K, fold, args.stride, args.starts) not in have]
+            if (args.family, args.level, i, K, fold, args.stride, args.starts, args.move_start) not in have]
     RAW.parent.mkdir(exist_ok=True)
     with RAW.open("a") as fh, ProcessPoolExecutor(max_workers=args.workers) as pool:
         for rec in pool.map(one, todo):
@@ -199,7 +207,8 @@ def main(argv=None) -> int:
             "cores). Commands: `python bench/bench_segment_k.py --family realistic --level medium --draws 5 "
             "--workers 2`, then `--level easy`, then `--family drift --level medium`; the rows of 3 starts per K "
             "with `--starts 3` (the segmentation, equal time pieces, KMeans with another seed; the best training "
-            "score kept)."),
+            "score kept); the rows whose move starts from 3 rows with `--move-start 3` (the move first estimated "
+            "from the 3 rows after every switch of each start)."),
             title="Choosing K with the trial segment model (`bench/bench_segment_k.py`)")
     return 0
 
