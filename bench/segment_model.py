@@ -20,7 +20,9 @@ family's own story into the likelihood:
 The offset and trend are integrated out, so a segment's log-likelihood is a 2-coefficient Bayesian
 regression's evidence, exact and O(1) per (segment, state, feature) from prefix sums of the
 quasi-differenced series ``x_t − φ x_{t−1}``. Decoding is the exact segment Viterbi (O(T² K) per
-run). Fitting is hard EM ("segmental k-means"): decode, then re-estimate from the decoded visits
+run), or with ``stride`` the same on a grid of checkpoints refined near the last decoding's
+boundaries (:func:`visit_cuts`); :func:`forward` sums where Viterbi maximises (the held-out score).
+Fitting is hard EM ("segmental k-means"): decode, then re-estimate from the decoded visits
 (each feature's φ from a grid, by the decoded visits' evidence; then moments: GLS per visit, state
 means, spreads and pooled innovations), until the labels stop changing.
 The moments are not the exact maximiser of the segment evidence, so the score is tracked and the
