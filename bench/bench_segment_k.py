@@ -32,13 +32,12 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import write_block  # noqa: E402
+from results import run_records, write_block  # noqa: E402
 
 RAW = Path(__file__).with_name("results") / "segment-k.jsonl"
 KS = range(1, 9)
@@ -180,13 +179,8 @@ def main(argv=None) -> int:
             for i in range(args.draws)
             for K in sorted(KS, reverse=True) for fold in range(FOLDS)
             if (args.family, args.level, i, K, fold, args.stride, args.starts, args.move_start) not in have]
-    RAW.parent.mkdir(exist_ok=True)
-    with RAW.open("a") as fh, ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for rec in pool.map(one, todo):
-            print(json.dumps({k: v for k, v in rec.items() if k not in ("held_out", "runs")}), flush=True)
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            done.append(rec)
+    done += run_records(RAW, one, todo, args.workers,
+                        shown=lambda rec: {k: v for k, v in rec.items() if k not in ("held_out", "runs")})
     done = [r for r in done if r["stride"] == args.stride]
     text = table(done)
     secs = [r["seconds"] for r in done]

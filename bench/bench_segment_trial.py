@@ -26,13 +26,12 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import write_block  # noqa: E402
+from results import run_records, write_block  # noqa: E402
 
 RAW = Path(__file__).with_name("results") / "segment-trial.jsonl"
 FAMILY_START = Path(__file__).with_name("results") / "family-start.jsonl"
@@ -148,13 +147,7 @@ def main(argv=None) -> int:
     todo = [(args.level, i, s, model, args.workers, args.stride, args.move_start)
             for i in range(args.draws) for s in STARTS
             if (args.level, i, s, model) not in have]
-    RAW.parent.mkdir(exist_ok=True)
-    with RAW.open("a") as fh, ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for rec in pool.map(one, todo):
-            print(json.dumps(rec), flush=True)
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            done.append(rec)
+    done += run_records(RAW, one, todo, args.workers)
     text = table(done)
     secs = [r["seconds"] for r in done if r.get("stride", 1) == 1]
     grid_secs = [r["seconds"] for r in done if r.get("stride", 1) > 1]

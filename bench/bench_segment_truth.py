@@ -34,14 +34,13 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from results import write_block  # noqa: E402
+from results import run_records, write_block  # noqa: E402
 
 RAW = Path(__file__).with_name("results") / "segment-truth.jsonl"
 D_MIN = 5
@@ -56,16 +55,12 @@ def at_truth(cfg, fix_phi: bool = False, ramps_as_moves: bool = False) -> dict:
     With ``ramps_as_moves``, the model has the move, estimated from the true ramps (the ``cfg.ramp``
     checkpoints from each switch), and a decoded move's rows go to the place it leads to."""
     from bench_family_start import prepared
-    from segment_model import PHI_GRID, estimate, place_labels, viterbi, visits_from_labels
+    from segment_model import PHI_GRID, estimate, place_labels, switches_as_moves, viterbi, visits_from_labels
     from sklearn.metrics import adjusted_rand_score
 
     _, truth, X, lengths, paths = prepared(cfg)
     K = truth.n_states
-    labels = [p.copy() for p in paths]
-    if ramps_as_moves:
-        for lab in labels:
-            for s in np.flatnonzero(lab[1:] != lab[:-1]) + 1:
-                lab[s : s + cfg.ramp] = K
+    labels = [switches_as_moves(p, cfg.ramp, K) for p in paths] if ramps_as_moves else paths
     n_states = K + int(ramps_as_moves)
     P = estimate(X, lengths, [visits_from_labels(p) for p in labels], n_states,
                  np.r_[np.full(K, D_MIN), [1] * int(ramps_as_moves)], moves=ramps_as_moves,
@@ -145,13 +140,7 @@ def main(argv=None) -> int:
     have = {(r["level"], r["draw"], r["variant"]) for r in done}
     todo = [(level, i, v) for level in LEVELS for i in range(args.draws) for v in VARIANTS
             if (level, i, v) not in have]
-    RAW.parent.mkdir(exist_ok=True)
-    with RAW.open("a") as fh, ProcessPoolExecutor(max_workers=args.workers) as pool:
-        for rec in pool.map(one, todo):
-            print(json.dumps(rec), flush=True)
-            fh.write(json.dumps(rec) + "\n")
-            fh.flush()
-            done.append(rec)
+    done += run_records(RAW, one, todo, args.workers)
     text = table(done)
     print(text)
     if not args.no_write and done:

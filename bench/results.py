@@ -9,6 +9,24 @@ RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 HEADER = "# Benchmark results\n\nWritten by the scripts in `bench/`; each owns one block below.\n"
 
 
+def run_records(raw: Path, one, tasks: list, workers: int, shown=lambda rec: rec) -> list[dict]:
+    """``one(task)`` for every task, ``workers`` at a time: each record appended to the JSON-lines file
+    ``raw`` as it arrives (a killed run keeps what it finished) and printed (``shown(record)``); the new
+    records, in task order."""
+    import json
+    from concurrent.futures import ProcessPoolExecutor
+
+    raw.parent.mkdir(exist_ok=True)
+    out = []
+    with raw.open("a") as fh, ProcessPoolExecutor(max_workers=workers) as pool:
+        for rec in pool.map(one, tasks):
+            print(json.dumps(shown(rec)), flush=True)
+            fh.write(json.dumps(rec) + "\n")
+            fh.flush()
+            out.append(rec)
+    return out
+
+
 def write_block(name: str, body: str, path: Path = RESULTS, title: str | None = None,
                 stamp_label: str = "Measured") -> None:
     """Replace the ``<!-- name:begin -->`` … ``<!-- name:end -->`` block of ``path`` (appending it if absent).

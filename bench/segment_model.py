@@ -362,6 +362,14 @@ def visits_from_labels(labels: np.ndarray) -> list[tuple[int, int, int]]:
     return [(int(a), int(b), int(labels[a])) for a, b in zip(cut[:-1], cut[1:])]
 
 
+def switches_as_moves(labels: np.ndarray, n: int, move: int) -> np.ndarray:
+    """A copy of one run's ``labels`` with the ``n`` rows from every switch labelled ``move``."""
+    out = np.array(labels, copy=True)
+    for s in np.flatnonzero(out[1:] != out[:-1]) + 1:
+        out[s : s + n] = move
+    return out
+
+
 def labels_from_visits(visits, T: int) -> np.ndarray:
     out = np.empty(T, dtype=int)
     for s, e, k in visits:
@@ -431,11 +439,9 @@ def fit(X: np.ndarray, lengths, labels: np.ndarray, K: int, d_min: int = 5, max_
     every switch of ``labels`` (else it is broad until moves are decoded)."""
     lengths = np.asarray(lengths)
     runs = np.split(X, np.cumsum(lengths)[:-1])
-    start = [lab.copy() for lab in np.split(np.asarray(labels), np.cumsum(lengths)[:-1])]
+    start = np.split(np.asarray(labels), np.cumsum(lengths)[:-1])
     if moves and move_start > 0:  # the move starts as the first rows after every switch of the start
-        for lab in start:
-            for s in np.flatnonzero(lab[1:] != lab[:-1]) + 1:
-                lab[s : s + move_start] = K
+        start = [switches_as_moves(lab, move_start, K) for lab in start]
     visits = [visits_from_labels(lab) for lab in start]
     n_states = K + int(moves)
     mins = np.r_[np.full(K, d_min), [1] * int(moves)]
