@@ -14,12 +14,21 @@ runs' scores:
 
 Draws: the ``realistic`` draws of ``family-start`` and ``segment-trial`` (true K 2-8), and the
 ``drift`` family (smooth drift, no states: the negative control, where K = 1 is "no discrete phases").
+Beside every K, the continuous null (``bench/trend_model.py``: each run a smooth curve, a local linear
+trend, no states) is fitted on the same training runs and scores the same held-out runs. A study has
+discrete phases only where the best K beats it (by more than one standard error of the per-run gains);
+K = 1 of the segment model is no such null, since one visit's offset, trend and AR(1) cannot follow a
+curve. ``--study NAME`` runs the same on a real study of the store; ``--null-of NAME`` on draws from the
+null itself, its variances fitted to that real study (the test's own calibration: no states, so the
+null must not be beaten).
 This is cheaper than `latent fit`'s procedure (2 folds, one start, no restarts), so it measures the
 model's held-out evidence, not a finished selection rule.
 
     python bench/bench_segment_k.py --family realistic --level medium --draws 5 --workers 2
     python bench/bench_segment_k.py --family realistic --level easy --draws 5 --workers 2
     python bench/bench_segment_k.py --family drift --level medium --draws 5 --workers 2
+    latent collect --task modadd --seeds 40 && python bench/bench_segment_k.py --study modadd --workers 2
+    python bench/bench_segment_k.py --null-of modadd --draws 5 --workers 2
 
 Raw lines (one per draw, K and fold, with every held-out run's score): bench/results/segment-k.jsonl;
 the ``segment-k`` block of bench/RESULTS.md.
@@ -46,21 +55,62 @@ FOLDS = 2
 D_MIN = 5
 
 
+def draw(family: str, level: str, i: int):
+    """``(true K, X, lengths)`` of a draw, or of a real study (``family`` ``study:<name>``; true K 0 where
+    there is no truth)."""
+    if family.startswith("study:"):
+        return (0,) + study_data(family.split(":", 1)[1], level)
+    if family.startswith("trend:"):  # the continuous null's own draws, its variances measured on a real study
+        import trend_model
+
+        from latent.features import zscore
+
+        X0, lengths = study_data(family.split(":", 1)[1], level)
+        rng = np.random.default_rng(np.random.SeedSequence(2026, spawn_key=(i,)))
+        X = trend_model.simulate(trend_model.fit(X0, lengths), len(lengths), int(lengths.max()), rng)
+        return 0, zscore(X)[0], np.full(len(lengths), int(lengths.max()))
+    from bench_family_start import realistic_draw
+
+    _, truth, X, lengths, _ = realistic_draw(level, i, family)
+    return (int(truth.n_states) if family != "drift" else 0), X, np.asarray(lengths)
+
+
+def study_data(name: str, store: str):
+    """A real study's rows as the default `latent fit` reads and scales them: ``(X, lengths)``."""
+    from latent.fit import FitConfig, _stage_read
+    from latent.store import resolve_study
+
+    study = resolve_study(store, name)
+    cfg = FitConfig().resolve(json.loads((study.root / "study.json").read_text()))
+    fm = _stage_read(study, cfg, None).fm
+    return fm.X, np.asarray(fm.lengths)
+
+
 def one(task: tuple) -> dict:
     """Fit K places (+ the move) to one fold's training runs from ``starts`` starts, keep the best training
-    score, and score the other runs."""
+    score, and score the other runs; K = 0 is the continuous null (``bench/trend_model.py``)."""
     family, level, i, K, fold, stride, starts, move_start = task
-    from bench_family_start import plain_starts, realistic_draw
+    from bench_family_start import plain_starts
     from segment_model import fit, score_runs
 
     from latent.segments import labels_from_segments, run_segments
 
-    _, truth, X, lengths, _ = realistic_draw(level, i, family)
+    true_k, X, lengths = draw(family, level, i)
     runs = np.split(X, np.cumsum(lengths)[:-1])
     train = [r for r in range(len(runs)) if r % FOLDS != fold]
     test = [r for r in range(len(runs)) if r % FOLDS == fold]
     Xtr, ltr = np.vstack([runs[r] for r in train]), lengths[train]
+    Xte, lte = np.vstack([runs[r] for r in test]), lengths[test]
+    out = {"family": family, "level": level, "draw": i, "k": K, "fold": fold, "stride": stride, "true_k": true_k,
+           "runs": test, "starts": starts, "move_start": move_start}
     t0 = time.perf_counter()
+    if K == 0:
+        import trend_model
+
+        trend = trend_model.fit(Xtr, ltr)
+        return out | {"model": "trend", "held_out": trend_model.score_runs(Xte, lte, trend).tolist(),
+                      "train_score": float(trend_model.score_runs(Xtr, ltr, trend).sum()),
+                      "seconds": time.perf_counter() - t0}
     if K == 1:
         tries = [np.zeros(len(Xtr), int)]
     else:  # the segmentation start (`latent fit`'s first restart), equal time pieces, then other KMeans seeds
@@ -71,21 +121,22 @@ def one(task: tuple) -> dict:
         tries = tries[:starts]
     fits = [fit(Xtr, ltr, lab, K, d_min=D_MIN, moves=True, stride=stride, move_start=move_start) for lab in tries]
     f = max(fits, key=lambda g: g.score)
-    held = score_runs(np.vstack([runs[r] for r in test]), lengths[test], f.params, stride)
-    return {"family": family, "level": level, "draw": i, "k": K, "fold": fold, "stride": stride,
-            "true_k": int(truth.n_states) if family != "drift" else 0, "runs": test, "held_out": held.tolist(),
-            "train_score": f.score, "train_scores": [g.score for g in fits], "starts": starts, "move_start": move_start,
-            "place_rows": np.bincount(f.labels[f.labels >= 0], minlength=K).tolist(),
-            "iterations": f.iterations, "seconds": time.perf_counter() - t0}
+    held = score_runs(Xte, lte, f.params, stride)
+    return out | {"held_out": held.tolist(), "train_score": f.score, "train_scores": [g.score for g in fits],
+                  "place_rows": np.bincount(f.labels[f.labels >= 0], minlength=K).tolist(),
+                  "iterations": f.iterations, "seconds": time.perf_counter() - t0}
 
 
 def choose(records: list[dict]) -> dict:
-    """One draw's choices from its records: ``best`` and ``paired 1-SE`` (None when a K is missing)."""
+    """One draw's choices from its records: ``best`` and ``paired 1-SE`` (None when a K is missing), and,
+    where the continuous null was scored, whether the best K fails to beat it: ``flat`` (the null's
+    held-out total is at least the best K's) and ``flat_1se`` (the best K's per-run gain over the null is
+    within one standard error of the per-run differences)."""
     per_run = {}
     for r in records:
         for run, s in zip(r["runs"], r["held_out"]):
             per_run.setdefault(r["k"], {})[run] = s
-    ks = sorted(per_run)
+    ks = sorted(k for k in per_run if k > 0)
     if ks != list(KS) or len({len(v) for v in per_run.values()}) != 1:
         return {}
     runs = sorted(per_run[ks[0]])
@@ -95,7 +146,12 @@ def choose(records: list[dict]) -> dict:
     se = diff.std(1, ddof=1) / np.sqrt(len(runs))
     within = [j for j in range(len(ks)) if diff[j].mean() >= -se[j]]
     used = [sum(n >= MIN_ROWS for n in r["place_rows"]) for r in records if r["k"] == ks[best] and "place_rows" in r]
-    return {"best": ks[best], "one_se": ks[min(within)], "used": min(used) if used else None}
+    out = {"best": ks[best], "one_se": ks[min(within)], "used": min(used) if used else None}
+    if 0 in per_run:
+        gain = S[best] - np.array([per_run[0][r] for r in runs])
+        out |= {"flat": bool(gain.sum() <= 0), "flat_1se": bool(gain.mean() <= gain.std(ddof=1) / np.sqrt(len(runs))),
+                "gain": float(gain.mean())}
+    return out
 
 
 RECOVERY = Path(__file__).with_name("results") / "recovery.jsonl"
@@ -121,31 +177,41 @@ def table(done: list[dict]) -> str:
              f"places the best K's fits use (≥ {MIN_ROWS} rows; fewer of the two folds) | K (paired 1-SE) | "
              "right (best; 1-SE) | "
              "mean distance from the true K (best; 1-SE) | no discrete phases (K = 1; best; 1-SE) | "
+             "continuous null not beaten (best; paired 1-SE) | best K's gain over the null (nats per held-out run) | "
              + " | ".join(f"{name}'s K, same draws (`latent fit`)" for name in PEERS.values()) + " |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(PEERS)]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(PEERS)]
     groups = sorted({(r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0)) for r in done})
     for fam, level, starts, move_start in groups:
         mine = [r for r in done if (r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0))
                 == (fam, level, starts, move_start)]
-        picks, chosen, used = [], [], []
+        picks, chosen, used, nulls = [], [], [], []
         for d in sorted({r["draw"] for r in mine}):
             c = choose([r for r in mine if r["draw"] == d])
             if c:
                 picks.append((next(r["true_k"] for r in mine if r["draw"] == d), c["best"], c["one_se"]))
                 chosen.append(d)
                 used.append("–" if c["used"] is None else str(c["used"]))
+                nulls.append(c if "flat" in c else None)
         if not picks:
             continue
         n = len(picks)
         truth = ", ".join(str(t) if t else "–" for t, _, _ in picks)
-        drift = fam == "drift"
+        drift = fam == "drift" or fam.startswith(("study:", "trend:"))  # no true K
         right = "–" if drift else f"{sum(b == t for t, b, _ in picks)}/{n}; {sum(o == t for t, _, o in picks)}/{n}"
         off = ("–" if drift else f"{np.mean([abs(b - t) for t, b, _ in picks]):.1f}; "
                f"{np.mean([abs(o - t) for t, _, o in picks]):.1f}")
         flat = f"{sum(b == 1 for _, b, _ in picks)}/{n}; {sum(o == 1 for _, _, o in picks)}/{n}"
+        if None in nulls:
+            null, gain = "not run", "not run"
+        else:
+            null = f"{sum(c['flat'] for c in nulls)}/{n}; {sum(c['flat_1se'] for c in nulls)}/{n}"
+            gain = ", ".join(f"{c['gain']:.0f}" for c in nulls)
         peer_cells = []
         for option in PEERS:
             ks = [peers.get((fam, level, option, d)) for d in chosen]
+            if fam.startswith(("study:", "trend:")):
+                peer_cells.append("–")
+                continue
             peer_cells.append(", ".join("not run" if k is None else str(k) for k in ks)
                               + ("" if drift or None in ks else
                                  f" (mean distance {np.mean([abs(k - t) for k, (t, _, _) in zip(ks, picks)]):.1f})"))
@@ -153,7 +219,7 @@ def table(done: list[dict]) -> str:
         lines.append(f"| {fam} | {level} | {starts} | {start_of_move} | {n} | {truth} | "
                      f"{', '.join(str(b) for _, b, _ in picks)} | "
                      f"{', '.join(used)} | "
-                     f"{', '.join(str(o) for _, _, o in picks)} | {right} | {off} | {flat} | "
+                     f"{', '.join(str(o) for _, _, o in picks)} | {right} | {off} | {flat} | {null} | {gain} | "
                      + " | ".join(peer_cells) + " |")
     return "\n".join(lines)
 
@@ -162,6 +228,10 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--family", default="realistic", choices=("realistic", "drift"))
     ap.add_argument("--level", default="medium")
+    ap.add_argument("--study", help="a real study of the store instead of simulated draws (the default fit's rows)")
+    ap.add_argument("--null-of", metavar="STUDY", help="draws from the continuous null (bench/trend_model.py) "
+                    "fitted to this real study of the store: the null's own calibration, no states")
+    ap.add_argument("--store", default="data")
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--stride", type=int, default=6, help="grid of the visits' boundaries (refined near each)")
     ap.add_argument("--starts", type=int, default=1, help="starts per K and fold (the best training score is kept): "
@@ -171,13 +241,17 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    if args.study:  # one draw: the study itself; its level names the store
+        args.family, args.level, args.draws = f"study:{args.study}", args.store, 1
+    elif args.null_of:
+        args.family, args.level = f"trend:{args.null_of}", args.store
     done = [json.loads(line) for line in RAW.read_text().splitlines()] if RAW.exists() else []
     have = {(r["family"], r["level"], r["draw"], r["k"], r["fold"], r["stride"], r.get("starts", 1),
              r.get("move_start", 0)) for r in done}
     # the largest K first: the slowest fits start while the others fill in around them
     todo = [(args.family, args.level, i, K, fold, args.stride, args.starts, args.move_start)
             for i in range(args.draws)
-            for K in sorted(KS, reverse=True) for fold in range(FOLDS)
+            for K in sorted(KS, reverse=True) + [0] for fold in range(FOLDS)
             if (args.family, args.level, i, K, fold, args.stride, args.starts, args.move_start) not in have]
     done += run_records(RAW, one, todo, args.workers,
                         shown=lambda rec: {k: v for k, v in rec.items() if k not in ("held_out", "runs")})
@@ -195,14 +269,22 @@ def main(argv=None) -> int:
             "`paired 1-SE`: the smallest K within one standard error of the best, the error of per-run differences. "
             "`drift` draws have no states (the negative control: K = 1 is \"no discrete phases\"). Two folds and 1 "
             "or 3 starts: cheaper than `latent fit`'s selection (5 folds, 5 restarts). The peers' K are "
-            "`latent fit`'s on the same draws (bench/results/recovery.jsonl, its latest record of each)."
+            "`latent fit`'s on the same draws (bench/results/recovery.jsonl, its latest record of each). "
+            "The continuous null (`bench/trend_model.py`: every run a local linear trend, no states; its variances "
+            "fitted on the same training runs) is scored on the same held-out runs: \"not beaten\" when its total "
+            "is at least the best K's (`best`) or the best K's mean per-run gain over it is within one standard "
+            "error (`paired 1-SE`); that is the call \"no discrete phases\". `study:` rows are real studies of the "
+            "store (the default fit's rows); `trend:` rows are draws from the null itself, its variances measured "
+            "on that real study (the null's own calibration: no states)."
             f"\n\n{text}\n\nRaw: bench/results/segment-k.jsonl (per draw, K and fold; seconds per fit and "
             f"held-out scoring {min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}, on {os.cpu_count()} "
             "cores). Commands: `python bench/bench_segment_k.py --family realistic --level medium --draws 5 "
             "--workers 2`, then `--level easy`, then `--family drift --level medium`; the rows of 3 starts per K "
             "with `--starts 3` (the segmentation, equal time pieces, KMeans with another seed; the best training "
             "score kept); the rows whose move starts from 3 rows with `--move-start 3` (the move first estimated "
-            "from the 3 rows after every switch of each start)."),
+            "from the 3 rows after every switch of each start); the real studies with `--study modadd` and "
+            "`--study parity` after `latent collect --task modadd --seeds 40` and `--task parity --seeds 40`; the "
+            "null's own draws with `--null-of modadd --draws 5`."),
             title="Choosing K with the trial segment model (`bench/bench_segment_k.py`)")
     return 0
 
