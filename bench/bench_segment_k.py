@@ -20,7 +20,9 @@ discrete phases only where the best K beats it (by more than one standard error 
 K = 1 of the segment model is no such null, since one visit's offset, trend and AR(1) cannot follow a
 curve. ``--study NAME`` runs the same on a real study of the store; ``--null-of NAME`` on draws from the
 null itself, its variances fitted to that real study (the test's own calibration: no states, so the
-null must not be beaten).
+null must not be beaten). ``--slowing`` adds the null whose curve calms down as training goes on
+(innovations scaled by (1 + t/t0)^−κ; minutes per fit). ``--family smooth``: continuous curves of another
+shape than the null's (:func:`smooth_draw`), a second negative control.
 This is cheaper than `latent fit`'s procedure (2 folds, one start, no restarts), so it measures the
 model's held-out evidence, not a finished selection rule.
 
@@ -69,10 +71,38 @@ def draw(family: str, level: str, i: int):
         rng = np.random.default_rng(np.random.SeedSequence(2026, spawn_key=(i,)))
         X = trend_model.simulate(trend_model.fit(X0, lengths), len(lengths), int(lengths.max()), rng)
         return 0, zscore(X)[0], np.full(len(lengths), int(lengths.max()))
+    if family == "smooth":
+        return 0, smooth_draw(i), np.full(SMOOTH_RUNS, SMOOTH_T)
     from bench_family_start import realistic_draw
 
     _, truth, X, lengths, _ = realistic_draw(level, i, family)
     return (int(truth.n_states) if family != "drift" else 0), X, np.asarray(lengths)
+
+
+SMOOTH_RUNS, SMOOTH_T, SMOOTH_D = 40, 300, 14
+
+
+def smooth_draw(i: int) -> np.ndarray:
+    """A continuous study of another shape than the null's: every feature approaches its end value along
+    ``a_j (1 − exp(−t/τ_r)) + c_j t/T``, one time scale τ_r per run (5-50 % of the run), with the
+    realistic family's AR(1) noise (φ 0.9-0.99) and run offsets (0.3-1.5 noise sds). No plateaus and no
+    jumps: the negative control a loss curve looks like. Globally z-scored, (runs * T, D)."""
+    from latent.features import zscore
+
+    rng = np.random.default_rng(np.random.SeedSequence(2027, spawn_key=(i,)))
+    T, D = SMOOTH_T, SMOOTH_D
+    phi, offset, sd = rng.uniform(0.9, 0.99), rng.uniform(0.3, 1.5), 0.3
+    a, c = rng.normal(0, 2, D), rng.normal(0, 0.5, D)
+    t = np.arange(T)[:, None]
+    runs = []
+    for _ in range(SMOOTH_RUNS):
+        tau = T * np.exp(rng.uniform(np.log(0.05), np.log(0.5)))
+        eps = np.empty((T, D))
+        eps[0] = rng.normal(0, sd, D)
+        for s in range(1, T):
+            eps[s] = phi * eps[s - 1] + rng.normal(0, sd * np.sqrt(1 - phi**2), D)
+        runs.append(a * (1 - np.exp(-t / tau)) + c * t / T + rng.normal(0, offset * sd, D) + eps)
+    return zscore(np.vstack(runs))[0]
 
 
 def study_data(name: str, store: str):
@@ -104,11 +134,12 @@ def one(task: tuple) -> dict:
     out = {"family": family, "level": level, "draw": i, "k": K, "fold": fold, "stride": stride, "true_k": true_k,
            "runs": test, "starts": starts, "move_start": move_start}
     t0 = time.perf_counter()
-    if K == 0:
+    if K <= 0:  # 0: the continuous null; -1: the same with innovations that shrink with training time
         import trend_model
 
-        trend = trend_model.fit(Xtr, ltr)
-        return out | {"model": "trend", "held_out": trend_model.score_runs(Xte, lte, trend).tolist(),
+        trend = trend_model.fit(Xtr, ltr, slowing=K < 0)
+        return out | {"model": "trend" if K == 0 else "trend-slowing",
+                      "held_out": trend_model.score_runs(Xte, lte, trend).tolist(),
                       "train_score": float(trend_model.score_runs(Xtr, ltr, trend).sum()),
                       "seconds": time.perf_counter() - t0}
     if K == 1:
@@ -137,7 +168,8 @@ def choose(records: list[dict]) -> dict:
         for run, s in zip(r["runs"], r["held_out"]):
             per_run.setdefault(r["k"], {})[run] = s
     ks = sorted(k for k in per_run if k > 0)
-    if ks != list(KS) or len({len(v) for v in per_run.values()}) != 1:
+    nulls = sorted(k for k in per_run if k <= 0)
+    if ks != list(KS) or len({len(per_run[k]) for k in ks}) != 1:
         return {}
     runs = sorted(per_run[ks[0]])
     S = np.array([[per_run[k][r] for r in runs] for k in ks])  # (K, runs)
@@ -147,10 +179,14 @@ def choose(records: list[dict]) -> dict:
     within = [j for j in range(len(ks)) if diff[j].mean() >= -se[j]]
     used = [sum(n >= MIN_ROWS for n in r["place_rows"]) for r in records if r["k"] == ks[best] and "place_rows" in r]
     out = {"best": ks[best], "one_se": ks[min(within)], "used": min(used) if used else None}
-    if 0 in per_run:
-        gain = S[best] - np.array([per_run[0][r] for r in runs])
-        out |= {"flat": bool(gain.sum() <= 0), "flat_1se": bool(gain.mean() <= gain.std(ddof=1) / np.sqrt(len(runs))),
-                "gain": float(gain.mean())}
+    for k in nulls:
+        if sorted(per_run[k]) != runs:
+            continue
+        gain = S[best] - np.array([per_run[k][r] for r in runs])
+        tag = "" if k == 0 else "_slowing"
+        out |= {"flat" + tag: bool(gain.sum() <= 0),
+                "flat_1se" + tag: bool(gain.mean() <= gain.std(ddof=1) / np.sqrt(len(runs))),
+                "gain" + tag: float(gain.mean())}
     return out
 
 
@@ -178,12 +214,14 @@ def table(done: list[dict]) -> str:
              "right (best; 1-SE) | "
              "mean distance from the true K (best; 1-SE) | no discrete phases (K = 1; best; 1-SE) | "
              "continuous null not beaten (best; paired 1-SE) | best K's gain over the null (nats per held-out run) | "
+             "gain over the slowing null (nats per held-out run) | "
              + " | ".join(f"{name}'s K, same draws (`latent fit`)" for name in PEERS.values()) + " |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(PEERS)]
-    groups = sorted({(r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0)) for r in done})
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(PEERS)]
+    groups = sorted({(r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0)) for r in done if r["k"] > 0})
     for fam, level, starts, move_start in groups:
-        mine = [r for r in done if (r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0))
+        mine = [r for r in done if r["k"] > 0 and (r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0))
                 == (fam, level, starts, move_start)]
+        mine += [r for r in done if r["k"] <= 0 and (r["family"], r["level"]) == (fam, level)]
         picks, chosen, used, nulls = [], [], [], []
         for d in sorted({r["draw"] for r in mine}):
             c = choose([r for r in mine if r["draw"] == d])
@@ -196,7 +234,7 @@ def table(done: list[dict]) -> str:
             continue
         n = len(picks)
         truth = ", ".join(str(t) if t else "–" for t, _, _ in picks)
-        drift = fam == "drift" or fam.startswith(("study:", "trend:"))  # no true K
+        drift = fam in ("drift", "smooth") or fam.startswith(("study:", "trend:"))  # no true K
         right = "–" if drift else f"{sum(b == t for t, b, _ in picks)}/{n}; {sum(o == t for t, _, o in picks)}/{n}"
         off = ("–" if drift else f"{np.mean([abs(b - t) for t, b, _ in picks]):.1f}; "
                f"{np.mean([abs(o - t) for t, _, o in picks]):.1f}")
@@ -206,10 +244,12 @@ def table(done: list[dict]) -> str:
         else:
             null = f"{sum(c['flat'] for c in nulls)}/{n}; {sum(c['flat_1se'] for c in nulls)}/{n}"
             gain = ", ".join(f"{c['gain']:.0f}" for c in nulls)
+        slowing = ("not run" if None in nulls or not any("gain_slowing" in c for c in nulls) else
+                   ", ".join(f"{c['gain_slowing']:.0f}" if "gain_slowing" in c else "not run" for c in nulls))
         peer_cells = []
         for option in PEERS:
             ks = [peers.get((fam, level, option, d)) for d in chosen]
-            if fam.startswith(("study:", "trend:")):
+            if fam == "smooth" or fam.startswith(("study:", "trend:")):
                 peer_cells.append("–")
                 continue
             peer_cells.append(", ".join("not run" if k is None else str(k) for k in ks)
@@ -220,13 +260,14 @@ def table(done: list[dict]) -> str:
                      f"{', '.join(str(b) for _, b, _ in picks)} | "
                      f"{', '.join(used)} | "
                      f"{', '.join(str(o) for _, _, o in picks)} | {right} | {off} | {flat} | {null} | {gain} | "
+                     f"{slowing} | "
                      + " | ".join(peer_cells) + " |")
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--family", default="realistic", choices=("realistic", "drift"))
+    ap.add_argument("--family", default="realistic", choices=("realistic", "drift", "smooth"))
     ap.add_argument("--level", default="medium")
     ap.add_argument("--study", help="a real study of the store instead of simulated draws (the default fit's rows)")
     ap.add_argument("--null-of", metavar="STUDY", help="draws from the continuous null (bench/trend_model.py) "
@@ -238,6 +279,8 @@ def main(argv=None) -> int:
                     "the segmentation, equal time pieces, then KMeans of the segments with other seeds")
     ap.add_argument("--move-start", type=int, default=0,
                     help="the move first estimated from the N rows after every switch of each start (0: broad)")
+    ap.add_argument("--slowing", action="store_true", help="also the null whose innovations shrink with training "
+                    "time, (1 + t/t0)^-κ (bench/trend_model.py; minutes per fit)")
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
@@ -249,10 +292,11 @@ def main(argv=None) -> int:
     have = {(r["family"], r["level"], r["draw"], r["k"], r["fold"], r["stride"], r.get("starts", 1),
              r.get("move_start", 0)) for r in done}
     # the largest K first: the slowest fits start while the others fill in around them
-    todo = [(args.family, args.level, i, K, fold, args.stride, args.starts, args.move_start)
-            for i in range(args.draws)
-            for K in sorted(KS, reverse=True) + [0] for fold in range(FOLDS)
-            if (args.family, args.level, i, K, fold, args.stride, args.starts, args.move_start) not in have]
+    # (the null, K = 0, does not depend on the segment fits' settings: one record per draw and fold serves all)
+    todo = [(args.family, args.level, i, K, fold, args.stride) + ((args.starts, args.move_start) if K else (1, 0))
+            for i in range(args.draws) for K in [-1] * args.slowing + sorted(KS, reverse=True) + [0]
+            for fold in range(FOLDS)]
+    todo = [t for t in todo if t not in have]
     done += run_records(RAW, one, todo, args.workers,
                         shown=lambda rec: {k: v for k, v in rec.items() if k not in ("held_out", "runs")})
     done = [r for r in done if r["stride"] == args.stride]
@@ -275,7 +319,10 @@ def main(argv=None) -> int:
             "is at least the best K's (`best`) or the best K's mean per-run gain over it is within one standard "
             "error (`paired 1-SE`); that is the call \"no discrete phases\". `study:` rows are real studies of the "
             "store (the default fit's rows); `trend:` rows are draws from the null itself, its variances measured "
-            "on that real study (the null's own calibration: no states)."
+            "on that real study (the null's own calibration: no states); `smooth` draws are continuous curves of "
+            "another shape (each feature approaching its end value as 1 - exp(-t/tau), tau per run, with AR(1) noise "
+            "and run offsets). The slowing null (`--slowing`) lets the curve's innovations shrink with training "
+            "time, (1 + t/t0)^-kappa; its fits take minutes, so it was run on single draws."
             f"\n\n{text}\n\nRaw: bench/results/segment-k.jsonl (per draw, K and fold; seconds per fit and "
             f"held-out scoring {min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}, on {os.cpu_count()} "
             "cores). Commands: `python bench/bench_segment_k.py --family realistic --level medium --draws 5 "
@@ -284,7 +331,8 @@ def main(argv=None) -> int:
             "score kept); the rows whose move starts from 3 rows with `--move-start 3` (the move first estimated "
             "from the 3 rows after every switch of each start); the real studies with `--study modadd` and "
             "`--study parity` after `latent collect --task modadd --seeds 40` and `--task parity --seeds 40`; the "
-            "null's own draws with `--null-of modadd --draws 5`."),
+            "null's own draws with `--null-of modadd --draws 5`; the smooth draws with `--family smooth`; the "
+            "slowing null with `--slowing --draws 1` (then `--family smooth`, `--family drift`, `--study modadd`)."),
             title="Choosing K with the trial segment model (`bench/bench_segment_k.py`)")
     return 0
 
