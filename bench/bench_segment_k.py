@@ -13,10 +13,12 @@ runs' scores:
   so differences do not carry it, the failure issue 20 measured for `latent fit`'s one-SE rule).
 
 Draws: the ``realistic`` draws of ``family-start`` and ``segment-trial`` (true K 2-8), and the
-``drift`` family (smooth drift, no states: the negative control, where K = 1 is "no discrete phases").
+``drift`` family (no states, meant as the negative control where K = 1 is "no discrete phases"; its
+per-run sigmoid between two levels every run shares is better fitted by places and a move, docs/fit.md).
 Beside every K, the continuous null (``bench/trend_model.py``: each run a smooth curve, a local linear
-trend, no states) is fitted on the same training runs and scores the same held-out runs. A study has
-discrete phases only where the best K beats it (by more than one standard error of the per-run gains);
+trend with AR(1) noise around it, no states) is fitted on the same training runs and scores the same
+held-out runs. The call "discrete phases" needs the best K to beat it (by more than one standard error of
+the per-run gains; not a sufficient condition, docs/fit.md);
 K = 1 of the segment model is no such null, since one visit's offset, trend and AR(1) cannot follow a
 curve. ``--study NAME`` runs the same on a real study of the store; ``--null-of NAME`` on draws from the
 null itself, its variances fitted to that real study (the test's own calibration: no states, so the
