@@ -334,7 +334,8 @@ def main(argv=None) -> int:
             "from the 3 rows after every switch of each start); the real studies with `--study modadd` and "
             "`--study parity` after `latent collect --task modadd --seeds 40` and `--task parity --seeds 40`; the "
             "null's own draws with `--null-of modadd --draws 5`; the smooth draws with `--family smooth`; the "
-            "slowing null with `--slowing --draws 1` (then `--family smooth`, `--family drift`, `--study modadd`)."),
+            "slowing null with `--slowing`: `--family smooth --draws 2`, `--family drift --draws 1`, `--level easy "
+            "--draws 1`, `--level medium --draws 3`, `--study modadd`, `--study parity`."),
             title="Choosing K with the trial segment model (`bench/bench_segment_k.py`)")
     return 0
 
