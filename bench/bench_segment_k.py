@@ -45,6 +45,7 @@ import json
 import os
 import sys
 import time
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -69,9 +70,9 @@ def draw(family: str, level: str, i: int):
 
         from latent.features import zscore
 
-        X0, lengths = study_data(family.split(":", 1)[1], level)
+        null, lengths = _null_of(family.split(":", 1)[1], level)
         rng = np.random.default_rng(np.random.SeedSequence(2026, spawn_key=(i,)))
-        X = trend_model.simulate(trend_model.fit(X0, lengths), len(lengths), int(lengths.max()), rng)
+        X = trend_model.simulate(null, len(lengths), int(lengths.max()), rng)
         return 0, zscore(X)[0], np.full(len(lengths), int(lengths.max()))
     if family == "smooth":
         return 0, smooth_draw(i), np.full(SMOOTH_RUNS, SMOOTH_T)
@@ -79,6 +80,16 @@ def draw(family: str, level: str, i: int):
 
     _, truth, X, lengths, _ = realistic_draw(level, i, family)
     return (int(truth.n_states) if family != "drift" else 0), X, np.asarray(lengths)
+
+
+@lru_cache(maxsize=None)
+def _null_of(name: str, store: str):
+    """The continuous null fitted to a real study, and the study's run lengths: fitted once per process,
+    not once per task (a fit takes a minute or two)."""
+    import trend_model
+
+    X, lengths = study_data(name, store)
+    return trend_model.fit(X, lengths), lengths
 
 
 SMOOTH_RUNS, SMOOTH_T, SMOOTH_D = 40, 300, 14

@@ -422,13 +422,6 @@ def score_runs(X: np.ndarray, lengths, params: SegmentParams, stride: int = 1) -
     return np.array(out)
 
 
-def n_parameters(params: SegmentParams) -> int:
-    """Free parameters: per state five per feature (level, trend, two spreads, innovation) and its
-    continuation; φ per feature; first states and transitions (zero diagonal; a move's d_min is fixed)."""
-    K, D = params.mu.shape
-    return 5 * K * D + K + D + (K - 1) + K * max(K - 2, 0)
-
-
 def fit(X: np.ndarray, lengths, labels: np.ndarray, K: int, d_min: int = 5, max_iter: int = 15,
         moves: bool = False, stride: int = 1, move_start: int = 0) -> SegmentFit:
     """Hard EM from a labelling of every checkpoint (``labels`` in 0..K−1) with K places; with

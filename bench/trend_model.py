@@ -140,9 +140,8 @@ def fit(X: np.ndarray, lengths, slowing: bool = False) -> TrendParams:
     starts = [cand[ranked[i], :, np.arange(D)].T for i in range(STARTS)]
     z = _search(Y, mask, prior, starts, BOUNDS + ((0.0, 0.0), (0.0, 0.0)))
     if slowing:  # from the constant fit, and from faster early innovations that slow down
-        starts = [z] + [z + np.array([0, up, up, 0, 0, lt0, 0])[:, None] for up in (1.0, 2.0) for lt0 in (0.5, 1.5)]
-        for st in starts[1:]:
-            st[6] = 1.0
+        # (the constant fit has log10 t0 = κ = 0, so the offsets set them)
+        starts = [z] + [z + np.array([0, up, up, 0, 0, lt0, 1.0])[:, None] for up in (1.0, 2.0) for lt0 in (0.5, 1.5)]
         z = _search(Y, mask, prior, starts, BOUNDS + (T0_BOUNDS, KAPPA_BOUNDS))
     h, q, r, s, phi, t0, kappa = (a[0, 0] for a in _unpack(z[None]))
     m0, first_var, s0, w0 = prior
@@ -183,11 +182,6 @@ def score_runs(X: np.ndarray, lengths, params: TrendParams) -> np.ndarray:
     ll = _loglik(Y, mask, *(a[None, None] for a in (p.obs, p.level, p.slope, p.ar, p.phi)), p.m0, p.v0, p.s0, p.w0,
                  *slow)
     return ll[0].sum(1)
-
-
-def n_parameters(params: TrendParams) -> int:
-    """Five noise and curve parameters (seven when slowing) and four prior moments per feature."""
-    return (9 + 2 * (params.kappa is not None)) * len(params.obs)
 
 
 def simulate(params: TrendParams, n_runs: int, T: int, rng: np.random.Generator) -> np.ndarray:
