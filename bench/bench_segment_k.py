@@ -22,9 +22,11 @@ the per-run gains; not a sufficient condition, docs/fit.md);
 K = 1 of the segment model is no such null, since one visit's offset, trend and AR(1) cannot follow a
 curve. ``--study NAME`` runs the same on a real study of the store; ``--null-of NAME`` on draws from the
 null itself, its variances fitted to that real study (the test's own calibration: no states, so the
-null must not be beaten). ``--slowing`` adds the null whose curve calms down as training goes on
-(innovations scaled by (1 + t/t0)^−κ; minutes per fit). ``--family smooth``: continuous curves of another
-shape than the null's (:func:`smooth_draw`), a second negative control.
+null must not be beaten; ``--null-slowing`` draws from the slowing null instead). ``--slowing`` adds the
+null whose curve calms down as training goes on (innovations scaled by (1 + t/t0)^−κ; minutes per fit).
+``--features`` takes other features of a real study (`latent fit --features`, e.g. ``progress``).
+``--family smooth``: continuous curves of another shape than the null's (:func:`smooth_draw`), a second
+negative control.
 This is cheaper than `latent fit`'s procedure (2 folds, one start, no restarts), so it measures the
 model's held-out evidence, not a finished selection rule.
 
@@ -33,6 +35,7 @@ model's held-out evidence, not a finished selection rule.
     python bench/bench_segment_k.py --family drift --level medium --draws 5 --workers 2
     latent collect --task modadd --seeds 40 && python bench/bench_segment_k.py --study modadd --workers 2
     python bench/bench_segment_k.py --null-of modadd --draws 5 --workers 2
+    python bench/bench_segment_k.py --study modadd-contrast --features progress --slowing --workers 2
 
 Raw lines (one per draw, K and fold, with every held-out run's score): bench/results/segment-k.jsonl;
 the ``segment-k`` block of bench/RESULTS.md.
@@ -65,12 +68,13 @@ def draw(family: str, level: str, i: int):
     there is no truth)."""
     if family.startswith("study:"):
         return (0,) + study_data(family.split(":", 1)[1], level)
-    if family.startswith("trend:"):  # the continuous null's own draws, its variances measured on a real study
+    if family.startswith(("trend:", "trend-slowing:")):  # the null's own draws, its variances measured on a study
         import trend_model
 
         from latent.features import zscore
 
-        null, lengths = _null_of(family.split(":", 1)[1], level)
+        kind, name = family.split(":", 1)
+        null, lengths = _null_of(name, level, kind == "trend-slowing")
         rng = np.random.default_rng(np.random.SeedSequence(2026, spawn_key=(i,)))
         X = trend_model.simulate(null, len(lengths), int(lengths.max()), rng)
         return 0, zscore(X)[0], np.full(len(lengths), int(lengths.max()))
@@ -83,13 +87,13 @@ def draw(family: str, level: str, i: int):
 
 
 @lru_cache(maxsize=None)
-def _null_of(name: str, store: str):
-    """The continuous null fitted to a real study, and the study's run lengths: fitted once per process,
-    not once per task (a fit takes a minute or two)."""
+def _null_of(name: str, store: str, slowing: bool = False):
+    """The continuous null (``slowing``: the one whose curve calms down) fitted to a real study, and the
+    study's run lengths: fitted once per process, not once per task (a fit takes minutes)."""
     import trend_model
 
     X, lengths = study_data(name, store)
-    return trend_model.fit(X, lengths), lengths
+    return trend_model.fit(X, lengths, slowing=slowing), lengths
 
 
 SMOOTH_RUNS, SMOOTH_T, SMOOTH_D = 40, 300, 14
@@ -119,13 +123,25 @@ def smooth_draw(i: int) -> np.ndarray:
 
 
 def study_data(name: str, store: str):
-    """A real study's rows as the default `latent fit` reads and scales them: ``(X, lengths)``."""
-    from latent.fit import FitConfig, _stage_read
+    """A real study's rows as the default `latent fit` reads and scales them: ``(X, lengths)``. ``name`` is
+    the study's name, or ``NAME/FEATURES`` for `latent fit --features FEATURES` (comma-separated); a feature
+    written ``log:COLUMN`` is that column's natural log before scaling (losses that fall by orders of
+    magnitude)."""
+    from latent.features import build_features, measured_rows
+    from latent.fit import FitConfig, _read_runs
     from latent.store import resolve_study
 
+    name, _, spec = name.partition("/")
+    logged = [f.removeprefix("log:") for f in spec.split(",") if f.startswith("log:")]
     study = resolve_study(store, name)
-    cfg = FitConfig().resolve(json.loads((study.root / "study.json").read_text()))
-    fm = _stage_read(study, cfg, None).fm
+    cfg = FitConfig(features=tuple(f.removeprefix("log:") for f in spec.split(",")) if spec else None)
+    cfg = cfg.resolve(json.loads((study.root / "study.json").read_text()))
+    table = measured_rows(_read_runs(study, cfg, None), cfg.features)  # as `latent fit` reads it
+    for column in logged:
+        if not (table[column] > 0).all():
+            raise SystemExit(f"log:{column}: the column has values <= 0")
+        table[column] = np.log(table[column])
+    fm = build_features(table, cfg.features, cfg.first_n, cfg.scaling)
     return fm.X, np.asarray(fm.lengths)
 
 
@@ -145,7 +161,7 @@ def one(task: tuple) -> dict:
     Xtr, ltr = np.vstack([runs[r] for r in train]), lengths[train]
     Xte, lte = np.vstack([runs[r] for r in test]), lengths[test]
     out = {"family": family, "level": level, "draw": i, "k": K, "fold": fold, "stride": stride, "true_k": true_k,
-           "runs": test, "starts": starts, "move_start": move_start}
+           "runs": test, "starts": starts, "move_start": move_start, "values_per_run": Xte.size / len(lte)}
     t0 = time.perf_counter()
     if K <= 0:  # 0: the continuous null; -1: the same with innovations that shrink with training time
         import trend_model
@@ -191,7 +207,9 @@ def choose(records: list[dict]) -> dict:
     se = diff.std(1, ddof=1) / np.sqrt(len(runs))
     within = [j for j in range(len(ks)) if diff[j].mean() >= -se[j]]
     used = [sum(n >= MIN_ROWS for n in r["place_rows"]) for r in records if r["k"] == ks[best] and "place_rows" in r]
-    out = {"best": ks[best], "one_se": ks[min(within)], "used": min(used) if used else None}
+    sizes = [r["values_per_run"] for r in records if "values_per_run" in r]
+    out = {"best": ks[best], "one_se": ks[min(within)], "used": min(used) if used else None,
+           "values_per_run": float(np.mean(sizes)) if sizes else None}
     for k in nulls:
         if sorted(per_run[k]) != runs:
             continue
@@ -220,14 +238,22 @@ def _peer_k() -> dict:
     return out
 
 
+def _gain(choice: dict, key: str) -> str:
+    """A gain in nats per held-out run, and per value (checkpoint × feature) in brackets: runs of other
+    lengths and feature counts compare by the latter."""
+    size = choice.get("values_per_run")
+    return f"{choice[key]:.0f}" + ("" if not size else f" ({choice[key] / size:.3f})")
+
+
 def table(done: list[dict]) -> str:
     peers = _peer_k()
     lines = ["| family | level | starts per K | move's start | draws | true K | K (best held-out) | "
              f"places the best K's fits use (≥ {MIN_ROWS} rows; fewer of the two folds) | K (paired 1-SE) | "
              "right (best; 1-SE) | "
              "mean distance from the true K (best; 1-SE) | no discrete phases (K = 1; best; 1-SE) | "
-             "continuous null not beaten (best; paired 1-SE) | best K's gain over the null (nats per held-out run) | "
-             "gain over the slowing null (nats per held-out run) | "
+             "continuous null not beaten (best; paired 1-SE) | "
+             "best K's gain over the null (nats per held-out run; per value) | "
+             "gain over the slowing null (nats per held-out run; per value) | "
              + " | ".join(f"{name}'s K, same draws (`latent fit`)" for name in PEERS.values()) + " |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(PEERS)]
     groups = sorted({(r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0)) for r in done if r["k"] > 0})
@@ -247,7 +273,8 @@ def table(done: list[dict]) -> str:
             continue
         n = len(picks)
         truth = ", ".join(str(t) if t else "–" for t, _, _ in picks)
-        drift = fam in ("drift", "smooth") or fam.startswith(("study:", "trend:"))  # no true K
+        real = fam.startswith(("study:", "trend:", "trend-slowing:"))  # a real study, or drawn from a fit to one
+        drift = fam in ("drift", "smooth") or real  # no true K
         right = "–" if drift else f"{sum(b == t for t, b, _ in picks)}/{n}; {sum(o == t for t, _, o in picks)}/{n}"
         off = ("–" if drift else f"{np.mean([abs(b - t) for t, b, _ in picks]):.1f}; "
                f"{np.mean([abs(o - t) for t, _, o in picks]):.1f}")
@@ -256,20 +283,20 @@ def table(done: list[dict]) -> str:
             null, gain = "not run", "not run"
         else:
             null = f"{sum(c['flat'] for c in nulls)}/{n}; {sum(c['flat_1se'] for c in nulls)}/{n}"
-            gain = ", ".join(f"{c['gain']:.0f}" for c in nulls)
+            gain = ", ".join(_gain(c, "gain") for c in nulls)
         slowing = ("not run" if None in nulls or not any("gain_slowing" in c for c in nulls) else
-                   ", ".join(f"{c['gain_slowing']:.0f}" if "gain_slowing" in c else "not run" for c in nulls))
+                   ", ".join(_gain(c, "gain_slowing") if "gain_slowing" in c else "not run" for c in nulls))
         peer_cells = []
         for option in PEERS:
             ks = [peers.get((fam, level, option, d)) for d in chosen]
-            if fam == "smooth" or fam.startswith(("study:", "trend:")):
+            if fam == "smooth" or real:
                 peer_cells.append("–")
                 continue
             peer_cells.append(", ".join("not run" if k is None else str(k) for k in ks)
                               + ("" if drift or None in ks else
                                  f" (mean distance {np.mean([abs(k - t) for k, (t, _, _) in zip(ks, picks)]):.1f})"))
         start_of_move = f"{move_start} rows" if move_start else "broad"
-        lines.append(f"| {fam} | {level} | {starts} | {start_of_move} | {n} | {truth} | "
+        lines.append(f"| {fam} | {'–' if real else level} | {starts} | {start_of_move} | {n} | {truth} | "
                      f"{', '.join(str(b) for _, b, _ in picks)} | "
                      f"{', '.join(used)} | "
                      f"{', '.join(str(o) for _, _, o in picks)} | {right} | {off} | {flat} | {null} | {gain} | "
@@ -285,6 +312,10 @@ def main(argv=None) -> int:
     ap.add_argument("--study", help="a real study of the store instead of simulated draws (the default fit's rows)")
     ap.add_argument("--null-of", metavar="STUDY", help="draws from the continuous null (bench/trend_model.py) "
                     "fitted to this real study of the store: the null's own calibration, no states")
+    ap.add_argument("--features", help="with --study or --null-of: the features `latent fit --features` takes "
+                    "(comma-separated names or groups, e.g. progress); default: the study's own")
+    ap.add_argument("--null-slowing", action="store_true",
+                    help="with --null-of: draws from the slowing null fitted to the study, not the constant one")
     ap.add_argument("--store", default="data")
     ap.add_argument("--draws", type=int, default=5)
     ap.add_argument("--stride", type=int, default=6, help="grid of the visits' boundaries (refined near each)")
@@ -297,10 +328,16 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, default=1)
     ap.add_argument("--no-write", action="store_true")
     args = ap.parse_args(argv)
+    if args.features and not (args.study or args.null_of):
+        ap.error("--features goes with --study or --null-of")
+    if args.null_slowing and not args.null_of:
+        ap.error("--null-slowing goes with --null-of")
+    suffix = f"/{args.features}" if args.features else ""
     if args.study:  # one draw: the study itself; its level names the store
-        args.family, args.level, args.draws = f"study:{args.study}", args.store, 1
+        args.family, args.level, args.draws = f"study:{args.study}{suffix}", args.store, 1
     elif args.null_of:
-        args.family, args.level = f"trend:{args.null_of}", args.store
+        kind = "trend-slowing" if args.null_slowing else "trend"
+        args.family, args.level = f"{kind}:{args.null_of}{suffix}", args.store
     done = [json.loads(line) for line in RAW.read_text().splitlines()] if RAW.exists() else []
     have = {(r["family"], r["level"], r["draw"], r["k"], r["fold"], r["stride"], r.get("starts", 1),
              r.get("move_start", 0)) for r in done}
@@ -335,7 +372,10 @@ def main(argv=None) -> int:
             "on that real study (the null's own calibration: no states); `smooth` draws are continuous curves of "
             "another shape (each feature approaching its end value as 1 - exp(-t/tau), tau per run, with AR(1) noise "
             "and run offsets). The slowing null (`--slowing`) lets the curve's innovations shrink with training "
-            "time, (1 + t/t0)^-kappa; its fits take minutes, so it was run on single draws."
+            "time, (1 + t/t0)^-kappa; its fits take minutes, so it was run on fewer draws. `trend-slowing:` rows are "
+            "draws from the slowing null fitted to the real study (its own calibration). A study name `NAME/FEATURES` "
+            "is the study fitted on those features (`latent fit --features`). Gains are per held-out run and, in "
+            "brackets, per value (a checkpoint of a feature): runs of other lengths and feature counts differ in size."
             f"\n\n{text}\n\nRaw: bench/results/segment-k.jsonl (per draw, K and fold; seconds per fit and "
             f"held-out scoring {min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}, on {os.cpu_count()} "
             "cores). Commands: `python bench/bench_segment_k.py --family realistic --level medium --draws 5 "
@@ -346,7 +386,12 @@ def main(argv=None) -> int:
             "`--study parity` after `latent collect --task modadd --seeds 40` and `--task parity --seeds 40`; the "
             "null's own draws with `--null-of modadd --draws 5`; the smooth draws with `--family smooth`; the "
             "slowing null with `--slowing`: `--family smooth --draws 2`, `--family drift --draws 1`, `--level easy "
-            "--draws 1`, `--level medium --draws 3`, `--study modadd`, `--study parity`."),
+            "--draws 1`, `--level medium --draws 3`, `--study modadd`, `--study parity`; the slowing null's own "
+            "draws with `--null-of modadd --null-slowing --slowing --draws 3`; the contrast preset's runs "
+            "(`latent collect --task modadd --preset contrast --seeds 40`) with `--study modadd-contrast --slowing`, "
+            "the same with `--features progress` and with `--features embed_gini,unembed_gini,embed_top_share,"
+            "unembed_top_share,sum_sq_weights`, and `--null-of modadd-contrast --features progress --null-slowing "
+            "--slowing --draws 3`."),
             title="Choosing K with the trial segment model (`bench/bench_segment_k.py`)")
     return 0
 

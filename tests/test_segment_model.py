@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from scipy.stats import multivariate_normal
 from sklearn.metrics import adjusted_rand_score
 
@@ -242,3 +243,23 @@ def test_a_move_started_from_the_rows_after_each_switch_takes_the_ramps_at_once(
     assert broad1.in_move[ramp].mean() < 0.2 and start1.in_move[ramp].mean() > 0.8
     assert start1.in_move[~ramp].mean() < 0.02
     assert fit(X, [60] * 12, labels, 3, moves=True, move_start=R).score > fit(X, [60] * 12, labels, 3, moves=True).score
+
+
+def test_study_rows_take_a_feature_list_and_log_scale_a_column(tmp_path):
+    from bench_segment_k import study_data
+
+    from latent.simulate import write_study
+
+    # two runs of 12 checkpoints, a positive column spanning three orders of magnitude and a plain one
+    rng = np.random.default_rng(0)
+    rows = [{"seed": s, "step": t, "loss": 10.0 ** (1 - t / 4) * (1 + 0.1 * rng.random()), "norm": rng.normal(),
+             "val_acc": t / 12} for s in range(2) for t in range(12)]
+    table = pd.DataFrame(rows)
+    write_study(tmp_path / "toy", table)
+    X, lengths = study_data("toy/log:loss,norm", str(tmp_path))
+    z = lambda v: (v - v.mean()) / v.std()  # noqa: E731 - the global z-score `latent fit` applies
+    assert lengths.tolist() == [12, 12]
+    np.testing.assert_allclose(X[:, 0], z(np.log(table["loss"].to_numpy())), atol=1e-12)
+    np.testing.assert_allclose(X[:, 1], z(table["norm"].to_numpy()), atol=1e-12)
+    X1, _ = study_data("toy/loss", str(tmp_path))  # without the prefix: the raw column, as `latent fit` takes it
+    np.testing.assert_allclose(X1[:, 0], z(table["loss"].to_numpy()), atol=1e-12)
