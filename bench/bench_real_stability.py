@@ -177,7 +177,10 @@ def main(argv=None) -> int:
             "folds, every reported state reappearing in at least 90 % of the 20 resamples. Raw: "
             "bench/results/real-stability.json (the date each row was measured is its last column; a – in the "
             "transitions or posterior predictive column: the row predates it). Command: "
-            "`python bench/bench_real_stability.py` (`--studies`, `--families` to redo some rows).")
+            "`python bench/bench_real_stability.py` (`--studies`, `--families` to redo some rows), after the "
+            "studies are collected: `latent collect --task T --seeds 40` for modadd, parity and mnist, and "
+            "`latent collect --task modadd --preset contrast --seeds 40` with and without `--layernorm` for the "
+            "contrast pair.")
     print(body)
     if not args.no_write:
         RAW.parent.mkdir(exist_ok=True)
