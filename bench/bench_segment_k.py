@@ -217,7 +217,8 @@ def choose(records: list[dict]) -> dict:
         tag = "" if k == 0 else "_slowing"
         out |= {"flat" + tag: bool(gain.sum() <= 0),
                 "flat_1se" + tag: bool(gain.mean() <= gain.std(ddof=1) / np.sqrt(len(runs))),
-                "gain" + tag: float(gain.mean())}
+                "gain" + tag: float(gain.mean()), "gain_se" + tag: float(gain.std(ddof=1) / np.sqrt(len(runs))),
+                "runs_better" + tag: int((gain > 0).sum()), "n_runs": len(runs)}
     return out
 
 
@@ -254,8 +255,9 @@ def table(done: list[dict]) -> str:
              "continuous null not beaten (best; paired 1-SE) | "
              "best K's gain over the null (nats per held-out run; per value) | "
              "gain over the slowing null (nats per held-out run; per value) | "
+             "over the slowing null: standard error of the gain; held-out runs better under the segment model | "
              + " | ".join(f"{name}'s K, same draws (`latent fit`)" for name in PEERS.values()) + " |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(PEERS)]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(PEERS)]
     groups = sorted({(r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0)) for r in done if r["k"] > 0})
     for fam, level, starts, move_start in groups:
         mine = [r for r in done if r["k"] > 0 and (r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0))
@@ -286,6 +288,9 @@ def table(done: list[dict]) -> str:
             gain = ", ".join(_gain(c, "gain") for c in nulls)
         slowing = ("not run" if None in nulls or not any("gain_slowing" in c for c in nulls) else
                    ", ".join(_gain(c, "gain_slowing") if "gain_slowing" in c else "not run" for c in nulls))
+        spread = ("not run" if slowing == "not run" else
+                  ", ".join(f"{c['gain_se_slowing']:.0f}; {c['runs_better_slowing']}/{c['n_runs']}"
+                            if "gain_slowing" in c else "not run" for c in nulls))
         peer_cells = []
         for option in PEERS:
             ks = [peers.get((fam, level, option, d)) for d in chosen]
@@ -300,7 +305,7 @@ def table(done: list[dict]) -> str:
                      f"{', '.join(str(b) for _, b, _ in picks)} | "
                      f"{', '.join(used)} | "
                      f"{', '.join(str(o) for _, _, o in picks)} | {right} | {off} | {flat} | {null} | {gain} | "
-                     f"{slowing} | "
+                     f"{slowing} | {spread} | "
                      + " | ".join(peer_cells) + " |")
     return "\n".join(lines)
 
@@ -375,7 +380,9 @@ def main(argv=None) -> int:
             "time, (1 + t/t0)^-kappa; its fits take minutes, so it was run on fewer draws. `trend-slowing:` rows are "
             "draws from the slowing null fitted to the real study (its own calibration). A study name `NAME/FEATURES` "
             "is the study fitted on those features (`latent fit --features`). Gains are per held-out run and, in "
-            "brackets, per value (a checkpoint of a feature): runs of other lengths and feature counts differ in size."
+            "brackets, per value (a checkpoint of a feature): runs of other lengths and feature counts differ in size. "
+            "Beside the gain over the slowing null: its standard error (per-run gains) and the held-out runs the "
+            "segment model scores higher than the slowing null."
             f"\n\n{text}\n\nRaw: bench/results/segment-k.jsonl (per draw, K and fold; seconds per fit and "
             f"held-out scoring {min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}, on {os.cpu_count()} "
             "cores). Commands: `python bench/bench_segment_k.py --family realistic --level medium --draws 5 "
