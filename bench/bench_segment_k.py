@@ -24,6 +24,9 @@ curve. ``--study NAME`` runs the same on a real study of the store; ``--null-of 
 null itself, its variances fitted to that real study (the test's own calibration: no states, so the
 null must not be beaten; ``--null-slowing`` draws from the slowing null instead). ``--slowing`` adds the
 null whose curve calms down as training goes on (innovations scaled by (1 + t/t0)^−κ; minutes per fit).
+``--clock`` adds that null with a clock of each held-out run's own: the schedule's t0 times a factor in
+1/16..16, integrated out (a mixture; the null is still fitted with one clock). It asks whether places and
+moves beat one shared curve that runs follow at their own pace.
 ``--features`` takes other features of a real study (`latent fit --features`, e.g. ``progress``).
 ``--family smooth``: continuous curves of another shape than the null's (:func:`smooth_draw`), a second
 negative control.
@@ -97,6 +100,8 @@ def _null_of(name: str, store: str, slowing: bool = False):
 
 
 SMOOTH_RUNS, SMOOTH_T, SMOOTH_D = 40, 300, 14
+#: factors a held-out run's clock may multiply the slowing null's t0 by (``--clock``)
+CLOCKS = tuple(2.0 ** np.arange(-4, 5))
 
 
 def smooth_draw(i: int) -> np.ndarray:
@@ -163,12 +168,14 @@ def one(task: tuple) -> dict:
     out = {"family": family, "level": level, "draw": i, "k": K, "fold": fold, "stride": stride, "true_k": true_k,
            "runs": test, "starts": starts, "move_start": move_start, "values_per_run": Xte.size / len(lte)}
     t0 = time.perf_counter()
-    if K <= 0:  # 0: the continuous null; -1: the same with innovations that shrink with training time
+    if K <= 0:  # 0: the continuous null; -1: the same with innovations that shrink with training time;
+        # -2: that fit, each held-out run scored with a clock of its own (trend_model.score_runs)
         import trend_model
 
         trend = trend_model.fit(Xtr, ltr, slowing=K < 0)
-        return out | {"model": "trend" if K == 0 else "trend-slowing",
-                      "held_out": trend_model.score_runs(Xte, lte, trend).tolist(),
+        clocks = CLOCKS if K == -2 else None
+        return out | {"model": {0: "trend", -1: "trend-slowing", -2: "trend-clock"}[K],
+                      "held_out": trend_model.score_runs(Xte, lte, trend, clocks).tolist(),
                       "train_score": float(trend_model.score_runs(Xtr, ltr, trend).sum()),
                       "seconds": time.perf_counter() - t0}
     if K == 1:
@@ -214,7 +221,7 @@ def choose(records: list[dict]) -> dict:
         if sorted(per_run[k]) != runs:
             continue
         gain = S[best] - np.array([per_run[k][r] for r in runs])
-        tag = "" if k == 0 else "_slowing"
+        tag = {0: "", -1: "_slowing", -2: "_clock"}[k]
         out |= {"flat" + tag: bool(gain.sum() <= 0),
                 "flat_1se" + tag: bool(gain.mean() <= gain.std(ddof=1) / np.sqrt(len(runs))),
                 "gain" + tag: float(gain.mean()), "gain_se" + tag: float(gain.std(ddof=1) / np.sqrt(len(runs))),
@@ -246,6 +253,17 @@ def _gain(choice: dict, key: str) -> str:
     return f"{choice[key]:.0f}" + ("" if not size else f" ({choice[key] / size:.3f})")
 
 
+def _against(nulls: list, tag: str) -> tuple[str, str]:
+    """The cells of one null (``tag``: ``_slowing``, ``_clock``): the gains of each draw, then their standard
+    errors and the held-out runs the segment model scores higher; "not run" where it was not scored."""
+    if None in nulls or not any("gain" + tag in c for c in nulls):
+        return "not run", "not run"
+    gains = ", ".join(_gain(c, "gain" + tag) if "gain" + tag in c else "not run" for c in nulls)
+    spread = ", ".join(f"{c['gain_se' + tag]:.0f}; {c['runs_better' + tag]}/{c['n_runs']}" if "gain" + tag in c
+                       else "not run" for c in nulls)
+    return gains, spread
+
+
 def table(done: list[dict]) -> str:
     peers = _peer_k()
     lines = ["| family | level | starts per K | move's start | draws | true K | K (best held-out) | "
@@ -256,8 +274,10 @@ def table(done: list[dict]) -> str:
              "best K's gain over the null (nats per held-out run; per value) | "
              "gain over the slowing null (nats per held-out run; per value) | "
              "over the slowing null: standard error of the gain; held-out runs better under the segment model | "
+             "gain over the slowing null with a run's own clock (per run; per value) | "
+             "over it: standard error; runs better | "
              + " | ".join(f"{name}'s K, same draws (`latent fit`)" for name in PEERS.values()) + " |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(PEERS)]
+             "|---" * 18 + "|" + "---|" * len(PEERS)]
     groups = sorted({(r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0)) for r in done if r["k"] > 0})
     for fam, level, starts, move_start in groups:
         mine = [r for r in done if r["k"] > 0 and (r["family"], r["level"], r.get("starts", 1), r.get("move_start", 0))
@@ -286,11 +306,8 @@ def table(done: list[dict]) -> str:
         else:
             null = f"{sum(c['flat'] for c in nulls)}/{n}; {sum(c['flat_1se'] for c in nulls)}/{n}"
             gain = ", ".join(_gain(c, "gain") for c in nulls)
-        slowing = ("not run" if None in nulls or not any("gain_slowing" in c for c in nulls) else
-                   ", ".join(_gain(c, "gain_slowing") if "gain_slowing" in c else "not run" for c in nulls))
-        spread = ("not run" if slowing == "not run" else
-                  ", ".join(f"{c['gain_se_slowing']:.0f}; {c['runs_better_slowing']}/{c['n_runs']}"
-                            if "gain_slowing" in c else "not run" for c in nulls))
+        slowing, spread = _against(nulls, "_slowing")
+        clock, clock_spread = _against(nulls, "_clock")
         peer_cells = []
         for option in PEERS:
             ks = [peers.get((fam, level, option, d)) for d in chosen]
@@ -305,7 +322,7 @@ def table(done: list[dict]) -> str:
                      f"{', '.join(str(b) for _, b, _ in picks)} | "
                      f"{', '.join(used)} | "
                      f"{', '.join(str(o) for _, _, o in picks)} | {right} | {off} | {flat} | {null} | {gain} | "
-                     f"{slowing} | {spread} | "
+                     f"{slowing} | {spread} | {clock} | {clock_spread} | "
                      + " | ".join(peer_cells) + " |")
     return "\n".join(lines)
 
@@ -328,6 +345,8 @@ def main(argv=None) -> int:
                     "the segmentation, equal time pieces, then KMeans of the segments with other seeds")
     ap.add_argument("--move-start", type=int, default=0,
                     help="the move first estimated from the N rows after every switch of each start (0: broad)")
+    ap.add_argument("--clock", action="store_true", help="also the slowing null with a clock of each held-out "
+                    "run's own (its t0 times a factor in 1/16..16, integrated out; fitted with one clock)")
     ap.add_argument("--slowing", action="store_true", help="also the null whose innovations shrink with training "
                     "time, (1 + t/t0)^-κ (bench/trend_model.py; minutes per fit)")
     ap.add_argument("--workers", type=int, default=1)
@@ -349,7 +368,7 @@ def main(argv=None) -> int:
     # the largest K first: the slowest fits start while the others fill in around them
     # (the null, K = 0, does not depend on the segment fits' settings: one record per draw and fold serves all)
     todo = [(args.family, args.level, i, K, fold, args.stride) + ((args.starts, args.move_start) if K else (1, 0))
-            for i in range(args.draws) for K in [-1] * args.slowing + sorted(KS, reverse=True) + [0]
+            for i in range(args.draws) for K in [-2] * args.clock + [-1] * args.slowing + sorted(KS, reverse=True) + [0]
             for fold in range(FOLDS)]
     todo = [t for t in todo if t not in have]
     done += run_records(RAW, one, todo, args.workers,
@@ -382,7 +401,9 @@ def main(argv=None) -> int:
             "is the study fitted on those features (`latent fit --features`). Gains are per held-out run and, in "
             "brackets, per value (a checkpoint of a feature): runs of other lengths and feature counts differ in size. "
             "Beside the gain over the slowing null: its standard error (per-run gains) and the held-out runs the "
-            "segment model scores higher than the slowing null."
+            "segment model scores higher than the slowing null. `--clock`: the slowing null with a clock of each "
+            "held-out run's own (t0 times a factor in 1/16..16, the factors integrated out with equal weights; the "
+            "null still fitted with one clock)."
             f"\n\n{text}\n\nRaw: bench/results/segment-k.jsonl (per draw, K and fold; seconds per fit and "
             f"held-out scoring {min(secs):.0f}-{max(secs):.0f}, median {np.median(secs):.0f}, on {os.cpu_count()} "
             "cores). Commands: `python bench/bench_segment_k.py --family realistic --level medium --draws 5 "
@@ -398,7 +419,7 @@ def main(argv=None) -> int:
             "(`latent collect --task modadd --preset contrast --seeds 40`) with `--study modadd-contrast --slowing`, "
             "the same with `--features progress` and with `--features embed_gini,unembed_gini,embed_top_share,"
             "unembed_top_share,sum_sq_weights`, and `--null-of modadd-contrast --features progress --null-slowing "
-            "--slowing --draws 3`."),
+            "--slowing --draws 3`; the run's own clock with `--clock` on the same draws and studies."),
             title="Choosing K with the trial segment model (`bench/bench_segment_k.py`)")
     return 0
 

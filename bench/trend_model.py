@@ -24,6 +24,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import minimize
+from scipy.special import logsumexp
 
 LOG2PI = np.log(2 * np.pi)
 #: search box (log10) of (white noise h, level q, slope r, AR variance s, 1 − φ) for z-scored features
@@ -174,14 +175,23 @@ def _search(Y, mask, prior, starts, box) -> np.ndarray:
     return ends[np.argmax(_score(Y, mask, ends, prior), 0), :, np.arange(D)].T  # never worse than a start
 
 
-def score_runs(X: np.ndarray, lengths, params: TrendParams) -> np.ndarray:
-    """Each run's log likelihood (summed over features): the held-out score."""
+def score_runs(X: np.ndarray, lengths, params: TrendParams, clocks=None) -> np.ndarray:
+    """Each run's log likelihood (summed over features): the held-out score.
+
+    ``clocks`` (a slowing fit only): a run's own clock. The slowing schedule's ``t0`` is multiplied by a
+    factor of the run's own, one for all its features, and each run is scored by the mixture over the
+    factors in ``clocks`` with equal weights (a density: the run's clock integrated out, at a cost of at
+    most log len(clocks) nats against the best factor alone)."""
     Y, mask = _padded(X, lengths)
     p = params
-    slow = () if p.kappa is None else (p.t0[None, None], p.kappa[None, None])
-    ll = _loglik(Y, mask, *(a[None, None] for a in (p.obs, p.level, p.slope, p.ar, p.phi)), p.m0, p.v0, p.s0, p.w0,
-                 *slow)
-    return ll[0].sum(1)
+    base = [a[None, None] for a in (p.obs, p.level, p.slope, p.ar, p.phi)] + [p.m0, p.v0, p.s0, p.w0]
+    if p.kappa is None:
+        if clocks is not None:
+            raise ValueError("a run's own clock needs a slowing fit")
+        return _loglik(Y, mask, *base)[0].sum(1)
+    factors = np.asarray([1.0] if clocks is None else clocks, float)
+    ll = np.stack([_loglik(Y, mask, *base, c * p.t0[None, None], p.kappa[None, None])[0].sum(1) for c in factors])
+    return logsumexp(ll, axis=0) - np.log(len(factors))
 
 
 def simulate(params: TrendParams, n_runs: int, T: int, rng: np.random.Generator) -> np.ndarray:

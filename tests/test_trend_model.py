@@ -57,6 +57,30 @@ def test_slowing_likelihood_is_the_full_gaussian():
     assert np.allclose(score_runs(x, [T], p), [want], atol=1e-9)
 
 
+def test_a_runs_own_clock_is_the_mixture_of_full_gaussians_over_its_factors():
+    # two runs of different lengths; each is scored by the mean over clock factors c of its density with
+    # every feature's t0 multiplied by c, the densities written out in full
+    rng = np.random.default_rng(5)
+    D = 2
+    p = TrendParams(obs=rng.uniform(0.1, 1, D), level=rng.uniform(0.05, 0.2, D), slope=rng.uniform(1e-2, 5e-2, D),
+                    ar=rng.uniform(0.1, 1, D), phi=np.array([0.4, 0.8]), m0=rng.normal(size=D),
+                    v0=rng.uniform(0.5, 2, D), s0=rng.normal(0, 0.1, D), w0=rng.uniform(0.01, 0.1, D),
+                    t0=np.array([1.5, 0.7]), kappa=np.array([1.2, 2.0]))
+    clocks = (0.25, 1.0, 4.0)
+    runs = [rng.normal(size=(8, D)), rng.normal(size=(5, D))]
+    want = []
+    for x in runs:
+        T = len(x)
+        dens = [sum(multivariate_normal(p.m0[j] + np.arange(T) * p.s0[j],
+                                        _full_covariance(T, p.obs[j], p.level[j], p.slope[j], p.v0[j], p.w0[j],
+                                                         p.ar[j], p.phi[j], c * p.t0[j], p.kappa[j])).logpdf(x[:, j])
+                    for j in range(D)) for c in clocks]
+        want.append(np.log(np.mean(np.exp(dens))))
+    got = score_runs(np.vstack(runs), [8, 5], p, clocks=clocks)
+    assert np.allclose(got, want, atol=1e-9)
+    assert np.allclose(score_runs(np.vstack(runs), [8, 5], p, clocks=(1.0,)), score_runs(np.vstack(runs), [8, 5], p))
+
+
 def test_padding_leaves_each_run_its_own_score():
     rng = np.random.default_rng(1)
     p = TrendParams(*(rng.uniform(0.05, 0.5, (9, 2))))
