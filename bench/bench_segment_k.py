@@ -100,6 +100,9 @@ def _null_of(name: str, store: str, slowing: bool = False):
 
 
 SMOOTH_RUNS, SMOOTH_T, SMOOTH_D = 40, 300, 14
+#: the progress measures with the two Fourier losses on a log scale (the `segment-k` rows that use them)
+LOG_PROGRESS = ("embed_gini,unembed_gini,embed_top_share,unembed_top_share,log:restricted_loss,log:excluded_loss,"
+                "sum_sq_weights")
 #: factors a held-out run's clock may multiply the slowing null's t0 by (``--clock``)
 CLOCKS = tuple(2.0 ** np.arange(-4, 5))
 
@@ -129,23 +132,29 @@ def smooth_draw(i: int) -> np.ndarray:
 
 def study_data(name: str, store: str):
     """A real study's rows as the default `latent fit` reads and scales them: ``(X, lengths)``. ``name`` is
-    the study's name, or ``NAME/FEATURES`` for `latent fit --features FEATURES` (comma-separated); a feature
-    written ``log:COLUMN`` is that column's natural log before scaling (losses that fall by orders of
-    magnitude)."""
-    from latent.features import build_features, measured_rows
+    the study's name or path, or ``NAME/FEATURES`` for `latent fit --features FEATURES` (comma-separated).
+    A feature written ``log:COLUMN`` is this bench's own transform, not `latent fit`'s: the column's natural
+    log before scaling (a loss that falls by orders of magnitude)."""
+    from latent.features import GROUP_NAMES, build_features, measured_rows
     from latent.fit import FitConfig, _read_runs
     from latent.store import resolve_study
 
-    name, _, spec = name.partition("/")
-    logged = [f.removeprefix("log:") for f in spec.split(",") if f.startswith("log:")]
+    spec = ""
+    if "/" in name and not any((path / "study.json").is_file() for path in (Path(store) / name, Path(name))):
+        name, _, spec = name.rpartition("/")  # a study's path may hold "/"; its features never do
+    features = [f for f in spec.split(",") if f]
+    logged = [f.removeprefix("log:") for f in features if f.startswith("log:")]
+    if set(logged) & set(GROUP_NAMES + ("all",)):
+        raise SystemExit(f"log: takes a column, not a group: {', '.join(sorted(set(logged) & set(GROUP_NAMES)))}")
     study = resolve_study(store, name)
-    cfg = FitConfig(features=tuple(f.removeprefix("log:") for f in spec.split(",")) if spec else None)
+    cfg = FitConfig(features=tuple(f.removeprefix("log:") for f in features) if features else None)
     cfg = cfg.resolve(json.loads((study.root / "study.json").read_text()))
     table = measured_rows(_read_runs(study, cfg, None), cfg.features)  # as `latent fit` reads it
     for column in logged:
-        if not (table[column] > 0).all():
-            raise SystemExit(f"log:{column}: the column has values <= 0")
-        table[column] = np.log(table[column])
+        values = table[column].to_numpy(float)
+        if np.any(values[np.isfinite(values)] <= 0):  # missing values go on to be handled as `latent fit` does
+            raise SystemExit(f"log:{column}: the column has values <= 0; leave out the log: prefix")
+        table[column] = np.log(values)
     fm = build_features(table, cfg.features, cfg.first_n, cfg.scaling)
     return fm.X, np.asarray(fm.lengths)
 
@@ -417,9 +426,12 @@ def main(argv=None) -> int:
             "--draws 1`, `--level medium --draws 3`, `--study modadd`, `--study parity`; the slowing null's own "
             "draws with `--null-of modadd --null-slowing --slowing --draws 3`; the contrast preset's runs "
             "(`latent collect --task modadd --preset contrast --seeds 40`) with `--study modadd-contrast --slowing`, "
-            "the same with `--features progress` and with `--features embed_gini,unembed_gini,embed_top_share,"
-            "unembed_top_share,sum_sq_weights`, and `--null-of modadd-contrast --features progress --null-slowing "
-            "--slowing --draws 3`; the run's own clock with `--clock` on the same draws and studies."),
+            "the same with `--features progress`, with `--features embed_gini,unembed_gini,embed_top_share,"
+            "unembed_top_share,sum_sq_weights` and with `--features " + LOG_PROGRESS + "`; the null's own draws "
+            "with `--null-of modadd-contrast --null-slowing --slowing --draws 3` and the same with `--features "
+            "progress` and `--features " + LOG_PROGRESS + "`; the run's own clock with `--clock` on the same draws "
+            "and studies. `log:COLUMN` is this bench's transform (the column's log before scaling), not "
+            "`latent fit`'s."),
             title="Choosing K with the trial segment model (`bench/bench_segment_k.py`)")
     return 0
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
 from scipy.stats import multivariate_normal
 from sklearn.metrics import adjusted_rand_score
 
@@ -256,10 +257,15 @@ def test_study_rows_take_a_feature_list_and_log_scale_a_column(tmp_path):
              "val_acc": t / 12} for s in range(2) for t in range(12)]
     table = pd.DataFrame(rows)
     write_study(tmp_path / "toy", table)
-    X, lengths = study_data("toy/log:loss,norm", str(tmp_path))
+    X, lengths = study_data("toy/norm,log:loss", str(tmp_path))  # the listed order, not the study's
     z = lambda v: (v - v.mean()) / v.std()  # noqa: E731 - the global z-score `latent fit` applies
-    assert lengths.tolist() == [12, 12]
-    np.testing.assert_allclose(X[:, 0], z(np.log(table["loss"].to_numpy())), atol=1e-12)
-    np.testing.assert_allclose(X[:, 1], z(table["norm"].to_numpy()), atol=1e-12)
+    assert X.shape == (24, 2) and lengths.tolist() == [12, 12]
+    np.testing.assert_allclose(X[:, 0], z(table["norm"].to_numpy()), atol=1e-12)
+    np.testing.assert_allclose(X[:, 1], z(np.log(table["loss"].to_numpy())), atol=1e-12)
     X1, _ = study_data("toy/loss", str(tmp_path))  # without the prefix: the raw column, as `latent fit` takes it
+    assert X1.shape == (24, 1)
     np.testing.assert_allclose(X1[:, 0], z(table["loss"].to_numpy()), atol=1e-12)
+    X2, _ = study_data(str(tmp_path / "toy"), "unused-store")  # a path, "/" and all: the study's own features
+    assert X2.shape == (24, 2)
+    with pytest.raises(SystemExit, match="log:norm"):  # a column with values <= 0 cannot be logged
+        study_data("toy/log:norm", str(tmp_path))
