@@ -144,8 +144,9 @@ def study_data(name: str, store: str):
         name, _, spec = name.rpartition("/")  # a study's path may hold "/"; its features never do
     features = [f for f in spec.split(",") if f]
     logged = [f.removeprefix("log:") for f in features if f.startswith("log:")]
-    if set(logged) & set(GROUP_NAMES + ("all",)):
-        raise SystemExit(f"log: takes a column, not a group: {', '.join(sorted(set(logged) & set(GROUP_NAMES)))}")
+    groups = sorted(set(logged) & set(GROUP_NAMES + ("all",)))
+    if groups:
+        raise SystemExit(f"log: takes a column, not a group: {', '.join(groups)}")
     study = resolve_study(store, name)
     cfg = FitConfig(features=tuple(f.removeprefix("log:") for f in features) if features else None)
     cfg = cfg.resolve(json.loads((study.root / "study.json").read_text()))
