@@ -126,7 +126,9 @@ def run_one(task: tuple) -> dict:
                   "delay": {str(k): v for k, v in truth.delay.items()}},
         "warnings": result.warnings, "version": VERSION, "family_version": FAMILY_VERSIONS.get(family, 1),
         "boundaries": {"discrete": result.analysis["boundaries"]["discrete_transitions"],
-                       "judged": result.analysis["boundaries"]["judged_transitions"]},
+                       "judged": result.analysis["boundaries"]["judged_transitions"],
+                       # the test's setting (records before 2026-12-08 have none: a step at M 8)
+                       **{k: result.analysis["boundaries"][k] for k in ("window", "ramps", "shift")}},
         "ppc_outside": result.analysis["ppc"]["outside_names"],
         "selection": {"fold_choice": result.analysis["selection"]["fold_choice"],
                       "fragile": result.analysis["selection"]["fragile"]},

@@ -839,9 +839,13 @@ def _boundaries_html(fit: FitArtifacts) -> str:
         share = "–" if r.get("share") is None else f"{float(r['share']):.0%}"
         body.append(f"<tr><td class=l>{_esc(r['source'])} → {_esc(r['target'])}</td><td>{_esc(r['boundaries'])}</td>"
                     f"<td>{_esc(r['jumps'])}</td><td>{share}</td><td class=l>{verdict}</td></tr>")
+    widths = [int(w) for w in b.get("ramps") or [0]]
+    change = ("a step at the boundary" if max(widths) == 0 else
+              f"the best of a step and straight ramps of up to {max(widths)} checkpoints whose middle lies within "
+              f"{int(b.get('shift', 0))} of the boundary")
     note = (f"At each boundary the runs are projected on the direction the model says they move (from one state's "
-            f"mean to the other's) and a step at the boundary is compared with a smooth curve (a quadratic in time) "
-            f"over {2 * int(b.get('window', 8))} checkpoints; the boundary is a jump when that step explains more "
+            f"mean to the other's) and {change} is compared with a smooth curve (a quadratic in time) "
+            f"over {2 * int(b.get('window', 8))} checkpoints; the boundary is a jump when that change explains more "
             f"than at {float(b.get('quantile', 0.95)):.0%} of the checkpoints inside the two states (same direction, "
             f"no boundary nearby). A transition is discrete when at least {float(b.get('share', 0.5)):.0%} of its "
             f"boundaries jump. States joined only by continuous transitions are stretches of one steady change, "
