@@ -33,6 +33,8 @@ about 10 % of boundaries jump, and a transition rarely has half.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
@@ -68,6 +70,7 @@ def transition_shapes(m: int, ramps=RAMPS, shift: int = SHIFT) -> list[tuple[int
     return out
 
 
+@lru_cache(maxsize=16)
 def _projectors(m: int, ramps=RAMPS, shift: int = SHIFT) -> tuple[np.ndarray, np.ndarray]:
     """Residual projectors of the window (2m rows): onto a quadratic in time, and (S, 2m, 2m) onto a
     quadratic plus each transition of :func:`transition_shapes`."""
@@ -87,10 +90,10 @@ def step_statistic(x: np.ndarray, m: int = WINDOW, ramps=RAMPS, shift: int = SHI
     quadratic's residual that the best of the transitions (:func:`transition_shapes`) explains."""
     if len(x) < 2 * m:
         return np.empty(0)
-    smooth, alts = _projectors(m, ramps, shift)
+    smooth, alts = _projectors(int(m), tuple(int(r) for r in ramps), int(shift))  # cached: one per setting
     w = sliding_window_view(np.asarray(x, dtype=float), 2 * m)  # (T−2m+1, 2m); row i is centre b = i + m
     ra = ((w @ smooth.T) ** 2).sum(axis=1)
-    rb = np.einsum("sij,nj->sni", alts, w)
+    rb = w @ alts.transpose(0, 2, 1)  # (S, T−2m+1, 2m): each shape's residual, one batched product
     rb = (rb * rb).sum(axis=2).min(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(rb > 0, (ra - rb) / np.where(rb > 0, rb, 1), 0.0)
