@@ -159,7 +159,9 @@ def table(records: list[dict]) -> str:
     order = [f"{f} {lv}" for f, lv in SIMULATED] + sorted({g for g, _ in groups if g.startswith("study:")})
     for data, block in sorted(groups, key=lambda g: (order.index(g[0]) if g[0] in order else len(order), g)):
         recs = sorted(groups[(data, block)], key=lambda r: r["key"])
-        draws = "–" if data.startswith("study:") else f"{recs[0]['key'][2]}-{recs[-1]['key'][2]}"
+        first, last = (recs[0]["key"][2], recs[-1]["key"][2]) if not data.startswith("study:") else (0, 0)
+        draws = ("–" if data.startswith("study:") else f"{first}-{last}"
+                 + (f" ({len(recs)} of them)" if len(recs) != last - first + 1 else ""))
         for source in ("fit", "truth"):
             if not all(r[source] for r in recs):
                 continue

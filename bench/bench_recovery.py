@@ -211,10 +211,21 @@ def summarise(records: list[dict]) -> dict:
         "paper_clean_nodetour": sum(1 for r, p in zip(ok, paper) if not r["truth"]["detours"] and not p["flagged"])
         / len(nodet) if nodet else float("nan"),
         "seconds": float(np.median([r["seconds"] for r in ok])) if ok else float("nan"),
-        "continuous": float(np.mean([r["boundaries"]["judged"] > 0 and r["boundaries"]["discrete"] == 0
-                                     for r in ok])) if ok else float("nan"),
+        "continuous": _continuous(ok),
         "ppc_fail": float(np.mean([bool(r["ppc_outside"]) for r in ok])) if ok else float("nan"),
     }
+
+
+def _continuous(records) -> str:
+    """The share of draws said to have no discrete transitions, per boundary test: records from before
+    2026-12-08 (no ``ramps`` in their ``boundaries``) used a step at the boundary, later ones the ramp
+    search, and a partial rerun must not pool the two."""
+    kinds: dict[str, list[bool]] = {}
+    for r in records:
+        b = r["boundaries"]
+        kinds.setdefault("ramps" if "ramps" in b else "step test", []).append(b["judged"] > 0 and b["discrete"] == 0)
+    return " / ".join(f"{_pct(float(np.mean(v)))} ({name}{'' if len(kinds) == 1 else f', {len(v)}'})"
+                      for name, v in sorted(kinds.items())) or "–"
 
 
 def _oracle_rate(records) -> float:
@@ -258,7 +269,7 @@ def table(done: dict, plan) -> str:
                 f"{_pct(m['clean_nodetour'])} ({m['n_nodetour']}) | {_pct(m['sign'])} | "
                 f"{_pct(m['coverage'])} ({m['n_cov']}) | "
                 f"{_pct(m['paper_recall'])} / {_pct(m['paper_precision'])} / {_pct(m['paper_clean_nodetour'])} | "
-                f"{_pct(m['continuous'])} | {_pct(m['ppc_fail'])} | {m['seconds']:.1f} |")
+                f"{m['continuous']} | {_pct(m['ppc_fail'])} | {m['seconds']:.1f} |")
     return "\n".join(lines)
 
 

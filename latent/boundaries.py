@@ -119,11 +119,13 @@ def boundary_sharpness(runs_z, runs_path, means, covars, window: int = WINDOW, q
     Returns
     -------
     dict
-        ``window``, ``quantile``, ``transitions``: per observed transition ``source, target,
+        ``window``, ``ramps``, ``shift``, ``quantile``, ``share``, ``min_count`` (the settings),
+        ``transitions``: per observed transition ``source, target,
         boundaries`` (testable: at least ``window`` checkpoints on each side), ``jumps``,
         ``share``, ``discrete`` (None when fewer than ``min_count`` are testable), ``states``: per
         state ``entries``, ``jumps``, ``discrete`` (entered by at least one discrete transition;
-        None when no entry could be judged), and ``discrete_transitions`` (their number).
+        None when no entry could be judged), ``discrete_transitions`` (their number) and
+        ``judged_transitions`` (transitions with at least ``min_count`` testable boundaries).
     """
     means = np.asarray(means, dtype=float)
     covars = np.asarray(covars, dtype=float)
@@ -155,7 +157,7 @@ def boundary_sharpness(runs_z, runs_path, means, covars, window: int = WINDOW, q
         u = prec @ (means[k] - means[j])
         norm = np.sqrt(max(float(u @ covars.mean(axis=0) @ u), 1e-300))
         u = u / norm
-        stats_cache: dict[int, np.ndarray] = {}
+        cache: dict[int, np.ndarray] = {}  # each run's statistic on this direction, computed once
         placebo = []
         for i, path in enumerate(runs_path):
             q = quiet[i]
@@ -164,17 +166,19 @@ def boundary_sharpness(runs_z, runs_path, means, covars, window: int = WINDOW, q
             inside = np.isin(np.asarray(path)[q], (j, k))
             if not inside.any():
                 continue
-            s = stats_cache.setdefault(i, step_statistic(runs_z[i] @ u, m, ramps, shift))
-            placebo.append(s[q[inside] - m])
+            if i not in cache:
+                cache[i] = step_statistic(runs_z[i] @ u, m, ramps, shift)
+            placebo.append(cache[i][q[inside] - m])
         placebo = np.concatenate(placebo) if placebo else np.empty(0)
         threshold = float(np.quantile(placebo, quantile)) if placebo.size >= 20 else None
         tested = jumps = 0
         for i, b in where:
             if b < m or b > len(runs_path[i]) - m or threshold is None:
                 continue
-            s = stats_cache.setdefault(i, step_statistic(runs_z[i] @ u, m, ramps, shift))
+            if i not in cache:
+                cache[i] = step_statistic(runs_z[i] @ u, m, ramps, shift)
             tested += 1
-            jumps += bool(s[b - m] > threshold)
+            jumps += bool(cache[i][b - m] > threshold)
         share = jumps / tested if tested else None
         discrete = None if tested < min_count else bool(share >= DISCRETE_SHARE)
         rows.append({"source": j, "target": k, "boundaries": tested, "jumps": jumps, "share": share,

@@ -840,9 +840,11 @@ def _boundaries_html(fit: FitArtifacts) -> str:
         body.append(f"<tr><td class=l>{_esc(r['source'])} → {_esc(r['target'])}</td><td>{_esc(r['boundaries'])}</td>"
                     f"<td>{_esc(r['jumps'])}</td><td>{share}</td><td class=l>{verdict}</td></tr>")
     widths = [int(w) for w in b.get("ramps") or [0]]
-    change = ("a step at the boundary" if max(widths) == 0 else
-              f"the best of a step and straight ramps of up to {max(widths)} checkpoints whose middle lies within "
-              f"{int(b.get('shift', 0))} of the boundary")
+    ramps = [w for w in widths if w > 0]
+    near = f"within {int(b.get('shift', 0))} checkpoints of" if int(b.get("shift", 0)) else "at"
+    change = ("a step " + near + " the boundary" if not ramps else
+              ("the best of a step and " if 0 in widths else "the best of ")
+              + f"straight ramps over {', '.join(map(str, ramps))} checkpoints, their middle {near} the boundary,")
     note = (f"At each boundary the runs are projected on the direction the model says they move (from one state's "
             f"mean to the other's) and {change} is compared with a smooth curve (a quadratic in time) "
             f"over {2 * int(b.get('window', 8))} checkpoints; the boundary is a jump when that change explains more "

@@ -43,19 +43,30 @@ def _direct_ramps(x, b, m, shapes):
     ra = np.sum((w - smooth @ np.linalg.lstsq(smooth, w, rcond=None)[0]) ** 2)
     best = np.inf
     for s, width in shapes:
-        # the ramp's rows by hand: 0 before row s, then 1/(width+1), 2/(width+1), ..., 1 from row s + width on
-        r = np.array([0.0 if u < s else min((u - s + 1) / (width + 1), 1.0) for u in t])
+        # 0 up to row s - 1, 1 from row s + width on, a straight line between (width 0: a step at s)
+        r = np.interp(t, [s - 1, s + width], [0.0, 1.0])
         design = np.column_stack([smooth, r])
         best = min(best, np.sum((w - design @ np.linalg.lstsq(design, w, rcond=None)[0]) ** 2))
     return (ra - best) / best
 
 
+def _shapes_by_definition(m, widths, shift):
+    """Every (first row, width) whose last 0 (row s - 1) and first 1 (row s + width) lie in the window of rows
+    -m .. m - 1 and whose middle, (s - 1 + s + width) / 2, lies within shift of the boundary's middle, -1/2
+    (for odd widths the middles fall on whole rows, so the nearest ones count: up to shift + 1/2 late)."""
+    out = set()
+    for width in widths:
+        for s in range(-m + 1, m - width):
+            middle = (2 * s + width - 1) / 2
+            if -0.5 - shift <= middle <= -0.5 + shift + (0.5 if width % 2 else 0.0):
+                out.add((s, width))
+    return out
+
+
 def test_ramp_statistic_is_the_best_ramps_share_beyond_a_quadratic():
     shapes = transition_shapes(8, (0, 3, 6), 2)
-    # every middle within 2 of the boundary's (-1/2), inside the window, once each
-    assert len(shapes) == len(set(shapes)) == 15
-    for s, width in shapes:
-        assert abs(s + (width - 1) / 2 + 0.5) <= 2.5 and s - 1 >= -8 and s + width <= 7
+    assert len(shapes) == len(set(shapes)) and set(shapes) == _shapes_by_definition(8, (0, 3, 6), 2)
+    assert set(transition_shapes(10, (0, 2, 4, 6, 8), 3)) == _shapes_by_definition(10, (0, 2, 4, 6, 8), 3)
     assert transition_shapes(8, (0,), 0) == [(0, 0)]
     with pytest.raises(ValueError, match="fits a window"):
         transition_shapes(3, (9,), 0)
@@ -63,7 +74,7 @@ def test_ramp_statistic_is_the_best_ramps_share_beyond_a_quadratic():
     x = np.cumsum(rng.normal(size=80))
     s = step_statistic(x, 8, (0, 3, 6), 2)
     for b in (8, 30, 55, 72):
-        assert s[b - 8] == pytest.approx(_direct_ramps(x, b, 8, shapes), rel=1e-8)
+        assert s[b - 8] == pytest.approx(_direct_ramps(x, b, 8, _shapes_by_definition(8, (0, 3, 6), 2)), rel=1e-8)
     # a step alone at the boundary is the step statistic
     assert step_statistic(x, 6, (0,), 0)[30 - 6] == pytest.approx(_direct(x, 30, 6), rel=1e-9)
     # a 5-checkpoint ramp on a smooth curve: the ramps explain nearly all of it, the step far less
