@@ -72,17 +72,16 @@ def transition_shapes(m: int, ramps=RAMPS, shift: int = SHIFT) -> list[tuple[int
 
 @lru_cache(maxsize=16)
 def _projectors(m: int, ramps=RAMPS, shift: int = SHIFT) -> tuple[np.ndarray, np.ndarray]:
-    """Residual projectors of the window (2m rows): onto a quadratic in time, and (S, 2m, 2m) onto a
-    quadratic plus each transition of :func:`transition_shapes`."""
+    """The window's (2m rows) residual projector onto a quadratic in time, and (2m, S) each transition of
+    :func:`transition_shapes` less its quadratic part, normalised: adding transition s to the quadratic
+    lowers a window's residual sum of squares by exactly (its column · window)² (one more regressor)."""
     t = np.arange(-m, m, dtype=float)
     smooth = np.column_stack([np.ones(2 * m), t / m, (t / m) ** 2])
-    eye = np.eye(2 * m)
-    alts = []
-    for s, w in transition_shapes(m, ramps, shift):
-        r = np.clip((t - s + 1) / (w + 1), 0.0, 1.0)  # w = 0: 0 before row s, 1 from it
-        x = np.column_stack([smooth, r])
-        alts.append(eye - x @ np.linalg.pinv(x))
-    return eye - smooth @ np.linalg.pinv(smooth), np.array(alts)
+    resid = np.eye(2 * m) - smooth @ np.linalg.pinv(smooth)
+    shapes = np.column_stack([np.clip((t - s + 1) / (w + 1), 0.0, 1.0)  # w = 0: 0 before row s, 1 from it
+                              for s, w in transition_shapes(m, ramps, shift)])
+    shapes = resid @ shapes
+    return resid, shapes / np.linalg.norm(shapes, axis=0)
 
 
 def step_statistic(x: np.ndarray, m: int = WINDOW, ramps=RAMPS, shift: int = SHIFT) -> np.ndarray:
@@ -90,11 +89,11 @@ def step_statistic(x: np.ndarray, m: int = WINDOW, ramps=RAMPS, shift: int = SHI
     quadratic's residual that the best of the transitions (:func:`transition_shapes`) explains."""
     if len(x) < 2 * m:
         return np.empty(0)
-    smooth, alts = _projectors(int(m), tuple(int(r) for r in ramps), int(shift))  # cached: one per setting
+    smooth, shapes = _projectors(int(m), tuple(int(r) for r in ramps), int(shift))  # cached: one per setting
     w = sliding_window_view(np.asarray(x, dtype=float), 2 * m)  # (T−2m+1, 2m); row i is centre b = i + m
     ra = ((w @ smooth.T) ** 2).sum(axis=1)
-    rb = w @ alts.transpose(0, 2, 1)  # (S, T−2m+1, 2m): each shape's residual, one batched product
-    rb = (rb * rb).sum(axis=2).min(axis=0)
+    # the best transition's residual; floored so that a window it fits exactly stays a (huge) jump
+    rb = np.maximum(ra - ((w @ shapes) ** 2).max(axis=1), 1e-12 * ra)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(rb > 0, (ra - rb) / np.where(rb > 0, rb, 1), 0.0)
 
