@@ -46,7 +46,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from scipy import stats
 
 from .errors import UserError
 
@@ -114,6 +113,8 @@ def welch_interval(a: np.ndarray, b: np.ndarray, level: float = 0.95) -> tuple[f
     if se == 0:
         return float(diff), float(diff)
     df = (va + vb) ** 2 / (va**2 / (len(a) - 1) + vb**2 / (len(b) - 1))
+    from scipy import stats  # here, not at import: scipy.stats costs ~1 s of every command's start
+
     q = stats.t.ppf(0.5 + level / 2, df)
     return float(diff - q * se), float(diff + q * se)
 
@@ -354,6 +355,8 @@ class OccupancyRegression:
         if self.df_model_ > 0 and self.df_resid_ > 0 and sst > 0:
             if ssr > 0:
                 self.f_stat_ = ((sst - ssr) / self.df_model_) / (ssr / self.df_resid_)
+                from scipy import stats
+
                 self.p_value_ = float(stats.f.sf(self.f_stat_, self.df_model_, self.df_resid_))
             else:
                 self.f_stat_, self.p_value_ = float("inf"), 0.0

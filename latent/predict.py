@@ -193,9 +193,8 @@ class FittedMap:
                 T = self.transmat.copy()
                 T[d] = 0.0
                 T[d, d] = 1.0  # absorbing: mass that reaches d stays there
-                p = posterior.copy()
-                for _ in range(max(int(remaining), 0)):
-                    p = p @ T
+                # T^remaining by repeated squaring: log2(remaining) products, not `remaining`
+                p = posterior @ np.linalg.matrix_power(T, max(int(remaining), 0))
                 out[d] = float(min(max(p[d], 0.0), 1.0))
             return out
         dwell, cur = _dwell(path, steps)
