@@ -366,6 +366,14 @@ def main(argv=None) -> int:
         ap.error("--features goes with --study or --null-of")
     if args.null_slowing and not args.null_of:
         ap.error("--null-slowing goes with --null-of")
+    for name in filter(None, (args.study, args.null_of)):  # one line before any worker starts, not a traceback
+        from latent.errors import UserError
+        from latent.store import resolve_study
+
+        try:
+            resolve_study(args.store, name)
+        except UserError as exc:
+            ap.error(str(exc))
     suffix = f"/{args.features}" if args.features else ""
     if args.study:  # one draw: the study itself; its level names the store
         args.family, args.level, args.draws = f"study:{args.study}{suffix}", args.store, 1
