@@ -636,8 +636,9 @@ def trajectory_metrics(fit: FitArtifacts, metrics=DEFAULT_METRICS) -> list[str]:
 def plot_trajectories(ax, fit: FitArtifacts, metric: str, seeds=None, linewidth: float = 1.0) -> dict:
     """Every seed's ``metric`` over training, each segment coloured by the decoded state.
 
-    One ``LineCollection`` per seed (checkpoints beyond the decoded range are grey); a white
-    dot with a black edge marks each run's convergence time.
+    One ``LineCollection`` per seed, holding one polyline per stretch of the run in one state (the
+    segment from checkpoint i to i + 1 takes checkpoint i's state; checkpoints beyond the decoded
+    range are grey); a white dot with a black edge marks each run's convergence time.
     """
     from matplotlib.collections import LineCollection
 
@@ -656,8 +657,12 @@ def plot_trajectories(ax, fit: FitArtifacts, metric: str, seeds=None, linewidth:
         y = g[metric].to_numpy(dtype=float)
         st = g["state"].to_numpy()
         pts = np.column_stack([x, y])
-        segs = np.stack([pts[:-1], pts[1:]], axis=1)
-        coll = LineCollection(segs, colors=rgba[st[:-1]], linewidths=linewidth, alpha=0.85)
+        # a polyline per stretch in one state, not a path per segment: the same picture, drawn and
+        # encoded about twice as fast (40 runs x 1,000 checkpoints x 4 panels in every report)
+        starts = np.flatnonzero(np.r_[True, st[1:-1] != st[:-2]]) if len(st) > 1 else np.zeros(0, dtype=int)
+        ends = np.r_[starts[1:], len(st) - 1]
+        coll = LineCollection([pts[a:b + 1] for a, b in zip(starts, ends)], colors=rgba[st[starts]],
+                               linewidths=linewidth, alpha=0.85)
         coll.set_rasterized(True)
         coll.set_gid(f"seed-{seed}")
         ax.add_collection(coll)

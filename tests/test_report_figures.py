@@ -165,15 +165,21 @@ def test_trajectories_one_line_per_seed_coloured_by_state(fit):
     assert len(info["lines"]) == len(TOY_SEGMENTS) == len(ax.collections) - 1  # + the convergence marks
     undecoded = np.array(to_rgba(UNDECODED))
     for seed, coll in zip(info["seeds"], info["lines"]):
-        segs = coll.get_segments()
-        assert len(segs) == TOY_N_STEPS - 1
-        colours = coll.get_colors()
+        # the segment from checkpoint i to i + 1 in checkpoint i's colour: one polyline per stretch
+        # of equal states, so the polylines read back segment by segment give every segment
+        y = fit.runs.loc[fit.runs["seed"] == seed, "l2"].to_numpy()
         states = _expected_states(seed)[:-1]
+        got_y, got_colours = [], []
+        for line, colour in zip(coll.get_segments(), coll.get_colors()):
+            got_y += list(line[:-1, 1])
+            got_colours += [colour] * (len(line) - 1)
+        assert len(got_y) == TOY_N_STEPS - 1
+        np.testing.assert_allclose(got_y, y[:-1])
         for i, st in enumerate(states):
             want = undecoded if st < 0 else np.array(to_rgba(state_color(st)))
-            np.testing.assert_allclose(colours[i][:3], want[:3])
-        y = fit.runs.loc[fit.runs["seed"] == seed, "l2"].to_numpy()
-        np.testing.assert_allclose([s[0][1] for s in segs], y[:-1])
+            np.testing.assert_allclose(got_colours[i][:3], want[:3])
+        # one polyline per stretch: as many as the state changes between segments, plus one
+        assert len(coll.get_segments()) == 1 + int(np.sum(np.diff(states) != 0))
     # convergence is marked for the five converging seeds, at their convergence step
     marks = info["convergence_marks"]
     assert {s: x for s, (x, _) in marks.items()} == {s: t for s, t in TOY_CONVERGENCE.items() if t is not None}
@@ -354,8 +360,10 @@ def test_same_state_same_colour_everywhere(fit):
         c = state_color(s).lower()
         assert tmap["node_colors"][s].lower() == c
         assert to_hex(reg["bars"][s].get_facecolor()) == c
-    seed3 = traj["lines"][traj["seeds"].index(3)].get_colors()
-    assert to_hex(seed3[15]) == state_color(2).lower()  # checkpoint 15 of seed 3 is in state 2
+    seed3 = traj["lines"][traj["seeds"].index(3)]
+    steps = fit.runs.loc[fit.runs["seed"] == 3, "step"].to_numpy()
+    at_15 = [c for line, c in zip(seed3.get_segments(), seed3.get_colors()) if line[0, 0] <= steps[15] < line[-1, 0]]
+    assert [to_hex(c) for c in at_15] == [state_color(2).lower()]  # checkpoint 15 of seed 3 is in state 2
 
 
 def test_transition_table_lists_every_observed_edge(fit):
