@@ -131,9 +131,10 @@ def run_one(task: tuple) -> dict:
                        # the test's setting (records before 2026-12-08 have none: a step at M 8)
                        **{k: result.analysis["boundaries"][k] for k in ("window", "ramps", "shift")}},
         "ppc_outside": result.analysis["ppc"]["outside_names"],
-        # flagged detours the robustness audit calls fragile (None: no audit)
-        "fragile_detours": (None if result.analysis["audit"] is None else
-                            [int(r["state"]) for r in result.analysis["audit"]["detours"] if not r["robust"]]),
+        # flagged detours the robustness audit calls fragile (None: not audited: no audit, or the
+        # paper's detour rule, whose detours the audit does not judge)
+        "fragile_detours": (None if result.analysis["audit"] is None or result.config.detour_rule != "delay"
+                            else [int(r["state"]) for r in result.analysis["audit"]["detours"] if not r["robust"]]),
         "selection": {"fold_choice": result.analysis["selection"]["fold_choice"],
                       "fragile": result.analysis["selection"]["fragile"]},
         "stability": [{"true": j in s["true_flagged"], **(states[j]["stability"] or {})} for j in s["flagged"]]}
@@ -225,24 +226,35 @@ def summarise(records: list[dict]) -> dict:
 _FRAGILE = re.compile(r"^detour state (\d+) does not survive a change of method")
 
 
-def _fragile(r: dict) -> set[int]:
-    """The flagged detours the audit calls fragile: recorded since 2026-12-08, read from the fit's
-    warnings before (every version-2 record ran the audit, on by default since 2026-12-02)."""
+def _fragile(r: dict) -> set[int] | None:
+    """The flagged detours the audit calls fragile, or None where the audit did not judge them:
+    recorded since 2026-12-08, read from the fit's warnings before (every version-2 record ran the
+    audit, on by default since 2026-12-02, but it judges only the delay rule's detours, not those of
+    ``reference``'s paper rule)."""
     if "fragile_detours" in r:
-        return set(r["fragile_detours"] or ())
+        return None if r["fragile_detours"] is None else set(r["fragile_detours"])
+    if r["key"][2] == "reference":
+        return None
     return {int(m.group(1)) for w in r["warnings"] for m in [_FRAGILE.match(w)] if m}
 
 
 def _robust_detours(records) -> str:
     """Detour recall / precision / no-detour draws clean, counting only the flagged detours that
-    survive the robustness audit (what the fit's summary and report call robust)."""
+    survive the robustness audit (what the fit's summary and report call robust); "not audited"
+    where the audit did not judge the detours."""
     found = true = flagged = hits = nodet = clean = 0
     for r in records:
         s = r["score"]
-        robust = set(s["flagged"]) - _fragile(r)
+        fragile = _fragile(r)
+        if fragile is None:
+            return "– (not audited)"
+        robust = set(s["flagged"]) - fragile
         hit = robust & set(s["true_flagged"])
-        # true_flagged may hold planted detours too rare to test (rare_flagged): recall counts testable ones
-        found += min(len(hit), s["detours_found"])
+        # recall counts the testable planted detours found (found_flagged, recorded since 2026-12-08);
+        # older records: true_flagged can also hold flagged detours too rare to test (rare_flagged),
+        # and min() is exact when there are none of those
+        found += (len(robust & set(s["found_flagged"])) if "found_flagged" in s
+                  else min(len(hit), s["detours_found"]))
         true += s["detours_true"]
         flagged += len(robust)
         hits += len(hit)
@@ -425,8 +437,11 @@ def main(argv=None) -> int:
         script = "bench/bench_recovery.py" + (f" --plan {args.plan}" if args.plan in blocks else "")
         body = (f"Machine: {os.cpu_count()} CPUs ({platform.machine()}, Python {platform.python_version()}); "
                 f"`python {script}`; raw results in `bench/results/recovery.jsonl`.\n\n" + explain + "\n\n" + text)
-        # no new fit: say the block was tabled today, not measured (its fits are older)
-        label = "Measured" if todo else "Tabled from the stored fits (none rerun)"
+        # say which fits are new: the block is tabled today, its other fits are older
+        planned = len(tasks_for(plan))
+        label = ("Measured" if len(todo) == planned else
+                 f"Tabled from the stored fits, {len(todo)} of {planned} run now" if todo else
+                 "Tabled from the stored fits (none rerun)")
         write_block(name, body, title=f"{heading} (`{script}`)", stamp_label=label)
     return 0
 

@@ -366,14 +366,6 @@ def main(argv=None) -> int:
         ap.error("--features goes with --study or --null-of")
     if args.null_slowing and not args.null_of:
         ap.error("--null-slowing goes with --null-of")
-    for name in filter(None, (args.study, args.null_of)):  # one line before any worker starts, not a traceback
-        from latent.errors import UserError
-        from latent.store import resolve_study
-
-        try:
-            resolve_study(args.store, name)
-        except UserError as exc:
-            ap.error(str(exc))
     suffix = f"/{args.features}" if args.features else ""
     if args.study:  # one draw: the study itself; its level names the store
         args.family, args.level, args.draws = f"study:{args.study}{suffix}", args.store, 1
@@ -389,6 +381,14 @@ def main(argv=None) -> int:
             for i in range(args.draws) for K in [-2] * args.clock + [-1] * args.slowing + sorted(KS, reverse=True) + [0]
             for fold in range(FOLDS)]
     todo = [t for t in todo if t not in have]
+    for name in filter(None, (args.study, args.null_of)) if todo else ():  # fits to run: one line, not a traceback
+        from latent.errors import UserError
+        from latent.store import resolve_study
+
+        try:
+            resolve_study(args.store, name)
+        except UserError as exc:
+            ap.error(str(exc))
     done += run_records(RAW, one, todo, args.workers,
                         shown=lambda rec: {k: v for k, v in rec.items() if k not in ("held_out", "runs")})
     done = [r for r in done if r["stride"] == args.stride]

@@ -643,7 +643,8 @@ def score(truth: Truth, paths: pd.DataFrame, analysis: dict, min_runs: int = 5) 
     dict
         ``k_true, k_fit, k_ok, state_accuracy`` (fraction of checkpoints whose fitted state is
         the match of the true one), ``detours_true`` (planted detours that are estimable:
-        visited and skipped by at least ``min_runs`` runs), ``detours_found`` (of those, flagged),
+        visited and skipped by at least ``min_runs`` runs), ``detours_found`` (of those, flagged;
+        ``found_flagged`` their fitted states),
         ``false_detours`` (flagged states that are no planted detour), ``flagged``,
         ``rare_flagged`` (planted detours with fewer than ``min_runs`` visitors or skippers that
         were flagged anyway), ``true_flagged`` (flagged states matched to a planted detour),
@@ -658,7 +659,7 @@ def score(truth: Truth, paths: pd.DataFrame, analysis: dict, min_runs: int = 5) 
         k_fit = max(k_fit, int(row["state"]) + 1)
     out = {"k_true": truth.n_states, "k_fit": k_fit, "k_ok": truth.n_states == k_fit, "flagged": flagged,
            "state_accuracy": None, "detours_true": 0, "detours_found": 0, "false_detours": len(flagged),
-           "rare_flagged": 0, "sign_ok": 0, "coverage": [], "true_flagged": []}
+           "rare_flagged": 0, "sign_ok": 0, "coverage": [], "true_flagged": [], "found_flagged": []}
     if truth.n_states is None:  # drift: every flagged detour is false
         return out
     K = truth.n_states
@@ -683,6 +684,7 @@ def score(truth: Truth, paths: pd.DataFrame, analysis: dict, min_runs: int = 5) 
                 out["detours_true"] += 1
                 if j in flagged:
                     out["detours_found"] += 1
+                    out["found_flagged"].append(j)
                 if row is not None and row.get("delay") is not None and row["delay"] > 0:
                     out["sign_ok"] += 1
             elif j in flagged:

@@ -403,10 +403,11 @@ def test_big_fit_renders_within_15_seconds(tmp_path):
 
     The budget is the command's CPU time on one thread (user + system, of the child process), which
     on an idle machine is its wall time: the suite runs two tests at once on two cores, and a wall
-    clock would time the neighbour too. Even CPU time grows by a quarter when the neighbour shares
+    clock would time the neighbour too. Even CPU time grows by 30-40 % when the neighbour shares
     the caches (12-13 s alone, up to 16.8 s beside another test on this project's 2-core machine), so
-    an over-budget render is timed once more and the faster of the two counts: interference only
-    ever adds time. bench/bench_report.py times the wall clock on its own."""
+    an over-budget render is timed once more and the faster of the two counts (interference adds
+    time; the second run also finds the files in the page cache, a small bias in its favour).
+    bench/bench_report.py times the wall clock on its own."""
     import os
     import resource
     import time

@@ -167,14 +167,18 @@ def test_trajectories_one_line_per_seed_coloured_by_state(fit):
     for seed, coll in zip(info["seeds"], info["lines"]):
         # the segment from checkpoint i to i + 1 in checkpoint i's colour: one polyline per stretch
         # of equal states, so the polylines read back segment by segment give every segment
-        y = fit.runs.loc[fit.runs["seed"] == seed, "l2"].to_numpy()
+        run = fit.runs.loc[fit.runs["seed"] == seed]
+        pts = np.column_stack([run["step"].to_numpy(float), run["l2"].to_numpy(float)])
         states = _expected_states(seed)[:-1]
-        got_y, got_colours = [], []
-        for line, colour in zip(coll.get_segments(), coll.get_colors()):
-            got_y += list(line[:-1, 1])
+        lines = coll.get_segments()
+        got_colours = []
+        for line, colour in zip(lines, coll.get_colors()):
             got_colours += [colour] * (len(line) - 1)
-        assert len(got_y) == TOY_N_STEPS - 1
-        np.testing.assert_allclose(got_y, y[:-1])
+        # consecutive polylines share their joining checkpoint; together they are the run, point by point
+        for a, b in zip(lines, lines[1:]):
+            np.testing.assert_array_equal(a[-1], b[0])
+        np.testing.assert_array_equal(np.vstack([line[:-1] for line in lines] + [lines[-1][-1:]]), pts)
+        assert len(got_colours) == TOY_N_STEPS - 1
         for i, st in enumerate(states):
             want = undecoded if st < 0 else np.array(to_rgba(state_color(st)))
             np.testing.assert_allclose(got_colours[i][:3], want[:3])

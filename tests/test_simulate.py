@@ -93,9 +93,10 @@ def test_score_of_a_perfect_and_a_wrong_fit():
     assert good["k_ok"] and good["state_accuracy"] == 1.0
     estimable = min(visits[3], 40 - visits[3]) >= 5
     assert good["detours_true"] == int(estimable) and good["detours_found"] == int(estimable)
+    assert good["found_flagged"] == ([int(perm[3])] if estimable else [])
     assert good["false_detours"] == 0 and all(c[0] for c in good["coverage"])
     bad = score(truth, paths, {"detours": [{"state": int(perm[4])}], "states": states})  # a fork branch
-    assert bad["false_detours"] == 1 and bad["detours_found"] == 0
+    assert bad["false_detours"] == 1 and bad["detours_found"] == 0 and bad["found_flagged"] == []
 
 
 def test_cli_simulate_then_fit_reports_against_the_truth(tmp_path, capsys):
