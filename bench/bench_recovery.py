@@ -230,10 +230,10 @@ def _fragile(r: dict) -> set[int] | None:
     """The flagged detours the audit calls fragile, or None where the audit did not judge them:
     recorded since 2026-12-08, read from the fit's warnings before (every version-2 record ran the
     audit, on by default since 2026-12-02, but it judges only the delay rule's detours, not those of
-    ``reference``'s paper rule)."""
+    an option with the paper's rule, such as ``reference``)."""
     if "fragile_detours" in r:
         return None if r["fragile_detours"] is None else set(r["fragile_detours"])
-    if r["key"][2] == "reference":
+    if fit_config(r["key"][2]).detour_rule != "delay":  # the option's own config, as run_one fitted it
         return None
     return {int(m.group(1)) for w in r["warnings"] for m in [_FRAGILE.match(w)] if m}
 
